@@ -1,0 +1,35 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "NodeLease",
+    platforms: [.macOS(.v14)],
+    products: [
+        .library(name: "Raft", targets: ["Raft"]),
+        .library(name: "RaftSimulator", targets: ["RaftSimulator"]),
+        .executable(name: "nodelease-sim", targets: ["nodelease-sim"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+    ],
+    targets: [
+        // The consensus algorithm as a pure, deterministic state machine.
+        .target(name: "Raft"),
+        // Seeded, single-threaded world that runs the real core under faults.
+        .target(name: "RaftSimulator", dependencies: ["Raft"]),
+        .executableTarget(
+            name: "nodelease-sim",
+            dependencies: [
+                "RaftSimulator",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(
+            name: "RaftTests",
+            dependencies: ["Raft", "RaftSimulator"],
+            exclude: ["testdata"]
+        ),
+        .testTarget(name: "RaftSimulatorTests", dependencies: ["Raft", "RaftSimulator"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,84 @@
+/// How one replica's Raft core behaves. Times are in ticks; the driver decides how long a
+/// tick is (the server uses 100 ms by default).
+public struct RaftConfig: Sendable {
+    /// This replica.
+    public var id: ReplicaID
+    /// Followers wait a random `electionTicks ..< 2 * electionTicks` without hearing from a
+    /// leader before they campaign. A leader checks its quorum once per `electionTicks`.
+    public var electionTicks: Int
+    /// A leader sends heartbeats every `heartbeatTicks`.
+    public var heartbeatTicks: Int
+    /// Upper bound on the entry bytes of one append message.
+    public var maxMessageBytes: Int
+    /// Appends in flight to one follower in replicate state before the leader waits.
+    public var maxInflightMessages: Int
+    /// Upper bound on the bytes of committed entries handed out in one `Ready`.
+    public var maxApplyBytes: Int
+    /// Run a PreVote round before a real election, so a replica that was partitioned away
+    /// does not raise the term of a healthy cluster when it rejoins (thesis 9.6).
+    public var preVote: Bool
+    /// A leader that has not heard from a majority within an election timeout steps down,
+    /// and followers that hear from a leader ignore vote requests for that long (thesis 6.2).
+    public var checkQuorum: Bool
+    /// The last index the state machine had applied when the replica started (nil: the
+    /// snapshot index; committed entries after it are handed out again).
+    public var applied: LogIndex?
+    /// Deliberately broken behaviour, for tests that prove the checkers catch it. Never set
+    /// outside tests.
+    public var faults: FaultInjection
+
+    public init(
+        id: ReplicaID, electionTicks: Int = 10, heartbeatTicks: Int = 1,
+        maxMessageBytes: Int = 1 << 20, maxInflightMessages: Int = 256,
+        maxApplyBytes: Int = 4 << 20, preVote: Bool = true, checkQuorum: Bool = true,
+        applied: LogIndex? = nil, faults: FaultInjection = []
+    ) {
+        self.id = id
+        self.electionTicks = electionTicks
+        self.heartbeatTicks = heartbeatTicks
+        self.maxMessageBytes = maxMessageBytes
+        self.maxInflightMessages = maxInflightMessages
+        self.maxApplyBytes = maxApplyBytes
+        self.preVote = preVote
+        self.checkQuorum = checkQuorum
+        self.applied = applied
+        self.faults = faults
+    }
+
+    /// Checks the settings; throws `RaftError.invalid` naming the bad one.
+    public func validate() throws {
+        if id.rawValue == 0 { throw RaftError.invalid("replica id must not be 0") }
+        if heartbeatTicks < 1 { throw RaftError.invalid("heartbeatTicks must be at least 1") }
+        if electionTicks <= heartbeatTicks {
+            throw RaftError.invalid("electionTicks must be greater than heartbeatTicks")
+        }
+        if maxInflightMessages < 1 { throw RaftError.invalid("maxInflightMessages must be at least 1") }
+        if maxMessageBytes < 1 { throw RaftError.invalid("maxMessageBytes must be at least 1") }
+    }
+}
+
+/// Rule-breaking switches for checker tests. Each one disables one safety mechanism.
+public struct FaultInjection: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    /// Grant votes without the "candidate's log is at least as up to date" check (§5.4.1).
+    public static let grantVoteIgnoringLog = FaultInjection(rawValue: 1 << 0)
+    /// Commit entries of earlier terms by counting replicas (the Figure 8 bug, §5.4.2).
+    public static let commitEarlierTermsByCounting = FaultInjection(rawValue: 1 << 1)
+    /// Answer read requests with the commit index without confirming leadership (§6.4).
+    public static let readIndexWithoutQuorum = FaultInjection(rawValue: 1 << 2)
+    /// Forget the stored vote on restart, so a replica can vote twice in one term.
+    public static let forgetVoteOnRestart = FaultInjection(rawValue: 1 << 3)
+    /// Count the leader's own unpersisted entries toward commitment.
+    public static let countUnpersistedLeaderEntries = FaultInjection(rawValue: 1 << 4)
+
+    /// Command-line names of the faults.
+    public static let names: [String: FaultInjection] = [
+        "vote-ignoring-log": .grantVoteIgnoringLog,
+        "commit-earlier-terms": .commitEarlierTermsByCounting,
+        "read-without-quorum": .readIndexWithoutQuorum,
+        "forget-vote": .forgetVoteOnRestart,
+        "count-unpersisted": .countUnpersistedLeaderEntries,
+    ]
+}

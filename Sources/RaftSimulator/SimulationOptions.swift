@@ -1,0 +1,109 @@
+import Raft
+
+/// What a simulation run is asked to do. Everything not given here is derived from the seed
+/// (`Knobs`), and printed with the result so a failure replays exactly.
+public struct SimulationOptions: Sendable {
+    public var seed: UInt64
+    /// 3 or 5; nil lets the seed choose.
+    public var replicas: Int?
+    /// Virtual milliseconds of the safety phase, during which faults happen.
+    public var faultMillis: UInt64
+    /// Virtual milliseconds after healing within which the cluster must elect a leader,
+    /// resolve every proposal and converge.
+    public var livenessMillis: UInt64
+    public var clients: Int
+    /// Record an event trace.
+    public var trace: Bool
+    /// Deliberately broken core behaviour (checker tests only).
+    public var faults: FaultInjection
+
+    public init(
+        seed: UInt64, replicas: Int? = nil, faultMillis: UInt64 = 3000, livenessMillis: UInt64 = 3000,
+        clients: Int = 3, trace: Bool = false, faults: FaultInjection = []
+    ) {
+        self.seed = seed
+        self.replicas = replicas
+        self.faultMillis = faultMillis
+        self.livenessMillis = livenessMillis
+        self.clients = clients
+        self.trace = trace
+        self.faults = faults
+    }
+}
+
+/// The fault and timing parameters of one run, all drawn from the seed.
+public struct Knobs: Sendable, CustomStringConvertible {
+    public var replicas: Int
+    public var tickMicros: UInt64
+    public var electionTicks: Int
+    public var heartbeatTicks: Int
+    public var minDelayMicros: UInt64
+    public var maxDelayMicros: UInt64
+    public var dropRate: Double
+    public var duplicateRate: Double
+    /// Clock rates differ from 1 by at most this much.
+    public var drift: Double
+    public var maxFsyncMicros: UInt64
+    public var nemesisMinMillis: UInt64
+    public var nemesisMaxMillis: UInt64
+    public var snapshotEvery: Int
+    public var keepAfterSnapshot: Int
+    public var maxInflight: Int
+    public var maxMessageBytes: Int
+    public var preVote: Bool
+
+    init(seed: UInt64, replicas: Int?) {
+        var g = DeterministicGenerator(seed: seed ^ 0x6b6e_6f62_7321)
+        func pick<T>(_ xs: [T]) -> T { xs[Int(g.next() % UInt64(xs.count))] }
+        self.replicas = replicas ?? pick([3, 3, 5])
+        tickMicros = 10_000
+        electionTicks = pick([10, 10, 15])
+        heartbeatTicks = pick([1, 2, 3])
+        minDelayMicros = pick([100, 500, 1000])
+        maxDelayMicros = minDelayMicros + pick([1000, 5000, 20_000, 40_000])
+        dropRate = pick([0, 0.01, 0.05, 0.1])
+        duplicateRate = pick([0, 0.01, 0.05])
+        drift = pick([0, 0.01, 0.05])
+        maxFsyncMicros = pick([100, 2000, 8000])
+        nemesisMinMillis = pick([50, 150, 300])
+        nemesisMaxMillis = nemesisMinMillis + pick([200, 600])
+        snapshotEvery = pick([10, 50, 200])
+        keepAfterSnapshot = pick([0, 2, 20])
+        maxInflight = pick([1, 4, 64])
+        maxMessageBytes = pick([64, 1024, 1 << 20])
+        preVote = pick([true, true, true, false])
+    }
+
+    public var description: String {
+        "replicas=\(replicas) election=\(electionTicks) heartbeat=\(heartbeatTicks) "
+            + "delay=\(minDelayMicros)-\(maxDelayMicros)us drop=\(dropRate) dup=\(duplicateRate) "
+            + "drift=\(drift) fsync<=\(maxFsyncMicros)us nemesis=\(nemesisMinMillis)-\(nemesisMaxMillis)ms "
+            + "snapshot-every=\(snapshotEvery) keep=\(keepAfterSnapshot) inflight=\(maxInflight) "
+            + "msg-bytes=\(maxMessageBytes) prevote=\(preVote)"
+    }
+}
+
+/// What a run found.
+public struct SimulationResult: Sendable {
+    public var seed: UInt64
+    public var knobs: Knobs
+    public var violations: [Violation]
+    public var events: Int
+    public var virtualMillis: UInt64
+    public var acknowledgedWrites: Int
+    public var failedWrites: Int
+    public var indeterminateOperations: Int
+    public var reads: Int
+    public var elections: Int
+    public var crashes: Int
+    public var snapshotsInstalled: Int
+    public var trace: [String]
+
+    public var ok: Bool { violations.isEmpty }
+
+    public var summary: String {
+        "seed \(seed): \(ok ? "ok" : "FAILED") events=\(events) time=\(virtualMillis)ms "
+            + "acked=\(acknowledgedWrites) failed=\(failedWrites) unknown=\(indeterminateOperations) "
+            + "reads=\(reads) leaders=\(elections) crashes=\(crashes) snapshots-installed=\(snapshotsInstalled)"
+    }
+}

@@ -1,0 +1,629 @@
+import Raft
+
+/// A seeded, single-threaded world that runs real `RaftNode`s: virtual time, a network that
+/// delays, drops, duplicates, reorders and partitions messages, disks whose in-flight writes
+/// are lost (or partly written) when a replica crashes, clocks that run at slightly different
+/// rates, and clients that write and read a replicated state machine. `SafetyChecker` watches
+/// every step; a liveness phase at the end requires the healed cluster to converge.
+public final class Simulation {
+    public let options: SimulationOptions
+    public let knobs: Knobs
+    private let makeMachine: () -> any SimStateMachine
+
+    /// A message on the wire, boxed so that events stay small in the queue.
+    final class Envelope {
+        let message: Message
+        init(_ message: Message) { self.message = message }
+    }
+
+    enum Event {
+        case tick(Int, epoch: Int)
+        case deliver(Envelope)
+        case persisted(Int, epoch: Int)
+        case client(Int)
+        case clientTimeout(Int, op: UInt64)
+        case nemesis
+        case restart(Int)
+        case heal
+        case livenessDeadline
+        case finish
+    }
+
+    struct Waiter {
+        var index: LogIndex
+        var term: Term
+        var client: Int
+        var op: UInt64
+        var command: [UInt8]
+    }
+
+    struct ReadWaiter {
+        var client: Int
+        var op: UInt64
+        var requiredIndex: LogIndex
+        var state: ReadState?
+    }
+
+    struct Replica {
+        let id: ReplicaID
+        let storage: MemoryStorage
+        var node: RaftNode?
+        var machine: any SimStateMachine
+        var appliedIndex: LogIndex = 0
+        var epoch = 0
+        var rate = 1.0
+        var inFlight: Ready?
+        var waiters: [Waiter] = []
+        var reads: [ReadWaiter] = []
+        var ledTerm: Term = 0
+        /// A paused process does nothing until then; its input waits.
+        var pausedUntil: UInt64 = 0
+        var up: Bool { node != nil }
+    }
+
+    struct Client {
+        var op: UInt64?
+        var submitted = false
+        var isWrite = true
+        var command: [UInt8] = []
+        var key = ""
+        var leaderHint: Int?
+        var startedAt: UInt64 = 0
+    }
+
+    private var queue = EventQueue<Event>()
+    private var now: UInt64 = 0
+    private var random: DeterministicGenerator
+    private(set) var replicas: [Replica] = []
+    private var clients: [Client]
+    private var nextOp: UInt64 = 0
+    /// Directed links that drop everything (from index, to index).
+    private var blocked: Set<Int> = []
+    private var dropRate: Double
+    private var duplicateRate: Double
+    private var faultsOver = false
+    private var clientsStopped = false
+    private var healedAt: UInt64 = 0
+    private var acknowledged: [Waiter] = []
+    private var highestAcknowledged: LogIndex = 0
+    private var progressAfterHeal = false
+    public private(set) var checker = SafetyChecker()
+    private var result: SimulationResult
+    private var traceLines: [String] = []
+
+    /// A run of `options` replicating `machine` (the register by default).
+    public init(options: SimulationOptions, machine: any SimStateMachine.Type = RegisterMachine.self) {
+        self.options = options
+        self.makeMachine = { machine.init() }
+        self.knobs = Knobs(seed: options.seed, replicas: options.replicas)
+        self.random = DeterministicGenerator(seed: options.seed)
+        self.dropRate = knobs.dropRate
+        self.duplicateRate = knobs.duplicateRate
+        self.clients = Array(repeating: Client(), count: options.clients)
+        self.result = SimulationResult(
+            seed: options.seed, knobs: knobs, violations: [], events: 0, virtualMillis: 0,
+            acknowledgedWrites: 0, failedWrites: 0, indeterminateOperations: 0, reads: 0,
+            elections: 0, crashes: 0, snapshotsInstalled: 0, trace: [])
+        let membership = Membership(voters: (1...knobs.replicas).map { ReplicaID(UInt64($0)) })
+        for i in 0..<knobs.replicas {
+            var r = Replica(
+                id: ReplicaID(UInt64(i + 1)), storage: MemoryStorage(membership: membership), machine: machine.init())
+            r.rate = 1 + (Double(random.next() % 2001) / 1000 - 1) * knobs.drift
+            replicas.append(r)
+        }
+    }
+
+    // MARK: Running
+
+    /// Runs the whole scenario and returns what the checkers found.
+    public func run() -> SimulationResult {
+        trace("knobs \(knobs)")
+        for i in replicas.indices { start(i) }
+        for c in clients.indices { queue.push(.client(c), at: micros(ms: random.next() % 50)) }
+        queue.push(.nemesis, at: micros(ms: nemesisDelay()))
+        queue.push(.heal, at: micros(ms: options.faultMillis))
+        queue.push(.livenessDeadline, at: micros(ms: options.faultMillis + options.livenessMillis))
+        let eventLimit = 5_000_000
+        while let (t, event) = queue.pop() {
+            now = t
+            result.events += 1
+            if case .finish = event { break }
+            handle(event)
+            if !checker.ok || result.events > eventLimit { break }
+        }
+        if result.events > eventLimit {
+            checker.recordFailure(.liveness, "more than \(eventLimit) events: the run does not settle")
+        }
+        result.violations = checker.violations
+        result.virtualMillis = now / 1000
+        result.trace = traceLines
+        return result
+    }
+
+    private func micros(ms: UInt64) -> UInt64 { ms * 1000 }
+
+    private func nemesisDelay() -> UInt64 {
+        knobs.nemesisMinMillis + random.next() % (knobs.nemesisMaxMillis - knobs.nemesisMinMillis + 1)
+    }
+
+    private func trace(_ line: @autoclosure () -> String) {
+        guard options.trace else { return }
+        let ms = now / 1000
+        let frac = now % 1000
+        let pad = frac < 10 ? "00" : frac < 100 ? "0" : ""
+        traceLines.append("\(ms).\(pad)\(frac)ms \(line())")
+    }
+
+    private func handle(_ event: Event) {
+        switch event {
+        case .tick(let i, let epoch):
+            guard replicas[i].epoch == epoch, replicas[i].up else { return }
+            if deferIfPaused(i, event) { return }
+            replicas[i].node!.tick()
+            afterInput(i)
+            scheduleTick(i)
+        case .deliver(let envelope):
+            let m = envelope.message
+            let i = Int(m.to.rawValue) - 1
+            guard replicas[i].up else { return }
+            if deferIfPaused(i, event) { return }
+            if options.trace { trace("deliver \(m)") }
+            replicas[i].node!.step(m)
+            afterInput(i)
+        case .persisted(let i, let epoch):
+            guard replicas[i].epoch == epoch else { return }
+            if deferIfPaused(i, event) { return }
+            finishReady(i)
+        case .client(let c):
+            clientStep(c)
+        case .clientTimeout(let c, let op):
+            guard clients[c].op == op else { return }
+            if faultsOver && clients[c].startedAt >= healedAt + micros(ms: 1500) {
+                checker.recordFailure(
+                    .liveness, "op \(op) started \((clients[c].startedAt - healedAt) / 1000)ms after heal timed out")
+            }
+            for i in replicas.indices {
+                replicas[i].waiters.removeAll { $0.op == op }
+                replicas[i].reads.removeAll { $0.op == op }
+            }
+            finishOp(c, outcome: .indeterminate)
+        case .nemesis:
+            guard !faultsOver else { return }
+            nemesis()
+            queue.push(.nemesis, at: now + micros(ms: nemesisDelay()))
+        case .restart(let i):
+            if !replicas[i].up { start(i) }
+        case .heal:
+            heal()
+        case .livenessDeadline:
+            livenessCheck()
+        case .finish:
+            break
+        }
+    }
+
+    private func deferIfPaused(_ i: Int, _ event: Event) -> Bool {
+        guard replicas[i].pausedUntil > now else { return false }
+        queue.push(event, at: replicas[i].pausedUntil)
+        return true
+    }
+
+    // MARK: Replicas
+
+    private func start(_ i: Int) {
+        var r = replicas[i]
+        r.epoch += 1
+        r.machine = makeMachine()
+        let snap = (try? r.storage.snapshot())
+        if let snap, !snap.isEmpty {
+            do { try r.machine.restore(snap.data) } catch {
+                checker.recordFailure(.divergentState, "replica \(r.id) cannot restore its snapshot")
+            }
+            r.appliedIndex = snap.metadata.index
+        } else {
+            r.appliedIndex = 0
+        }
+        let config = RaftConfig(
+            id: r.id, electionTicks: knobs.electionTicks, heartbeatTicks: knobs.heartbeatTicks,
+            maxMessageBytes: knobs.maxMessageBytes, maxInflightMessages: knobs.maxInflight,
+            preVote: knobs.preVote, checkQuorum: true, faults: options.faults)
+        do {
+            r.node = try RaftNode(config: config, storage: r.storage, random: random.fork())
+        } catch {
+            checker.recordFailure(.liveness, "replica \(r.id) cannot start: \(error)")
+        }
+        r.inFlight = nil
+        r.ledTerm = 0
+        replicas[i] = r
+        trace("replica \(r.id) starts: \(r.storage.hardState) last=\(r.node?.lastIndex ?? 0)")
+        scheduleTick(i)
+    }
+
+    private func scheduleTick(_ i: Int) {
+        let d = UInt64((Double(knobs.tickMicros) / replicas[i].rate).rounded())
+        queue.push(.tick(i, epoch: replicas[i].epoch), at: now + d)
+    }
+
+    private func crash(_ i: Int) {
+        guard replicas[i].up else { return }
+        result.crashes += 1
+        // The write in progress may have reached the disk in part: a prefix of its entries,
+        // and the hard state only if every entry made it (the order a log writes them).
+        if let rd = replicas[i].inFlight, !rd.entries.isEmpty, rd.snapshot == nil {
+            let k = Int(random.next() % UInt64(rd.entries.count + 1))
+            if k > 0 { persistEntries(i, Array(rd.entries[0..<k])) }
+            if k == rd.entries.count, let hs = rd.hardState { persistHardState(i, hs) }
+            trace("replica \(replicas[i].id) crashes; \(k) of \(rd.entries.count) unsynced entries survive")
+        } else {
+            trace("replica \(replicas[i].id) crashes")
+        }
+        replicas[i].node = nil
+        replicas[i].inFlight = nil
+        replicas[i].epoch += 1
+        for w in replicas[i].waiters { finishOp(w.client, op: w.op, outcome: .indeterminate) }
+        for r in replicas[i].reads { finishOp(r.client, op: r.op, outcome: .indeterminate) }
+        replicas[i].waiters = []
+        replicas[i].reads = []
+    }
+
+    private func afterInput(_ i: Int) {
+        guard replicas[i].up else { return }
+        if replicas[i].node!.role == .leader && replicas[i].ledTerm != replicas[i].node!.term {
+            observeNewLeader(i)
+        }
+        if replicas[i].inFlight == nil && replicas[i].node!.hasReady { startReady(i) }
+    }
+
+    private func observeNewLeader(_ i: Int) {
+        let node = replicas[i].node!
+        replicas[i].ledTerm = node.term
+        result.elections += 1
+        trace("replica \(node.id) leads term \(node.term) last=\(node.lastIndex) commit=\(node.commitIndex)")
+        checker.observeNewLeader(
+            node.id, term: node.term, firstIndex: node.firstIndex, lastIndex: node.lastIndex,
+            termAt: { node.term(at: $0) })
+    }
+
+    private func startReady(_ i: Int) {
+        let rd = replicas[i].node!.ready()
+        replicas[i].inFlight = rd
+        send(rd.messagesBeforePersist)
+        let writes = rd.hardState != nil || !rd.entries.isEmpty || rd.snapshot != nil
+        let latency = writes && rd.mustSync ? 1 + random.next() % knobs.maxFsyncMicros : 0
+        queue.push(.persisted(i, epoch: replicas[i].epoch), at: now + latency)
+    }
+
+    private func persistEntries(_ i: Int, _ entries: [Entry]) {
+        guard let first = entries.first else { return }
+        let storage = replicas[i].storage
+        storage.append(entries)
+        let prev = try? storage.term(first.index - 1)
+        checker.observePersist(replicas[i].id, entries: entries, previousTerm: prev)
+    }
+
+    private func persistHardState(_ i: Int, _ hs: HardState) {
+        replicas[i].storage.setHardState(hs)
+        checker.observeHardState(replicas[i].id, hs)
+    }
+
+    private func finishReady(_ i: Int) {
+        guard let rd = replicas[i].inFlight else { return }
+        let id = replicas[i].id
+        if let s = rd.snapshot {
+            replicas[i].storage.applySnapshot(s)
+        }
+        persistEntries(i, rd.entries)
+        if let hs = rd.hardState { persistHardState(i, hs) }
+        send(rd.messagesAfterPersist)
+        if let s = rd.snapshot {
+            result.snapshotsInstalled += 1
+            trace("replica \(id) installs snapshot \(s.metadata.term)/\(s.metadata.index)")
+            do { try replicas[i].machine.restore(s.data) } catch {
+                checker.recordFailure(.divergentState, "replica \(id) cannot restore a snapshot")
+            }
+            replicas[i].appliedIndex = s.metadata.index
+            // Proposals covered by the snapshot: this replica never sees their entries.
+            let covered = replicas[i].waiters.filter { $0.index <= s.metadata.index }
+            replicas[i].waiters.removeAll { $0.index <= s.metadata.index }
+            for w in covered { finishOp(w.client, op: w.op, outcome: .indeterminate) }
+        }
+        for e in rd.committedEntries { apply(i, e) }
+        for rs in rd.readStates {
+            if let k = replicas[i].reads.firstIndex(where: { $0.op == rs.requestID.rawValue }) {
+                replicas[i].reads[k].state = rs
+            }
+        }
+        replicas[i].node!.advance(rd)
+        replicas[i].inFlight = nil
+        serveReads(i)
+        maybeSnapshot(i)
+        afterInput(i)
+    }
+
+    private func apply(_ i: Int, _ e: Entry) {
+        checker.observeApply(replicas[i].id, entry: e, currentTerm: replicas[i].node!.term)
+        if e.kind == .normal { replicas[i].machine.apply(e.data, index: e.index) }
+        replicas[i].appliedIndex = e.index
+        // Resolve proposals: ours if the term matches; lost if a newer term got there first
+        // (terms never decrease along a log, so every waiter at or after it is lost too).
+        var k = 0
+        while k < replicas[i].waiters.count {
+            let w = replicas[i].waiters[k]
+            if w.index == e.index && w.term == e.term {
+                replicas[i].waiters.remove(at: k)
+                acknowledged.append(w)
+                highestAcknowledged = max(highestAcknowledged, w.index)
+                if faultsOver { progressAfterHeal = true }
+                finishOp(w.client, op: w.op, outcome: .ok)
+            } else if w.index <= e.index || w.term < e.term {
+                replicas[i].waiters.remove(at: k)
+                finishOp(w.client, op: w.op, outcome: .failed)
+            } else {
+                k += 1
+            }
+        }
+    }
+
+    private func serveReads(_ i: Int) {
+        var k = 0
+        while k < replicas[i].reads.count {
+            let r = replicas[i].reads[k]
+            if let rs = r.state, replicas[i].appliedIndex >= rs.index {
+                replicas[i].reads.remove(at: k)
+                result.reads += 1
+                checker.observeRead(
+                    replica: replicas[i].id, index: rs.index, requiredIndex: r.requiredIndex,
+                    detail: "op \(r.op) at \(now / 1000)ms")
+                finishOp(r.client, op: r.op, outcome: .ok)
+            } else {
+                k += 1
+            }
+        }
+    }
+
+    private func maybeSnapshot(_ i: Int) {
+        let storage = replicas[i].storage
+        let snapIndex = (try? storage.snapshot().metadata.index) ?? 0
+        let applied = replicas[i].appliedIndex
+        guard applied >= snapIndex + knobs.snapshotEvery else { return }
+        // Entries the state machine applied were persisted first, so they are in storage.
+        do {
+            try storage.createSnapshot(at: applied, data: replicas[i].machine.snapshot())
+            let keep = LogIndex(UInt64(knobs.keepAfterSnapshot))
+            if applied > keep { storage.compact(through: applied - Int(keep.rawValue)) }
+        } catch {
+            checker.recordFailure(.divergentState, "replica \(replicas[i].id) cannot snapshot at \(applied): \(error)")
+        }
+    }
+
+    // MARK: Network
+
+    private func send(_ messages: [Message]) {
+        for m in messages {
+            let from = Int(m.from.rawValue) - 1
+            let to = Int(m.to.rawValue) - 1
+            if blocked.contains(from * 16 + to) || random.chance(dropRate) {
+                if options.trace { trace("drop \(m)") }
+                continue
+            }
+            let copies = random.chance(duplicateRate) ? 2 : 1
+            for _ in 0..<copies {
+                let delay = knobs.minDelayMicros + random.next() % (knobs.maxDelayMicros - knobs.minDelayMicros + 1)
+                queue.push(.deliver(Envelope(m)), at: now + delay)
+            }
+        }
+    }
+
+    // MARK: Faults
+
+    private func upCount() -> Int { replicas.filter(\.up).count }
+
+    private func currentLeader() -> Int? {
+        var best: Int?
+        for i in replicas.indices {
+            guard let n = replicas[i].node, n.role == .leader else { continue }
+            if best == nil || n.term > replicas[best!].node!.term { best = i }
+        }
+        return best
+    }
+
+    private func block(_ a: [Int], _ b: [Int], bothWays: Bool) {
+        for x in a {
+            for y in b {
+                blocked.insert(x * 16 + y)
+                if bothWays { blocked.insert(y * 16 + x) }
+            }
+        }
+    }
+
+    private func nemesis() {
+        let n = replicas.count
+        let roll = random.next() % 100
+        switch roll {
+        case 0..<20:
+            // Random halves.
+            var a: [Int] = []
+            var b: [Int] = []
+            for i in 0..<n { if random.next() % 2 == 0 { a.append(i) } else { b.append(i) } }
+            if a.isEmpty || b.isEmpty { return }
+            blocked = []
+            block(a, b, bothWays: true)
+            trace("nemesis: partition \(a.map { $0 + 1 }) | \(b.map { $0 + 1 })")
+        case 20..<32:
+            guard let l = currentLeader() else { return }
+            blocked = []
+            block([l], Array(0..<n).filter { $0 != l }, bothWays: true)
+            trace("nemesis: isolate leader \(l + 1)")
+        case 32..<42:
+            // One-way drops.
+            blocked = []
+            for x in 0..<n { for y in 0..<n where x != y && random.chance(0.3) { blocked.insert(x * 16 + y) } }
+            trace("nemesis: one-way drops \(blocked.sorted().map { "\($0 / 16 + 1)->\($0 % 16 + 1)" })")
+        case 42..<64:
+            // Crash a replica (the leader half of the time), keeping a majority able to come
+            // back: never more than a minority down at once.
+            guard n - upCount() < n - (n / 2 + 1) else { return }
+            let candidates = replicas.indices.filter { replicas[$0].up }
+            let victim = random.chance(0.5) ? (currentLeader() ?? candidates[0]) : candidates[Int(random.next() % UInt64(candidates.count))]
+            crash(victim)
+            queue.push(.restart(victim), at: now + micros(ms: 20 + random.next() % 1200))
+        case 64..<84:
+            blocked = []
+            trace("nemesis: heal network")
+        case 84..<92:
+            guard let l = currentLeader() else { return }
+            let target = ReplicaID(UInt64(1 + random.next() % UInt64(n)))
+            trace("nemesis: transfer leadership \(l + 1) -> \(target)")
+            try? replicas[l].node!.transferLeadership(to: target)
+            afterInput(l)
+        default:
+            // Pause a process (SIGSTOP): it keeps its memory, its timers stop and its input
+            // waits; on resume it acts on stale beliefs. Often the leader, often for longer
+            // than an election timeout.
+            let ups = replicas.indices.filter { replicas[$0].up }
+            guard !ups.isEmpty else { return }
+            let p = random.chance(0.5) ? (currentLeader() ?? ups[0]) : ups[Int(random.next() % UInt64(ups.count))]
+            let ms = 50 + random.next() % 800
+            replicas[p].pausedUntil = now + micros(ms: ms)
+            trace("nemesis: pause \(p + 1) for \(ms)ms")
+        }
+    }
+
+    private func heal() {
+        faultsOver = true
+        healedAt = now
+        blocked = []
+        dropRate = 0
+        for i in replicas.indices { replicas[i].pausedUntil = min(replicas[i].pausedUntil, now) }
+        trace("heal: network healed, every replica up")
+        for i in replicas.indices where !replicas[i].up { start(i) }
+    }
+
+    private func livenessCheck() {
+        clientsStopped = true
+        let ups = replicas.compactMap(\.node)
+        let leaders = ups.filter { $0.role == .leader }
+        guard let leader = leaders.max(by: { $0.term < $1.term }) else {
+            checker.recordFailure(.liveness, "no leader \(options.livenessMillis)ms after healing")
+            return
+        }
+        if !ups.allSatisfy({ $0.leader == leader.id && $0.term == leader.term }) {
+            checker.recordFailure(.liveness, "replicas disagree on the leader \(options.livenessMillis)ms after healing")
+        }
+        if !progressAfterHeal && options.clients > 0 {
+            checker.recordFailure(.liveness, "no write was acknowledged after healing")
+        }
+        // Let in-flight work finish, then everyone must agree.
+        settle()
+    }
+
+    /// After the liveness deadline: no new client work; the cluster must finish what is in
+    /// flight and converge (every replica applied the same commit index, same state).
+    private func settle() {
+        let deadline = now + micros(ms: options.livenessMillis)
+        var converged = isConverged()
+        while !converged, let (t, event) = queue.pop() {
+            if t > deadline { break }
+            now = t
+            result.events += 1
+            handle(event)
+            converged = isConverged()
+        }
+        let pending = replicas.reduce(0) { $0 + $1.waiters.count }
+        if pending > 0 {
+            checker.recordFailure(.liveness, "\(pending) proposals unresolved after healing")
+        }
+        let commit = replicas.compactMap(\.node).map(\.commitIndex).max() ?? 0
+        for r in replicas where r.appliedIndex != commit {
+            checker.recordFailure(
+                .liveness, "replica \(r.id) applied \(r.appliedIndex), the cluster committed \(commit)")
+        }
+        let atCommit = replicas.filter { $0.appliedIndex == commit }
+        if Set(atCommit.map { $0.machine.digest }).count > 1 {
+            let detail = atCommit.map { "\($0.id): digest \($0.machine.digest)" }
+            checker.recordFailure(
+                .divergentState, "replicas at index \(commit) have different states (\(detail.joined(separator: ", ")))")
+        }
+        for w in acknowledged {
+            checker.checkAcknowledged(index: w.index, term: w.term, data: w.command, operation: "op \(w.op)")
+        }
+        queue.push(.finish, at: now)
+    }
+
+    private func isConverged() -> Bool {
+        guard replicas.allSatisfy({ $0.waiters.isEmpty && $0.inFlight == nil }) else { return false }
+        let nodes = replicas.compactMap(\.node)
+        guard nodes.count == replicas.count, let commit = nodes.map(\.commitIndex).max() else { return false }
+        return replicas.allSatisfy { $0.appliedIndex == commit && $0.node!.lastIndex == commit }
+    }
+
+    // MARK: Clients
+
+    enum Outcome { case ok, failed, indeterminate }
+
+    private func clientStep(_ c: Int) {
+        guard !clientsStopped, !clients[c].submitted else { return }
+        if clients[c].op == nil {
+            nextOp += 1
+            clients[c].op = nextOp
+            clients[c].isWrite = random.next() % 10 < 7
+            clients[c].key = "k\(random.next() % 5)"
+            clients[c].command = RegisterMachine.command(op: nextOp, key: clients[c].key, value: "v\(nextOp)")
+            clients[c].startedAt = now
+            queue.push(.clientTimeout(c, op: nextOp), at: now + micros(ms: 1000))
+        }
+        let op = clients[c].op!
+        let ups = replicas.indices.filter { replicas[$0].up && replicas[$0].pausedUntil <= now }
+        guard !ups.isEmpty else { return retry(c) }
+        var target = clients[c].leaderHint ?? ups[Int(random.next() % UInt64(ups.count))]
+        if !ups.contains(target) { target = ups[Int(random.next() % UInt64(ups.count))] }
+        if clients[c].isWrite {
+            do {
+                let p = try replicas[target].node!.propose(clients[c].command)
+                replicas[target].waiters.append(
+                    Waiter(index: p.index, term: p.term, client: c, op: op, command: clients[c].command))
+                trace("client \(c) op \(op) proposes at \(target + 1): \(p.term)/\(p.index)")
+                clients[c].submitted = true
+                clients[c].leaderHint = target
+            } catch RaftError.notLeader(let hint) {
+                clients[c].leaderHint = hint.map { Int($0.rawValue) - 1 }
+                return retry(c)
+            } catch {
+                clients[c].leaderHint = nil
+                return retry(c)
+            }
+        } else {
+            do {
+                try replicas[target].node!.readIndex(ReadRequestID(op))
+                replicas[target].reads.append(
+                    ReadWaiter(client: c, op: op, requiredIndex: highestAcknowledged, state: nil))
+                trace("client \(c) op \(op) reads at \(target + 1), must see \(highestAcknowledged)")
+                clients[c].submitted = true
+            } catch {
+                clients[c].leaderHint = nil
+                return retry(c)
+            }
+        }
+        afterInput(target)
+    }
+
+    private func retry(_ c: Int) {
+        queue.push(.client(c), at: now + micros(ms: 5 + random.next() % 20))
+    }
+
+    private func finishOp(_ c: Int, op: UInt64, outcome: Outcome) {
+        guard clients[c].op == op else { return }
+        finishOp(c, outcome: outcome)
+    }
+
+    private func finishOp(_ c: Int, outcome: Outcome) {
+        switch outcome {
+        case .ok: if clients[c].isWrite { result.acknowledgedWrites += 1 }
+        case .failed: result.failedWrites += 1
+        case .indeterminate: result.indeterminateOperations += 1
+        }
+        clients[c].op = nil
+        clients[c].submitted = false
+        queue.push(.client(c), at: now + micros(ms: random.next() % 30))
+    }
+}

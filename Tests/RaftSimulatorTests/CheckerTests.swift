@@ -1,0 +1,174 @@
+import Raft
+import RaftSimulator
+import Testing
+
+/// The checkers must be able to fail. Each rule gets a made-up history that breaks it and one
+/// that keeps it; the simulator tests below also run deliberately broken cores.
+struct CheckerTests {
+    func entry(_ term: Term, _ index: LogIndex, _ text: String = "") -> Entry {
+        Entry(term: term, index: index, data: Array(text.utf8))
+    }
+
+    func rules(_ c: SafetyChecker) -> Set<Violation.Rule> { Set(c.violations.map(\.rule)) }
+
+    @Test func electionSafety() {
+        var c = SafetyChecker()
+        c.observeLeader(1, term: 3)
+        c.observeLeader(1, term: 3)
+        c.observeLeader(2, term: 4)
+        #expect(c.ok)
+        c.observeLeader(3, term: 4)
+        #expect(rules(c) == [.electionSafety])
+    }
+
+    @Test func logMatchingPayload() {
+        var c = SafetyChecker()
+        c.observePersist(1, entries: [entry(1, 1, "a"), entry(1, 2, "b")], previousTerm: 0)
+        c.observePersist(2, entries: [entry(1, 1, "a"), entry(1, 2, "b")], previousTerm: 0)
+        #expect(c.ok)
+        c.observePersist(3, entries: [entry(1, 2, "B")], previousTerm: 1)
+        #expect(rules(c) == [.logMatching])
+    }
+
+    @Test func logMatchingPrefix() {
+        var c = SafetyChecker()
+        c.observePersist(1, entries: [entry(1, 1), entry(2, 2, "x")], previousTerm: 0)
+        // Same entry 2/2, but behind an entry of another term: the logs disagree before it.
+        c.observePersist(2, entries: [entry(2, 2, "x")], previousTerm: 2)
+        #expect(rules(c) == [.logMatching])
+    }
+
+    @Test func stateMachineSafety() {
+        var c = SafetyChecker()
+        c.observeApply(1, entry: entry(1, 1, "a"), currentTerm: 1)
+        c.observeApply(2, entry: entry(1, 1, "a"), currentTerm: 1)
+        #expect(c.ok)
+        c.observeApply(3, entry: entry(2, 1, "z"), currentTerm: 2)
+        #expect(rules(c) == [.stateMachineSafety])
+    }
+
+    @Test func leaderCompleteness() {
+        var c = SafetyChecker()
+        c.observeApply(1, entry: entry(1, 1), currentTerm: 1)
+        c.observeApply(1, entry: entry(1, 2), currentTerm: 1)
+        // A leader of term 2 that holds both entries is fine.
+        c.observeNewLeader(2, term: 2, firstIndex: 1, lastIndex: 2, termAt: { _ in 1 })
+        #expect(c.ok)
+        // A leader of a stale term need not hold what a later term committed.
+        c.observeApply(1, entry: entry(3, 3), currentTerm: 3)
+        c.observeNewLeader(3, term: 1, firstIndex: 1, lastIndex: 2, termAt: { _ in 1 })
+        #expect(c.ok)
+        // A leader of term 4 that lost entry 3 breaks the rule; so does one holding another term.
+        c.observeNewLeader(3, term: 4, firstIndex: 1, lastIndex: 2, termAt: { _ in 1 })
+        c.observeNewLeader(2, term: 5, firstIndex: 1, lastIndex: 3, termAt: { $0 == 3 ? 2 : 1 })
+        #expect(c.violations.count == 2)
+        #expect(rules(c) == [.leaderCompleteness])
+    }
+
+    @Test func durableVote() {
+        var c = SafetyChecker()
+        c.observeHardState(1, HardState(term: 1, vote: nil))
+        c.observeHardState(1, HardState(term: 1, vote: 2))
+        c.observeHardState(1, HardState(term: 2, vote: 3))
+        #expect(c.ok)
+        c.observeHardState(1, HardState(term: 2, vote: 1))
+        #expect(rules(c) == [.durableVote])
+        var d = SafetyChecker()
+        d.observeHardState(1, HardState(term: 5))
+        d.observeHardState(1, HardState(term: 4))
+        #expect(rules(d) == [.durableVote])
+    }
+
+    @Test func linearizableRead() {
+        var c = SafetyChecker()
+        c.observeRead(replica: 1, index: 9, requiredIndex: 9, detail: "")
+        #expect(c.ok)
+        c.observeRead(replica: 1, index: 8, requiredIndex: 9, detail: "stale")
+        #expect(rules(c) == [.linearizableRead])
+    }
+
+    @Test func acknowledgedWrites() {
+        var c = SafetyChecker()
+        c.observeApply(1, entry: entry(1, 1, "w1"), currentTerm: 1)
+        c.checkAcknowledged(index: 1, term: 1, data: Array("w1".utf8), operation: "w1")
+        #expect(c.ok)
+        c.checkAcknowledged(index: 2, term: 1, data: Array("w2".utf8), operation: "never applied")
+        c.checkAcknowledged(index: 1, term: 1, data: Array("other".utf8), operation: "overwritten")
+        #expect(c.violations.count == 2)
+        #expect(rules(c) == [.acknowledgedWriteLost])
+    }
+}
+
+/// Broken cores in the full simulator: each must be caught by the rule it breaks.
+struct BrokenCoreTests {
+    func firstFailure(_ faults: FaultInjection, seeds: ClosedRange<UInt64>) -> SimulationResult? {
+        for seed in seeds {
+            let result = Simulation(options: SimulationOptions(seed: seed, faults: faults)).run()
+            if !result.ok { return result }
+        }
+        return nil
+    }
+
+    @Test("votes granted without the log check lose committed entries")
+    func voteIgnoringLog() throws {
+        let r = try #require(firstFailure(.grantVoteIgnoringLog, seeds: 1...200))
+        let caught = Set(r.violations.map(\.rule))
+        #expect(!caught.isDisjoint(with: [.leaderCompleteness, .stateMachineSafety, .acknowledgedWriteLost]))
+    }
+
+    @Test("a vote forgotten on restart is caught")
+    func forgottenVote() throws {
+        let r = try #require(firstFailure(.forgetVoteOnRestart, seeds: 1...200))
+        #expect(r.violations.contains { $0.rule == .durableVote || $0.rule == .electionSafety })
+    }
+
+    @Test("reads served without confirming leadership are caught as stale")
+    func readWithoutQuorum() throws {
+        let r = try #require(firstFailure(.readIndexWithoutQuorum, seeds: 1...400))
+        #expect(r.violations.contains { $0.rule == .linearizableRead })
+    }
+
+    /// Elects replica 1 by hand, then lets one follower acknowledge the leader's first
+    /// append before the leader's own write is durable. Returns the leader's commit index.
+    func commitBeforeLeaderPersists(_ faults: FaultInjection) throws -> LogIndex {
+        let membership = Membership(voters: [1, 2, 3])
+        var nodes: [RaftNode] = []
+        for id in 1...3 {
+            let config = RaftConfig(id: ReplicaID(UInt64(id)), faults: faults)
+            nodes.append(try RaftNode(config: config, storage: MemoryStorage(membership: membership), random: DeterministicGenerator(seed: 1)))
+        }
+        nodes[0].campaign()
+        // PreVote round, then the vote round; followers persist nothing here (in memory).
+        for _ in 0..<2 {
+            let rd = nodes[0].ready()
+            for m in rd.messages { nodes[Int(m.to.rawValue) - 1].step(m) }
+            nodes[0].advance(rd)
+            for i in 1...2 {
+                let r = nodes[i].ready()
+                for m in r.messages { nodes[0].step(m) }
+                nodes[i].advance(r)
+            }
+        }
+        #expect(nodes[0].role == .leader)
+        let pending = nodes[0].ready()  // the no-op: neither persisted nor advanced
+        for m in pending.messagesBeforePersist where m.to == 2 { nodes[1].step(m) }
+        let ack = nodes[1].ready()
+        for m in ack.messages { nodes[0].step(m) }
+        return nodes[0].commitIndex
+    }
+
+    @Test("a leader that counts its unpersisted entries commits with one durable copy")
+    func countUnpersisted() throws {
+        #expect(try commitBeforeLeaderPersists([]) == 0)
+        #expect(try commitBeforeLeaderPersists(.countUnpersistedLeaderEntries) == 1)
+    }
+
+    @Test("the same seed replays the same run")
+    func determinism() {
+        let a = Simulation(options: SimulationOptions(seed: 77, trace: true)).run()
+        let b = Simulation(options: SimulationOptions(seed: 77, trace: true)).run()
+        #expect(a.trace == b.trace)
+        #expect(a.events == b.events && a.acknowledgedWrites == b.acknowledgedWrites)
+        #expect(a.trace.count > 100)
+    }
+}

@@ -172,3 +172,37 @@ struct BrokenCoreTests {
         #expect(a.trace.count > 100)
     }
 }
+
+/// A register whose snapshots forget everything: replicas that restored from one end up with
+/// another state than replicas that applied the log.
+struct ForgetfulMachine: SimStateMachine {
+    var inner = RegisterMachine()
+    init() {}
+    mutating func apply(_ command: [UInt8], index: LogIndex) { inner.apply(command, index: index) }
+    func snapshot() -> [UInt8] { [] }
+    mutating func restore(_ snapshot: [UInt8]) throws { inner = RegisterMachine() }
+    var digest: UInt64 { inner.digest }
+}
+
+struct SimulationCheckTests {
+    @Test("replicas that converge to different states are caught")
+    func divergentStateIsCaught() {
+        var caught = false
+        for seed in UInt64(1)...40 {
+            let r = Simulation(options: SimulationOptions(seed: seed), machine: ForgetfulMachine.self).run()
+            if r.violations.contains(where: { $0.rule == .divergentState }) {
+                caught = true
+                break
+            }
+        }
+        #expect(caught)
+    }
+
+    @Test("a cluster given no time to recover fails the liveness check")
+    func livenessIsChecked() {
+        let r = Simulation(options: SimulationOptions(seed: 5, livenessMillis: 0)).run()
+        #expect(r.violations.contains { $0.rule == .liveness })
+        let healthy = Simulation(options: SimulationOptions(seed: 5)).run()
+        #expect(healthy.ok)
+    }
+}

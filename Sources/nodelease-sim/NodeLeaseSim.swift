@@ -2,8 +2,14 @@ import ArgumentParser
 import Raft
 import RaftSimulator
 
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
 @main
-struct NodeLeaseSim: ParsableCommand {
+struct NodeLeaseSim: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "nodelease-sim",
         abstract: "Runs the Raft core under seeded faults in a deterministic simulator.",
@@ -39,6 +45,9 @@ struct NodeLeaseSim: ParsableCommand {
             valueName: "fault"))
     var breakRules: [String] = []
 
+    @Option(help: "Seeds run in parallel (default: one per core). Output stays in seed order.")
+    var jobs: Int?
+
     @Flag(help: "Print the event trace of each seed run.")
     var trace = false
 
@@ -55,38 +64,59 @@ struct NodeLeaseSim: ParsableCommand {
         }
     }
 
-    func run() throws {
+    func run() async throws {
         let list: [UInt64] = seed.map { [$0] } ?? (0..<UInt64(seeds)).map { first &+ $0 }
-        var failed = 0
         var faults: FaultInjection = []
         for name in breakRules { faults.insert(FaultInjection.names[name]!) }
+        let cores = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        let parallel = trace ? 1 : max(1, jobs ?? cores)
+        var failed = 0
         let clock = ContinuousClock()
         let started = clock.now
-        for s in list {
-            let options = SimulationOptions(
-                seed: s, replicas: replicas, faultMillis: faultMillis, livenessMillis: livenessMillis,
-                trace: trace, faults: faults)
-            let result = Simulation(options: options).run()
-            if trace { for line in result.trace { print(line) } }
-            if !result.ok {
-                failed += 1
-                var replay = "swift run -c release nodelease-sim --seed \(s) --trace"
-                if let replicas { replay += " --replicas \(replicas)" }
-                if faultMillis != 3000 { replay += " --fault-millis \(faultMillis)" }
-                if livenessMillis != 3000 { replay += " --liveness-millis \(livenessMillis)" }
-                for name in breakRules { replay += " --break \(name)" }
-                print("seed \(s) FAILED: \(result.violations.map(\.description).joined(separator: "; "))")
-                print("  knobs: \(result.knobs)")
-                print("  replay: \(replay)")
-            } else if verbose || seed != nil {
-                print(result.summary)
+        var next = 0
+        while next < list.count {
+            let chunk = Array(list[next..<min(list.count, next + parallel * 8)])
+            next += chunk.count
+            let results = await withTaskGroup(of: SimulationResult.self) { group in
+                var pending = chunk[...]
+                var out: [SimulationResult] = []
+                func add(_ s: UInt64) {
+                    let options = SimulationOptions(
+                        seed: s, replicas: replicas, faultMillis: faultMillis, livenessMillis: livenessMillis,
+                        trace: trace, faults: faults)
+                    group.addTask { Simulation(options: options).run() }
+                }
+                for _ in 0..<parallel { if let s = pending.popFirst() { add(s) } }
+                while let r = await group.next() {
+                    out.append(r)
+                    if let s = pending.popFirst() { add(s) }
+                }
+                return out.sorted { $0.seed < $1.seed }
+            }
+            for result in results {
+                if trace { for line in result.trace { print(line) } }
+                if !result.ok {
+                    failed += 1
+                    print("seed \(result.seed) FAILED: \(result.violations.map(\.description).joined(separator: "; ")); replay: \(replayCommand(result.seed))")
+                } else if verbose || seed != nil {
+                    print(result.summary)
+                }
             }
         }
         let elapsed = clock.now - started
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         let rate = seconds > 0 ? Double(list.count) / seconds : 0
-        print("elapsed \(Int(seconds * 1000))ms, \(Int(rate * 10) / 10).\(Int(rate * 10) % 10) seeds/s")
+        print("elapsed \(Int(seconds * 1000))ms with \(parallel) jobs, \(Int(rate * 10) / 10).\(Int(rate * 10) % 10) seeds/s")
         print("\(list.count) seeds, \(failed) failed")
         if failed > 0 { throw ExitCode.failure }
+    }
+
+    func replayCommand(_ s: UInt64) -> String {
+        var replay = "swift run -c release nodelease-sim --seed \(s) --trace"
+        if let replicas { replay += " --replicas \(replicas)" }
+        if faultMillis != 3000 { replay += " --fault-millis \(faultMillis)" }
+        if livenessMillis != 3000 { replay += " --liveness-millis \(livenessMillis)" }
+        for name in breakRules { replay += " --break \(name)" }
+        return replay
     }
 }

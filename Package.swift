@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .library(name: "Raft", targets: ["Raft"]),
+        .library(name: "RaftStorage", targets: ["RaftStorage"]),
         .library(name: "RaftSimulator", targets: ["RaftSimulator"]),
         .executable(name: "nodelease-sim", targets: ["nodelease-sim"]),
     ],
@@ -15,8 +16,10 @@ let package = Package(
     targets: [
         // The consensus algorithm as a pure, deterministic state machine.
         .target(name: "Raft"),
+        // Write-ahead log, snapshots and crash recovery on disk.
+        .target(name: "RaftStorage", dependencies: ["Raft"]),
         // Seeded, single-threaded world that runs the real core under faults.
-        .target(name: "RaftSimulator", dependencies: ["Raft"]),
+        .target(name: "RaftSimulator", dependencies: ["Raft", "RaftStorage"]),
         .executableTarget(
             name: "nodelease-sim",
             dependencies: [
@@ -30,6 +33,7 @@ let package = Package(
             exclude: ["testdata"]
         ),
         .testTarget(name: "RaftSimulatorTests", dependencies: ["Raft", "RaftSimulator"]),
+        .testTarget(name: "RaftStorageTests", dependencies: ["Raft", "RaftStorage"]),
     ],
     swiftLanguageModes: [.v6]
 )

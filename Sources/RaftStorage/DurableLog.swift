@@ -1,0 +1,544 @@
+import Raft
+
+/// Durable Raft storage in one data directory: a segmented write-ahead log, snapshot files
+/// and a lock file. The core reads it through `RaftLogStorage`; the driver writes each
+/// `Ready` with `save(...)`, one record and one fsync per batch (group commit).
+///
+/// Recovery replays the newest snapshot and the log after it. A torn record at the end of
+/// the last segment (a write that never completed) is cut off, with a log line; damage
+/// anywhere before that is corruption, and opening fails naming the file and offset rather
+/// than silently losing committed entries. Any failed write or fsync puts the storage in a
+/// failed state in which every later call throws: the replica must stop.
+public final class DurableLog: RaftLogStorage {
+    public struct Options: Sendable {
+        /// A new segment is started when a record would take the current one past this.
+        public var segmentBytes: Int
+        /// fsync every batch. Turning this off makes acknowledged writes losable: benchmarks
+        /// only, and it is logged loudly.
+        public var fsync: Bool
+        /// Recent entries kept in memory; older ones are read from their segment.
+        public var cacheBytes: Int
+        /// How many snapshot files to keep.
+        public var keepSnapshots: Int
+
+        public init(segmentBytes: Int = 64 << 20, fsync: Bool = true, cacheBytes: Int = 16 << 20, keepSnapshots: Int = 2) {
+            self.segmentBytes = segmentBytes
+            self.fsync = fsync
+            self.cacheBytes = cacheBytes
+            self.keepSnapshots = keepSnapshots
+        }
+    }
+
+    struct Location {
+        var term: Term
+        var segment: UInt64
+        var offset: UInt64
+        var length: Int
+    }
+
+    final class Segment {
+        let sequence: UInt64
+        let path: String
+        let file: any StorageFile
+        var size: UInt64
+        var maxIndex: LogIndex = 0
+        init(sequence: UInt64, path: String, file: any StorageFile, size: UInt64) {
+            self.sequence = sequence
+            self.path = path
+            self.file = file
+            self.size = size
+        }
+    }
+
+    public let directory: String
+    public let options: Options
+    private let fs: any StorageFileSystem
+    private let log: (String) -> Void
+    private var lockHandle: (any StorageLock)?
+
+    private var segments: [Segment] = []
+    private var segmentBySequence: [UInt64: Segment] = [:]
+    private var locations: [Location] = []
+    private var offset: LogIndex = 0
+    private var offsetTerm: Term = 0
+    public private(set) var hardState = HardState()
+    private var writtenHardState = HardState()
+    public private(set) var membership: Membership
+    private var currentSnapshot: Snapshot
+    private var cache: [Entry] = []
+    private var cacheStart: LogIndex = 1
+    private var cacheUsed = 0
+    private var failure: String?
+    private var scratchPositions: [(Int, Int)] = []
+
+    /// Counters for benchmarks and metrics.
+    public private(set) var syncCount = 0
+    public private(set) var bytesAppended = 0
+
+    /// Opens (or creates) the data directory and recovers its state.
+    /// - Parameters:
+    ///   - membership: used when the directory is new.
+    ///   - log: receives one line per notable event (torn tail truncated, fsync disabled).
+    public init(
+        directory: String, fileSystem: any StorageFileSystem = PosixFileSystem(), membership: Membership,
+        options: Options = Options(), log: @escaping (String) -> Void = { _ in }
+    ) throws {
+        self.directory = directory
+        self.fs = fileSystem
+        self.options = options
+        self.log = log
+        self.membership = membership
+        self.currentSnapshot = Snapshot(metadata: SnapshotMetadata(index: 0, term: 0, membership: membership), data: [])
+        try fs.createDirectory(directory)
+        lockHandle = try fs.lock(join(directory, "LOCK"))
+        if !options.fsync {
+            log("WARNING: fsync is disabled for \(directory): acknowledged writes can be lost on a crash. Benchmarks only.")
+        }
+        do {
+            try recover()
+        } catch {
+            lockHandle?.release()
+            throw error
+        }
+    }
+
+    deinit { close() }
+
+    /// Closes files and releases the directory lock.
+    public func close() {
+        for s in segments { s.file.close() }
+        segments = []
+        lockHandle?.release()
+        lockHandle = nil
+    }
+
+    // MARK: RaftLogStorage
+
+    public func initialState() throws -> (HardState, Membership) { (hardState, membership) }
+
+    public func firstIndex() throws -> LogIndex { offset + 1 }
+
+    public func lastIndex() throws -> LogIndex { offset + locations.count }
+
+    public func term(_ index: LogIndex) throws -> Term {
+        if index == offset { return offsetTerm }
+        if index < offset { throw StorageError.compacted }
+        let i = offset.distance(to: index) - 1
+        guard i < locations.count else { throw StorageError.unavailable }
+        return locations[i].term
+    }
+
+    public func entries(_ lo: LogIndex, _ hi: LogIndex, maxBytes: Int) throws -> [Entry] {
+        if lo <= offset { throw StorageError.compacted }
+        if hi > (try lastIndex()) + 1 { throw StorageError.unavailable }
+        var out: [Entry] = []
+        var size = 0
+        var i = lo
+        while i < hi {
+            let e = try entry(i)
+            size += e.byteSize
+            if !out.isEmpty && size > maxBytes { break }
+            out.append(e)
+            i = i + 1
+        }
+        return out
+    }
+
+    public func snapshot() throws -> Snapshot { currentSnapshot }
+
+    private func entry(_ index: LogIndex) throws -> Entry {
+        if index >= cacheStart, cacheStart.distance(to: index) < cache.count {
+            return cache[cacheStart.distance(to: index)]
+        }
+        let loc = locations[offset.distance(to: index) - 1]
+        guard let seg = segmentBySequence[loc.segment] else {
+            throw StorageFailure.failed("segment \(loc.segment) of entry \(index) is gone")
+        }
+        let bytes = try seg.file.read(at: loc.offset, count: loc.length)
+        var r = ByteReader(bytes)
+        guard let e = try? r.entry(), e.index == index, e.term == loc.term else {
+            throw StorageFailure.corrupt(file: seg.path, offset: loc.offset, reason: "entry \(index) does not decode")
+        }
+        return e
+    }
+
+    /// Every retained entry, for tests and tools.
+    public func retainedEntries() throws -> [Entry] {
+        try entries(offset + 1, offset + locations.count + 1, maxBytes: Int.max)
+    }
+
+    // MARK: Writing
+
+    /// Persists one `Ready`: the snapshot (if any) first, then the entries and hard state as
+    /// one record, made durable with one fsync when `sync` is set. A hard state that changed
+    /// only its commit index (`sync` false) is kept in memory and written with the next
+    /// record: losing it on a crash only makes the replica relearn the commit index.
+    public func save(hardState hs: HardState?, entries: [Entry], snapshot: Snapshot?, sync: Bool) throws {
+        try checkHealthy()
+        do {
+            if let snapshot { try installSnapshot(snapshot) }
+            if let hs { hardState = hs }
+            if entries.isEmpty && (hardState == writtenHardState || !sync) { return }
+            let fresh = entries.filter { $0.index > offset }
+            if let first = fresh.first, first.index > (try lastIndex()) + 1 {
+                throw StorageFailure.invalid("append at \(first.index) leaves a gap after \(try lastIndex())")
+            }
+            let record = WAL.encodeBatch(
+                hardState: hardState != writtenHardState ? hardState : nil, entries: fresh, positions: &scratchPositions)
+            let seg = try segmentFor(record.count)
+            let start = seg.size
+            try seg.file.write(record, at: start)
+            seg.size += UInt64(record.count)
+            bytesAppended += record.count
+            writtenHardState = hardState
+            for (e, (pos, len)) in zip(fresh, scratchPositions) {
+                place(e, Location(term: e.term, segment: seg.sequence, offset: start + UInt64(pos), length: len))
+                seg.maxIndex = max(seg.maxIndex, e.index)
+            }
+            try syncFile(seg)
+        } catch let e as StorageFailure {
+            if case .invalid = e { throw e }
+            throw fail(e)
+        }
+    }
+
+    /// Records a snapshot of the local state machine at `index` (applied, still in the log).
+    /// Entries stay until `compact(through:)`.
+    public func createSnapshot(at index: LogIndex, data: [UInt8]) throws {
+        try checkHealthy()
+        guard index > currentSnapshot.metadata.index else { return }
+        let t = try term(index)
+        let snap = Snapshot(metadata: SnapshotMetadata(index: index, term: t, membership: membership), data: data)
+        do {
+            try writeSnapshotFile(snap)
+        } catch let e as StorageFailure {
+            throw fail(e)
+        }
+        currentSnapshot = snap
+        removeOldSnapshots()
+    }
+
+    /// Drops entries up to `index` (at most the snapshot index) and removes segments that
+    /// hold nothing after it.
+    public func compact(through index: LogIndex) throws {
+        try checkHealthy()
+        guard index > offset else { return }
+        guard index <= currentSnapshot.metadata.index else {
+            throw StorageFailure.invalid("cannot compact through \(index): the snapshot is at \(currentSnapshot.metadata.index)")
+        }
+        let t = try term(index)
+        do {
+            try appendState(reset: false, compactedIndex: index, compactedTerm: t)
+        } catch let e as StorageFailure {
+            throw fail(e)
+        }
+        dropPrefix(through: index, term: t)
+        removeSegments { $0.maxIndex <= index }
+    }
+
+    // MARK: Internals
+
+    private func checkHealthy() throws {
+        if let failure { throw StorageFailure.failed(failure) }
+    }
+
+    private func fail(_ e: StorageFailure) -> StorageFailure {
+        let why = e.description
+        if failure == nil {
+            failure = why
+            log("storage failed, refusing further writes: \(why)")
+        }
+        return .failed(why)
+    }
+
+    private func syncFile(_ seg: Segment) throws {
+        guard options.fsync else { return }
+        try seg.file.sync()
+        syncCount += 1
+    }
+
+    private func place(_ e: Entry, _ loc: Location) {
+        let last = offset + locations.count
+        if e.index <= last {
+            let keep = offset.distance(to: e.index) - 1
+            locations.removeSubrange(keep...)
+            if e.index < cacheStart {
+                cache.removeAll()
+                cacheUsed = 0
+            } else {
+                let k = cacheStart.distance(to: e.index)
+                if k < cache.count {
+                    for c in cache[k...] { cacheUsed -= c.byteSize }
+                    cache.removeSubrange(k...)
+                }
+            }
+        }
+        locations.append(loc)
+        if cache.isEmpty { cacheStart = e.index }
+        cache.append(e)
+        cacheUsed += e.byteSize
+        var drop = 0
+        while cacheUsed > options.cacheBytes && drop < cache.count - 1 {
+            cacheUsed -= cache[drop].byteSize
+            drop += 1
+        }
+        if drop > 0 {
+            cache.removeFirst(drop)
+            cacheStart = cacheStart + drop
+        }
+    }
+
+    private func dropPrefix(through index: LogIndex, term: Term) {
+        let n = min(offset.distance(to: index), locations.count)
+        locations.removeFirst(n)
+        offset = index
+        offsetTerm = term
+        if cacheStart <= index {
+            let k = min(cacheStart.distance(to: index) + 1, cache.count)
+            for c in cache[..<k] { cacheUsed -= c.byteSize }
+            cache.removeFirst(k)
+            cacheStart = index + 1
+        }
+        if locations.isEmpty {
+            cache = []
+            cacheUsed = 0
+            cacheStart = index + 1
+        }
+    }
+
+    /// The segment the next record of `size` bytes goes to, starting a new one when full.
+    private func segmentFor(_ size: Int) throws -> Segment {
+        if let cur = segments.last, cur.size + UInt64(size) <= UInt64(options.segmentBytes) || cur.maxIndex == 0 && cur.size < 4096 {
+            return cur
+        }
+        return try startSegment()
+    }
+
+    @discardableResult
+    private func startSegment() throws -> Segment {
+        let sequence = (segments.last?.sequence ?? 0) + 1
+        let path = join(directory, "wal-\(hex(sequence)).log")
+        let file = try fs.open(path, create: true)
+        try file.truncate(to: 0)
+        let seg = Segment(sequence: sequence, path: path, file: file, size: 0)
+        let header = WAL.encodeState(
+            WAL.State(
+                hardState: writtenHardState, compactedIndex: offset, compactedTerm: offsetTerm, membership: membership,
+                reset: false))
+        try file.write(header, at: 0)
+        seg.size = UInt64(header.count)
+        try syncFile(seg)
+        try fs.syncDirectory(directory)
+        segments.append(seg)
+        segmentBySequence[sequence] = seg
+        return seg
+    }
+
+    private func appendState(reset: Bool, compactedIndex: LogIndex, compactedTerm: Term) throws {
+        writtenHardState = hardState
+        let record = WAL.encodeState(
+            WAL.State(
+                hardState: hardState, compactedIndex: compactedIndex, compactedTerm: compactedTerm,
+                membership: membership, reset: reset))
+        let seg = try segmentFor(record.count)
+        try seg.file.write(record, at: seg.size)
+        seg.size += UInt64(record.count)
+        try syncFile(seg)
+    }
+
+    private func installSnapshot(_ s: Snapshot) throws {
+        guard s.metadata.index > currentSnapshot.metadata.index else { return }
+        try writeSnapshotFile(s)
+        currentSnapshot = s
+        membership = s.metadata.membership
+        locations = []
+        cache = []
+        cacheUsed = 0
+        offset = s.metadata.index
+        offsetTerm = s.metadata.term
+        cacheStart = offset + 1
+        try appendState(reset: true, compactedIndex: offset, compactedTerm: offsetTerm)
+        let current = segments.last?.sequence
+        removeSegments { $0.sequence != current }
+        removeOldSnapshots()
+    }
+
+    private func writeSnapshotFile(_ s: Snapshot) throws {
+        let name = SnapshotFile.name(s.metadata)
+        let tmp = join(directory, name + ".tmp")
+        let file = try fs.open(tmp, create: true)
+        defer { file.close() }
+        try file.truncate(to: 0)
+        try file.write(SnapshotFile.encode(s), at: 0)
+        try file.sync()
+        try fs.rename(tmp, to: join(directory, name))
+        try fs.syncDirectory(directory)
+    }
+
+    private func removeSegments(where dead: (Segment) -> Bool) {
+        guard segments.count > 1 else { return }
+        var removed = false
+        var kept: [Segment] = []
+        for (i, s) in segments.enumerated() {
+            if i < segments.count - 1 && dead(s) {
+                s.file.close()
+                try? fs.remove(s.path)
+                segmentBySequence[s.sequence] = nil
+                removed = true
+            } else {
+                kept.append(s)
+            }
+        }
+        segments = kept
+        if removed { try? fs.syncDirectory(directory) }
+    }
+
+    private func snapshotNames() -> [(index: UInt64, name: String)] {
+        let names = (try? fs.list(directory)) ?? []
+        return names.compactMap { name -> (UInt64, String)? in
+            guard name.hasPrefix("snap-"), name.hasSuffix(".snap") else { return nil }
+            let parts = name.dropFirst(5).dropLast(5).split(separator: "-")
+            guard parts.count == 2, let idx = UInt64(parts[0], radix: 16) else { return nil }
+            return (idx, name)
+        }.sorted { $0.0 < $1.0 }
+    }
+
+    private func removeOldSnapshots() {
+        let all = snapshotNames()
+        guard all.count > options.keepSnapshots else { return }
+        for s in all.prefix(all.count - options.keepSnapshots) { try? fs.remove(join(directory, s.name)) }
+    }
+
+    // MARK: Recovery
+
+    private func recover() throws {
+        let names = try fs.list(directory)
+        for name in names where name.hasSuffix(".tmp") { try fs.remove(join(directory, name)) }
+
+        if let newest = snapshotNames().last {
+            let path = join(directory, newest.name)
+            let file = try fs.open(path, create: false)
+            defer { file.close() }
+            let bytes = try file.read(at: 0, count: Int(try file.size()))
+            currentSnapshot = try SnapshotFile.decode(bytes, file: path)
+            membership = currentSnapshot.metadata.membership
+        }
+
+        let walNames = names.filter { $0.hasPrefix("wal-") && $0.hasSuffix(".log") }.sorted()
+        var offsetKnown = true
+        for (k, name) in walNames.enumerated() {
+            guard let sequence = UInt64(name.dropFirst(4).dropLast(4), radix: 16) else { continue }
+            let path = join(directory, name)
+            let file = try fs.open(path, create: false)
+            let bytes = try file.read(at: 0, count: Int(try file.size()))
+            let seg = Segment(sequence: sequence, path: path, file: file, size: 0)
+            let isLast = k == walNames.count - 1
+            var pos = 0
+            while pos < bytes.count {
+                guard WAL.validRecord(in: bytes, at: pos) else {
+                    if isLast && !WAL.anyValidRecord(in: bytes, after: pos) {
+                        log("\(path): cut off a torn write of \(bytes.count - pos) bytes at offset \(pos) (a write that never completed)")
+                        try file.truncate(to: UInt64(pos))
+                        if options.fsync { try file.sync() }
+                        break
+                    }
+                    throw StorageFailure.corrupt(
+                        file: path, offset: UInt64(pos), reason: "record header or checksum does not match")
+                }
+                var r = ByteReader(bytes, at: pos + 4)
+                let length = Int(try r.u32())
+                _ = try r.u32()
+                do {
+                    try replayRecord(bytes, at: pos, length: length, segment: seg, offsetKnown: &offsetKnown)
+                } catch DecodeError.truncated, DecodeError.invalid {
+                    throw StorageFailure.corrupt(file: path, offset: UInt64(pos), reason: "record does not decode")
+                }
+                pos += WAL.headerSize + length
+            }
+            seg.size = UInt64(pos)
+            segments.append(seg)
+            segmentBySequence[sequence] = seg
+        }
+        if !offsetKnown {
+            throw StorageFailure.corrupt(
+                file: segments.first?.path ?? directory, offset: 0,
+                reason: "the log starts at \(offset + 1) but no snapshot or compaction record covers the entries before it")
+        }
+        writtenHardState = hardState
+
+        let snap = currentSnapshot.metadata
+        if snap.index > 0 {
+            let last = offset + locations.count
+            if snap.index < offset {
+                throw StorageFailure.corrupt(
+                    file: join(directory, SnapshotFile.name(snap)), offset: 0,
+                    reason: "snapshot at \(snap.index) is older than the log's compaction point \(offset)")
+            }
+            if snap.index > last || (try? term(snap.index)) != snap.term {
+                // A snapshot installed from the leader whose log record did not make it.
+                locations = []
+                offset = snap.index
+                offsetTerm = snap.term
+            }
+        } else if offset > 0 {
+            throw StorageFailure.corrupt(file: directory, offset: 0, reason: "the log was compacted to \(offset) but there is no snapshot")
+        }
+        cacheStart = offset + locations.count + 1
+        let last = offset + locations.count
+        if hardState.commit > last {
+            log("hard state commit \(hardState.commit) is past the last entry \(last); using \(last)")
+            hardState.commit = last
+        }
+        if segments.isEmpty { try startSegment() }
+    }
+
+    private func replayRecord(_ bytes: [UInt8], at pos: Int, length: Int, segment: Segment, offsetKnown: inout Bool) throws {
+        var r = ByteReader(bytes, at: pos + WAL.headerSize)
+        guard let type = WAL.RecordType(rawValue: try r.u8()) else { throw DecodeError.invalid("record type") }
+        switch type {
+        case .state:
+            hardState = try r.hardState()
+            let compacted = LogIndex(try r.u64())
+            let compactedTerm = Term(try r.u64())
+            membership = try r.membership()
+            let reset = try r.u8() == 1
+            if reset {
+                locations = []
+                offset = compacted
+                offsetTerm = compactedTerm
+                offsetKnown = true
+            } else if compacted > offset || (!offsetKnown && compacted == offset) {
+                let n = min(offset.distance(to: compacted), locations.count)
+                locations.removeFirst(n)
+                offset = compacted
+                offsetTerm = compactedTerm
+                offsetKnown = true
+            }
+        case .batch:
+            if try r.u8() == 1 { hardState = try r.hardState() }
+            let count = Int(try r.u32())
+            for _ in 0..<count {
+                let start = r.position
+                let e = try r.entry()
+                let loc = Location(term: e.term, segment: segment.sequence, offset: UInt64(start), length: r.position - start)
+                segment.maxIndex = max(segment.maxIndex, e.index)
+                if e.index <= offset { continue }
+                let last = offset + locations.count
+                if e.index <= last {
+                    locations.removeSubrange((offset.distance(to: e.index) - 1)...)
+                } else if e.index > last + 1 {
+                    guard locations.isEmpty else {
+                        throw StorageFailure.corrupt(
+                            file: segment.path, offset: UInt64(pos), reason: "entry \(e.index) follows entry \(last)")
+                    }
+                    // The segments before this one were removed after a compaction; a later
+                    // compaction record must cover the entries before this one.
+                    offset = e.index - 1
+                    offsetTerm = 0
+                    offsetKnown = false
+                }
+                locations.append(loc)
+            }
+        }
+    }
+}

@@ -51,6 +51,9 @@ public struct Knobs: Sendable, CustomStringConvertible {
     public var maxInflight: Int
     public var maxMessageBytes: Int
     public var preVote: Bool
+    /// Replicas write through the real `DurableLog` (on a file system that tears unsynced
+    /// writes on a crash) rather than the in-memory storage.
+    public var durableDisk: Bool
 
     init(seed: UInt64, replicas: Int?) {
         var g = DeterministicGenerator(seed: seed ^ 0x6b6e_6f62_7321)
@@ -72,6 +75,7 @@ public struct Knobs: Sendable, CustomStringConvertible {
         maxInflight = pick([1, 4, 64])
         maxMessageBytes = pick([64, 1024, 1 << 20])
         preVote = pick([true, true, true, false])
+        durableDisk = pick([false, true])
     }
 
     public var description: String {
@@ -79,7 +83,7 @@ public struct Knobs: Sendable, CustomStringConvertible {
             + "delay=\(minDelayMicros)-\(maxDelayMicros)us drop=\(dropRate) dup=\(duplicateRate) "
             + "drift=\(drift) fsync<=\(maxFsyncMicros)us nemesis=\(nemesisMinMillis)-\(nemesisMaxMillis)ms "
             + "snapshot-every=\(snapshotEvery) keep=\(keepAfterSnapshot) inflight=\(maxInflight) "
-            + "msg-bytes=\(maxMessageBytes) prevote=\(preVote)"
+            + "msg-bytes=\(maxMessageBytes) prevote=\(preVote) disk=\(durableDisk ? "wal" : "memory")"
     }
 }
 

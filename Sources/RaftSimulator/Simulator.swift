@@ -46,7 +46,7 @@ public final class Simulation {
 
     struct Replica {
         let id: ReplicaID
-        let storage: MemoryStorage
+        let disk: SimDisk
         var node: RaftNode?
         var machine: any SimStateMachine
         var appliedIndex: LogIndex = 0
@@ -106,8 +106,9 @@ public final class Simulation {
             elections: 0, crashes: 0, snapshotsInstalled: 0, trace: [])
         let membership = Membership(voters: (1...knobs.replicas).map { ReplicaID(UInt64($0)) })
         for i in 0..<knobs.replicas {
-            var r = Replica(
-                id: ReplicaID(UInt64(i + 1)), storage: MemoryStorage(membership: membership), machine: machine.init())
+            // The in-memory file system cannot fail to open.
+            let disk = try! SimDisk(membership: membership, durable: knobs.durableDisk)
+            var r = Replica(id: ReplicaID(UInt64(i + 1)), disk: disk, machine: machine.init())
             r.rate = 1 + (Double(random.next() % 2001) / 1000 - 1) * knobs.drift
             replicas.append(r)
         }
@@ -214,7 +215,18 @@ public final class Simulation {
         var r = replicas[i]
         r.epoch += 1
         r.machine = makeMachine()
-        let snap = (try? r.storage.snapshot())
+        do {
+            try r.disk.reopen()
+        } catch {
+            checker.recordFailure(.acknowledgedWriteLost, "replica \(r.id) cannot recover its disk: \(error)")
+            replicas[i] = r
+            return
+        }
+        for note in r.disk.notes { trace("replica \(r.id) disk: \(note)") }
+        let recovered = r.disk.retained()
+        checker.observePersist(r.id, entries: recovered.entries, previousTerm: recovered.previousTerm)
+        checker.observeHardState(r.id, r.disk.hardState)
+        let snap = (try? r.disk.storage.snapshot())
         if let snap, !snap.isEmpty {
             do { try r.machine.restore(snap.data) } catch {
                 checker.recordFailure(.divergentState, "replica \(r.id) cannot restore its snapshot")
@@ -228,14 +240,14 @@ public final class Simulation {
             maxMessageBytes: knobs.maxMessageBytes, maxInflightMessages: knobs.maxInflight,
             preVote: knobs.preVote, checkQuorum: true, faults: options.faults)
         do {
-            r.node = try RaftNode(config: config, storage: r.storage, random: random.fork())
+            r.node = try RaftNode(config: config, storage: r.disk.storage, random: random.fork())
         } catch {
             checker.recordFailure(.liveness, "replica \(r.id) cannot start: \(error)")
         }
         r.inFlight = nil
         r.ledTerm = 0
         replicas[i] = r
-        trace("replica \(r.id) starts: \(r.storage.hardState) last=\(r.node?.lastIndex ?? 0)")
+        trace("replica \(r.id) starts: \(r.disk.hardState) last=\(r.node?.lastIndex ?? 0)")
         scheduleTick(i)
     }
 
@@ -247,16 +259,14 @@ public final class Simulation {
     private func crash(_ i: Int) {
         guard replicas[i].up else { return }
         result.crashes += 1
-        // The write in progress may have reached the disk in part: a prefix of its entries,
-        // and the hard state only if every entry made it (the order a log writes them).
-        if let rd = replicas[i].inFlight, !rd.entries.isEmpty, rd.snapshot == nil {
-            let k = Int(random.next() % UInt64(rd.entries.count + 1))
-            if k > 0 { persistEntries(i, Array(rd.entries[0..<k])) }
-            if k == rd.entries.count, let hs = rd.hardState { persistHardState(i, hs) }
-            trace("replica \(replicas[i].id) crashes; \(k) of \(rd.entries.count) unsynced entries survive")
-        } else {
-            trace("replica \(replicas[i].id) crashes")
+        // The write in progress may have reached the disk in part.
+        let lost = replicas[i].disk.crash(inFlight: replicas[i].inFlight, random: &random)
+        if let first = lost.entries.first {
+            checker.observePersist(
+                replicas[i].id, entries: lost.entries, previousTerm: try? replicas[i].disk.storage.term(first.index - 1))
         }
+        if let hs = lost.hardState { checker.observeHardState(replicas[i].id, hs) }
+        trace("replica \(replicas[i].id) crashes; \(lost.note)")
         replicas[i].node = nil
         replicas[i].inFlight = nil
         replicas[i].epoch += 1
@@ -293,27 +303,20 @@ public final class Simulation {
         queue.push(.persisted(i, epoch: replicas[i].epoch), at: now + latency)
     }
 
-    private func persistEntries(_ i: Int, _ entries: [Entry]) {
-        guard let first = entries.first else { return }
-        let storage = replicas[i].storage
-        storage.append(entries)
-        let prev = try? storage.term(first.index - 1)
-        checker.observePersist(replicas[i].id, entries: entries, previousTerm: prev)
-    }
-
-    private func persistHardState(_ i: Int, _ hs: HardState) {
-        replicas[i].storage.setHardState(hs)
-        checker.observeHardState(replicas[i].id, hs)
-    }
-
     private func finishReady(_ i: Int) {
         guard let rd = replicas[i].inFlight else { return }
         let id = replicas[i].id
-        if let s = rd.snapshot {
-            replicas[i].storage.applySnapshot(s)
+        let disk = replicas[i].disk
+        do {
+            try disk.save(hardState: rd.hardState, entries: rd.entries, snapshot: rd.snapshot, sync: rd.mustSync)
+        } catch {
+            checker.recordFailure(.acknowledgedWriteLost, "replica \(id) cannot write: \(error)")
+            return
         }
-        persistEntries(i, rd.entries)
-        if let hs = rd.hardState { persistHardState(i, hs) }
+        if let first = rd.entries.first {
+            checker.observePersist(id, entries: rd.entries, previousTerm: try? disk.storage.term(first.index - 1))
+        }
+        if let hs = rd.hardState, rd.mustSync || !disk.isDurable { checker.observeHardState(id, hs) }
         send(rd.messagesAfterPersist)
         if let s = rd.snapshot {
             result.snapshotsInstalled += 1
@@ -382,15 +385,15 @@ public final class Simulation {
     }
 
     private func maybeSnapshot(_ i: Int) {
-        let storage = replicas[i].storage
-        let snapIndex = (try? storage.snapshot().metadata.index) ?? 0
+        let disk = replicas[i].disk
+        let snapIndex = (try? disk.storage.snapshot().metadata.index) ?? 0
         let applied = replicas[i].appliedIndex
         guard applied >= snapIndex + knobs.snapshotEvery else { return }
         // Entries the state machine applied were persisted first, so they are in storage.
         do {
-            try storage.createSnapshot(at: applied, data: replicas[i].machine.snapshot())
+            try disk.createSnapshot(at: applied, data: replicas[i].machine.snapshot())
             let keep = LogIndex(UInt64(knobs.keepAfterSnapshot))
-            if applied > keep { storage.compact(through: applied - Int(keep.rawValue)) }
+            if applied > keep { try disk.compact(through: applied - Int(keep.rawValue)) }
         } catch {
             checker.recordFailure(.divergentState, "replica \(replicas[i].id) cannot snapshot at \(applied): \(error)")
         }

@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "RaftStorage", targets: ["RaftStorage"]),
         .library(name: "RaftSimulator", targets: ["RaftSimulator"]),
         .executable(name: "nodelease-sim", targets: ["nodelease-sim"]),
+        .executable(name: "nodelease-storage-bench", targets: ["nodelease-storage-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
@@ -24,6 +25,13 @@ let package = Package(
             name: "nodelease-sim",
             dependencies: [
                 "RaftSimulator",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "nodelease-storage-bench",
+            dependencies: [
+                "RaftStorage",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

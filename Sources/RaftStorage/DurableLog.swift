@@ -65,9 +65,7 @@ public final class DurableLog: RaftLogStorage {
     private var writtenHardState = HardState()
     public private(set) var membership: Membership
     private var currentSnapshot: Snapshot
-    private var cache: [Entry] = []
-    private var cacheStart: LogIndex = 1
-    private var cacheUsed = 0
+    private var cache: EntryCache
     private var failure: String?
     private var scratchPositions: [(Int, Int)] = []
 
@@ -88,6 +86,7 @@ public final class DurableLog: RaftLogStorage {
         self.options = options
         self.log = log
         self.membership = membership
+        self.cache = EntryCache(limit: options.cacheBytes)
         self.currentSnapshot = Snapshot(metadata: SnapshotMetadata(index: 0, term: 0, membership: membership), data: [])
         try fs.createDirectory(directory)
         lockHandle = try fs.lock(join(directory, "LOCK"))
@@ -147,9 +146,7 @@ public final class DurableLog: RaftLogStorage {
     public func snapshot() throws -> Snapshot { currentSnapshot }
 
     private func entry(_ index: LogIndex) throws -> Entry {
-        if index >= cacheStart, cacheStart.distance(to: index) < cache.count {
-            return cache[cacheStart.distance(to: index)]
-        }
+        if let e = cache.get(index) { return e }
         let loc = locations[offset.distance(to: index) - 1]
         guard let seg = segmentBySequence[loc.segment] else {
             throw StorageFailure.failed("segment \(loc.segment) of entry \(index) is gone")
@@ -260,32 +257,10 @@ public final class DurableLog: RaftLogStorage {
     private func place(_ e: Entry, _ loc: Location) {
         let last = offset + locations.count
         if e.index <= last {
-            let keep = offset.distance(to: e.index) - 1
-            locations.removeSubrange(keep...)
-            if e.index < cacheStart {
-                cache.removeAll()
-                cacheUsed = 0
-            } else {
-                let k = cacheStart.distance(to: e.index)
-                if k < cache.count {
-                    for c in cache[k...] { cacheUsed -= c.byteSize }
-                    cache.removeSubrange(k...)
-                }
-            }
+            locations.removeSubrange((offset.distance(to: e.index) - 1)...)
         }
         locations.append(loc)
-        if cache.isEmpty { cacheStart = e.index }
         cache.append(e)
-        cacheUsed += e.byteSize
-        var drop = 0
-        while cacheUsed > options.cacheBytes && drop < cache.count - 1 {
-            cacheUsed -= cache[drop].byteSize
-            drop += 1
-        }
-        if drop > 0 {
-            cache.removeFirst(drop)
-            cacheStart = cacheStart + drop
-        }
     }
 
     private func dropPrefix(through index: LogIndex, term: Term) {
@@ -293,17 +268,7 @@ public final class DurableLog: RaftLogStorage {
         locations.removeFirst(n)
         offset = index
         offsetTerm = term
-        if cacheStart <= index {
-            let k = min(cacheStart.distance(to: index) + 1, cache.count)
-            for c in cache[..<k] { cacheUsed -= c.byteSize }
-            cache.removeFirst(k)
-            cacheStart = index + 1
-        }
-        if locations.isEmpty {
-            cache = []
-            cacheUsed = 0
-            cacheStart = index + 1
-        }
+        cache.dropPrefix(through: index)
     }
 
     /// The segment the next record of `size` bytes goes to, starting a new one when full.
@@ -352,11 +317,9 @@ public final class DurableLog: RaftLogStorage {
         currentSnapshot = s
         membership = s.metadata.membership
         locations = []
-        cache = []
-        cacheUsed = 0
         offset = s.metadata.index
         offsetTerm = s.metadata.term
-        cacheStart = offset + 1
+        cache.reset(next: offset + 1)
         try appendState(reset: true, compactedIndex: offset, compactedTerm: offsetTerm)
         let current = segments.last?.sequence
         removeSegments { $0.sequence != current }
@@ -483,7 +446,7 @@ public final class DurableLog: RaftLogStorage {
         } else if offset > 0 {
             throw StorageFailure.corrupt(file: directory, offset: 0, reason: "the log was compacted to \(offset) but there is no snapshot")
         }
-        cacheStart = offset + locations.count + 1
+        cache.reset(next: offset + locations.count + 1)
         let last = offset + locations.count
         if hardState.commit > last {
             log("hard state commit \(hardState.commit) is past the last entry \(last); using \(last)")

@@ -1,0 +1,69 @@
+import Raft
+
+/// The most recent entries of the log, contiguous and bounded in bytes, so the leader
+/// replicates its tail from memory while older entries are read from their segment.
+struct EntryCache {
+    private var items: [Entry] = []
+    private var head = 0
+    /// The index of the oldest cached entry.
+    private(set) var start: LogIndex = 1
+    private(set) var bytes = 0
+    let limit: Int
+
+    init(limit: Int) { self.limit = limit }
+
+    var count: Int { items.count - head }
+
+    func get(_ index: LogIndex) -> Entry? {
+        guard index >= start else { return nil }
+        let k = start.distance(to: index)
+        return k < count ? items[head + k] : nil
+    }
+
+    /// Empties the cache; the next entry appended will be `next`.
+    mutating func reset(next: LogIndex) {
+        items.removeAll(keepingCapacity: true)
+        head = 0
+        bytes = 0
+        start = next
+    }
+
+    /// Appends `e`, dropping any cached entries at or after its index first.
+    mutating func append(_ e: Entry) {
+        if count == 0 || e.index < start {
+            reset(next: e.index)
+        } else if e.index < start + count {
+            let k = head + start.distance(to: e.index)
+            for c in items[k...] { bytes -= c.byteSize }
+            items.removeSubrange(k...)
+        } else if e.index > start + count {
+            reset(next: e.index)
+        }
+        items.append(e)
+        bytes += e.byteSize
+        while bytes > limit && count > 1 {
+            bytes -= items[head].byteSize
+            head += 1
+            start = start + 1
+        }
+        compactIfNeeded()
+    }
+
+    /// Forgets entries up to and including `index`.
+    mutating func dropPrefix(through index: LogIndex) {
+        while count > 0 && start <= index {
+            bytes -= items[head].byteSize
+            head += 1
+            start = start + 1
+        }
+        if count == 0 { reset(next: index + 1) }
+        compactIfNeeded()
+    }
+
+    private mutating func compactIfNeeded() {
+        if head > 1024 && head * 2 > items.count {
+            items.removeFirst(head)
+            head = 0
+        }
+    }
+}

@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .library(name: "Raft", targets: ["Raft"]),
         .library(name: "RaftStorage", targets: ["RaftStorage"]),
+        .library(name: "LeaseRegistry", targets: ["LeaseRegistry"]),
         .library(name: "RaftSimulator", targets: ["RaftSimulator"]),
         .executable(name: "nodelease-sim", targets: ["nodelease-sim"]),
         .executable(name: "nodelease-storage-bench", targets: ["nodelease-storage-bench"]),
@@ -19,8 +20,10 @@ let package = Package(
         .target(name: "Raft"),
         // Write-ahead log, snapshots and crash recovery on disk.
         .target(name: "RaftStorage", dependencies: ["Raft"]),
+        // The replicated state machine of node-ID leases, and leader-side expiry.
+        .target(name: "LeaseRegistry", dependencies: ["Raft"]),
         // Seeded, single-threaded world that runs the real core under faults.
-        .target(name: "RaftSimulator", dependencies: ["Raft", "RaftStorage"]),
+        .target(name: "RaftSimulator", dependencies: ["Raft", "RaftStorage", "LeaseRegistry"]),
         .executableTarget(
             name: "nodelease-sim",
             dependencies: [
@@ -42,6 +45,7 @@ let package = Package(
         ),
         .testTarget(name: "RaftSimulatorTests", dependencies: ["Raft", "RaftSimulator"]),
         .testTarget(name: "RaftStorageTests", dependencies: ["Raft", "RaftStorage"]),
+        .testTarget(name: "LeaseRegistryTests", dependencies: ["Raft", "LeaseRegistry"]),
     ],
     swiftLanguageModes: [.v6]
 )

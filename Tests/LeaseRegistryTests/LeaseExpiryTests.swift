@@ -1,0 +1,105 @@
+import LeaseRegistry
+import Testing
+
+let second: UInt64 = 1_000_000_000
+
+struct LeaseExpiryTests {
+    func registry(leases n: Int, ttl: UInt32 = 10) throws -> (LeaseRegistry, [NodeRecord]) {
+        var r = LeaseRegistry()
+        for i in 0..<n {
+            _ = r.apply(.acquire(hostname: "h\(i)", holder: "x", ttlSeconds: ttl, idRange: 1...1000), now: 100, index: UInt64(i + 1))
+        }
+        return (r, r.nodes())
+    }
+
+    @Test func nothingBeforeTheLeadersFirstEntryApplies() throws {
+        let (r, _) = try registry(leases: 3)
+        var e = LeaseExpiry()
+        #expect(e.due(now: 1000 * second, wallSeconds: 0, registry: r, hasQuorum: true).isEmpty)
+        e.becameLeader()
+        #expect(e.due(now: 1000 * second, wallSeconds: 0, registry: r, hasQuorum: true).isEmpty)
+    }
+
+    @Test func aNewLeaderRestartsEveryLeaseAtItsFullTTL() throws {
+        let (r, nodes) = try registry(leases: 2)
+        var e = LeaseExpiry()
+        e.becameLeader()
+        e.leaderReady(now: 50 * second, registry: r)
+        #expect(e.deadline(of: nodes[0].leaseID) == 60 * second)
+        #expect(e.due(now: 60 * second - 1, wallSeconds: 0, registry: r, hasQuorum: true).isEmpty)
+        let due = e.due(now: 60 * second, wallSeconds: 777, registry: r, hasQuorum: true)
+        #expect(due.map(\.command) == nodes.map { .expire(leaseID: $0.leaseID, renewalIndex: $0.renewalIndex) })
+        #expect(due.allSatisfy { $0.now == 777 })
+    }
+
+    @Test func aRenewalMovesTheDeadline() throws {
+        var (r, nodes) = try registry(leases: 1)
+        var e = LeaseExpiry()
+        e.becameLeader()
+        e.leaderReady(now: 0, registry: r)
+        _ = r.apply(.renew(leaseID: nodes[0].leaseID), now: 105, index: 10)
+        e.applied(r.node(nodes[0].nodeID)!, now: 8 * second)
+        #expect(e.due(now: 17 * second, wallSeconds: 0, registry: r, hasQuorum: true).isEmpty)
+        #expect(e.due(now: 18 * second, wallSeconds: 0, registry: r, hasQuorum: true).map(\.command) == [.expire(leaseID: nodes[0].leaseID, renewalIndex: 10)])
+    }
+
+    @Test func aLeaderWithoutQuorumProposesNothing() throws {
+        let (r, _) = try registry(leases: 1)
+        var e = LeaseExpiry()
+        e.becameLeader()
+        e.leaderReady(now: 0, registry: r)
+        #expect(e.due(now: 100 * second, wallSeconds: 0, registry: r, hasQuorum: false).isEmpty)
+        #expect(e.due(now: 100 * second, wallSeconds: 0, registry: r, hasQuorum: true).count == 1)
+    }
+
+    @Test func massExpiryGoesOutInBoundedBatchesWithoutRepeats() throws {
+        let (r, _) = try registry(leases: 150)
+        var e = LeaseExpiry(config: .init(maxCommandsPerTick: 64, retryNanos: 5 * second))
+        e.becameLeader()
+        e.leaderReady(now: 0, registry: r)
+        let first = e.due(now: 10 * second, wallSeconds: 0, registry: r, hasQuorum: true)
+        let second_ = e.due(now: 10 * second + 1, wallSeconds: 0, registry: r, hasQuorum: true)
+        let third = e.due(now: 10 * second + 2, wallSeconds: 0, registry: r, hasQuorum: true)
+        let fourth = e.due(now: 10 * second + 3, wallSeconds: 0, registry: r, hasQuorum: true)
+        #expect([first.count, second_.count, third.count, fourth.count] == [64, 64, 22, 0])
+        #expect(Set(first + second_ + third).count == 150)
+        // Not applied after the retry interval: proposed again.
+        #expect(e.due(now: 16 * second, wallSeconds: 0, registry: r, hasQuorum: true).count == 64)
+    }
+
+    @Test func anAppliedExpiryStopsTracking() throws {
+        var (r, nodes) = try registry(leases: 1)
+        var e = LeaseExpiry()
+        e.becameLeader()
+        e.leaderReady(now: 0, registry: r)
+        _ = e.due(now: 10 * second, wallSeconds: 0, registry: r, hasQuorum: true)
+        guard case .success(.node(let n)) = r.apply(.expire(leaseID: nodes[0].leaseID, renewalIndex: nodes[0].renewalIndex), now: 0, index: 5) else {
+            Issue.record("expire did not apply")
+            return
+        }
+        e.applied(n, now: 10 * second)
+        #expect(e.trackedLeases == 0)
+        #expect(e.due(now: 100 * second, wallSeconds: 0, registry: r, hasQuorum: true).isEmpty)
+    }
+
+    @Test func staleNodesPastRetentionAreRetired() throws {
+        var (r, nodes) = try registry(leases: 2)
+        _ = r.apply(.expire(leaseID: nodes[0].leaseID, renewalIndex: nodes[0].renewalIndex), now: 1_000, index: 10)
+        var e = LeaseExpiry(config: .init(retentionSeconds: 3600))
+        e.becameLeader()
+        e.leaderReady(now: 0, registry: r)
+        #expect(e.due(now: 1, wallSeconds: 1_000 + 3599, registry: r, hasQuorum: true).isEmpty)
+        let due = e.due(now: 2 * second, wallSeconds: 1_000 + 3600, registry: r, hasQuorum: true)
+        #expect(due.map(\.command) == [.retire(nodeID: nodes[0].nodeID, statusIndex: 10)])
+    }
+
+    @Test func losingLeadershipForgetsEverything() throws {
+        let (r, _) = try registry(leases: 2)
+        var e = LeaseExpiry()
+        e.becameLeader()
+        e.leaderReady(now: 0, registry: r)
+        e.lostLeadership()
+        #expect(e.trackedLeases == 0 && !e.isLeader)
+        #expect(e.due(now: 100 * second, wallSeconds: 0, registry: r, hasQuorum: true).isEmpty)
+    }
+}

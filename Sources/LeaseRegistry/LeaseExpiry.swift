@@ -21,11 +21,15 @@ public struct LeaseExpiry: Sendable {
         public var retryNanos: UInt64
         /// How often stale nodes are scanned for retention.
         public var retireScanNanos: UInt64
+        /// The leader waits TTL × (1 + margin) before expiring, so a holder whose clock runs
+        /// slower than the leader's by less than this still stops first.
+        public var clockRateMargin: Double
 
         public init(
             retentionSeconds: UInt64 = 86_400, maxCommandsPerTick: Int = 64, retryNanos: UInt64 = 2_000_000_000,
-            retireScanNanos: UInt64 = 1_000_000_000
+            retireScanNanos: UInt64 = 1_000_000_000, clockRateMargin: Double = 0.01
         ) {
+            self.clockRateMargin = clockRateMargin
             self.retentionSeconds = retentionSeconds
             self.maxCommandsPerTick = maxCommandsPerTick
             self.retryNanos = retryNanos
@@ -84,8 +88,12 @@ public struct LeaseExpiry: Sendable {
         guard isLeader else { return }
         isReady = true
         for r in registry.nodes(status: .active) {
-            set(r.leaseID, Deadline(at: now + UInt64(r.ttlSeconds) * 1_000_000_000, renewalIndex: r.renewalIndex))
+            set(r.leaseID, Deadline(at: now + ttlNanos(r.ttlSeconds), renewalIndex: r.renewalIndex))
         }
+    }
+
+    private func ttlNanos(_ ttl: UInt32) -> UInt64 {
+        UInt64((Double(ttl) * 1e9 * (1 + config.clockRateMargin)).rounded(.up))
     }
 
     /// A command applied on this replica (leader or not) changed `node`; `now` is the
@@ -94,7 +102,7 @@ public struct LeaseExpiry: Sendable {
         guard isLeader && isReady else { return }
         if node.status == .active {
             if deadlines[node.leaseID]?.renewalIndex != node.renewalIndex {
-                set(node.leaseID, Deadline(at: now + UInt64(node.ttlSeconds) * 1_000_000_000, renewalIndex: node.renewalIndex))
+                set(node.leaseID, Deadline(at: now + ttlNanos(node.ttlSeconds), renewalIndex: node.renewalIndex))
             }
             inFlight[node.leaseID] = nil
         } else {
@@ -130,7 +138,7 @@ public struct LeaseExpiry: Sendable {
             guard r.renewalIndex == d.renewalIndex else {
                 // Renewed in a way the apply hook did not report: count it as renewed now,
                 // which can only lengthen the lease.
-                set(top.lease, Deadline(at: now + UInt64(r.ttlSeconds) * 1_000_000_000, renewalIndex: r.renewalIndex))
+                set(top.lease, Deadline(at: now + ttlNanos(r.ttlSeconds), renewalIndex: r.renewalIndex))
                 continue
             }
             inFlight[top.lease] = now

@@ -275,6 +275,16 @@ public struct RaftNode {
 
     // MARK: Inspection
 
+    /// Leader only: whether a majority (counting itself) has answered since the last
+    /// CheckQuorum round. A leader without it should not start work of its own, such as
+    /// expiring leases.
+    public var hasQuorumContact: Bool {
+        guard role == .leader else { return false }
+        var n = 0
+        for v in membership.voters where v == id || progress[v]?.recentActive == true { n += 1 }
+        return n >= membership.quorum
+    }
+
     public var commitIndex: LogIndex { log.committed }
     public var appliedIndex: LogIndex { log.applied }
     public var lastIndex: LogIndex { log.lastIndex() }

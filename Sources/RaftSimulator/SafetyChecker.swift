@@ -12,6 +12,11 @@ public struct Violation: Sendable, Hashable, CustomStringConvertible {
         case acknowledgedWriteLost = "acknowledged write lost"
         case divergentState = "divergent state"
         case liveness = "liveness"
+        case twoHolders = "two holders of one node ID"
+        case holderOutlivedLease = "a holder stops before its lease expires"
+        case fencingToken = "fencing tokens increase"
+        case idHostnameMapping = "one ID per hostname, one hostname per ID"
+        case earlyExpiry = "no early expiry"
     }
     public var rule: Rule
     public var detail: String

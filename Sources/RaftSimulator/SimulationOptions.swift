@@ -16,11 +16,25 @@ public struct SimulationOptions: Sendable {
     public var trace: Bool
     /// Deliberately broken core behaviour (checker tests only).
     public var faults: FaultInjection
+    /// What the clients do.
+    public var workload: Workload
+    /// Deliberately broken lease behaviour (checker tests only).
+    public var leaseFaults: LeaseFaults
+
+    public enum Workload: String, Sendable, CaseIterable {
+        /// Mail nodes acquiring, renewing and releasing node-ID leases.
+        case leases
+        /// Clients writing and reading (ReadIndex) a replicated register.
+        case register
+    }
 
     public init(
         seed: UInt64, replicas: Int? = nil, faultMillis: UInt64 = 3000, livenessMillis: UInt64 = 3000,
-        clients: Int = 3, trace: Bool = false, faults: FaultInjection = []
+        clients: Int = 3, trace: Bool = false, faults: FaultInjection = [], workload: Workload = .leases,
+        leaseFaults: LeaseFaults = []
     ) {
+        self.workload = workload
+        self.leaseFaults = leaseFaults
         self.seed = seed
         self.replicas = replicas
         self.faultMillis = faultMillis
@@ -54,6 +68,8 @@ public struct Knobs: Sendable, CustomStringConvertible {
     /// Replicas write through the real `DurableLog` (on a file system that tears unsynced
     /// writes on a crash) rather than the in-memory storage.
     public var durableDisk: Bool
+    /// The TTL mail nodes ask for, in seconds.
+    public var leaseTTL: UInt32
 
     init(seed: UInt64, replicas: Int?) {
         var g = DeterministicGenerator(seed: seed ^ 0x6b6e_6f62_7321)
@@ -66,7 +82,7 @@ public struct Knobs: Sendable, CustomStringConvertible {
         maxDelayMicros = minDelayMicros + pick([1000, 5000, 20_000, 40_000])
         dropRate = pick([0, 0.01, 0.05, 0.1])
         duplicateRate = pick([0, 0.01, 0.05])
-        drift = pick([0, 0.01, 0.05])
+        drift = pick([0, 0.001, 0.004])
         maxFsyncMicros = pick([100, 2000, 8000])
         nemesisMinMillis = pick([50, 150, 300])
         nemesisMaxMillis = nemesisMinMillis + pick([200, 600])
@@ -76,6 +92,7 @@ public struct Knobs: Sendable, CustomStringConvertible {
         maxMessageBytes = pick([64, 1024, 1 << 20])
         preVote = pick([true, true, true, false])
         durableDisk = pick([false, true])
+        leaseTTL = pick([1, 1, 2])
     }
 
     public var description: String {
@@ -83,7 +100,7 @@ public struct Knobs: Sendable, CustomStringConvertible {
             + "delay=\(minDelayMicros)-\(maxDelayMicros)us drop=\(dropRate) dup=\(duplicateRate) "
             + "drift=\(drift) fsync<=\(maxFsyncMicros)us nemesis=\(nemesisMinMillis)-\(nemesisMaxMillis)ms "
             + "snapshot-every=\(snapshotEvery) keep=\(keepAfterSnapshot) inflight=\(maxInflight) "
-            + "msg-bytes=\(maxMessageBytes) prevote=\(preVote) disk=\(durableDisk ? "wal" : "memory")"
+            + "msg-bytes=\(maxMessageBytes) prevote=\(preVote) disk=\(durableDisk ? "wal" : "memory") ttl=\(leaseTTL)s"
     }
 }
 

@@ -1,3 +1,4 @@
+import LeaseRegistry
 import Raft
 
 /// A seeded, single-threaded world that runs real `RaftNode`s: virtual time, a network that
@@ -8,7 +9,7 @@ import Raft
 public final class Simulation {
     public let options: SimulationOptions
     public let knobs: Knobs
-    private let makeMachine: () -> any SimStateMachine
+    let makeMachine: () -> any SimStateMachine
 
     /// A message on the wire, boxed so that events stay small in the queue.
     final class Envelope {
@@ -56,6 +57,7 @@ public final class Simulation {
         var waiters: [Waiter] = []
         var reads: [ReadWaiter] = []
         var ledTerm: Term = 0
+        var expiry = LeaseExpiry(config: .init(retentionSeconds: 2))
         /// A paused process does nothing until then; its input waits.
         var pausedUntil: UInt64 = 0
         var up: Bool { node != nil }
@@ -71,35 +73,40 @@ public final class Simulation {
         var startedAt: UInt64 = 0
     }
 
-    private var queue = EventQueue<Event>()
-    private var now: UInt64 = 0
-    private var random: DeterministicGenerator
-    private(set) var replicas: [Replica] = []
-    private var clients: [Client]
-    private var nextOp: UInt64 = 0
+    var queue = EventQueue<Event>()
+    var now: UInt64 = 0
+    var random: DeterministicGenerator
+    var replicas: [Replica] = []
+    var clients: [Client]
+    var nextOp: UInt64 = 0
     /// Directed links that drop everything (from index, to index).
-    private var blocked: Set<Int> = []
-    private var dropRate: Double
-    private var duplicateRate: Double
-    private var faultsOver = false
-    private var clientsStopped = false
-    private var healedAt: UInt64 = 0
-    private var acknowledged: [Waiter] = []
-    private var highestAcknowledged: LogIndex = 0
-    private var progressAfterHeal = false
+    var blocked: Set<Int> = []
+    var dropRate: Double
+    var duplicateRate: Double
+    var faultsOver = false
+    var clientsStopped = false
+    var healedAt: UInt64 = 0
+    var acknowledged: [Waiter] = []
+    var highestAcknowledged: LogIndex = 0
+    var progressAfterHeal = false
     public private(set) var checker = SafetyChecker()
-    private var result: SimulationResult
-    private var traceLines: [String] = []
+    var leaseChecker = LeaseChecker()
+    var mailNodes: [MailNode] = []
+    var highestApplied: LogIndex = 0
+    var renewalApplied: [RenewalKey: UInt64] = [:]
+    var result: SimulationResult
+    var traceLines: [String] = []
 
-    /// A run of `options` replicating `machine` (the register by default).
-    public init(options: SimulationOptions, machine: any SimStateMachine.Type = RegisterMachine.self) {
+    /// A run of `options`, replicating `machine` (by default the one its workload uses).
+    public init(options: SimulationOptions, machine: (any SimStateMachine.Type)? = nil) {
+        let machine = machine ?? (options.workload == .leases ? LeaseMachine.self : RegisterMachine.self)
         self.options = options
         self.makeMachine = { machine.init() }
         self.knobs = Knobs(seed: options.seed, replicas: options.replicas)
         self.random = DeterministicGenerator(seed: options.seed)
         self.dropRate = knobs.dropRate
         self.duplicateRate = knobs.duplicateRate
-        self.clients = Array(repeating: Client(), count: options.clients)
+        self.clients = Array(repeating: Client(), count: options.workload == .register ? options.clients : 0)
         self.result = SimulationResult(
             seed: options.seed, knobs: knobs, violations: [], events: 0, virtualMillis: 0,
             acknowledgedWrites: 0, failedWrites: 0, indeterminateOperations: 0, reads: 0,
@@ -112,6 +119,7 @@ public final class Simulation {
             r.rate = 1 + (Double(random.next() % 2001) / 1000 - 1) * knobs.drift
             replicas.append(r)
         }
+        if options.workload == .leases { setUpMailNodes() }
     }
 
     // MARK: Running
@@ -120,7 +128,7 @@ public final class Simulation {
     public func run() -> SimulationResult {
         trace("knobs \(knobs)")
         for i in replicas.indices { start(i) }
-        for c in clients.indices { queue.push(.client(c), at: micros(ms: random.next() % 50)) }
+        for c in 0..<options.clients { queue.push(.client(c), at: micros(ms: random.next() % 50)) }
         queue.push(.nemesis, at: micros(ms: nemesisDelay()))
         queue.push(.heal, at: micros(ms: options.faultMillis))
         queue.push(.livenessDeadline, at: micros(ms: options.faultMillis + options.livenessMillis))
@@ -130,10 +138,22 @@ public final class Simulation {
             result.events += 1
             if case .finish = event { break }
             handle(event)
-            if !checker.ok || result.events > eventLimit { break }
+            if !checker.ok || !leaseChecker.ok || result.events > eventLimit { break }
         }
         if result.events > eventLimit {
             checker.recordFailure(.liveness, "more than \(eventLimit) events: the run does not settle")
+        }
+        for (rule, detail) in leaseChecker.failures {
+            let r: Violation.Rule
+            switch rule {
+            case .twoHolders: r = .twoHolders
+            case .holderOutlivedLease: r = .holderOutlivedLease
+            case .fencing: r = .fencingToken
+            case .mapping: r = .idHostnameMapping
+            case .earlyExpiry: r = .earlyExpiry
+            case .registryDivergence: r = .divergentState
+            }
+            checker.recordFailure(r, detail)
         }
         result.violations = checker.violations
         result.virtualMillis = now / 1000
@@ -141,13 +161,13 @@ public final class Simulation {
         return result
     }
 
-    private func micros(ms: UInt64) -> UInt64 { ms * 1000 }
+    func micros(ms: UInt64) -> UInt64 { ms * 1000 }
 
-    private func nemesisDelay() -> UInt64 {
+    func nemesisDelay() -> UInt64 {
         knobs.nemesisMinMillis + random.next() % (knobs.nemesisMaxMillis - knobs.nemesisMinMillis + 1)
     }
 
-    private func trace(_ line: @autoclosure () -> String) {
+    func trace(_ line: @autoclosure () -> String) {
         guard options.trace else { return }
         let ms = now / 1000
         let frac = now % 1000
@@ -155,12 +175,13 @@ public final class Simulation {
         traceLines.append("\(ms).\(pad)\(frac)ms \(line())")
     }
 
-    private func handle(_ event: Event) {
+    func handle(_ event: Event) {
         switch event {
         case .tick(let i, let epoch):
             guard replicas[i].epoch == epoch, replicas[i].up else { return }
             if deferIfPaused(i, event) { return }
             replicas[i].node!.tick()
+            if options.workload == .leases { leaseTick(i) }
             afterInput(i)
             scheduleTick(i)
         case .deliver(let envelope):
@@ -176,8 +197,13 @@ public final class Simulation {
             if deferIfPaused(i, event) { return }
             finishReady(i)
         case .client(let c):
-            clientStep(c)
+            if options.workload == .leases { mailStep(c) } else { clientStep(c) }
         case .clientTimeout(let c, let op):
+            if options.workload == .leases {
+                for i in replicas.indices { replicas[i].waiters.removeAll { $0.op == op } }
+                mailDone(c, op: op, outcome: .indeterminate, reply: nil)
+                return
+            }
             guard clients[c].op == op else { return }
             if faultsOver && clients[c].startedAt >= healedAt + micros(ms: 1500) {
                 checker.recordFailure(
@@ -203,7 +229,7 @@ public final class Simulation {
         }
     }
 
-    private func deferIfPaused(_ i: Int, _ event: Event) -> Bool {
+    func deferIfPaused(_ i: Int, _ event: Event) -> Bool {
         guard replicas[i].pausedUntil > now else { return false }
         queue.push(event, at: replicas[i].pausedUntil)
         return true
@@ -211,7 +237,7 @@ public final class Simulation {
 
     // MARK: Replicas
 
-    private func start(_ i: Int) {
+    func start(_ i: Int) {
         var r = replicas[i]
         r.epoch += 1
         r.machine = makeMachine()
@@ -246,17 +272,18 @@ public final class Simulation {
         }
         r.inFlight = nil
         r.ledTerm = 0
+        r.expiry = LeaseExpiry(config: r.expiry.config)
         replicas[i] = r
         trace("replica \(r.id) starts: \(r.disk.hardState) last=\(r.node?.lastIndex ?? 0)")
         scheduleTick(i)
     }
 
-    private func scheduleTick(_ i: Int) {
+    func scheduleTick(_ i: Int) {
         let d = UInt64((Double(knobs.tickMicros) / replicas[i].rate).rounded())
         queue.push(.tick(i, epoch: replicas[i].epoch), at: now + d)
     }
 
-    private func crash(_ i: Int) {
+    func crash(_ i: Int) {
         guard replicas[i].up else { return }
         result.crashes += 1
         // The write in progress may have reached the disk in part.
@@ -276,7 +303,7 @@ public final class Simulation {
         replicas[i].reads = []
     }
 
-    private func afterInput(_ i: Int) {
+    func afterInput(_ i: Int) {
         guard replicas[i].up else { return }
         if replicas[i].node!.role == .leader && replicas[i].ledTerm != replicas[i].node!.term {
             observeNewLeader(i)
@@ -284,7 +311,7 @@ public final class Simulation {
         if replicas[i].inFlight == nil && replicas[i].node!.hasReady { startReady(i) }
     }
 
-    private func observeNewLeader(_ i: Int) {
+    func observeNewLeader(_ i: Int) {
         let node = replicas[i].node!
         replicas[i].ledTerm = node.term
         result.elections += 1
@@ -294,7 +321,7 @@ public final class Simulation {
             termAt: { node.term(at: $0) })
     }
 
-    private func startReady(_ i: Int) {
+    func startReady(_ i: Int) {
         let rd = replicas[i].node!.ready()
         replicas[i].inFlight = rd
         send(rd.messagesBeforePersist)
@@ -303,7 +330,7 @@ public final class Simulation {
         queue.push(.persisted(i, epoch: replicas[i].epoch), at: now + latency)
     }
 
-    private func finishReady(_ i: Int) {
+    func finishReady(_ i: Int) {
         guard let rd = replicas[i].inFlight else { return }
         let id = replicas[i].id
         let disk = replicas[i].disk
@@ -343,10 +370,14 @@ public final class Simulation {
         afterInput(i)
     }
 
-    private func apply(_ i: Int, _ e: Entry) {
+    func apply(_ i: Int, _ e: Entry) {
         checker.observeApply(replicas[i].id, entry: e, currentTerm: replicas[i].node!.term)
-        if e.kind == .normal { replicas[i].machine.apply(e.data, index: e.index) }
+        let leases = options.workload == .leases
+        let before = leases ? (replicas[i].machine as? LeaseMachine)?.registry : nil
+        var reply: (any Sendable)?
+        if e.kind == .normal { reply = replicas[i].machine.apply(e.data, index: e.index) }
         replicas[i].appliedIndex = e.index
+        if leases { leaseApplied(i, entry: e, before: before, reply: reply) }
         // Resolve proposals: ours if the term matches; lost if a newer term got there first
         // (terms never decrease along a log, so every waiter at or after it is lost too).
         var k = 0
@@ -357,7 +388,7 @@ public final class Simulation {
                 acknowledged.append(w)
                 highestAcknowledged = max(highestAcknowledged, w.index)
                 if faultsOver { progressAfterHeal = true }
-                finishOp(w.client, op: w.op, outcome: .ok)
+                finishOp(w.client, op: w.op, outcome: .ok, reply: reply)
             } else if w.index <= e.index || w.term < e.term {
                 replicas[i].waiters.remove(at: k)
                 finishOp(w.client, op: w.op, outcome: .failed)
@@ -367,7 +398,7 @@ public final class Simulation {
         }
     }
 
-    private func serveReads(_ i: Int) {
+    func serveReads(_ i: Int) {
         var k = 0
         while k < replicas[i].reads.count {
             let r = replicas[i].reads[k]
@@ -384,7 +415,7 @@ public final class Simulation {
         }
     }
 
-    private func maybeSnapshot(_ i: Int) {
+    func maybeSnapshot(_ i: Int) {
         let disk = replicas[i].disk
         let snapIndex = (try? disk.storage.snapshot().metadata.index) ?? 0
         let applied = replicas[i].appliedIndex
@@ -401,7 +432,7 @@ public final class Simulation {
 
     // MARK: Network
 
-    private func send(_ messages: [Message]) {
+    func send(_ messages: [Message]) {
         for m in messages {
             let from = Int(m.from.rawValue) - 1
             let to = Int(m.to.rawValue) - 1
@@ -419,9 +450,9 @@ public final class Simulation {
 
     // MARK: Faults
 
-    private func upCount() -> Int { replicas.filter(\.up).count }
+    func upCount() -> Int { replicas.filter(\.up).count }
 
-    private func currentLeader() -> Int? {
+    func currentLeader() -> Int? {
         var best: Int?
         for i in replicas.indices {
             guard let n = replicas[i].node, n.role == .leader else { continue }
@@ -430,7 +461,7 @@ public final class Simulation {
         return best
     }
 
-    private func block(_ a: [Int], _ b: [Int], bothWays: Bool) {
+    func block(_ a: [Int], _ b: [Int], bothWays: Bool) {
         for x in a {
             for y in b {
                 blocked.insert(x * 16 + y)
@@ -439,7 +470,7 @@ public final class Simulation {
         }
     }
 
-    private func nemesis() {
+    func nemesis() {
         let n = replicas.count
         let roll = random.next() % 100
         switch roll {
@@ -492,7 +523,7 @@ public final class Simulation {
         }
     }
 
-    private func heal() {
+    func heal() {
         faultsOver = true
         healedAt = now
         blocked = []
@@ -502,7 +533,7 @@ public final class Simulation {
         for i in replicas.indices where !replicas[i].up { start(i) }
     }
 
-    private func livenessCheck() {
+    func livenessCheck() {
         clientsStopped = true
         let ups = replicas.compactMap(\.node)
         let leaders = ups.filter { $0.role == .leader }
@@ -522,7 +553,7 @@ public final class Simulation {
 
     /// After the liveness deadline: no new client work; the cluster must finish what is in
     /// flight and converge (every replica applied the same commit index, same state).
-    private func settle() {
+    func settle() {
         let deadline = now + micros(ms: options.livenessMillis)
         var converged = isConverged()
         while !converged, let (t, event) = queue.pop() {
@@ -553,7 +584,7 @@ public final class Simulation {
         queue.push(.finish, at: now)
     }
 
-    private func isConverged() -> Bool {
+    func isConverged() -> Bool {
         guard replicas.allSatisfy({ $0.waiters.isEmpty && $0.inFlight == nil }) else { return false }
         let nodes = replicas.compactMap(\.node)
         guard nodes.count == replicas.count, let commit = nodes.map(\.commitIndex).max() else { return false }
@@ -564,7 +595,7 @@ public final class Simulation {
 
     enum Outcome { case ok, failed, indeterminate }
 
-    private func clientStep(_ c: Int) {
+    func clientStep(_ c: Int) {
         guard !clientsStopped, !clients[c].submitted else { return }
         if clients[c].op == nil {
             nextOp += 1
@@ -610,16 +641,17 @@ public final class Simulation {
         afterInput(target)
     }
 
-    private func retry(_ c: Int) {
+    func retry(_ c: Int) {
         queue.push(.client(c), at: now + micros(ms: 5 + random.next() % 20))
     }
 
-    private func finishOp(_ c: Int, op: UInt64, outcome: Outcome) {
+    func finishOp(_ c: Int, op: UInt64, outcome: Outcome, reply: (any Sendable)? = nil) {
+        if options.workload == .leases { return mailDone(c, op: op, outcome: outcome, reply: reply) }
         guard clients[c].op == op else { return }
         finishOp(c, outcome: outcome)
     }
 
-    private func finishOp(_ c: Int, outcome: Outcome) {
+    func finishOp(_ c: Int, outcome: Outcome) {
         switch outcome {
         case .ok: if clients[c].isWrite { result.acknowledgedWrites += 1 }
         case .failed: result.failedWrites += 1

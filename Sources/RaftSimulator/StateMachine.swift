@@ -1,11 +1,12 @@
+import LeaseRegistry
 import Raft
 
 /// A deterministic state machine the simulator replicates. The lease registry is one; the
 /// `RegisterMachine` below is the simplest.
 public protocol SimStateMachine {
     init()
-    /// Applies one committed command.
-    mutating func apply(_ command: [UInt8], index: LogIndex)
+    /// Applies one committed command; the result goes back to the client that proposed it.
+    mutating func apply(_ command: [UInt8], index: LogIndex) -> (any Sendable)?
     /// Serializes the whole state.
     func snapshot() -> [UInt8]
     /// Replaces the state with a snapshot's.
@@ -44,16 +45,18 @@ public struct RegisterMachine: SimStateMachine {
 
     public init() {}
 
-    public mutating func apply(_ command: [UInt8], index: LogIndex) {
+    @discardableResult
+    public mutating func apply(_ command: [UInt8], index: LogIndex) -> (any Sendable)? {
         applied += 1
         history.add(index.rawValue)
         history.add(command)
         let text = String(decoding: command, as: UTF8.self)
         // "op:<id> <key>=<value>"
-        guard let space = text.firstIndex(of: " ") else { return }
+        guard let space = text.firstIndex(of: " ") else { return nil }
         let assignment = text[text.index(after: space)...]
-        guard let eq = assignment.firstIndex(of: "=") else { return }
+        guard let eq = assignment.firstIndex(of: "=") else { return nil }
         values[String(assignment[..<eq])] = String(assignment[assignment.index(after: eq)...])
+        return nil
     }
 
     public func value(_ key: String) -> String? { values[key] }
@@ -102,4 +105,21 @@ extension FNV1a {
 
 public enum SimulationError: Error {
     case badSnapshot
+}
+
+/// The lease registry as the simulator's state machine.
+public struct LeaseMachine: SimStateMachine {
+    public private(set) var registry = LeaseRegistry()
+
+    public init() {}
+
+    public mutating func apply(_ command: [UInt8], index: LogIndex) -> (any Sendable)? {
+        registry.apply(entry: command, index: index.rawValue)
+    }
+
+    public func snapshot() -> [UInt8] { registry.snapshot() }
+
+    public mutating func restore(_ snapshot: [UInt8]) throws { registry = try LeaseRegistry(snapshot: snapshot) }
+
+    public var digest: UInt64 { FNV1a.hash(registry.snapshot()) }
 }

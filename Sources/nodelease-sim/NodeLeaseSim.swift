@@ -45,6 +45,14 @@ struct NodeLeaseSim: AsyncParsableCommand {
             valueName: "fault"))
     var breakRules: [String] = []
 
+    @Option(help: "What the clients do: leases (mail nodes holding node IDs) or register (writes and linearizable reads).")
+    var workload: String = "leases"
+
+    @Option(
+        name: .customLong("break-lease"),
+        help: "Run deliberately broken lease behaviour: holder-ignores-deadline, no-failover-reset.")
+    var breakLease: [String] = []
+
     @Option(help: "Seeds run in parallel (default: one per core). Output stays in seed order.")
     var jobs: Int?
 
@@ -59,6 +67,12 @@ struct NodeLeaseSim: AsyncParsableCommand {
             throw ValidationError("--replicas must be 1, 3 or 5")
         }
         if seeds < 1 { throw ValidationError("--seeds must be at least 1") }
+        if SimulationOptions.Workload(rawValue: workload) == nil {
+            throw ValidationError("--workload must be leases or register")
+        }
+        for name in breakLease where Self.leaseFaultNames[name] == nil {
+            throw ValidationError("unknown fault \(name) for --break-lease")
+        }
         for name in breakRules where FaultInjection.names[name] == nil {
             throw ValidationError("unknown fault \(name) for --break")
         }
@@ -68,6 +82,9 @@ struct NodeLeaseSim: AsyncParsableCommand {
         let list: [UInt64] = seed.map { [$0] } ?? (0..<UInt64(seeds)).map { first &+ $0 }
         var faults: FaultInjection = []
         for name in breakRules { faults.insert(FaultInjection.names[name]!) }
+        var leaseFaults: LeaseFaults = []
+        for name in breakLease { leaseFaults.insert(Self.leaseFaultNames[name]!) }
+        let workload = SimulationOptions.Workload(rawValue: self.workload)!
         let cores = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
         let parallel = trace ? 1 : max(1, jobs ?? cores)
         var failed = 0
@@ -83,7 +100,7 @@ struct NodeLeaseSim: AsyncParsableCommand {
                 func add(_ s: UInt64) {
                     let options = SimulationOptions(
                         seed: s, replicas: replicas, faultMillis: faultMillis, livenessMillis: livenessMillis,
-                        trace: trace, faults: faults)
+                        trace: trace, faults: faults, workload: workload, leaseFaults: leaseFaults)
                     group.addTask { Simulation(options: options).run() }
                 }
                 for _ in 0..<parallel { if let s = pending.popFirst() { add(s) } }
@@ -111,12 +128,19 @@ struct NodeLeaseSim: AsyncParsableCommand {
         if failed > 0 { throw ExitCode.failure }
     }
 
+    static let leaseFaultNames: [String: LeaseFaults] = [
+        "holder-ignores-deadline": .holderIgnoresDeadline,
+        "no-failover-reset": .noFailoverReset,
+    ]
+
     func replayCommand(_ s: UInt64) -> String {
         var replay = "swift run -c release nodelease-sim --seed \(s) --trace"
         if let replicas { replay += " --replicas \(replicas)" }
         if faultMillis != 3000 { replay += " --fault-millis \(faultMillis)" }
         if livenessMillis != 3000 { replay += " --liveness-millis \(livenessMillis)" }
         for name in breakRules { replay += " --break \(name)" }
+        for name in breakLease { replay += " --break-lease \(name)" }
+        if workload != "leases" { replay += " --workload \(workload)" }
         return replay
     }
 }

@@ -14,7 +14,7 @@ struct LeaseExpiryTests {
 
     @Test func nothingBeforeTheLeadersFirstEntryApplies() throws {
         let (r, _) = try registry(leases: 3)
-        var e = LeaseExpiry()
+        var e = LeaseExpiry(config: .init(clockRateMargin: 0))
         #expect(e.due(now: 1000 * second, wallSeconds: 0, registry: r, hasQuorum: true).isEmpty)
         e.becameLeader()
         #expect(e.due(now: 1000 * second, wallSeconds: 0, registry: r, hasQuorum: true).isEmpty)
@@ -22,7 +22,7 @@ struct LeaseExpiryTests {
 
     @Test func aNewLeaderRestartsEveryLeaseAtItsFullTTL() throws {
         let (r, nodes) = try registry(leases: 2)
-        var e = LeaseExpiry()
+        var e = LeaseExpiry(config: .init(clockRateMargin: 0))
         e.becameLeader()
         e.leaderReady(now: 50 * second, registry: r)
         #expect(e.deadline(of: nodes[0].leaseID) == 60 * second)
@@ -34,7 +34,7 @@ struct LeaseExpiryTests {
 
     @Test func aRenewalMovesTheDeadline() throws {
         var (r, nodes) = try registry(leases: 1)
-        var e = LeaseExpiry()
+        var e = LeaseExpiry(config: .init(clockRateMargin: 0))
         e.becameLeader()
         e.leaderReady(now: 0, registry: r)
         _ = r.apply(.renew(leaseID: nodes[0].leaseID), now: 105, index: 10)
@@ -45,7 +45,7 @@ struct LeaseExpiryTests {
 
     @Test func aLeaderWithoutQuorumProposesNothing() throws {
         let (r, _) = try registry(leases: 1)
-        var e = LeaseExpiry()
+        var e = LeaseExpiry(config: .init(clockRateMargin: 0))
         e.becameLeader()
         e.leaderReady(now: 0, registry: r)
         #expect(e.due(now: 100 * second, wallSeconds: 0, registry: r, hasQuorum: false).isEmpty)
@@ -54,7 +54,7 @@ struct LeaseExpiryTests {
 
     @Test func massExpiryGoesOutInBoundedBatchesWithoutRepeats() throws {
         let (r, _) = try registry(leases: 150)
-        var e = LeaseExpiry(config: .init(maxCommandsPerTick: 64, retryNanos: 5 * second))
+        var e = LeaseExpiry(config: .init(maxCommandsPerTick: 64, retryNanos: 5 * second, clockRateMargin: 0))
         e.becameLeader()
         e.leaderReady(now: 0, registry: r)
         let first = e.due(now: 10 * second, wallSeconds: 0, registry: r, hasQuorum: true)
@@ -69,7 +69,7 @@ struct LeaseExpiryTests {
 
     @Test func anAppliedExpiryStopsTracking() throws {
         var (r, nodes) = try registry(leases: 1)
-        var e = LeaseExpiry()
+        var e = LeaseExpiry(config: .init(clockRateMargin: 0))
         e.becameLeader()
         e.leaderReady(now: 0, registry: r)
         _ = e.due(now: 10 * second, wallSeconds: 0, registry: r, hasQuorum: true)
@@ -85,7 +85,7 @@ struct LeaseExpiryTests {
     @Test func staleNodesPastRetentionAreRetired() throws {
         var (r, nodes) = try registry(leases: 2)
         _ = r.apply(.expire(leaseID: nodes[0].leaseID, renewalIndex: nodes[0].renewalIndex), now: 1_000, index: 10)
-        var e = LeaseExpiry(config: .init(retentionSeconds: 3600))
+        var e = LeaseExpiry(config: .init(retentionSeconds: 3600, clockRateMargin: 0))
         e.becameLeader()
         e.leaderReady(now: 0, registry: r)
         #expect(e.due(now: 1, wallSeconds: 1_000 + 3599, registry: r, hasQuorum: true).isEmpty)
@@ -93,9 +93,17 @@ struct LeaseExpiryTests {
         #expect(due.map(\.command) == [.retire(nodeID: nodes[0].nodeID, statusIndex: 10)])
     }
 
+    @Test func theClockRateMarginDelaysExpiry() throws {
+        let (r, nodes) = try registry(leases: 1, ttl: 100)
+        var e = LeaseExpiry(config: .init(clockRateMargin: 0.01))
+        e.becameLeader()
+        e.leaderReady(now: 0, registry: r)
+        #expect(e.deadline(of: nodes[0].leaseID) == 101 * second)
+    }
+
     @Test func losingLeadershipForgetsEverything() throws {
         let (r, _) = try registry(leases: 2)
-        var e = LeaseExpiry()
+        var e = LeaseExpiry(config: .init(clockRateMargin: 0))
         e.becameLeader()
         e.leaderReady(now: 0, registry: r)
         e.lostLeadership()

@@ -103,7 +103,7 @@ struct CheckerTests {
 struct BrokenCoreTests {
     func firstFailure(_ faults: FaultInjection, seeds: ClosedRange<UInt64>) -> SimulationResult? {
         for seed in seeds {
-            let result = Simulation(options: SimulationOptions(seed: seed, faults: faults)).run()
+            let result = Simulation(options: SimulationOptions(seed: seed, faults: faults, workload: .register)).run()
             if !result.ok { return result }
         }
         return nil
@@ -178,7 +178,7 @@ struct BrokenCoreTests {
 struct ForgetfulMachine: SimStateMachine {
     var inner = RegisterMachine()
     init() {}
-    mutating func apply(_ command: [UInt8], index: LogIndex) { inner.apply(command, index: index) }
+    mutating func apply(_ command: [UInt8], index: LogIndex) -> (any Sendable)? { inner.apply(command, index: index) }
     func snapshot() -> [UInt8] { [] }
     mutating func restore(_ snapshot: [UInt8]) throws { inner = RegisterMachine() }
     var digest: UInt64 { inner.digest }
@@ -189,7 +189,7 @@ struct SimulationCheckTests {
     func divergentStateIsCaught() {
         var caught = false
         for seed in UInt64(1)...40 {
-            let r = Simulation(options: SimulationOptions(seed: seed), machine: ForgetfulMachine.self).run()
+            let r = Simulation(options: SimulationOptions(seed: seed, workload: .register), machine: ForgetfulMachine.self).run()
             if r.violations.contains(where: { $0.rule == .divergentState }) {
                 caught = true
                 break
@@ -204,5 +204,100 @@ struct SimulationCheckTests {
         #expect(r.violations.contains { $0.rule == .liveness })
         let healthy = Simulation(options: SimulationOptions(seed: 5)).run()
         #expect(healthy.ok)
+    }
+}
+
+struct LeaseCheckerTests {
+    @Test func overlappingHoldersAreCaught() {
+        var c = LeaseChecker()
+        c.believe(1, holder: "a", from: 0, until: 1_000)
+        c.believe(1, holder: "a", from: 900, until: 2_000)  // a renewal extends a's belief
+        c.believe(2, holder: "b", from: 500, until: 1_500)  // another ID
+        c.believe(1, holder: "b", from: 2_000, until: 3_000)  // after a stopped
+        #expect(c.ok)
+        c.believe(1, holder: "c", from: 2_500, until: 3_500)
+        #expect(c.failures.map(\.0) == [.twoHolders])
+    }
+
+    @Test func stoppingEarlyEndsABelief() {
+        var c = LeaseChecker()
+        c.believe(1, holder: "a", from: 0, until: 1_000)
+        c.stopBelieving(1, holder: "a", at: 400)
+        c.believe(1, holder: "b", from: 500, until: 1_500)
+        #expect(c.ok)
+    }
+
+    @Test func aHolderOutlivingItsLeaseIsCaught() {
+        var c = LeaseChecker()
+        c.believe(1, holder: "a", from: 0, until: 1_000)
+        c.observeLeaseEnded(1, holder: "a", at: 1_000)
+        #expect(c.ok)
+        c.believe(2, holder: "b", from: 0, until: 1_000)
+        c.observeLeaseEnded(2, holder: "b", at: 999)
+        #expect(c.failures.map(\.0) == [.holderOutlivedLease])
+    }
+
+    @Test func fencingTokensMustGrowPerNodeID() {
+        var c = LeaseChecker()
+        c.observeGrant(nodeID: 1, hostname: "a", token: 5)
+        c.observeGrant(nodeID: 2, hostname: "b", token: 3)
+        c.observeGrant(nodeID: 1, hostname: "a", token: 9)
+        #expect(c.ok)
+        c.observeGrant(nodeID: 1, hostname: "a", token: 9)
+        #expect(c.failures.map(\.0) == [.fencing])
+    }
+
+    @Test func oneIDPerHostnameAndOneHostnamePerID() {
+        var c = LeaseChecker()
+        c.observeGrant(nodeID: 1, hostname: "a", token: 1)
+        c.unbind(nodeID: 1)
+        c.observeGrant(nodeID: 1, hostname: "b", token: 2)  // reuse after the binding ended
+        #expect(c.ok)
+        c.observeGrant(nodeID: 2, hostname: "b", token: 3)  // b now has two IDs
+        var d = LeaseChecker()
+        d.observeGrant(nodeID: 1, hostname: "a", token: 1)
+        d.observeGrant(nodeID: 1, hostname: "z", token: 2)  // ID 1 for two hostnames
+        #expect(c.failures.map(\.0) == [.mapping])
+        #expect(d.failures.map(\.0) == [.mapping])
+    }
+
+    @Test func earlyExpiryIsCaught() {
+        var c = LeaseChecker()
+        c.observeExpiry(nodeID: 1, at: 2_000_000, renewedAt: 1_000_000, ttlSeconds: 1, maxRate: 1.0)
+        #expect(c.ok)
+        c.observeExpiry(nodeID: 1, at: 1_900_000, renewedAt: 1_000_000, ttlSeconds: 1, maxRate: 1.0)
+        #expect(c.failures.map(\.0) == [.earlyExpiry])
+    }
+
+    @Test func registriesThatDifferAtOneIndexAreCaught() {
+        var c = LeaseChecker()
+        c.observeDigest(index: 8, digest: 42, replica: 1)
+        c.observeDigest(index: 8, digest: 42, replica: 2)
+        #expect(c.ok)
+        c.observeDigest(index: 8, digest: 43, replica: 3)
+        #expect(c.failures.map(\.0) == [.registryDivergence])
+    }
+}
+
+/// Broken lease behaviour in the full simulator is caught.
+struct BrokenLeaseTests {
+    func firstFailure(_ faults: LeaseFaults, seeds: ClosedRange<UInt64>) -> SimulationResult? {
+        for seed in seeds {
+            let result = Simulation(options: SimulationOptions(seed: seed, leaseFaults: faults)).run()
+            if !result.ok { return result }
+        }
+        return nil
+    }
+
+    @Test("a holder that ignores its deadline outlives its lease")
+    func holderIgnoringDeadline() throws {
+        let r = try #require(firstFailure(.holderIgnoresDeadline, seeds: 1...60))
+        #expect(r.violations.contains { $0.rule == .holderOutlivedLease || $0.rule == .twoHolders })
+    }
+
+    @Test("a new leader that does not restart countdowns expires leases early")
+    func noFailoverReset() throws {
+        let r = try #require(firstFailure(.noFailoverReset, seeds: 1...60))
+        #expect(r.violations.contains { $0.rule == .earlyExpiry || $0.rule == .holderOutlivedLease })
     }
 }

@@ -1,0 +1,231 @@
+import LeaseRegistry
+import Raft
+
+/// The lease workload: mail nodes that acquire a node ID for their hostname, renew it (on
+/// time, late, or after a pause past their TTL), release it, and share hostnames on purpose;
+/// every replica runs the real registry and the leader runs the real `LeaseExpiry`.
+extension Simulation {
+    /// A mail server holding (or trying to hold) a node ID.
+    struct MailNode {
+        var hostname: String
+        var holder: String
+        /// Its clock runs at this rate against true time.
+        var rate: Double
+        var op: UInt64?
+        var opKind: OpKind = .acquire
+        var submitted = false
+        var sentLocal: UInt64 = 0
+        var leaderHint: Int?
+        /// The lease it holds, and the end of its belief in its own clock (nanoseconds).
+        var lease: Lease?
+        var deadlineLocal: UInt64 = 0
+        /// The lease the current renew or release is about.
+        var opLease: Lease?
+
+        enum OpKind { case acquire, renew, release }
+    }
+
+    static let wallEpoch: UInt64 = 1_767_225_600
+
+    /// A replica's monotonic clock (nanoseconds), running at its drifting rate.
+    func localNanos(_ i: Int) -> UInt64 { UInt64(Double(now) * replicas[i].rate * 1000) }
+
+    func wallSeconds(_ i: Int) -> UInt64 { Self.wallEpoch + localNanos(i) / 1_000_000_000 }
+
+    func mailLocal(_ c: Int) -> UInt64 { UInt64(Double(now) * mailNodes[c].rate * 1000) }
+
+    /// True time (microseconds) at which mail node `c`'s clock reads `local`.
+    func mailTrue(_ c: Int, local: UInt64) -> UInt64 { UInt64(Double(local) / 1000 / mailNodes[c].rate) }
+
+    func setUpMailNodes() {
+        let hostnames = max(1, options.clients - 1)
+        for c in 0..<options.clients {
+            let rate = 1 + (Double(random.next() % 2001) / 1000 - 1) * knobs.drift
+            mailNodes.append(MailNode(hostname: "mx\(c % hostnames).example.org", holder: "holder-\(c)", rate: rate))
+        }
+    }
+
+    // MARK: Mail node actions
+
+    func mailStep(_ c: Int) {
+        guard !clientsStopped, !mailNodes[c].submitted else { return }
+        if mailNodes[c].op == nil {
+            nextOp += 1
+            mailNodes[c].op = nextOp
+            let holding = mailNodes[c].lease != nil && mailLocal(c) < mailNodes[c].deadlineLocal
+            if !holding {
+                if let l = mailNodes[c].lease { leaseChecker.stopBelieving(l.nodeID, holder: mailNodes[c].holder, at: now) }
+                mailNodes[c].lease = nil
+                mailNodes[c].opKind = .acquire
+            } else {
+                mailNodes[c].opKind = random.chance(0.08) ? .release : .renew
+                mailNodes[c].opLease = mailNodes[c].lease
+                if mailNodes[c].opKind == .release {
+                    // The node stops using its ID before it asks to release it.
+                    let l = mailNodes[c].lease!
+                    leaseChecker.stopBelieving(l.nodeID, holder: mailNodes[c].holder, at: now)
+                    mailNodes[c].lease = nil
+                }
+            }
+            mailNodes[c].sentLocal = mailLocal(c)
+            queue.push(.clientTimeout(c, op: nextOp), at: now + micros(ms: 400))
+        }
+        let op = mailNodes[c].op!
+        let ups = replicas.indices.filter { replicas[$0].up && replicas[$0].pausedUntil <= now }
+        guard !ups.isEmpty else { return retry(c) }
+        var target = mailNodes[c].leaderHint ?? ups[Int(random.next() % UInt64(ups.count))]
+        if !ups.contains(target) { target = ups[Int(random.next() % UInt64(ups.count))] }
+        guard replicas[target].node!.role == .leader else {
+            mailNodes[c].leaderHint = replicas[target].node!.leader.map { Int($0.rawValue) - 1 }
+            return retry(c)
+        }
+        let command: LeaseCommand
+        switch mailNodes[c].opKind {
+        case .acquire:
+            command = .acquire(hostname: mailNodes[c].hostname, holder: mailNodes[c].holder, ttlSeconds: knobs.leaseTTL, idRange: 1...4)
+        case .renew:
+            command = .renew(leaseID: mailNodes[c].opLease!.leaseID)
+        case .release:
+            command = .release(leaseID: mailNodes[c].opLease!.leaseID)
+        }
+        let data = TimedCommand(command, now: wallSeconds(target)).encoded()
+        do {
+            let p = try replicas[target].node!.propose(data)
+            replicas[target].waiters.append(Waiter(index: p.index, term: p.term, client: c, op: op, command: data))
+            mailNodes[c].submitted = true
+            mailNodes[c].leaderHint = target
+            trace("mail \(c) (\(mailNodes[c].hostname)) op \(op) \(mailNodes[c].opKind) at \(target + 1): \(p.term)/\(p.index)")
+        } catch {
+            mailNodes[c].leaderHint = nil
+            return retry(c)
+        }
+        afterInput(target)
+    }
+
+    /// An operation ended: `reply` is the registry's answer when it committed.
+    func mailDone(_ c: Int, op: UInt64, outcome: Outcome, reply: (any Sendable)?) {
+        guard mailNodes[c].op == op else { return }
+        let holder = mailNodes[c].holder
+        let kind = mailNodes[c].opKind
+        mailNodes[c].op = nil
+        mailNodes[c].submitted = false
+        switch (outcome, reply as? Result<LeaseReply, LeaseError>) {
+        case (.ok, .success(.lease(let l))?):
+            // Valid until the send instant plus the TTL, by the node's own clock.
+            let sent = mailNodes[c].sentLocal
+            mailNodes[c].lease = l
+            mailNodes[c].deadlineLocal = sent + UInt64(l.ttlSeconds) * 1_000_000_000
+            if options.leaseFaults.contains(.holderIgnoresDeadline) {
+                // Broken on purpose: trusts the lease until told otherwise.
+                mailNodes[c].deadlineLocal = sent + UInt64(l.ttlSeconds) * 10_000_000_000
+            }
+            leaseChecker.believe(l.nodeID, holder: holder, from: now, until: mailTrue(c, local: mailNodes[c].deadlineLocal))
+            if kind == .acquire { result.acknowledgedWrites += 1 }
+        case (.ok, .failure(.leaseNotFound)?):
+            // The lease is gone: stop using the ID at once.
+            if let l = mailNodes[c].lease { leaseChecker.stopBelieving(l.nodeID, holder: holder, at: now) }
+            mailNodes[c].lease = nil
+        case (.ok, _):
+            break  // hostname in use, release done, ...
+        case (.failed, _), (.indeterminate, _):
+            result.indeterminateOperations += 1  // the belief stays as it was
+        }
+        // Next action: renew at a third of the TTL, sometimes late, sometimes very late (a
+        // pause past the TTL); retry a refused acquire soon.
+        var delayMs: UInt64 = 20 + random.next() % 60
+        if let l = mailNodes[c].lease {
+            let ttlMs = UInt64(l.ttlSeconds) * 1000
+            let roll = random.next() % 100
+            delayMs = roll < 80 ? ttlMs / 3 : roll < 95 ? ttlMs * 9 / 10 : ttlMs * 3 / 2
+        }
+        queue.push(.client(c), at: now + micros(ms: delayMs))
+    }
+
+    // MARK: Replica side
+
+    /// Called for every entry a replica applies in the lease workload.
+    func leaseApplied(_ i: Int, entry e: Entry, before: LeaseRegistry?, reply: (any Sendable)?) {
+        guard let node = replicas[i].node, let machine = replicas[i].machine as? LeaseMachine else { return }
+        let registry = machine.registry
+        let firstApply = e.index > highestApplied
+        if firstApply { highestApplied = e.index }
+        if e.index.rawValue % 8 == 0 {
+            leaseChecker.observeDigest(index: e.index.rawValue, digest: machine.digest, replica: replicas[i].id)
+        }
+        // The leader's expiry: its own first entry of the term makes it ready.
+        if node.role == .leader {
+            if !replicas[i].expiry.isLeader { replicas[i].expiry.becameLeader() }
+            if !replicas[i].expiry.isReady && e.term == node.term {
+                var start = localNanos(i)
+                if options.leaseFaults.contains(.noFailoverReset) {
+                    // Broken on purpose: as if every countdown had already run out.
+                    start = start > 3_600_000_000_000 ? start - 3_600_000_000_000 : 0
+                }
+                replicas[i].expiry.leaderReady(now: start, registry: registry)
+            }
+        }
+        guard e.kind == .normal, let timed = TimedCommand(decoding: e.data),
+            case .success(let outcome)? = reply as? Result<LeaseReply, LeaseError>
+        else { return }
+        let record: NodeRecord?
+        switch outcome {
+        case .lease(let l): record = registry.node(l.nodeID)
+        case .node(let n): record = registry.node(n.nodeID) ?? n
+        }
+        if let record, node.role == .leader { replicas[i].expiry.applied(record, now: localNanos(i)) }
+        guard let record else { return }
+        // When each renewal first applied (the leader applies a committed entry first).
+        if record.status == .active {
+            let key = RenewalKey(lease: record.leaseID, renewal: record.renewalIndex)
+            if renewalApplied[key] == nil { renewalApplied[key] = now }
+        }
+        guard firstApply else { return }
+        switch timed.command {
+        case .acquire:
+            if record.renewalIndex == record.leaseID && record.leaseID == e.index.rawValue {
+                if let old = before?.node(record.nodeID), old.hostname != record.hostname { leaseChecker.unbind(nodeID: record.nodeID) }
+                leaseChecker.observeGrant(nodeID: record.nodeID, hostname: record.hostname, token: record.leaseID)
+            }
+        case .expire(let lease, let renewal):
+            let at = renewalApplied[RenewalKey(lease: lease, renewal: renewal)] ?? 0
+            leaseChecker.observeExpiry(
+                nodeID: record.nodeID, at: now, renewedAt: at, ttlSeconds: record.ttlSeconds, maxRate: 1 + knobs.drift)
+            leaseChecker.observeLeaseEnded(record.nodeID, holder: record.holder, at: now)
+        case .forget:
+            leaseChecker.unbind(nodeID: record.nodeID)
+        default:
+            break
+        }
+    }
+
+    /// Leader-side expiry, run on every tick of a leader.
+    func leaseTick(_ i: Int) {
+        guard let node = replicas[i].node else { return }
+        if node.role != .leader {
+            if replicas[i].expiry.isLeader { replicas[i].expiry.lostLeadership() }
+            return
+        }
+        if !replicas[i].expiry.isLeader { replicas[i].expiry.becameLeader() }
+        guard let machine = replicas[i].machine as? LeaseMachine else { return }
+        let due = replicas[i].expiry.due(
+            now: localNanos(i), wallSeconds: wallSeconds(i), registry: machine.registry, hasQuorum: node.hasQuorumContact)
+        guard !due.isEmpty else { return }
+        trace("replica \(node.id) proposes \(due.count) expiry commands")
+        _ = try? replicas[i].node!.propose(batch: due.map { $0.encoded() })
+    }
+}
+
+struct RenewalKey: Hashable {
+    var lease: UInt64
+    var renewal: UInt64
+}
+
+/// Deliberately broken lease behaviour, to prove the lease checker catches it.
+public struct LeaseFaults: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    /// Holders keep using their node ID long past send instant + TTL, until a renewal fails.
+    public static let holderIgnoresDeadline = LeaseFaults(rawValue: 1 << 0)
+    /// A new leader does not restart lease countdowns: it expires every lease at once.
+    public static let noFailoverReset = LeaseFaults(rawValue: 1 << 1)
+}

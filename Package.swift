@@ -10,7 +10,7 @@ let package = Package(
         .library(name: "LeaseRegistry", targets: ["LeaseRegistry"]),
         .library(name: "RaftSimulator", targets: ["RaftSimulator"]),
         .executable(name: "nodelease-sim", targets: ["nodelease-sim"]),
-        .executable(name: "nodelease-storage-bench", targets: ["nodelease-storage-bench"]),
+        .executable(name: "nodelease-microbench", targets: ["nodelease-microbench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
@@ -32,9 +32,10 @@ let package = Package(
             ]
         ),
         .executableTarget(
-            name: "nodelease-storage-bench",
+            name: "nodelease-microbench",
             dependencies: [
                 "RaftStorage",
+                "LeaseRegistry",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -44,7 +45,7 @@ let package = Package(
             exclude: ["testdata"]
         ),
         .testTarget(name: "RaftSimulatorTests", dependencies: ["Raft", "RaftSimulator"]),
-        .testTarget(name: "RaftStorageTests", dependencies: ["Raft", "RaftStorage"]),
+        .testTarget(name: "RaftStorageTests", dependencies: ["Raft", "RaftStorage", "nodelease-microbench"]),
         .testTarget(name: "LeaseRegistryTests", dependencies: ["Raft", "LeaseRegistry"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,200 @@
+import ArgumentParser
+import LeaseRegistry
+import Raft
+import RaftStorage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Benchmarks of the local building blocks. They print figures and assert nothing.
+@main
+struct Microbench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "nodelease-microbench",
+        abstract: "Benchmarks of the write-ahead log and the lease registry.",
+        subcommands: [StorageBench.self, RegistryBench.self, StorageWriter.self])
+}
+
+/// Prints what the write-ahead log sustains on this machine's disk, beside the raw fsync
+/// latency that bounds it.
+struct StorageBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "storage",
+        abstract: "WAL appends/s and fsyncs/s for batches of 1, 16 and 256 small entries.")
+
+    @Option(help: "Directory to write in (a fresh temporary directory under it is used and removed).")
+    var dir: String = "/tmp"
+
+    @Option(help: "Seconds per measurement.")
+    var seconds: Double = 2
+
+    @Option(help: "Payload bytes per entry.")
+    var entryBytes: Int = 64
+
+    func run() throws {
+        let base = "\(dir)/nodelease-bench-\(getpid())"
+        defer { _ = try? removeTree(base) }
+        let fs = PosixFileSystem()
+        try fs.createDirectory(base)
+
+        // Raw fsync latency: append 4 KiB and fdatasync, repeatedly.
+        let raw = try fs.open(base + "/raw", create: true)
+        let page = [UInt8](repeating: 0xab, count: 4096)
+        var offset: UInt64 = 0
+        var rawLatencies: [Double] = []
+        let clock = ContinuousClock()
+        let rawEnd = clock.now + .milliseconds(Int(seconds * 1000))
+        while clock.now < rawEnd {
+            let t = clock.now
+            try raw.write(page, at: offset)
+            try raw.sync()
+            rawLatencies.append(Self.micros(clock.now - t))
+            offset += 4096
+        }
+        raw.close()
+        rawLatencies.sort()
+        let rawMedian = rawLatencies[rawLatencies.count / 2]
+        print("machine: raw 4 KiB append + fdatasync: median \(Self.fmt(rawMedian)) us, p99 \(Self.fmt(rawLatencies[rawLatencies.count * 99 / 100])) us, \(Self.fmt(1e6 / rawMedian)) fsyncs/s possible")
+        print("")
+        print("batch  entries/s     fsyncs/s   us/batch   bytes/entry")
+        for batch in [1, 16, 256] {
+            let path = "\(base)/wal-\(batch)"
+            let log = try DurableLog(directory: path, fileSystem: fs, membership: Membership(voters: [1]))
+            let payload = [UInt8](repeating: 0x5a, count: entryBytes)
+            var next: LogIndex = 1
+            var batches = 0
+            let start = clock.now
+            let end = start + .milliseconds(Int(seconds * 1000))
+            while clock.now < end {
+                var entries: [Entry] = []
+                entries.reserveCapacity(batch)
+                for i in 0..<batch { entries.append(Entry(term: 1, index: next + i, data: payload)) }
+                try log.save(hardState: HardState(term: 1, vote: 1, commit: next - 1), entries: entries, snapshot: nil, sync: true)
+                next = next + batch
+                batches += 1
+            }
+            let elapsed = Self.micros(clock.now - start) / 1e6
+            let appended = Double(batches * batch)
+            print(
+                "\(Self.pad(String(batch), 5))  \(Self.pad(Self.fmt(appended / elapsed), 11))  \(Self.pad(Self.fmt(Double(log.syncCount) / elapsed), 9))  \(Self.pad(Self.fmt(elapsed * 1e6 / Double(batches)), 9))  \(Self.pad(String(log.bytesAppended / max(1, batches * batch)), 11))"
+            )
+            log.close()
+        }
+    }
+
+    static func micros(_ d: Duration) -> Double {
+        Double(d.components.seconds) * 1e6 + Double(d.components.attoseconds) / 1e12
+    }
+
+    static func fmt(_ v: Double) -> String {
+        v >= 100 ? String(Int(v.rounded())) : String(Double(Int(v * 10)) / 10)
+    }
+
+    static func pad(_ s: String, _ n: Int) -> String { String(repeating: " ", count: max(0, n - s.count)) + s }
+
+    func removeTree(_ path: String) throws {
+        guard let d = opendir(path) else { return }
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name == "." || name == ".." { continue }
+            let child = path + "/" + name
+            if unlink(child) != 0 { try removeTree(child) }
+        }
+        closedir(d)
+        rmdir(path)
+    }
+}
+
+/// Snapshot and restore of a large registry.
+struct RegistryBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "registry",
+        abstract: "Builds a registry of N nodes, then times snapshot, restore and command apply.")
+
+    @Option(help: "Number of registered nodes.")
+    var nodes: Int = 65_536
+
+    func run() throws {
+        let clock = ContinuousClock()
+        var registry = LeaseRegistry()
+        var index: UInt64 = 0
+        let range: ClosedRange<UInt32> = 1...UInt32(max(nodes, 1))
+        let t0 = clock.now
+        for i in 0..<nodes {
+            index += 1
+            let data = TimedCommand(
+                .acquire(hostname: "mx\(i).mail.example.org", holder: "holder-\(i)-3b2f0c1e", ttlSeconds: 30, idRange: range),
+                now: 1_767_225_600
+            ).encoded()
+            _ = registry.apply(entry: data, index: index)
+        }
+        let build = clock.now - t0
+        // A mix of states: a quarter stale, a quarter inactive.
+        for i in stride(from: 0, to: nodes, by: 4) {
+            let lease = UInt64(i + 1)
+            index += 1
+            _ = registry.apply(.release(leaseID: lease), now: 1_767_225_700, index: index)
+            if i + 1 < nodes {
+                index += 1
+                _ = registry.apply(.expire(leaseID: lease + 1, renewalIndex: lease + 1), now: 1_767_225_700, index: index)
+            }
+        }
+        var snapshot: [UInt8] = []
+        var restored = LeaseRegistry()
+        let snapTimes = (0..<5).map { _ in clock.measure { snapshot = registry.snapshot() } }
+        let restoreTimes = try (0..<5).map { _ in try clock.measure { restored = try LeaseRegistry(snapshot: snapshot) } }
+        precondition(restored == registry, "restored registry differs")
+        // Renew throughput on the large registry.
+        let renewals = 200_000
+        let t1 = clock.now
+        for k in 0..<renewals {
+            index += 1
+            let lease = UInt64((k % nodes) | 2) + 1
+            _ = registry.apply(.renew(leaseID: lease), now: 1_767_225_800, index: index)
+        }
+        let renewTime = clock.now - t1
+        let counts = registry.counts()
+        print("registry of \(registry.count) nodes (\(counts.active) active, \(counts.stale) stale, \(counts.inactive) inactive)")
+        print("  build by \(nodes) acquires: \(ms(build)) ms (\(us(build) / Double(nodes)) us per acquire)")
+        print("  snapshot: \(snapshot.count) bytes, best of 5 \(ms(snapTimes.min()!)) ms")
+        print("  restore:  best of 5 \(ms(restoreTimes.min()!)) ms")
+        print("  renew apply: \(us(renewTime) / Double(renewals)) us per renew")
+    }
+
+    func us(_ d: Duration) -> Double { StorageBench.micros(d) }
+    func ms(_ d: Duration) -> Double { (StorageBench.micros(d) / 100).rounded() / 10 }
+}
+
+/// Appends to a write-ahead log until killed, printing `acked N` after every batch whose
+/// fsync returned. The SIGKILL test in RaftStorageTests kills it at random moments and
+/// checks that every acknowledged entry survives.
+struct StorageWriter: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "storage-writer", abstract: "Test helper: append and acknowledge until killed.", shouldDisplay: false)
+
+    @Option(help: "Data directory.")
+    var dir: String
+
+    @Option(help: "Seed for batch sizes.")
+    var seed: UInt64 = 1
+
+    func run() throws {
+        var random = DeterministicGenerator(seed: seed)
+        let log = try DurableLog(directory: dir, membership: Membership(voters: [1]), options: .init(segmentBytes: 64 << 10))
+        var next = try log.lastIndex() + 1
+        while true {
+            let n = 1 + Int(random.next() % 32)
+            let entries = (0..<n).map { Entry(term: 1, index: next + $0, data: Array("entry-\((next + $0).rawValue)".utf8)) }
+            try log.save(hardState: HardState(term: 1, vote: 1, commit: next - 1), entries: entries, snapshot: nil, sync: true)
+            next = next + n
+            let line = Array("acked \((next - 1).rawValue)\n".utf8)
+            _ = line.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+            if random.chance(0.02), next.rawValue > 100 {
+                let at = next - 10
+                try log.createSnapshot(at: at, data: Array("snap".utf8))
+                try log.compact(through: at - 50)
+            }
+        }
+    }
+}

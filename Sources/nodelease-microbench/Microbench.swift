@@ -32,6 +32,9 @@ struct StorageBench: ParsableCommand {
     @Option(help: "Payload bytes per entry.")
     var entryBytes: Int = 64
 
+    @Flag(help: "Also measure with fsync off, to show what our code costs without the disk.")
+    var cpu = false
+
     func run() throws {
         let base = "\(dir)/nodelease-bench-\(getpid())"
         defer { _ = try? removeTree(base) }
@@ -57,10 +60,11 @@ struct StorageBench: ParsableCommand {
         let rawMedian = rawLatencies[rawLatencies.count / 2]
         print("machine: raw 4 KiB append + fdatasync: median \(Self.fmt(rawMedian)) us, p99 \(Self.fmt(rawLatencies[rawLatencies.count * 99 / 100])) us, \(Self.fmt(1e6 / rawMedian)) fsyncs/s possible")
         print("")
-        print("batch  entries/s     fsyncs/s   us/batch   bytes/entry")
-        for batch in [1, 16, 256] {
-            let path = "\(base)/wal-\(batch)"
-            let log = try DurableLog(directory: path, fileSystem: fs, membership: Membership(voters: [1]))
+        print("fsync  batch  entries/s     fsyncs/s   us/batch   bytes/entry")
+        for (fsync, batch) in [(true, 1), (true, 16), (true, 256)] + (cpu ? [(false, 1), (false, 16), (false, 256)] : []) {
+            let path = "\(base)/wal-\(batch)-\(fsync)"
+            let log = try DurableLog(
+                directory: path, fileSystem: fs, membership: Membership(voters: [1]), options: .init(fsync: fsync))
             let payload = [UInt8](repeating: 0x5a, count: entryBytes)
             var next: LogIndex = 1
             var batches = 0
@@ -77,7 +81,7 @@ struct StorageBench: ParsableCommand {
             let elapsed = Self.micros(clock.now - start) / 1e6
             let appended = Double(batches * batch)
             print(
-                "\(Self.pad(String(batch), 5))  \(Self.pad(Self.fmt(appended / elapsed), 11))  \(Self.pad(Self.fmt(Double(log.syncCount) / elapsed), 9))  \(Self.pad(Self.fmt(elapsed * 1e6 / Double(batches)), 9))  \(Self.pad(String(log.bytesAppended / max(1, batches * batch)), 11))"
+                "\(fsync ? "  on " : "  off") \(Self.pad(String(batch), 5))  \(Self.pad(Self.fmt(appended / elapsed), 11))  \(Self.pad(Self.fmt(Double(fsync ? log.syncCount : 0) / elapsed), 9))  \(Self.pad(Self.fmt(elapsed * 1e6 / Double(batches)), 9))  \(Self.pad(String(log.bytesAppended / max(1, batches * batch)), 11))"
             )
             log.close()
         }

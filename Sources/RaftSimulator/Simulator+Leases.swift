@@ -71,10 +71,7 @@ extension Simulation {
             queue.push(.clientTimeout(c, op: nextOp), at: now + micros(ms: 400))
         }
         let op = mailNodes[c].op!
-        let ups = replicas.indices.filter { replicas[$0].up && replicas[$0].pausedUntil <= now }
-        guard !ups.isEmpty else { return retry(c) }
-        var target = mailNodes[c].leaderHint ?? ups[Int(random.next() % UInt64(ups.count))]
-        if !ups.contains(target) { target = ups[Int(random.next() % UInt64(ups.count))] }
+        guard let target = pickReplica(hint: mailNodes[c].leaderHint) else { return retry(c) }
         guard replicas[target].node!.role == .leader else {
             mailNodes[c].leaderHint = replicas[target].node!.leader.map { Int($0.rawValue) - 1 }
             return retry(c)

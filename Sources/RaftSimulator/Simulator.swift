@@ -607,10 +607,7 @@ public final class Simulation {
             queue.push(.clientTimeout(c, op: nextOp), at: now + micros(ms: 1000))
         }
         let op = clients[c].op!
-        let ups = replicas.indices.filter { replicas[$0].up && replicas[$0].pausedUntil <= now }
-        guard !ups.isEmpty else { return retry(c) }
-        var target = clients[c].leaderHint ?? ups[Int(random.next() % UInt64(ups.count))]
-        if !ups.contains(target) { target = ups[Int(random.next() % UInt64(ups.count))] }
+        guard let target = pickReplica(hint: clients[c].leaderHint) else { return retry(c) }
         if clients[c].isWrite {
             do {
                 let p = try replicas[target].node!.propose(clients[c].command)
@@ -639,6 +636,15 @@ public final class Simulation {
             }
         }
         afterInput(target)
+    }
+
+    /// The replica a client sends to: its hint when that one is up (and not paused), else a
+    /// random live one; nil when none is.
+    func pickReplica(hint: Int?) -> Int? {
+        let ups = replicas.indices.filter { replicas[$0].up && replicas[$0].pausedUntil <= now }
+        guard !ups.isEmpty else { return nil }
+        if let hint, ups.contains(hint) { return hint }
+        return ups[Int(random.next() % UInt64(ups.count))]
     }
 
     func retry(_ c: Int) {

@@ -99,14 +99,24 @@ struct CheckerTests {
     }
 }
 
+/// The first failing run among `seeds`, with `options` applied to each.
+func firstFailure(seeds: ClosedRange<UInt64>, _ options: (inout SimulationOptions) -> Void) -> SimulationResult? {
+    for seed in seeds {
+        var o = SimulationOptions(seed: seed)
+        options(&o)
+        let result = Simulation(options: o).run()
+        if !result.ok { return result }
+    }
+    return nil
+}
+
 /// Broken cores in the full simulator: each must be caught by the rule it breaks.
 struct BrokenCoreTests {
     func firstFailure(_ faults: FaultInjection, seeds: ClosedRange<UInt64>) -> SimulationResult? {
-        for seed in seeds {
-            let result = Simulation(options: SimulationOptions(seed: seed, faults: faults, workload: .register)).run()
-            if !result.ok { return result }
+        RaftSimulatorTests.firstFailure(seeds: seeds) {
+            $0.faults = faults
+            $0.workload = .register
         }
-        return nil
     }
 
     @Test("votes granted without the log check lose committed entries")
@@ -282,11 +292,7 @@ struct LeaseCheckerTests {
 /// Broken lease behaviour in the full simulator is caught.
 struct BrokenLeaseTests {
     func firstFailure(_ faults: LeaseFaults, seeds: ClosedRange<UInt64>) -> SimulationResult? {
-        for seed in seeds {
-            let result = Simulation(options: SimulationOptions(seed: seed, leaseFaults: faults)).run()
-            if !result.ok { return result }
-        }
-        return nil
+        RaftSimulatorTests.firstFailure(seeds: seeds) { $0.leaseFaults = faults }
     }
 
     @Test("a holder that ignores its deadline outlives its lease")

@@ -14,6 +14,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),
     ],
     targets: [
         // The consensus algorithm as a pure, deterministic state machine.
@@ -22,6 +24,16 @@ let package = Package(
         .target(name: "RaftStorage", dependencies: ["Raft"]),
         // The replicated state machine of node-ID leases, and leader-side expiry.
         .target(name: "LeaseRegistry", dependencies: ["Raft"]),
+        // NIO TCP between replicas: frames, handshake, reconnect, bounded queues.
+        .target(
+            name: "RaftTransport",
+            dependencies: [
+                "Raft",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // Seeded, single-threaded world that runs the real core under faults.
         .target(name: "RaftSimulator", dependencies: ["Raft", "RaftStorage", "LeaseRegistry"]),
         .executableTarget(
@@ -47,6 +59,14 @@ let package = Package(
         .testTarget(name: "RaftSimulatorTests", dependencies: ["Raft", "RaftSimulator"]),
         .testTarget(name: "RaftStorageTests", dependencies: ["Raft", "RaftStorage", "nodelease-microbench"]),
         .testTarget(name: "LeaseRegistryTests", dependencies: ["Raft", "LeaseRegistry"]),
+        .testTarget(
+            name: "RaftTransportTests",
+            dependencies: [
+                "Raft", "RaftTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

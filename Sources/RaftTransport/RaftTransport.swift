@@ -1,0 +1,394 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Raft
+
+/// Where a peer listens.
+public struct PeerAddress: Sendable, Hashable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+    public var description: String { "\(host):\(port)" }
+}
+
+public struct TransportConfig: Sendable {
+    public var clusterID: String
+    public var replicaID: ReplicaID
+    public var listen: PeerAddress
+    /// Every other voter and its peer address.
+    public var peers: [ReplicaID: PeerAddress]
+    /// Bytes queued on one connection before further messages are dropped (Raft resends).
+    public var maxQueuedBytes: Int
+    public var connectTimeout: TimeAmount
+    public var minBackoff: TimeAmount
+    public var maxBackoff: TimeAmount
+    /// An inbound connection silent this long is closed (a dead peer behind a live socket).
+    public var idleTimeout: TimeAmount
+
+    public init(
+        clusterID: String, replicaID: ReplicaID, listen: PeerAddress, peers: [ReplicaID: PeerAddress],
+        maxQueuedBytes: Int = 8 << 20, connectTimeout: TimeAmount = .seconds(2), minBackoff: TimeAmount = .milliseconds(50),
+        maxBackoff: TimeAmount = .seconds(2), idleTimeout: TimeAmount = .seconds(10)
+    ) {
+        self.clusterID = clusterID
+        self.replicaID = replicaID
+        self.listen = listen
+        self.peers = peers
+        self.maxQueuedBytes = maxQueuedBytes
+        self.connectTimeout = connectTimeout
+        self.minBackoff = minBackoff
+        self.maxBackoff = maxBackoff
+        self.idleTimeout = idleTimeout
+    }
+}
+
+/// TCP between replicas. Each replica dials every peer once and sends its messages for that
+/// peer over that connection; it receives over the connections peers dialed to it. A
+/// handshake checks the cluster id and replica ids, so a replica of another cluster (or a
+/// misconfigured id) is refused with a clear log line on both sides. Lost connections are
+/// redialed with capped exponential backoff. Sending never blocks: a message for a peer that is
+/// unreachable, or whose connection has `maxQueuedBytes` waiting, is dropped (Raft resends).
+public final class RaftTransport: Sendable {
+    public let config: TransportConfig
+    let group: any EventLoopGroup
+    let logger: Logger
+    /// New for every process start, so two processes claiming one replica id are told apart.
+    let incarnation: UInt64
+    let onMessage: @Sendable (Message) -> Void
+    let onPeerChange: @Sendable (ReplicaID, Bool) -> Void
+    let links: [ReplicaID: PeerLink]
+    let inbound = NIOLockedValueBox<[ReplicaID: (incarnation: UInt64, channel: any Channel)]>([:])
+    let server = NIOLockedValueBox<(any Channel)?>(nil)
+    let dropped = ManagedAtomicCounter()
+
+    /// - Parameters:
+    ///   - onMessage: called on an event loop for every message received.
+    ///   - onPeerChange: called when the outbound connection to a peer comes up or goes down.
+    public init(
+        config: TransportConfig, group: any EventLoopGroup, logger: Logger,
+        onMessage: @escaping @Sendable (Message) -> Void, onPeerChange: @escaping @Sendable (ReplicaID, Bool) -> Void = { _, _ in }
+    ) {
+        self.config = config
+        self.group = group
+        var logger = logger
+        logger[metadataKey: "replica"] = "\(config.replicaID)"
+        self.logger = logger
+        self.incarnation = UInt64.random(in: 1...UInt64.max)
+        self.onMessage = onMessage
+        self.onPeerChange = onPeerChange
+        var links: [ReplicaID: PeerLink] = [:]
+        for (id, address) in config.peers where id != config.replicaID {
+            links[id] = PeerLink(peer: id, address: address)
+        }
+        self.links = links
+        for link in links.values { link.transport = self }
+    }
+
+    /// Binds the peer listener and starts dialing every peer.
+    public func start() async throws {
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 64)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers([
+                        IdleStateHandler(readTimeout: config.idleTimeout),
+                        ByteToMessageHandler(FrameDecoder()),
+                        MessageToByteHandler(FrameEncoder()),
+                        AcceptorHandler(transport: self),
+                    ])
+                }
+            }
+        let channel = try await bootstrap.bind(host: config.listen.host, port: config.listen.port).get()
+        server.withLockedValue { $0 = channel }
+        logger.info("listening for peers on \(config.listen)")
+        for id in links.keys.sorted() { links[id]!.dial() }
+    }
+
+    /// The port actually bound (useful with port 0 in tests).
+    public var boundPort: Int? { server.withLockedValue { $0?.localAddress?.port } }
+
+    /// Sends messages, grouped per peer with one flush each. Never blocks.
+    public func send(_ messages: [Message]) {
+        var byPeer: [ReplicaID: [Message]] = [:]
+        for m in messages { byPeer[m.to, default: []].append(m) }
+        for (peer, batch) in byPeer {
+            guard let link = links[peer] else { continue }
+            if !link.send(batch) { dropped.add(batch.count) }
+        }
+    }
+
+    /// Whether the outbound connection to `peer` is up.
+    public func isConnected(_ peer: ReplicaID) -> Bool { links[peer]?.isConnected ?? false }
+
+    /// Messages dropped because a peer was unreachable or slow.
+    public var droppedMessages: Int { dropped.value }
+
+    /// Closes every connection and the listener; no redialing afterwards.
+    public func shutdown() async {
+        for link in links.values { link.stop() }
+        let channels = inbound.withLockedValue { $0.values.map(\.channel) }
+        for c in channels { try? await c.close() }
+        if let s = server.withLockedValue({ $0 }) { try? await s.close() }
+    }
+
+    // MARK: Accepting side
+
+    /// Checks a hello; nil means welcome, otherwise the reason to refuse.
+    func admit(clusterID: String, from: ReplicaID, to: ReplicaID, incarnation: UInt64, channel: any Channel) -> String? {
+        if clusterID != config.clusterID {
+            return "cluster id \"\(clusterID)\" does not match this replica's cluster \"\(config.clusterID)\""
+        }
+        if to != config.replicaID {
+            return "this is replica \(config.replicaID), not replica \(to): check the peer addresses"
+        }
+        if from == config.replicaID {
+            return "the caller claims this replica's own id \(from): two replicas share one id"
+        }
+        if config.peers[from] == nil {
+            return "replica \(from) is not a member of this cluster"
+        }
+        return inbound.withLockedValue { conns in
+            if let existing = conns[from], existing.incarnation != incarnation, existing.channel.isActive {
+                return "replica \(from) is already connected from another process (two replicas share id \(from))"
+            }
+            conns[from] = (incarnation, channel)
+            return nil
+        }
+    }
+
+    func inboundClosed(_ from: ReplicaID, channel: any Channel) {
+        inbound.withLockedValue { conns in
+            if let c = conns[from], c.channel === channel { conns[from] = nil }
+        }
+    }
+}
+
+/// A thread-safe counter.
+final class ManagedAtomicCounter: Sendable {
+    private let box = NIOLockedValueBox(0)
+    func add(_ n: Int) { box.withLockedValue { $0 += n } }
+    var value: Int { box.withLockedValue { $0 } }
+}
+
+/// The outbound connection to one peer, with its reconnect loop.
+final class PeerLink: @unchecked Sendable {
+    let peer: ReplicaID
+    let address: PeerAddress
+    /// Set once right after init, before any use.
+    weak var transport: RaftTransport?
+
+    struct State {
+        var channel: (any Channel)?
+        var established = false
+        var failures = 0
+        var stopped = false
+        var lastRefusal: String?
+    }
+    let state = NIOLockedValueBox(State())
+
+    init(peer: ReplicaID, address: PeerAddress) {
+        self.peer = peer
+        self.address = address
+    }
+
+    var isConnected: Bool { state.withLockedValue { $0.established && $0.channel?.isActive == true } }
+
+    func dial() {
+        guard let t = transport, !state.withLockedValue({ $0.stopped }) else { return }
+        let hello = Frame.hello(clusterID: t.config.clusterID, from: t.config.replicaID, to: peer, incarnation: t.incarnation)
+        let watermark = ChannelOptions.Types.WriteBufferWaterMark(low: t.config.maxQueuedBytes / 2, high: t.config.maxQueuedBytes)
+        ClientBootstrap(group: t.group)
+            .connectTimeout(t.config.connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.writeBufferWaterMark, value: watermark)
+            .channelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers([
+                        ByteToMessageHandler(FrameDecoder()),
+                        MessageToByteHandler(FrameEncoder()),
+                        DialerHandler(link: self),
+                    ])
+                }
+            }
+            .connect(host: address.host, port: address.port)
+            .whenComplete { [self] result in
+                switch result {
+                case .success(let channel):
+                    let keep = state.withLockedValue { s -> Bool in
+                        guard !s.stopped else { return false }
+                        s.channel = channel
+                        return true
+                    }
+                    if keep {
+                        channel.writeAndFlush(hello, promise: nil)
+                    } else {
+                        channel.close(promise: nil)
+                    }
+                case .failure:
+                    scheduleRedial()
+                }
+            }
+    }
+
+    func established(_ channel: any Channel) {
+        let wasDown = state.withLockedValue { s -> Bool in
+            let was = !s.established
+            s.established = true
+            s.failures = 0
+            s.lastRefusal = nil
+            return was
+        }
+        if wasDown, let t = transport {
+            t.logger.info("connected to peer \(peer) at \(address)")
+            t.onPeerChange(peer, true)
+        }
+    }
+
+    func refused(_ reason: String) {
+        guard let t = transport else { return }
+        let repeated = state.withLockedValue { s -> Bool in
+            defer { s.lastRefusal = reason }
+            return s.lastRefusal == reason
+        }
+        if !repeated { t.logger.error("peer \(peer) at \(address) refused this replica: \(reason)") }
+    }
+
+    func closed(_ channel: any Channel) {
+        let wasUp = state.withLockedValue { s -> Bool in
+            guard s.channel === channel else { return false }
+            let was = s.established
+            s.channel = nil
+            s.established = false
+            return was
+        }
+        if wasUp, let t = transport {
+            t.logger.warning("lost the connection to peer \(peer) at \(address)")
+            t.onPeerChange(peer, false)
+        }
+        scheduleRedial()
+    }
+
+    func scheduleRedial() {
+        guard let t = transport else { return }
+        let delay = state.withLockedValue { s -> TimeAmount? in
+            guard !s.stopped else { return nil }
+            s.failures += 1
+            let exp = min(s.failures, 16)
+            let base = min(t.config.maxBackoff.nanoseconds, t.config.minBackoff.nanoseconds << (exp - 1))
+            // Jitter in [base/2, base], so peers restarting together do not redial in step.
+            return .nanoseconds(base / 2 + Int64.random(in: 0...max(0, base / 2)))
+        }
+        guard let delay else { return }
+        t.group.next().scheduleTask(in: delay) { [self] in dial() }
+    }
+
+    /// Queues messages; false if they were dropped.
+    func send(_ messages: [Message]) -> Bool {
+        guard let channel = state.withLockedValue({ $0.established ? $0.channel : nil }), channel.isWritable else {
+            return false
+        }
+        for m in messages { channel.write(Frame.message(m), promise: nil) }
+        channel.flush()
+        return true
+    }
+
+    func stop() {
+        let c = state.withLockedValue { s -> (any Channel)? in
+            s.stopped = true
+            return s.channel
+        }
+        c?.close(promise: nil)
+    }
+}
+
+/// The dialing side of a connection: waits for the welcome, logs a refusal.
+final class DialerHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = Frame
+    let link: PeerLink
+
+    init(link: PeerLink) { self.link = link }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .welcome:
+            link.established(context.channel)
+        case .refused(let reason):
+            link.refused(reason)
+            context.close(promise: nil)
+        default:
+            context.close(promise: nil)  // a peer must not send anything else this way
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        link.closed(context.channel)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}
+
+/// The accepting side of a connection: checks the hello, then delivers messages.
+final class AcceptorHandler: ChannelDuplexHandler, @unchecked Sendable {
+    typealias InboundIn = Frame
+    typealias OutboundIn = Frame
+    typealias OutboundOut = Frame
+    let transport: RaftTransport
+    var peer: ReplicaID?
+
+    init(transport: RaftTransport) { self.transport = transport }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        guard let peer else {
+            guard case .hello(let cluster, let from, let to, let incarnation) = frame else {
+                transport.logger.warning("peer connection from \(String(describing: context.remoteAddress)) did not start with a hello; closing")
+                context.close(promise: nil)
+                return
+            }
+            if let reason = transport.admit(clusterID: cluster, from: from, to: to, incarnation: incarnation, channel: context.channel) {
+                transport.logger.error("refused a peer connection from \(String(describing: context.remoteAddress)) claiming replica \(from): \(reason)")
+                let channel = context.channel
+                context.writeAndFlush(wrapOutboundOut(.refused(reason: reason))).whenComplete { _ in channel.close(promise: nil) }
+                return
+            }
+            self.peer = from
+            context.writeAndFlush(wrapOutboundOut(.welcome), promise: nil)
+            return
+        }
+        guard case .message(let m) = frame, m.from == peer, m.to == transport.config.replicaID else {
+            transport.logger.warning("peer \(peer) sent an unexpected frame; closing the connection")
+            context.close(promise: nil)
+            return
+        }
+        transport.onMessage(m)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let peer { transport.inboundClosed(peer, channel: context.channel) }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let e = error as? FrameError {
+            transport.logger.warning("closing a peer connection: \(e)")
+        }
+        context.close(promise: nil)
+    }
+}

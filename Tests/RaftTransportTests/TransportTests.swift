@@ -1,0 +1,138 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Raft
+import RaftTransport
+import Testing
+
+/// Collects log lines, for tests that check what an operator would read.
+final class CapturedLog: Sendable {
+    let lines = NIOLockedValueBox<[String]>([])
+    var all: [String] { lines.withLockedValue { $0 } }
+
+    var logger: Logger {
+        Logger(label: "test") { _ in Handler(sink: self) }
+    }
+
+    struct Handler: LogHandler {
+        let sink: CapturedLog
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+        func log(event: LogEvent) {
+            sink.lines.withLockedValue { $0.append("\(event.level) \(event.message)") }
+        }
+    }
+}
+
+/// A free loopback port (bound then released; tests retry on the rare collision).
+func freePort() throws -> Int {
+    let group = MultiThreadedEventLoopGroup.singleton
+    let channel = try ServerBootstrap(group: group).bind(host: "127.0.0.1", port: 0).wait()
+    let port = channel.localAddress!.port!
+    try channel.close().wait()
+    return port
+}
+
+final class Inbox: Sendable {
+    let box = NIOLockedValueBox<[Message]>([])
+    func add(_ m: Message) { box.withLockedValue { $0.append(m) } }
+    var messages: [Message] { box.withLockedValue { $0 } }
+}
+
+/// Polls `condition` until it holds or `seconds` pass.
+func eventually(_ seconds: Double = 10, _ condition: () -> Bool) async -> Bool {
+    let end = Date().addingTimeInterval(seconds)
+    while Date() < end {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return condition()
+}
+
+struct TransportTests {
+    let group = MultiThreadedEventLoopGroup.singleton
+
+    func make(_ id: ReplicaID, cluster: String = "c1", ports: [ReplicaID: Int], log: CapturedLog, inbox: Inbox) -> RaftTransport {
+        var peers: [ReplicaID: PeerAddress] = [:]
+        for (p, port) in ports where p != id { peers[p] = PeerAddress(host: "127.0.0.1", port: port) }
+        let config = TransportConfig(
+            clusterID: cluster, replicaID: id, listen: PeerAddress(host: "127.0.0.1", port: ports[id]!), peers: peers)
+        return RaftTransport(config: config, group: group, logger: log.logger, onMessage: { inbox.add($0) })
+    }
+
+    @Test func twoReplicasExchangeMessagesAndReconnect() async throws {
+        let ports: [ReplicaID: Int] = [1: try freePort(), 2: try freePort()]
+        let log = CapturedLog()
+        let inbox1 = Inbox()
+        let inbox2 = Inbox()
+        let a = make(1, ports: ports, log: log, inbox: inbox1)
+        let b = make(2, ports: ports, log: log, inbox: inbox2)
+        try await a.start()
+        try await b.start()
+        #expect(await eventually { a.isConnected(2) && b.isConnected(1) })
+        let m = Message(kind: .append, from: 1, to: 2, term: 3, entries: [Entry(term: 3, index: 1, data: [42])])
+        a.send([m, m])
+        #expect(await eventually { inbox2.messages.count == 2 })
+        #expect(inbox2.messages.first == m)
+        b.send([Message(kind: .appendResponse, from: 2, to: 1, term: 3, index: 1)])
+        #expect(await eventually { inbox1.messages.count == 1 })
+
+        // B goes away: A's sends are dropped (never block), then A redials when B is back.
+        await b.shutdown()
+        #expect(await eventually { !a.isConnected(2) })
+        a.send([m])
+        #expect(a.droppedMessages >= 1)
+        let inbox2b = Inbox()
+        let b2 = make(2, ports: ports, log: log, inbox: inbox2b)
+        try await b2.start()
+        #expect(await eventually { a.isConnected(2) })
+        a.send([m])
+        #expect(await eventually { inbox2b.messages.count == 1 })
+        #expect(log.all.contains { $0.contains("connected to peer 2") })
+        #expect(log.all.contains { $0.contains("lost the connection to peer 2") })
+        await a.shutdown()
+        await b2.shutdown()
+    }
+
+    @Test func aReplicaOfAnotherClusterIsRefused() async throws {
+        let ports: [ReplicaID: Int] = [1: try freePort(), 2: try freePort()]
+        let log = CapturedLog()
+        let inbox = Inbox()
+        let a = make(1, cluster: "mail-eu", ports: ports, log: log, inbox: Inbox())
+        let b = make(2, cluster: "mail-us", ports: ports, log: log, inbox: inbox)
+        try await a.start()
+        try await b.start()
+        #expect(await eventually { log.all.contains { $0.contains("refused") && $0.contains("cluster") } })
+        #expect(!a.isConnected(2) && !b.isConnected(1))
+        a.send([Message(kind: .heartbeat, from: 1, to: 2, term: 1)])
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(inbox.messages.isEmpty)
+        await a.shutdown()
+        await b.shutdown()
+    }
+
+    @Test func aWrongReplicaIDIsRefused() async throws {
+        // Replica 1 believes replica 3 listens where replica 2 does.
+        let p1 = try freePort()
+        let p2 = try freePort()
+        let log = CapturedLog()
+        let a = RaftTransport(
+            config: TransportConfig(
+                clusterID: "c", replicaID: 1, listen: PeerAddress(host: "127.0.0.1", port: p1),
+                peers: [3: PeerAddress(host: "127.0.0.1", port: p2)]),
+            group: group, logger: log.logger, onMessage: { _ in })
+        let b = make(2, cluster: "c", ports: [1: p1, 2: p2], log: log, inbox: Inbox())
+        try await a.start()
+        try await b.start()
+        #expect(await eventually { log.all.contains { $0.contains("not replica 3") } })
+        #expect(!a.isConnected(3))
+        await a.shutdown()
+        await b.shutdown()
+    }
+}

@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "RaftStorage", targets: ["RaftStorage"]),
         .library(name: "LeaseRegistry", targets: ["LeaseRegistry"]),
         .library(name: "RaftSimulator", targets: ["RaftSimulator"]),
+        .executable(name: "nodelease", targets: ["nodelease"]),
         .executable(name: "nodelease-sim", targets: ["nodelease-sim"]),
         .executable(name: "nodelease-microbench", targets: ["nodelease-microbench"]),
     ],
@@ -16,6 +17,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.0"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.0.0"),
     ],
     targets: [
         // The consensus algorithm as a pure, deterministic state machine.
@@ -34,8 +38,30 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The replica: Ready loop driver, HTTP API, process wiring.
+        .target(
+            name: "NodeLeaseServer",
+            dependencies: [
+                "Raft", "RaftStorage", "RaftTransport", "LeaseRegistry",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         // Seeded, single-threaded world that runs the real core under faults.
         .target(name: "RaftSimulator", dependencies: ["Raft", "RaftStorage", "LeaseRegistry"]),
+        .executableTarget(
+            name: "nodelease",
+            dependencies: [
+                "NodeLeaseServer", "Raft", "RaftTransport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .executableTarget(
             name: "nodelease-sim",
             dependencies: [

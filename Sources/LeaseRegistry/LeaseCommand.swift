@@ -19,18 +19,23 @@ public enum LeaseCommand: Sendable, Hashable {
 public struct TimedCommand: Sendable, Hashable {
     public var command: LeaseCommand
     public var now: UInt64
+    /// Chosen by the replica that received the client's request (0: none), so that replica
+    /// can find the command's result when it applies, whoever proposed it.
+    public var requestID: UInt64
 
-    public init(_ command: LeaseCommand, now: UInt64) {
+    public init(_ command: LeaseCommand, now: UInt64, requestID: UInt64 = 0) {
         self.command = command
         self.now = now
+        self.requestID = requestID
     }
 
     static let version: UInt8 = 1
 
-    /// The entry payload: version, type, time, fields (little-endian).
+    /// The entry payload: version, request id, type, time, fields (little-endian).
     public func encoded() -> [UInt8] {
         var w = ByteWriter(capacity: 64)
         w.u8(Self.version)
+        w.u64(requestID)
         switch command {
         case .acquire(let hostname, let holder, let ttl, let range):
             w.u8(1)
@@ -71,6 +76,7 @@ public struct TimedCommand: Sendable, Hashable {
         var r = ByteReader(bytes)
         do {
             guard try r.u8() == Self.version else { return nil }
+            requestID = try r.u64()
             let type = try r.u8()
             now = try r.u64()
             switch type {

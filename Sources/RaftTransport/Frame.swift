@@ -15,6 +15,8 @@ public enum Frame: Sendable, Equatable {
     /// The acceptor refuses the connection, saying why (it closes right after).
     case refused(reason: String)
     case message(Message)
+    /// A client command a follower passes to the leader to propose (opaque to the transport).
+    case forward([UInt8])
 
     public static let version: UInt8 = 1
     /// Upper bound on a frame, so a damaged or hostile length cannot make us buffer gigabytes.
@@ -25,6 +27,7 @@ public enum Frame: Sendable, Equatable {
         case welcome = 2
         case refused = 3
         case message = 4
+        case forward = 5
     }
 
     /// The frame's bytes, length prefix included.
@@ -47,6 +50,9 @@ public enum Frame: Sendable, Equatable {
         case .message(let m):
             w.u8(Kind.message.rawValue)
             MessageCodec.encode(m, into: &w)
+        case .forward(let data):
+            w.u8(Kind.forward.rawValue)
+            w.blob(data)
         }
         let n = UInt32(w.bytes.count - 4)
         w.bytes[0] = UInt8(n & 0xff)
@@ -73,6 +79,8 @@ public enum Frame: Sendable, Equatable {
                 self = .refused(reason: try r.string())
             case .message:
                 self = .message(try MessageCodec.decode(&r))
+            case .forward:
+                self = .forward(try r.blob())
             }
             guard r.remaining == 0 else { throw FrameError.malformed("\(r.remaining) bytes after the frame") }
         } catch let e as FrameError {

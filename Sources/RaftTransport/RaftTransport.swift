@@ -26,13 +26,11 @@ public struct TransportConfig: Sendable {
     public var connectTimeout: TimeAmount
     public var minBackoff: TimeAmount
     public var maxBackoff: TimeAmount
-    /// An inbound connection silent this long is closed (a dead peer behind a live socket).
-    public var idleTimeout: TimeAmount
 
     public init(
         clusterID: String, replicaID: ReplicaID, listen: PeerAddress, peers: [ReplicaID: PeerAddress],
         maxQueuedBytes: Int = 8 << 20, connectTimeout: TimeAmount = .seconds(2), minBackoff: TimeAmount = .milliseconds(50),
-        maxBackoff: TimeAmount = .seconds(2), idleTimeout: TimeAmount = .seconds(10)
+        maxBackoff: TimeAmount = .seconds(2)
     ) {
         self.clusterID = clusterID
         self.replicaID = replicaID
@@ -42,7 +40,6 @@ public struct TransportConfig: Sendable {
         self.connectTimeout = connectTimeout
         self.minBackoff = minBackoff
         self.maxBackoff = maxBackoff
-        self.idleTimeout = idleTimeout
     }
 }
 
@@ -50,7 +47,7 @@ public struct TransportConfig: Sendable {
 /// peer over that connection; it receives over the connections peers dialed to it. A
 /// handshake checks the cluster id and replica ids, so a replica of another cluster (or a
 /// misconfigured id) is refused with a clear log line on both sides. Lost connections are
-/// redialed with capped exponential backoff. Sending never blocks: a message for a peer that is
+/// redialed with capped exponential backoff; TCP keepalive finds peers that vanished. Sending never blocks: a message for a peer that is
 /// unreachable, or whose connection has `maxQueuedBytes` waiting, is dropped (Raft resends).
 public final class RaftTransport: Sendable {
     public let config: TransportConfig
@@ -60,6 +57,7 @@ public final class RaftTransport: Sendable {
     let incarnation: UInt64
     let onMessage: @Sendable (Message) -> Void
     let onPeerChange: @Sendable (ReplicaID, Bool) -> Void
+    let onForward: @Sendable (ReplicaID, [UInt8]) -> Void
     let links: [ReplicaID: PeerLink]
     let inbound = NIOLockedValueBox<[ReplicaID: (incarnation: UInt64, channel: any Channel)]>([:])
     let server = NIOLockedValueBox<(any Channel)?>(nil)
@@ -68,10 +66,13 @@ public final class RaftTransport: Sendable {
     /// - Parameters:
     ///   - onMessage: called on an event loop for every message received.
     ///   - onPeerChange: called when the outbound connection to a peer comes up or goes down.
+    ///   - onForward: called with commands a peer forwards to this replica (as leader).
     public init(
         config: TransportConfig, group: any EventLoopGroup, logger: Logger,
-        onMessage: @escaping @Sendable (Message) -> Void, onPeerChange: @escaping @Sendable (ReplicaID, Bool) -> Void = { _, _ in }
+        onMessage: @escaping @Sendable (Message) -> Void, onPeerChange: @escaping @Sendable (ReplicaID, Bool) -> Void = { _, _ in },
+        onForward: @escaping @Sendable (ReplicaID, [UInt8]) -> Void = { _, _ in }
     ) {
+        self.onForward = onForward
         self.config = config
         self.group = group
         var logger = logger
@@ -94,10 +95,10 @@ public final class RaftTransport: Sendable {
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.socketOption(.so_keepalive), value: 1)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandlers([
-                        IdleStateHandler(readTimeout: config.idleTimeout),
                         ByteToMessageHandler(FrameDecoder()),
                         MessageToByteHandler(FrameEncoder()),
                         AcceptorHandler(transport: self),
@@ -121,6 +122,12 @@ public final class RaftTransport: Sendable {
             guard let link = links[peer] else { continue }
             if !link.send(batch) { dropped.add(batch.count) }
         }
+    }
+
+    /// Passes a command to `peer` (the leader) to propose; false if it could not be sent.
+    @discardableResult
+    public func forward(_ data: [UInt8], to peer: ReplicaID) -> Bool {
+        links[peer]?.sendFrames([.forward(data)]) ?? false
     }
 
     /// Whether the outbound connection to `peer` is up.
@@ -206,6 +213,7 @@ final class PeerLink: @unchecked Sendable {
         ClientBootstrap(group: t.group)
             .connectTimeout(t.config.connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.socketOption(.so_keepalive), value: 1)
             .channelOption(.writeBufferWaterMark, value: watermark)
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -289,11 +297,13 @@ final class PeerLink: @unchecked Sendable {
     }
 
     /// Queues messages; false if they were dropped.
-    func send(_ messages: [Message]) -> Bool {
+    func send(_ messages: [Message]) -> Bool { sendFrames(messages.map { .message($0) }) }
+
+    func sendFrames(_ frames: [Frame]) -> Bool {
         guard let channel = state.withLockedValue({ $0.established ? $0.channel : nil }), channel.isWritable else {
             return false
         }
-        for m in messages { channel.write(Frame.message(m), promise: nil) }
+        for f in frames { channel.write(f, promise: nil) }
         channel.flush()
         return true
     }
@@ -364,19 +374,14 @@ final class AcceptorHandler: ChannelDuplexHandler, @unchecked Sendable {
             context.writeAndFlush(wrapOutboundOut(.welcome), promise: nil)
             return
         }
-        guard case .message(let m) = frame, m.from == peer, m.to == transport.config.replicaID else {
+        switch frame {
+        case .message(let m) where m.from == peer && m.to == transport.config.replicaID:
+            transport.onMessage(m)
+        case .forward(let data):
+            transport.onForward(peer, data)
+        default:
             transport.logger.warning("peer \(peer) sent an unexpected frame; closing the connection")
             context.close(promise: nil)
-            return
-        }
-        transport.onMessage(m)
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent {
-            context.close(promise: nil)
-        } else {
-            context.fireUserInboundEventTriggered(event)
         }
     }
 

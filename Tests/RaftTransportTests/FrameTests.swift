@@ -11,6 +11,7 @@ let sampleFrames: [Frame] = [
     .welcome,
     .refused(reason: "cluster id does not match"),
     .message(Message(kind: .vote, from: 1, to: 2, term: 7, logTerm: 6, index: 41, leaderTransfer: true)),
+    .forward([1, 0, 0, 0, 0, 0, 0, 0, 7, 2]),
     .message(
         Message(
             kind: .append, from: 1, to: 3, term: 7, logTerm: 7, index: 40,

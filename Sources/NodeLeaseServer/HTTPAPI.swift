@@ -1,0 +1,347 @@
+import HTTPTypes
+import Hummingbird
+import LeaseRegistry
+import NIOCore
+import Raft
+
+/// The client API of shared/API.md. Routing is a plain switch over the path: every known path
+/// answers 405 to other methods, everything else 404, and every error is the API's JSON.
+struct HTTPAPI: Sendable {
+    let driver: RaftDriver
+    let config: ServerConfig
+    static let maxBody = 64 * 1024
+
+    func respond(to request: Request) async -> Response {
+        let parts = request.uri.path.split(separator: "/", omittingEmptySubsequences: true)
+        let method = request.method
+        switch parts.count {
+        case 1 where parts[0] == "healthz":
+            guard method == .get || method == .head else { return methodNotAllowed() }
+            return json(.ok, Array(#"{"status":"ok"}"#.utf8))
+        case 1 where parts[0] == "readyz":
+            guard method == .get || method == .head else { return methodNotAllowed() }
+            return await driver.isReady
+                ? json(.ok, Array(#"{"status":"ready"}"#.utf8))
+                : error(.serviceUnavailable, "not_ready", "this replica knows no leader or has not applied its commit index yet")
+        case 1 where parts[0] == "metrics":
+            guard method == .get else { return methodNotAllowed() }
+            return await metrics()
+        case 2 where parts[0] == "v1" && parts[1] == "status":
+            guard method == .get else { return methodNotAllowed() }
+            return await status()
+        case 2 where parts[0] == "v1" && parts[1] == "leases":
+            guard method == .post else { return methodNotAllowed() }
+            return await acquire(request)
+        case 3 where parts[0] == "v1" && parts[1] == "leases":
+            guard method == .delete else { return methodNotAllowed() }
+            guard let id = UInt64(parts[2]) else { return error(.notFound, LeaseError.leaseNotFound) }
+            return await write(.release(leaseID: id))
+        case 4 where parts[0] == "v1" && parts[1] == "leases" && parts[3] == "renew":
+            guard method == .post else { return methodNotAllowed() }
+            var request = request
+            guard let body = try? await readBody(&request) else { return tooLarge() }
+            if !body.isEmpty {
+                switch parseObject(body) {
+                case .failure(let r): return r.response
+                case .success(let fields):
+                    if let f = fields.first { return error(.badRequest, "invalid_request", "unknown field \"\(f.0)\"") }
+                }
+            }
+            guard let id = UInt64(parts[2]) else { return error(.notFound, LeaseError.leaseNotFound) }
+            return await write(.renew(leaseID: id))
+        case 3 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "nodes":
+            guard method == .get else { return methodNotAllowed() }
+            return await listNodes(request)
+        case 4 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "nodes":
+            guard method == .get || method == .delete else { return methodNotAllowed() }
+            guard let raw = UInt32(parts[3]) else { return error(.notFound, LeaseError.nodeNotFound) }
+            if method == .delete { return await write(.forget(nodeID: NodeID(raw))) }
+            return await oneNode(NodeID(raw), request)
+        default:
+            return error(.notFound, "not_found", "no such endpoint: \(request.method) \(request.uri.path)")
+        }
+    }
+
+    // MARK: Writes
+
+    private func acquire(_ request: Request) async -> Response {
+        var request = request
+        guard let body = try? await readBody(&request) else { return tooLarge() }
+        let fields: [(String, JSONValue)]
+        switch parseObject(body) {
+        case .failure(let r): return r.response
+        case .success(let f): fields = f
+        }
+        var hostname: String?
+        var holder: String?
+        var ttl = Int64(config.defaultTTL)
+        for (key, value) in fields {
+            switch (key, value) {
+            case ("hostname", .string(let s)): hostname = s
+            case ("holder", .string(let s)): holder = s
+            case ("ttlSeconds", .number(let text, let isInteger)) where isInteger:
+                guard let v = Int64(text) else { return invalid("ttlSeconds", "is out of range") }
+                ttl = v
+            case ("hostname", _), ("holder", _):
+                return invalid(key, "must be a string, not \(value.typeName)")
+            case ("ttlSeconds", _):
+                return invalid(key, "must be an integer number of seconds, not \(value.typeName)")
+            default:
+                return error(.badRequest, "invalid_request", "unknown field \"\(key)\"")
+            }
+        }
+        guard let hostname else { return invalid("hostname", "is required") }
+        guard let holder else { return invalid("holder", "is required") }
+        let command: LeaseCommand
+        do throws(LeaseError) {
+            command = .acquire(
+                hostname: try Validation.hostname(hostname), holder: try Validation.holder(holder),
+                ttlSeconds: try Validation.ttl(ttl, range: config.ttlRange), idRange: config.nodeIDRange)
+        } catch {
+            return self.error(.badRequest, error)
+        }
+        return await write(command)
+    }
+
+    private func write(_ command: LeaseCommand) async -> Response {
+        do {
+            let result = try await driver.submit(command)
+            return await reply(result)
+        } catch {
+            return await noLeader()
+        }
+    }
+
+    private func reply(_ result: Result<LeaseReply, LeaseError>) async -> Response {
+        switch result {
+        case .success(.lease(let l)): return await json(.ok, leaseJSON(l), headers: true)
+        case .success(.node(let n)): return await json(.ok, nodeJSON(n), headers: true)
+        case .failure(let e):
+            let status: HTTPResponse.Status =
+                switch e {
+                case .hostnameInUse, .nodeIDsExhausted, .nodeActive: .conflict
+                case .leaseNotFound, .nodeNotFound: .notFound
+                case .invalid: .badRequest
+                }
+            var r = error(status, e)
+            await addReadHeaders(&r)
+            return r
+        }
+    }
+
+    // MARK: Reads
+
+    private enum Consistency { case local, linearizable }
+
+    private func readQuery(_ request: Request) -> Result<(Consistency, NodeStatus?), ErrorResponse> {
+        var consistency = Consistency.local
+        var status: NodeStatus?
+        for (k, v) in request.uri.queryParameters {
+            switch k {
+            case "consistency":
+                switch v {
+                case "linearizable": consistency = .linearizable
+                case "serializable", "local": consistency = .local
+                default: return .failure(ErrorResponse(invalid("consistency", "unknown value \"\(v)\" (linearizable or serializable)")))
+                }
+            case "status":
+                guard let s = NodeStatus(name: String(v)) else {
+                    return .failure(ErrorResponse(invalid("status", "unknown value \"\(v)\" (active, stale or inactive)")))
+                }
+                status = s
+            default:
+                return .failure(ErrorResponse(error(.badRequest, "invalid_request", "unknown query parameter \"\(k)\"")))
+            }
+        }
+        return .success((consistency, status))
+    }
+
+    private func listNodes(_ request: Request) async -> Response {
+        switch readQuery(request) {
+        case .failure(let e): return e.response
+        case .success(let (consistency, status)):
+            if consistency == .linearizable {
+                do { _ = try await driver.linearizableBarrier() } catch { return await noLeader() }
+            }
+            let nodes = await driver.registry.nodes(status: status)
+            return await json(.ok, jsonArray(nodes.map(nodeJSON)), headers: true)
+        }
+    }
+
+    private func oneNode(_ id: NodeID, _ request: Request) async -> Response {
+        switch readQuery(request) {
+        case .failure(let e): return e.response
+        case .success(let (consistency, _)):
+            if consistency == .linearizable {
+                do { _ = try await driver.linearizableBarrier() } catch { return await noLeader() }
+            }
+            guard let n = await driver.registry.node(id) else {
+                var r = error(.notFound, LeaseError.nodeNotFound)
+                await addReadHeaders(&r)
+                return r
+            }
+            return await json(.ok, nodeJSON(n), headers: true)
+        }
+    }
+
+    private func status() async -> Response {
+        let s = await driver.status()
+        var o = JSONObject()
+        o.field("replicaId", s.replicaID.rawValue)
+        o.field("role", s.role == .leader ? "leader" : s.role == .follower ? "follower" : "candidate")
+        o.field("term", s.term.rawValue)
+        if let l = s.leader { o.field("leaderId", l.rawValue) } else { o.null("leaderId") }
+        o.field("commitIndex", s.commitIndex.rawValue)
+        o.field("appliedIndex", s.appliedIndex.rawValue)
+        let peers = s.peers.map { p -> [UInt8] in
+            var po = JSONObject()
+            po.field("replicaId", p.id.rawValue)
+            po.field("address", config.peers[p.id]?.description ?? "")
+            po.field("reachable", p.reachable)
+            if let m = p.match { po.field("matchIndex", m.rawValue) }
+            return po.json
+        }
+        o.raw("peers", jsonArray(peers))
+        return await json(.ok, o.json, headers: true)
+    }
+
+    private func metrics() async -> Response {
+        let s = await driver.status()
+        var lines: [String] = []
+        func metric(_ name: String, _ help: String, _ type: String, _ samples: [(String, String)]) {
+            lines.append("# HELP \(name) \(help)")
+            lines.append("# TYPE \(name) \(type)")
+            for (labels, value) in samples { lines.append("\(name)\(labels) \(value)") }
+        }
+        metric("nodelease_raft_term", "Current Raft term.", "gauge", [("", "\(s.term)")])
+        metric(
+            "nodelease_raft_role", "1 for this replica's current role.", "gauge",
+            ["leader", "follower", "candidate"].map { r in
+                let current = s.role == .leader ? "leader" : s.role == .follower ? "follower" : "candidate"
+                return ("{role=\"\(r)\"}", current == r ? "1" : "0")
+            })
+        metric("nodelease_raft_commit_index", "Highest log index known committed.", "gauge", [("", "\(s.commitIndex)")])
+        metric("nodelease_raft_applied_index", "Highest log index applied to the registry.", "gauge", [("", "\(s.appliedIndex)")])
+        metric("nodelease_raft_proposals_total", "Commands proposed by this replica as leader.", "counter", [("", "\(s.proposals)")])
+        metric("nodelease_wal_fsyncs_total", "fsyncs of the write-ahead log.", "counter", [("", "\(s.fsyncCount)")])
+        metric(
+            "nodelease_nodes", "Registered nodes by status.", "gauge",
+            [("{status=\"active\"}", "\(s.counts.active)"), ("{status=\"stale\"}", "\(s.counts.stale)"), ("{status=\"inactive\"}", "\(s.counts.inactive)")])
+        metric(
+            "nodelease_peer_reachable", "1 if the connection to the peer is up.", "gauge",
+            s.peers.map { ("{peer=\"\($0.id)\"}", $0.reachable ? "1" : "0") })
+        var headers = HTTPFields()
+        headers[.contentType] = "text/plain; version=0.0.4"
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: lines.joined(separator: "\n") + "\n")))
+    }
+
+    // MARK: Encoding
+
+    func leaseJSON(_ l: Lease) -> [UInt8] {
+        var o = JSONObject()
+        o.field("leaseId", String(l.leaseID))
+        o.field("nodeId", UInt64(l.nodeID.rawValue))
+        o.field("hostname", l.hostname)
+        o.field("holder", l.holder)
+        o.field("fencingToken", l.fencingToken)
+        o.field("ttlSeconds", UInt64(l.ttlSeconds))
+        o.field("acquiredAt", rfc3339(l.acquiredAt))
+        o.field("lastRenewal", rfc3339(l.lastRenewal))
+        o.field("leaseTransitions", l.transitions)
+        return o.json
+    }
+
+    func nodeJSON(_ n: NodeRecord) -> [UInt8] {
+        var o = JSONObject()
+        o.field("nodeId", UInt64(n.nodeID.rawValue))
+        o.field("hostname", n.hostname)
+        o.field("lastRenewal", rfc3339(n.lastRenewal))
+        o.field("status", n.status.description)
+        return o.json
+    }
+
+    private func json(_ status: HTTPResponse.Status, _ body: [UInt8]) -> Response {
+        var headers = HTTPFields()
+        headers[.contentType] = "application/json"
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
+    }
+
+    private func json(_ status: HTTPResponse.Status, _ body: [UInt8], headers: Bool) async -> Response {
+        var r = json(status, body)
+        if headers { await addReadHeaders(&r) }
+        return r
+    }
+
+    private func addReadHeaders(_ r: inout Response) async {
+        let s = await driver.status()
+        r.headers[HTTPField.Name("X-NodeLease-Index")!] = String(s.appliedIndex.rawValue)
+        r.headers[HTTPField.Name("X-NodeLease-Replica")!] = String(s.replicaID.rawValue)
+        r.headers[HTTPField.Name("X-NodeLease-Leader")!] = s.leader.map { String($0.rawValue) } ?? ""
+    }
+
+    // MARK: Errors
+
+    struct ErrorResponse: Error {
+        var response: Response
+        init(_ r: Response) { response = r }
+    }
+
+    func error(_ status: HTTPResponse.Status, _ code: String, _ message: String) -> Response {
+        var o = JSONObject()
+        o.field("error", code)
+        o.field("message", message)
+        return json(status, o.json)
+    }
+
+    func error(_ status: HTTPResponse.Status, _ e: LeaseError) -> Response {
+        var o = JSONObject()
+        o.field("error", e.code)
+        o.field("message", e.message)
+        if case .hostnameInUse(let id, let holder, let s) = e {
+            o.field("nodeId", UInt64(id.rawValue))
+            o.field("holder", holder)
+            o.field("expiresInSeconds", s)
+        }
+        if case .invalid(let field, _) = e { o.field("field", field) }
+        return json(status, o.json)
+    }
+
+    private func invalid(_ field: String, _ problem: String) -> Response {
+        error(.badRequest, .invalid(field: field, message: problem))
+    }
+
+    private func methodNotAllowed() -> Response {
+        error(.methodNotAllowed, "method_not_allowed", "this path does not take that method")
+    }
+
+    private func tooLarge() -> Response {
+        error(.contentTooLarge, "request_too_large", "the request body is over 64 KiB")
+    }
+
+    private func noLeader() async -> Response {
+        var r = error(.serviceUnavailable, "no_leader", "no leader with a quorum could be reached within the request timeout; retry")
+        r.headers[.retryAfter] = "1"
+        await addReadHeaders(&r)
+        return r
+    }
+
+    private func readBody(_ request: inout Request) async throws -> [UInt8] {
+        if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > Self.maxBody {
+            throw ErrorResponse(tooLarge())
+        }
+        let buffer = try await request.collectBody(upTo: Self.maxBody)
+        return Array(buffer.readableBytesView)
+    }
+
+    private func parseObject(_ body: [UInt8]) -> Result<[(String, JSONValue)], ErrorResponse> {
+        guard !body.isEmpty else { return .failure(ErrorResponse(error(.badRequest, "invalid_request", "the request body must be a JSON object"))) }
+        do {
+            guard case .object(let fields) = try JSONParser.parse(body) else {
+                return .failure(ErrorResponse(error(.badRequest, "invalid_request", "the request body must be a JSON object")))
+            }
+            return .success(fields)
+        } catch {
+            return .failure(ErrorResponse(self.error(.badRequest, "invalid_request", "malformed JSON: \(error.message)")))
+        }
+    }
+}

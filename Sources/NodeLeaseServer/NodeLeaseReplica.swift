@@ -1,0 +1,102 @@
+import Hummingbird
+import Logging
+import NIOCore
+import NIOPosix
+import Raft
+import RaftStorage
+import RaftTransport
+import ServiceLifecycle
+
+/// One running replica: storage, peer transport, the Raft driver, its timers and the HTTP API.
+public final class NodeLeaseReplica: Service, Sendable {
+    public let config: ServerConfig
+    let driver: RaftDriver
+    let transport: RaftTransport
+    let logger: Logger
+    private let inbox: AsyncStream<Message>.Continuation
+    private let messages: AsyncStream<Message>
+    private let app: Application<CallbackResponder<BasicRequestContext>>
+
+    /// Opens the data directory (recovering it) and prepares everything; `run()` starts it.
+    public init(config: ServerConfig, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        onFatal: @escaping @Sendable (String) -> Void = { _ in exit(1) }) throws
+    {
+        try config.validate()
+        self.config = config
+        var logger = logger
+        logger[metadataKey: "replica"] = "\(config.replicaID)"
+        self.logger = logger
+        let storageLogger = logger
+        let storage = try DurableLog(
+            directory: config.dataDir, membership: config.membership, options: .init(fsync: config.fsync),
+            log: { storageLogger.warning("\($0)") })
+        let (stream, continuation) = AsyncStream<Message>.makeStream(bufferingPolicy: .bufferingNewest(100_000))
+        self.messages = stream
+        self.inbox = continuation
+        var peers = config.peers
+        peers[config.replicaID] = nil
+        let driverBox = DriverBox()
+        self.transport = RaftTransport(
+            config: TransportConfig(clusterID: config.clusterID, replicaID: config.replicaID, listen: config.peerListen, peers: peers),
+            group: group, logger: logger,
+            onMessage: { continuation.yield($0) },
+            onForward: { peer, data in
+                guard let d = driverBox.driver else { return }
+                Task { await d.forwarded(data, from: peer) }
+            })
+        self.driver = try RaftDriver(config: config, storage: storage, transport: transport, logger: logger, onFatal: onFatal)
+        driverBox.driver = driver
+        let api = HTTPAPI(driver: driver, config: config)
+        self.app = Application(
+            responder: CallbackResponder { request, _ in await api.respond(to: request) },
+            configuration: .init(address: .hostname(config.clientListen.host, port: config.clientListen.port), serverName: nil),
+            eventLoopGroupProvider: .shared(group), logger: logger)
+    }
+
+    /// Runs until cancelled or shut down gracefully (SIGTERM/SIGINT through a ServiceGroup).
+    public func run() async throws {
+        try await transport.start()
+        logger.info("replica \(config.replicaID) of cluster \(config.clusterID): clients on \(config.clientListen), peers on \(config.peerListen)")
+        let driver = self.driver
+        let tick = Duration.milliseconds(config.tickMillis)
+        try await withGracefulShutdownHandler {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    while !Task.isCancelled {
+                        try await Task.sleep(for: tick)
+                        await driver.tick()
+                    }
+                }
+                group.addTask { [messages] in
+                    var batch: [Message] = []
+                    for await m in messages {
+                        batch.append(m)
+                        await driver.receive(batch)
+                        batch.removeAll(keepingCapacity: true)
+                    }
+                }
+                group.addTask { [app] in try await app.run() }
+                try await group.next()
+                group.cancelAll()
+            }
+        } onGracefulShutdown: { [driver, inbox, transport] in
+            Task {
+                await driver.shutdown()
+                inbox.finish()
+                await transport.shutdown()
+            }
+        }
+    }
+
+    /// Stops this replica (for in-process clusters and tests).
+    public func stop() async {
+        await driver.shutdown()
+        inbox.finish()
+        await transport.shutdown()
+    }
+}
+
+/// Lets the transport's forward callback reach the driver created after it.
+final class DriverBox: @unchecked Sendable {
+    var driver: RaftDriver?
+}

@@ -1,0 +1,351 @@
+import Foundation
+import LeaseRegistry
+import Logging
+import Raft
+import RaftStorage
+import RaftTransport
+
+/// Why a request could not be served.
+public enum DriverError: Error, Sendable, Equatable {
+    /// No leader could be reached within the request timeout.
+    case noLeader
+    /// The replica is shutting down.
+    case stopping
+}
+
+/// A point-in-time view of this replica, for `/v1/status`, `/readyz` and metrics.
+public struct ReplicaStatus: Sendable {
+    public var replicaID: ReplicaID
+    public var role: Role
+    public var term: Term
+    public var leader: ReplicaID?
+    public var commitIndex: LogIndex
+    public var appliedIndex: LogIndex
+    public var peers: [(id: ReplicaID, reachable: Bool, match: LogIndex?)]
+    public var counts: (active: Int, stale: Int, inactive: Int)
+    public var proposals: Int
+    public var fsyncCount: Int
+}
+
+/// The shell around the pure parts: it feeds the Raft core its ticks and messages, carries out
+/// each `Ready` (send the leader's appends, persist with one fsync, send the rest, apply,
+/// advance), applies committed commands to the registry, runs leader-side expiry, and
+/// completes waiting client requests. One actor, so the core is only touched serially.
+actor RaftDriver {
+    private var node: RaftNode
+    private let storage: DurableLog
+    private(set) var registry: LeaseRegistry
+    private var expiry: LeaseExpiry
+    private let transport: RaftTransport
+    let config: ServerConfig
+    private var logger: Logger
+    private let onFatal: @Sendable (String) -> Void
+
+    private typealias Reply = Result<LeaseReply, LeaseError>
+    private var waiters: [UInt64: CheckedContinuation<Reply, any Error>] = [:]
+    private var readWaiters: [UInt64: CheckedContinuation<LogIndex, any Error>] = [:]
+    private var appliedWaiters: [(index: LogIndex, id: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
+    /// Commands waiting to be proposed (as leader) or forwarded (when a leader is known).
+    private var outbox: [[UInt8]] = []
+    private var pumpScheduled = false
+    private var wasLeader = false
+    private var knownLeader: ReplicaID?
+    private var requestCounter: UInt64
+    private let started = ContinuousClock.now
+    private var stopped = false
+    private(set) var proposals = 0
+
+    init(config: ServerConfig, storage: DurableLog, transport: RaftTransport, logger: Logger, onFatal: @escaping @Sendable (String) -> Void) throws {
+        self.config = config
+        self.storage = storage
+        self.transport = transport
+        self.logger = logger
+        self.onFatal = onFatal
+        let snap = try storage.snapshot()
+        self.registry = snap.isEmpty ? LeaseRegistry() : try LeaseRegistry(snapshot: snap.data)
+        let raftConfig = RaftConfig(
+            id: config.replicaID, electionTicks: config.electionTicks, heartbeatTicks: config.heartbeatTicks)
+        self.node = try RaftNode(config: raftConfig, storage: storage, random: SystemRandomNumberGenerator())
+        self.expiry = LeaseExpiry(config: .init(retentionSeconds: config.retentionSeconds))
+        self.requestCounter = UInt64.random(in: 0...(UInt64.max >> 16)) << 16
+        self.logger[metadataKey: "term"] = "\(node.term)"
+        self.logger[metadataKey: "role"] = "\(node.role.rawValue)"
+    }
+
+    // MARK: Time
+
+    /// Monotonic nanoseconds since this process started.
+    private var monotonicNanos: UInt64 {
+        let d = ContinuousClock.now - started
+        return UInt64(d.components.seconds) * 1_000_000_000 + UInt64(d.components.attoseconds / 1_000_000_000)
+    }
+
+    private var wallSeconds: UInt64 { UInt64(Date().timeIntervalSince1970) }
+
+    // MARK: Inputs
+
+    func tick() {
+        guard !stopped else { return }
+        node.tick()
+        if node.role == .leader {
+            let due = expiry.due(now: monotonicNanos, wallSeconds: wallSeconds, registry: registry, hasQuorum: node.hasQuorumContact)
+            if !due.isEmpty {
+                logger.info("proposing \(due.count) lease expirations and retirements")
+                outbox.append(contentsOf: due.map { $0.encoded() })
+            }
+        }
+        afterInput()
+    }
+
+    func receive(_ messages: [Message]) {
+        guard !stopped else { return }
+        for m in messages { node.step(m) }
+        afterInput()
+    }
+
+    /// A follower passed us a client command: propose it with our own clock's time.
+    func forwarded(_ data: [UInt8], from peer: ReplicaID) {
+        guard !stopped, node.role == .leader, var timed = TimedCommand(decoding: data) else { return }
+        timed.now = wallSeconds
+        outbox.append(timed.encoded())
+        afterInput()
+    }
+
+    /// Proposes `command` (through the leader, wherever it is) and waits until it applies
+    /// here, or the request timeout passes.
+    func submit(_ command: LeaseCommand) async throws -> Result<LeaseReply, LeaseError> {
+        guard !stopped else { throw DriverError.stopping }
+        requestCounter += 1
+        let id = requestCounter
+        outbox.append(TimedCommand(command, now: wallSeconds, requestID: id).encoded())
+        afterInput()
+        return try await withCheckedThrowingContinuation { c in
+            waiters[id] = c
+            scheduleTimeout(id)
+        }
+    }
+
+    /// A read index confirmed by the leader with a quorum; returns once this replica has
+    /// applied up to it.
+    func linearizableBarrier() async throws -> LogIndex {
+        guard !stopped else { throw DriverError.stopping }
+        requestCounter += 1
+        let id = requestCounter
+        let index: LogIndex = try await withCheckedThrowingContinuation { c in
+            readWaiters[id] = c
+            scheduleTimeout(id)
+            do {
+                try node.readIndex(ReadRequestID(id))
+                afterInput()
+            } catch {
+                // No leader known yet: retried on every tick until the timeout.
+                pendingReads.append(id)
+            }
+        }
+        if node.appliedIndex >= index { return index }
+        requestCounter += 1
+        let waitID = requestCounter
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            appliedWaiters.append((index, waitID, c))
+            scheduleTimeout(waitID)
+        }
+        return index
+    }
+    private var pendingReads: [UInt64] = []
+
+    func status() -> ReplicaStatus {
+        let s = node.status
+        var peers: [(ReplicaID, Bool, LogIndex?)] = []
+        for id in config.peers.keys.sorted() where id != config.replicaID {
+            peers.append((id, transport.isConnected(id), s.peers.first { $0.id == id }?.match))
+        }
+        return ReplicaStatus(
+            replicaID: config.replicaID, role: s.role, term: s.term, leader: s.leader, commitIndex: s.commitIndex,
+            appliedIndex: s.appliedIndex, peers: peers, counts: registry.counts(), proposals: proposals,
+            fsyncCount: storage.syncCount)
+    }
+
+    var isReady: Bool { node.leader != nil && node.appliedIndex >= node.commitIndex }
+
+    var appliedIndex: LogIndex { node.appliedIndex }
+
+    /// Stops taking work; as leader, hands leadership to the most caught-up peer first.
+    func shutdown() async {
+        if node.role == .leader, let target = node.status.peers.filter({ $0.id != config.replicaID }).max(by: { $0.match < $1.match })?.id {
+            logger.info("shutting down: transferring leadership to replica \(target)")
+            try? node.transferLeadership(to: target)
+            afterInput()
+            for _ in 0..<20 where node.role == .leader {
+                try? await Task.sleep(for: .milliseconds(50))
+            }
+        }
+        stopped = true
+        for (_, c) in waiters { c.resume(throwing: DriverError.stopping) }
+        for (_, c) in readWaiters { c.resume(throwing: DriverError.stopping) }
+        for w in appliedWaiters { w.continuation.resume(throwing: DriverError.stopping) }
+        waiters = [:]
+        readWaiters = [:]
+        appliedWaiters = []
+        storage.close()
+    }
+
+    // MARK: The Ready loop
+
+    private func afterInput() {
+        noteRoleChanges()
+        flushOutbox()
+        if !pumpScheduled && node.hasReady {
+            pumpScheduled = true
+            // Run after the current input burst, so concurrent requests share one batch.
+            Task { self.pump() }
+        }
+    }
+
+    private func flushOutbox() {
+        guard !outbox.isEmpty else { return }
+        if node.role == .leader {
+            let batch = outbox
+            outbox = []
+            do {
+                _ = try node.propose(batch: batch)
+                proposals += batch.count
+            } catch {
+                outbox = batch  // a leadership transfer is under way: try again on the next tick
+            }
+        } else if let leader = node.leader {
+            for data in outbox { transport.forward(data, to: leader) }
+            outbox = []
+        }
+        // No leader known: keep them until one is (the requests time out meanwhile).
+    }
+
+    private func pump() {
+        pumpScheduled = false
+        while !stopped && node.hasReady {
+            let rd = node.ready()
+            transport.send(rd.messagesBeforePersist)
+            do {
+                try storage.save(hardState: rd.hardState, entries: rd.entries, snapshot: rd.snapshot, sync: rd.mustSync)
+            } catch {
+                fatal("cannot persist the log: \(error)")
+                return
+            }
+            transport.send(rd.messagesAfterPersist)
+            if let s = rd.snapshot {
+                do {
+                    registry = try LeaseRegistry(snapshot: s.data)
+                    logger.info("installed a snapshot at index \(s.metadata.index) from the leader")
+                } catch {
+                    fatal("the leader's snapshot does not decode: \(error)")
+                    return
+                }
+            }
+            for e in rd.committedEntries { apply(e) }
+            for rs in rd.readStates {
+                if let c = readWaiters.removeValue(forKey: rs.requestID.rawValue) { c.resume(returning: rs.index) }
+            }
+            node.advance(rd)
+            wakeAppliedWaiters()
+            maybeSnapshot()
+            noteRoleChanges()
+            flushOutbox()
+        }
+    }
+
+    private func apply(_ e: Entry) {
+        if node.role == .leader && expiry.isLeader && !expiry.isReady && e.term == node.term {
+            // Our own first entry committed: now we know every lease and restart their clocks.
+            expiry.leaderReady(now: monotonicNanos, registry: registry)
+        }
+        guard e.kind == .normal else { return }
+        let result = registry.apply(entry: e.data, index: e.index.rawValue)
+        if expiry.isReady, case .success(let reply) = result {
+            switch reply {
+            case .lease(let l): if let r = registry.node(l.nodeID) { expiry.applied(r, now: monotonicNanos) }
+            case .node(let n): expiry.applied(registry.node(n.nodeID) ?? n, now: monotonicNanos)
+            }
+        }
+        if let timed = TimedCommand(decoding: e.data) {
+            if case .expire = timed.command, case .success(.node(let n)) = result {
+                logger.info("lease \(n.leaseID) of node \(n.nodeID) (\(n.hostname)) expired: node is stale")
+            }
+            if timed.requestID != 0, let c = waiters.removeValue(forKey: timed.requestID) { c.resume(returning: result) }
+        }
+    }
+
+    private func wakeAppliedWaiters() {
+        let applied = node.appliedIndex
+        var keep: [(index: LogIndex, id: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
+        for w in appliedWaiters {
+            if w.index <= applied { w.continuation.resume() } else { keep.append(w) }
+        }
+        appliedWaiters = keep
+    }
+
+    private func maybeSnapshot() {
+        let applied = node.appliedIndex
+        guard let snapIndex = try? storage.snapshot().metadata.index, applied.rawValue >= snapIndex.rawValue + config.snapshotEvery else { return }
+        do {
+            try storage.createSnapshot(at: applied, data: registry.snapshot())
+            let keep = Int(config.keepAfterSnapshot)
+            if applied.rawValue > UInt64(keep) { try storage.compact(through: applied - keep) }
+            logger.info("snapshot at index \(applied) (\(registry.count) nodes); log compacted")
+        } catch {
+            fatal("cannot write a snapshot: \(error)")
+        }
+    }
+
+    private func noteRoleChanges() {
+        let isLeader = node.role == .leader
+        if isLeader != wasLeader {
+            wasLeader = isLeader
+            if isLeader {
+                expiry.becameLeader()
+            } else {
+                expiry.lostLeadership()
+            }
+        }
+        if logger[metadataKey: "role"] != "\(node.role.rawValue)" || logger[metadataKey: "term"] != "\(node.term)" {
+            logger[metadataKey: "term"] = "\(node.term)"
+            logger[metadataKey: "role"] = "\(node.role.rawValue)"
+            logger.info("now \(node.role.rawValue) in term \(node.term)")
+        }
+        if node.leader != knownLeader {
+            knownLeader = node.leader
+            if let l = knownLeader {
+                logger.info("leader is replica \(l)")
+                // Reads that found no leader can go now.
+                let reads = pendingReads
+                pendingReads = []
+                for id in reads where readWaiters[id] != nil {
+                    do { try node.readIndex(ReadRequestID(id)) } catch { pendingReads.append(id) }
+                }
+            } else {
+                logger.warning("no leader known")
+            }
+        }
+    }
+
+    private func scheduleTimeout(_ id: UInt64) {
+        let timeout = Duration.milliseconds(config.requestTimeoutMillis)
+        Task {
+            try? await Task.sleep(for: timeout)
+            self.expire(id)
+        }
+    }
+
+    private func expire(_ id: UInt64) {
+        if let c = waiters.removeValue(forKey: id) { c.resume(throwing: DriverError.noLeader) }
+        if let c = readWaiters.removeValue(forKey: id) { c.resume(throwing: DriverError.noLeader) }
+        if let k = appliedWaiters.firstIndex(where: { $0.id == id }) {
+            appliedWaiters.remove(at: k).continuation.resume(throwing: DriverError.noLeader)
+        }
+        pendingReads.removeAll { $0 == id }
+    }
+
+    private func fatal(_ why: String) {
+        logger.critical("\(why); stopping this replica")
+        stopped = true
+        onFatal(why)
+    }
+}

@@ -1,0 +1,108 @@
+import Raft
+import RaftTransport
+
+/// Everything one replica is configured with. `ServerConfig.parse` builds it from flags and
+/// `NODELEASE_*` environment variables; invalid values name the flag.
+public struct ServerConfig: Sendable {
+    public var replicaID: ReplicaID
+    public var clusterID: String = "nodelease"
+    /// Every voter's peer address, this replica's included.
+    public var peers: [ReplicaID: PeerAddress]
+    /// Client (HTTP) address of every voter, when known: used to tell clients where the
+    /// leader is. Defaults to 127.0.0.1:(7400 + id).
+    public var clientAddresses: [ReplicaID: PeerAddress] = [:]
+    public var clientListen: PeerAddress
+    public var peerListen: PeerAddress
+    public var dataDir: String
+    public var defaultTTL: UInt32 = 30
+    public var ttlRange: ClosedRange<UInt32> = 5...3600
+    public var nodeIDRange: ClosedRange<UInt32> = 1...511
+    public var retentionSeconds: UInt64 = 86_400
+    public var tickMillis: Int = 100
+    public var electionTicks: Int = 10
+    public var heartbeatTicks: Int = 1
+    public var requestTimeoutMillis: Int = 5000
+    /// fsync every batch. Off only for benchmarks (logged loudly).
+    public var fsync: Bool = true
+    public var snapshotEvery: UInt64 = 10_000
+    public var keepAfterSnapshot: UInt64 = 5_000
+
+    public init(replicaID: ReplicaID, peers: [ReplicaID: PeerAddress], clientListen: PeerAddress, dataDir: String) {
+        self.replicaID = replicaID
+        self.peers = peers
+        self.clientListen = clientListen
+        self.peerListen = peers[replicaID] ?? PeerAddress(host: "127.0.0.1", port: 7401)
+        self.dataDir = dataDir
+    }
+
+    public var membership: Membership { Membership(voters: Array(peers.keys)) }
+
+    public func validate() throws(ConfigError) {
+        if replicaID.rawValue == 0 { throw ConfigError("--replica-id", "must be a positive integer") }
+        if peers[replicaID] == nil { throw ConfigError("--peers", "must include this replica (\(replicaID))") }
+        if ![1, 3, 5].contains(peers.count) { throw ConfigError("--peers", "must list 1, 3 or 5 replicas, not \(peers.count)") }
+        if clusterID.isEmpty || clusterID.utf8.count > 128 { throw ConfigError("--cluster-id", "must be 1 to 128 characters") }
+        if dataDir.isEmpty { throw ConfigError("--data-dir", "must not be empty") }
+        if !ttlRange.contains(defaultTTL) {
+            throw ConfigError("--default-ttl", "must be within --min-ttl and --max-ttl (\(ttlRange.lowerBound)-\(ttlRange.upperBound))")
+        }
+        if ttlRange.lowerBound < 1 { throw ConfigError("--min-ttl", "must be at least 1") }
+        if tickMillis < 1 { throw ConfigError("--heartbeat-interval", "must be at least 1 ms") }
+        if electionTicks <= heartbeatTicks { throw ConfigError("--election-timeout", "must be longer than the heartbeat interval") }
+        if requestTimeoutMillis < 100 { throw ConfigError("--request-timeout", "must be at least 100 ms") }
+    }
+}
+
+public struct ConfigError: Error, CustomStringConvertible, Sendable {
+    public var flag: String
+    public var problem: String
+    public init(_ flag: String, _ problem: String) {
+        self.flag = flag
+        self.problem = problem
+    }
+    public var description: String { "\(flag): \(problem)" }
+}
+
+extension ServerConfig {
+    /// Parses `1=127.0.0.1:7501,2=127.0.0.1:7502`.
+    public static func parsePeers(_ text: String, flag: String = "--peers") throws(ConfigError) -> [ReplicaID: PeerAddress] {
+        var out: [ReplicaID: PeerAddress] = [:]
+        for item in text.split(separator: ",") {
+            let kv = item.split(separator: "=", maxSplits: 1)
+            guard kv.count == 2, let id = UInt64(kv[0].trimmingSpaces), id > 0 else {
+                throw ConfigError(flag, "expected ID=HOST:PORT items separated by commas, got \"\(item)\"")
+            }
+            let address = try parseAddress(String(kv[1]), flag: flag)
+            guard out[ReplicaID(id)] == nil else { throw ConfigError(flag, "replica \(id) is listed twice") }
+            out[ReplicaID(id)] = address
+        }
+        if out.isEmpty { throw ConfigError(flag, "must list at least one replica") }
+        return out
+    }
+
+    /// Parses `HOST:PORT`.
+    public static func parseAddress(_ text: String, flag: String) throws(ConfigError) -> PeerAddress {
+        let t = text.trimmingSpaces
+        guard let colon = t.lastIndex(of: ":"), let port = Int(t[t.index(after: colon)...]), (0...65535).contains(port) else {
+            throw ConfigError(flag, "expected HOST:PORT, got \"\(t)\"")
+        }
+        let host = String(t[..<colon])
+        guard !host.isEmpty else { throw ConfigError(flag, "expected HOST:PORT, got \"\(t)\"") }
+        return PeerAddress(host: host, port: port)
+    }
+
+    /// Parses `LOW-HIGH` within 0 to 2^32-1.
+    public static func parseRange(_ text: String, flag: String) throws(ConfigError) -> ClosedRange<UInt32> {
+        let parts = text.trimmingSpaces.split(separator: "-")
+        guard parts.count == 2, let lo = UInt32(parts[0]), let hi = UInt32(parts[1]), lo <= hi else {
+            throw ConfigError(flag, "expected LOW-HIGH with 0 <= LOW <= HIGH <= 4294967295, got \"\(text)\"")
+        }
+        return lo...hi
+    }
+}
+
+extension StringProtocol {
+    var trimmingSpaces: String {
+        String(drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
+    }
+}

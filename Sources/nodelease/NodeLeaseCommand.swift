@@ -1,0 +1,208 @@
+import ArgumentParser
+import Foundation
+import Logging
+import NodeLeaseServer
+import Raft
+import RaftTransport
+import ServiceLifecycle
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
+@main
+struct NodeLeaseCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "nodelease",
+        abstract: "Unique node IDs for the servers of a mail cluster, by lease, over Raft.",
+        subcommands: [Serve.self, Dev.self])
+}
+
+/// Flags shared by `serve` and `dev`; each has an environment equivalent (`--node-id-range`
+/// is `NODELEASE_NODE_ID_RANGE`). A flag wins over the environment.
+struct ReplicaOptions: ParsableArguments {
+    @Option(help: "Cluster id; replicas of another cluster are refused. Env NODELEASE_CLUSTER_ID.")
+    var clusterId: String?
+    @Option(help: "Default lease TTL in seconds (30). Env NODELEASE_DEFAULT_TTL.")
+    var defaultTtl: String?
+    @Option(help: "Shortest TTL a client may ask for (5). Env NODELEASE_MIN_TTL.")
+    var minTtl: String?
+    @Option(help: "Longest TTL a client may ask for (3600). Env NODELEASE_MAX_TTL.")
+    var maxTtl: String?
+    @Option(help: "Node IDs to hand out, LOW-HIGH within 0-4294967295 (1-511). Env NODELEASE_NODE_ID_RANGE.")
+    var nodeIdRange: String?
+    @Option(help: "Seconds a stale node keeps its ID before it becomes inactive (86400). Env NODELEASE_RETENTION.")
+    var retention: String?
+    @Option(help: "Election timeout in milliseconds (1000). Env NODELEASE_ELECTION_TIMEOUT.")
+    var electionTimeout: String?
+    @Option(help: "Heartbeat interval in milliseconds (100). Env NODELEASE_HEARTBEAT_INTERVAL.")
+    var heartbeatInterval: String?
+    @Option(help: "Milliseconds a client request may wait for the cluster (5000). Env NODELEASE_REQUEST_TIMEOUT.")
+    var requestTimeout: String?
+    @Flag(help: "Do not fsync the log: acknowledged writes can be lost. Benchmarks only. Env NODELEASE_NO_FSYNC=1.")
+    var noFsync = false
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (info). Env NODELEASE_LOG_LEVEL.")
+    var logLevel: String?
+
+    static func env(_ flag: String) -> String? {
+        let name = "NODELEASE_" + flag.dropFirst(2).uppercased().replacingOccurrences(of: "-", with: "_")
+        guard let v = ProcessInfo.processInfo.environment[name], !v.isEmpty else { return nil }
+        return v
+    }
+
+    func value(_ flagValue: String?, _ flag: String) -> String? { flagValue ?? Self.env(flag) }
+
+    func number<T: FixedWidthInteger>(_ flagValue: String?, _ flag: String, default d: T) throws -> T {
+        guard let text = value(flagValue, flag) else { return d }
+        guard let v = T(text.trimmingCharacters(in: .whitespaces)) else { throw ConfigError(flag, "expected an integer, got \"\(text)\"") }
+        return v
+    }
+
+    func apply(to c: inout ServerConfig) throws {
+        if let v = value(clusterId, "--cluster-id") { c.clusterID = v }
+        c.defaultTTL = try number(defaultTtl, "--default-ttl", default: c.defaultTTL)
+        let lo: UInt32 = try number(minTtl, "--min-ttl", default: c.ttlRange.lowerBound)
+        let hi: UInt32 = try number(maxTtl, "--max-ttl", default: c.ttlRange.upperBound)
+        guard lo <= hi else { throw ConfigError("--min-ttl", "must not exceed --max-ttl (\(hi))") }
+        c.ttlRange = lo...hi
+        if let r = value(nodeIdRange, "--node-id-range") { c.nodeIDRange = try ServerConfig.parseRange(r, flag: "--node-id-range") }
+        c.retentionSeconds = try number(retention, "--retention", default: c.retentionSeconds)
+        let heartbeat: Int = try number(heartbeatInterval, "--heartbeat-interval", default: 100)
+        let election: Int = try number(electionTimeout, "--election-timeout", default: 1000)
+        guard heartbeat >= 1 else { throw ConfigError("--heartbeat-interval", "must be at least 1 ms") }
+        guard election >= 2 * heartbeat else {
+            throw ConfigError("--election-timeout", "must be at least twice --heartbeat-interval (\(heartbeat) ms)")
+        }
+        c.tickMillis = heartbeat
+        c.heartbeatTicks = 1
+        c.electionTicks = election / heartbeat
+        c.requestTimeoutMillis = try number(requestTimeout, "--request-timeout", default: c.requestTimeoutMillis)
+        if noFsync || Self.env("--no-fsync") == "1" { c.fsync = false }
+        try c.validate()
+    }
+
+    func makeLogger(_ label: String) throws -> Logger {
+        var logger = Logger(label: label)
+        if let l = value(logLevel, "--log-level") {
+            guard let level = Logger.Level(rawValue: l) else { throw ConfigError("--log-level", "unknown level \"\(l)\"") }
+            logger.logLevel = level
+        }
+        return logger
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run one replica.")
+
+    @Option(help: "This replica's id (1, 2, ...). Env NODELEASE_REPLICA_ID.")
+    var replicaId: String?
+    @Option(help: "Every replica's peer address: 1=127.0.0.1:7501,2=127.0.0.1:7502,3=... Env NODELEASE_PEERS.")
+    var peers: String?
+    @Option(help: "Client (HTTP) listen address (127.0.0.1:7400+ID). Env NODELEASE_CLIENT_ADDR.")
+    var clientAddr: String?
+    @Option(help: "Peer listen address (this replica's entry in --peers). Env NODELEASE_PEER_ADDR.")
+    var peerAddr: String?
+    @Option(help: "Data directory (./data/replica-ID). Env NODELEASE_DATA_DIR.")
+    var dataDir: String?
+    @OptionGroup var options: ReplicaOptions
+
+    func run() async throws {
+        let config: ServerConfig
+        let logger: Logger
+        do {
+            guard let idText = options.value(replicaId, "--replica-id") else { throw ConfigError("--replica-id", "is required") }
+            guard let raw = UInt64(idText), raw > 0 else { throw ConfigError("--replica-id", "expected a positive integer, got \"\(idText)\"") }
+            let id = ReplicaID(raw)
+            guard let peersText = options.value(peers, "--peers") else { throw ConfigError("--peers", "is required") }
+            let peerMap = try ServerConfig.parsePeers(peersText)
+            let client = try options.value(clientAddr, "--client-addr").map { try ServerConfig.parseAddress($0, flag: "--client-addr") }
+                ?? PeerAddress(host: "127.0.0.1", port: 7400 + Int(raw % 1000))
+            var c = ServerConfig(
+                replicaID: id, peers: peerMap, clientListen: client,
+                dataDir: options.value(dataDir, "--data-dir") ?? "./data/replica-\(raw)")
+            if let p = options.value(peerAddr, "--peer-addr") { c.peerListen = try ServerConfig.parseAddress(p, flag: "--peer-addr") }
+            try options.apply(to: &c)
+            config = c
+            logger = try options.makeLogger("nodelease")
+        } catch let e as ConfigError {
+            FileHandle.standardError.write(Data("nodelease serve: invalid configuration: \(e)\n".utf8))
+            throw ExitCode(2)
+        }
+        let replica: NodeLeaseReplica
+        do {
+            replica = try NodeLeaseReplica(config: config, logger: logger)
+        } catch {
+            FileHandle.standardError.write(Data("nodelease serve: cannot start: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        let group = ServiceGroup(
+            configuration: .init(services: [replica], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
+
+struct Dev: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a 3-replica cluster in this process on loopback and show the registry as it changes.")
+
+    @Option(help: "Keep the replicas' data here instead of a temporary directory.")
+    var dataDir: String?
+    @Option(help: "Number of replicas (1, 3 or 5).")
+    var replicas: Int = 3
+    @OptionGroup var options: ReplicaOptions
+
+    func run() async throws {
+        let base = dataDir ?? (NSTemporaryDirectory() + "nodelease-dev-\(getpid())")
+        var peers: [ReplicaID: PeerAddress] = [:]
+        for i in 1...replicas { peers[ReplicaID(UInt64(i))] = PeerAddress(host: "127.0.0.1", port: 7500 + i) }
+        var logger = try options.makeLogger("nodelease")
+        if options.value(options.logLevel, "--log-level") == nil { logger.logLevel = .warning }
+        var services: [NodeLeaseReplica] = []
+        for i in 1...replicas {
+            var c = ServerConfig(
+                replicaID: ReplicaID(UInt64(i)), peers: peers, clientListen: PeerAddress(host: "127.0.0.1", port: 7400 + i),
+                dataDir: "\(base)/replica-\(i)")
+            do {
+                try options.apply(to: &c)
+            } catch let e as ConfigError {
+                FileHandle.standardError.write(Data("nodelease dev: invalid configuration: \(e)\n".utf8))
+                throw ExitCode(2)
+            }
+            services.append(try NodeLeaseReplica(config: c, logger: logger))
+        }
+        say("NodeLease dev cluster: \(replicas) replicas, data in \(base)")
+        for i in 1...replicas { say("  replica \(i): http://127.0.0.1:\(7400 + i)  (peers on 127.0.0.1:\(7500 + i))") }
+        say("try: curl -s -XPOST http://127.0.0.1:7401/v1/leases -d '{\"hostname\":\"mx1.example.org\",\"holder\":\"me\"}'")
+        say("")
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services.map { $0 as any Service } + [RegistryWatcher(port: 7401)],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+}
+
+/// Prints the registry whenever it changes (polling one replica's API).
+struct RegistryWatcher: Service {
+    let port: Int
+
+    func run() async throws {
+        var last = ""
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(1))
+            guard let url = URL(string: "http://127.0.0.1:\(port)/v1/cluster/nodes"),
+                let (data, _) = try? await URLSession.shared.data(from: url)
+            else { continue }
+            let text = String(decoding: data, as: UTF8.self)
+            if text != last {
+                last = text
+                say("registry: \(text)")
+            }
+        }
+    }
+}
+
+/// Writes a line to standard output at once (no buffering, so `dev | tee` shows it live).
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}

@@ -86,6 +86,15 @@ let package = Package(
         .testTarget(name: "RaftStorageTests", dependencies: ["Raft", "RaftStorage", "nodelease-microbench"]),
         .testTarget(name: "LeaseRegistryTests", dependencies: ["Raft", "LeaseRegistry"]),
         .testTarget(
+            name: "NodeLeaseServerTests",
+            dependencies: [
+                "NodeLeaseServer", "Raft", "RaftTransport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
             name: "RaftTransportTests",
             dependencies: [
                 "Raft", "RaftTransport",

@@ -75,8 +75,9 @@ public final class NodeLeaseReplica: Service, Sendable {
                         batch.removeAll(keepingCapacity: true)
                     }
                 }
-                group.addTask { [app] in try await app.run() }
-                try await group.next()
+                // The HTTP server returns when a graceful shutdown begins (it stops accepting
+                // first); then the timers and the message loop end.
+                try await app.run()
                 group.cancelAll()
             }
         } onGracefulShutdown: { [driver, inbox, transport] in

@@ -278,3 +278,43 @@ struct ClusterTests {
         await c.stopAll()
     }
 }
+
+@Suite(.serialized)
+struct RecoveryTests {
+    @Test func aReplicaBehindTheCompactedLogCatchesUpBySnapshot() async throws {
+        let c = try LocalCluster { config in
+            config.snapshotEvery = 20
+            config.keepAfterSnapshot = 5
+        }
+        try await c.startAll()
+        let leader = await c.leader()!
+        let lagging = ReplicaID(leader.rawValue % 3 + 1)
+        await c.stop(lagging)
+        let writer = c.replicas.keys.sorted()[0]
+        for i in 1...60 {
+            let r = try await c.post(writer, "/v1/leases", #"{"hostname":"snap\#(i)","holder":"x","ttlSeconds":120}"#)
+            #expect(r.status == 200, "\(r.body)")
+        }
+        try await c.start(lagging)
+        #expect(await eventually(15) {
+            guard let r = try? await c.get(lagging, "/v1/cluster/nodes") else { return false }
+            return r.array.count == 60
+        })
+        let local = try await c.get(lagging, "/v1/cluster/nodes")
+        let reference = try await c.get(writer, "/v1/cluster/nodes?consistency=linearizable")
+        #expect(local.body == reference.body)
+        await c.stopAll()
+    }
+
+    @Test func fiveReplicasStayWritableWithTwoDown() async throws {
+        let c = try LocalCluster(size: 5)
+        try await c.startAll()
+        let leader = await c.leader()!
+        let others = c.replicas.keys.sorted().filter { $0 != leader }
+        await c.stop(leader)
+        await c.stop(others[0])
+        let alive = others[1]
+        #expect(await eventually(5) { (try? await c.post(alive, "/v1/leases", #"{"hostname":"five","holder":"x"}"#))?.status == 200 })
+        await c.stopAll()
+    }
+}

@@ -9,10 +9,34 @@ import Raft
 struct HTTPAPI: Sendable {
     let driver: RaftDriver
     let config: ServerConfig
+    let metrics: ReplicaMetrics
     static let maxBody = 64 * 1024
 
     func respond(to request: Request) async -> Response {
+        let start = ContinuousClock.now
         let parts = request.uri.path.split(separator: "/", omittingEmptySubsequences: true)
+        let response = await route(request, parts)
+        metrics.request(
+            endpoint: Self.endpoint(request.method, parts), status: response.status.code, duration: ContinuousClock.now - start)
+        return response
+    }
+
+    /// The route template, for metrics (never the raw path: ids would explode the labels).
+    static func endpoint(_ method: HTTPRequest.Method, _ parts: [Substring]) -> String {
+        let template: String
+        switch parts.count {
+        case 1 where ["healthz", "readyz", "metrics"].contains(parts[0]): template = "/" + parts[0]
+        case 2 where parts[0] == "v1" && (parts[1] == "status" || parts[1] == "leases"): template = "/v1/" + parts[1]
+        case 3 where parts[0] == "v1" && parts[1] == "leases": template = "/v1/leases/{leaseId}"
+        case 4 where parts[0] == "v1" && parts[1] == "leases" && parts[3] == "renew": template = "/v1/leases/{leaseId}/renew"
+        case 3 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "nodes": template = "/v1/cluster/nodes"
+        case 4 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "nodes": template = "/v1/cluster/nodes/{nodeId}"
+        default: template = "other"
+        }
+        return "\(method.rawValue) \(template)"
+    }
+
+    private func route(_ request: Request, _ parts: [Substring]) async -> Response {
         let method = request.method
         switch parts.count {
         case 1 where parts[0] == "healthz":
@@ -25,7 +49,7 @@ struct HTTPAPI: Sendable {
                 : error(.serviceUnavailable, "not_ready", "this replica knows no leader or has not applied its commit index yet")
         case 1 where parts[0] == "metrics":
             guard method == .get else { return methodNotAllowed() }
-            return await metrics()
+            return await renderMetrics()
         case 2 where parts[0] == "v1" && parts[1] == "status":
             guard method == .get else { return methodNotAllowed() }
             return await status()
@@ -205,34 +229,11 @@ struct HTTPAPI: Sendable {
         return await json(.ok, o.json, headers: true)
     }
 
-    private func metrics() async -> Response {
+    private func renderMetrics() async -> Response {
         let s = await driver.status()
-        var lines: [String] = []
-        func metric(_ name: String, _ help: String, _ type: String, _ samples: [(String, String)]) {
-            lines.append("# HELP \(name) \(help)")
-            lines.append("# TYPE \(name) \(type)")
-            for (labels, value) in samples { lines.append("\(name)\(labels) \(value)") }
-        }
-        metric("nodelease_raft_term", "Current Raft term.", "gauge", [("", "\(s.term)")])
-        metric(
-            "nodelease_raft_role", "1 for this replica's current role.", "gauge",
-            ["leader", "follower", "candidate"].map { r in
-                let current = s.role == .leader ? "leader" : s.role == .follower ? "follower" : "candidate"
-                return ("{role=\"\(r)\"}", current == r ? "1" : "0")
-            })
-        metric("nodelease_raft_commit_index", "Highest log index known committed.", "gauge", [("", "\(s.commitIndex)")])
-        metric("nodelease_raft_applied_index", "Highest log index applied to the registry.", "gauge", [("", "\(s.appliedIndex)")])
-        metric("nodelease_raft_proposals_total", "Commands proposed by this replica as leader.", "counter", [("", "\(s.proposals)")])
-        metric("nodelease_wal_fsyncs_total", "fsyncs of the write-ahead log.", "counter", [("", "\(s.fsyncCount)")])
-        metric(
-            "nodelease_nodes", "Registered nodes by status.", "gauge",
-            [("{status=\"active\"}", "\(s.counts.active)"), ("{status=\"stale\"}", "\(s.counts.stale)"), ("{status=\"inactive\"}", "\(s.counts.inactive)")])
-        metric(
-            "nodelease_peer_reachable", "1 if the connection to the peer is up.", "gauge",
-            s.peers.map { ("{peer=\"\($0.id)\"}", $0.reachable ? "1" : "0") })
         var headers = HTTPFields()
         headers[.contentType] = "text/plain; version=0.0.4"
-        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: lines.joined(separator: "\n") + "\n")))
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: metrics.render(s))))
     }
 
     // MARK: Encoding

@@ -44,9 +44,11 @@ public final class NodeLeaseReplica: Service, Sendable {
                 guard let d = driverBox.driver else { return }
                 Task { await d.forwarded(data, from: peer) }
             })
-        self.driver = try RaftDriver(config: config, storage: storage, transport: transport, logger: logger, onFatal: onFatal)
+        let metrics = ReplicaMetrics()
+        self.driver = try RaftDriver(
+            config: config, storage: storage, transport: transport, logger: logger, metrics: metrics, onFatal: onFatal)
         driverBox.driver = driver
-        let api = HTTPAPI(driver: driver, config: config)
+        let api = HTTPAPI(driver: driver, config: config, metrics: metrics)
         self.app = Application(
             responder: CallbackResponder { request, _ in await api.respond(to: request) },
             configuration: .init(address: .hostname(config.clientListen.host, port: config.clientListen.port), serverName: nil),

@@ -40,6 +40,7 @@ actor RaftDriver {
     let config: ServerConfig
     private var logger: Logger
     private let onFatal: @Sendable (String) -> Void
+    let metrics: ReplicaMetrics
 
     private typealias Reply = Result<LeaseReply, LeaseError>
     private var waiters: [UInt64: CheckedContinuation<Reply, any Error>] = [:]
@@ -55,8 +56,12 @@ actor RaftDriver {
     private var stopped = false
     private(set) var proposals = 0
 
-    init(config: ServerConfig, storage: DurableLog, transport: RaftTransport, logger: Logger, onFatal: @escaping @Sendable (String) -> Void) throws {
+    init(
+        config: ServerConfig, storage: DurableLog, transport: RaftTransport, logger: Logger, metrics: ReplicaMetrics,
+        onFatal: @escaping @Sendable (String) -> Void
+    ) throws {
         self.config = config
+        self.metrics = metrics
         self.storage = storage
         self.transport = transport
         self.logger = logger
@@ -209,6 +214,7 @@ actor RaftDriver {
             do {
                 _ = try node.propose(batch: batch)
                 proposals += batch.count
+                metrics.proposals.increment(by: Int64(batch.count))
             } catch {
                 outbox = batch  // a leadership transfer is under way: try again on the next tick
             }
@@ -225,7 +231,9 @@ actor RaftDriver {
             let rd = node.ready()
             transport.send(rd.messagesBeforePersist)
             do {
+                let t0 = ContinuousClock.now
                 try storage.save(hardState: rd.hardState, entries: rd.entries, snapshot: rd.snapshot, sync: rd.mustSync)
+                if rd.mustSync { metrics.fsync.recordNanoseconds((ContinuousClock.now - t0).nanoseconds) }
             } catch {
                 fatal("cannot persist the log: \(error)")
                 return

@@ -212,6 +212,16 @@ struct ClusterTests {
         // Still healthy and writable.
         #expect(try await c.get(r, "/healthz").status == 200)
         #expect(try await c.post(r, "/v1/leases", #"{"hostname":"ok","holder":"h"}"#).status == 200)
+        // Prometheus text with the Raft, WAL, HTTP and registry metrics.
+        let m = try await c.get(r, "/metrics")
+        #expect(m.status == 200)
+        for needle in [
+            "nodelease_raft_term 1", "nodelease_raft_role{role=\"leader\"} 1", "nodelease_wal_fsync_seconds_bucket",
+            "nodelease_http_request_duration_seconds_count{endpoint=\"POST /v1/leases\",status=\"200\"}",
+            "status=\"400\"", "nodelease_nodes{status=\"active\"} 1", "nodelease_raft_proposals_total",
+        ] {
+            #expect(m.body.contains(needle), "metrics lack \(needle)")
+        }
         await c.stopAll()
     }
 

@@ -1,5 +1,6 @@
 import Hummingbird
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Raft
@@ -25,6 +26,10 @@ public final class NodeLeaseReplica: Service, Sendable {
         self.config = config
         var logger = logger
         logger[metadataKey: "replica"] = "\(config.replicaID)"
+        // Every line, the transport's and the storage's too, carries the current term and role.
+        let raftState = RaftStateBox()
+        let previous = logger.handler.metadataProvider
+        logger.handler.metadataProvider = .multiplex([previous, raftState.provider].compactMap { $0 })
         self.logger = logger
         let storageLogger = logger
         let storage = try DurableLog(
@@ -46,7 +51,8 @@ public final class NodeLeaseReplica: Service, Sendable {
             })
         let metrics = ReplicaMetrics()
         self.driver = try RaftDriver(
-            config: config, storage: storage, transport: transport, logger: logger, metrics: metrics, onFatal: onFatal)
+            config: config, storage: storage, transport: transport, logger: logger, metrics: metrics, raftState: raftState,
+            onFatal: onFatal)
         driverBox.driver = driver
         let api = HTTPAPI(driver: driver, config: config, metrics: metrics)
         self.app = Application(
@@ -96,6 +102,20 @@ public final class NodeLeaseReplica: Service, Sendable {
         await driver.shutdown()
         inbox.finish()
         await transport.shutdown()
+    }
+}
+
+/// The current term and role, for log lines from any part of the replica.
+final class RaftStateBox: Sendable {
+    private let state = NIOLockedValueBox<(term: Term, role: Role)>((0, .follower))
+
+    func set(term: Term, role: Role) { state.withLockedValue { $0 = (term, role) } }
+
+    var provider: Logger.MetadataProvider {
+        Logger.MetadataProvider { [state] in
+            let (term, role) = state.withLockedValue { $0 }
+            return ["term": "\(term)", "role": "\(role.rawValue)"]
+        }
     }
 }
 

@@ -38,9 +38,12 @@ actor RaftDriver {
     private var expiry: LeaseExpiry
     private let transport: RaftTransport
     let config: ServerConfig
-    private var logger: Logger
+    private let logger: Logger
     private let onFatal: @Sendable (String) -> Void
     let metrics: ReplicaMetrics
+    private let raftState: RaftStateBox
+    private var loggedTerm: Term = 0
+    private var loggedRole: Role = .follower
 
     private typealias Reply = Result<LeaseReply, LeaseError>
     private var waiters: [UInt64: CheckedContinuation<Reply, any Error>] = [:]
@@ -58,9 +61,10 @@ actor RaftDriver {
 
     init(
         config: ServerConfig, storage: DurableLog, transport: RaftTransport, logger: Logger, metrics: ReplicaMetrics,
-        onFatal: @escaping @Sendable (String) -> Void
+        raftState: RaftStateBox, onFatal: @escaping @Sendable (String) -> Void
     ) throws {
         self.config = config
+        self.raftState = raftState
         self.metrics = metrics
         self.storage = storage
         self.transport = transport
@@ -73,8 +77,8 @@ actor RaftDriver {
         self.node = try RaftNode(config: raftConfig, storage: storage, random: SystemRandomNumberGenerator())
         self.expiry = LeaseExpiry(config: .init(retentionSeconds: config.retentionSeconds))
         self.requestCounter = UInt64.random(in: 0...(UInt64.max >> 16)) << 16
-        self.logger[metadataKey: "term"] = "\(node.term)"
-        self.logger[metadataKey: "role"] = "\(node.role.rawValue)"
+        raftState.set(term: node.term, role: node.role)
+        loggedTerm = node.term
     }
 
     // MARK: Time
@@ -313,9 +317,10 @@ actor RaftDriver {
                 expiry.lostLeadership()
             }
         }
-        if logger[metadataKey: "role"] != "\(node.role.rawValue)" || logger[metadataKey: "term"] != "\(node.term)" {
-            logger[metadataKey: "term"] = "\(node.term)"
-            logger[metadataKey: "role"] = "\(node.role.rawValue)"
+        if node.role != loggedRole || node.term != loggedTerm {
+            loggedRole = node.role
+            loggedTerm = node.term
+            raftState.set(term: node.term, role: node.role)
             logger.info("now \(node.role.rawValue) in term \(node.term)")
         }
         if node.leader != knownLeader {

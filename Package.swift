@@ -55,12 +55,20 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        // The library a node embeds, and the tools use.
+        .target(
+            name: "NodeLeaseClient",
+            dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
         // Seeded, single-threaded world that runs the real core under faults.
         .target(name: "RaftSimulator", dependencies: ["Raft", "RaftStorage", "LeaseRegistry"]),
         .executableTarget(
             name: "nodelease",
             dependencies: [
-                "NodeLeaseServer", "Raft", "RaftTransport",
+                "NodeLeaseServer", "NodeLeaseClient", "Raft", "RaftTransport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -92,7 +100,7 @@ let package = Package(
         .testTarget(
             name: "NodeLeaseServerTests",
             dependencies: [
-                "NodeLeaseServer", "Raft", "RaftTransport",
+                "NodeLeaseServer", "NodeLeaseClient", "Raft", "RaftTransport", "nodelease",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -15,7 +15,9 @@ struct NodeLeaseCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "nodelease",
         abstract: "Unique node IDs for the servers of a mail cluster, by lease, over Raft.",
-        subcommands: [Serve.self, Dev.self])
+        subcommands: [
+            Serve.self, Dev.self, Acquire.self, Renew.self, Release.self, Forget.self, Nodes.self, Status.self, Hold.self,
+        ])
 }
 
 /// Flags shared by `serve` and `dev`; each has an environment equivalent (`--node-id-range`

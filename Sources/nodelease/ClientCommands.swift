@@ -1,0 +1,266 @@
+import ArgumentParser
+import Foundation
+import Logging
+import NodeLeaseClient
+
+/// Flags of the client commands.
+struct ClientOptions: ParsableArguments {
+    @Option(help: "Replica endpoints, comma-separated (127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403). Env NODELEASE_ENDPOINTS.")
+    var endpoints: String?
+    @Flag(help: "Print the API's JSON instead of a line for people.")
+    var json = false
+    @Option(help: "Seconds a command may take, retries included.")
+    var timeout: Double = 10
+
+    func client() throws -> NodeLeaseClient {
+        let text = endpoints ?? ProcessInfo.processInfo.environment["NODELEASE_ENDPOINTS"] ?? "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403"
+        return NodeLeaseClient(endpoints: try NodeLeaseClient.parseEndpoints(text), timeout: .milliseconds(Int(timeout * 1000)))
+    }
+}
+
+/// Runs a client call, printing errors as one line and exiting non-zero.
+func clientCall<T>(_ body: () async throws(NodeLeaseError) -> T) async throws -> T {
+    do {
+        return try await body()
+    } catch {
+        FileHandle.standardError.write(Data("nodelease: \(error)\n".utf8))
+        throw ExitCode(error == .noLeader || { if case .transport = error { return true } else { return false } }() ? 3 : 1)
+    }
+}
+
+enum Render {
+    static func json(_ l: Lease) -> String {
+        "{\"leaseId\":\(q(l.leaseId)),\"nodeId\":\(l.nodeId),\"hostname\":\(q(l.hostname)),\"holder\":\(q(l.holder)),"
+            + "\"fencingToken\":\(l.fencingToken),\"ttlSeconds\":\(l.ttlSeconds),\"acquiredAt\":\(q(l.acquiredAt)),"
+            + "\"lastRenewal\":\(q(l.lastRenewal)),\"leaseTransitions\":\(l.leaseTransitions)}"
+    }
+
+    static func json(_ n: ClusterNode) -> String {
+        "{\"nodeId\":\(n.nodeId),\"hostname\":\(q(n.hostname)),\"lastRenewal\":\(q(n.lastRenewal)),\"status\":\(q(n.status))}"
+    }
+
+    static func q(_ s: String) -> String {
+        let data = (try? JSONSerialization.data(withJSONObject: [s], options: [.withoutEscapingSlashes])) ?? Data("[\"\"]".utf8)
+        return String(String(decoding: data, as: UTF8.self).dropFirst().dropLast())
+    }
+
+    static func line(_ l: Lease) -> String {
+        "node \(l.nodeId) for \(l.hostname): lease \(l.leaseId), fencing token \(l.fencingToken), ttl \(l.ttlSeconds)s, holder \(l.holder)"
+    }
+
+    /// An aligned table; the first row is the header.
+    static func table(_ rows: [[String]]) -> String {
+        guard let first = rows.first else { return "" }
+        var widths = first.map(\.count)
+        for r in rows { for (i, c) in r.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) } }
+        return rows.map { r in
+            r.enumerated().map { i, c in i == r.count - 1 ? c : c + String(repeating: " ", count: widths[i] - c.count) }
+                .joined(separator: "  ")
+        }.joined(separator: "\n")
+    }
+
+    /// Human age of an RFC 3339 instant relative to `now`.
+    static func age(_ stamp: String, now: Date) -> String {
+        let f = ISO8601DateFormatter()
+        guard let d = f.date(from: stamp) else { return "?" }
+        let s = max(0, Int(now.timeIntervalSince(d)))
+        if s < 120 { return "\(s)s" }
+        if s < 7200 { return "\(s / 60)m" }
+        if s < 172_800 { return "\(s / 3600)h" }
+        return "\(s / 86400)d"
+    }
+
+    static func nodesTable(_ nodes: [ClusterNode], now: Date) -> String {
+        table([["NODE ID", "HOSTNAME", "LAST RENEWAL", "AGE", "STATUS"]] + nodes.map {
+            [String($0.nodeId), $0.hostname, $0.lastRenewal, age($0.lastRenewal, now: now), $0.status]
+        })
+    }
+
+    static func statusTable(_ all: [(endpoint: URL, status: Result<ReplicaStatusView, NodeLeaseError>)]) -> String {
+        let leaderCommit = all.compactMap { try? $0.status.get() }.first { $0.role == "leader" }?.commitIndex
+        var rows = [["REPLICA", "ENDPOINT", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAG", "REACHABLE"]]
+        for (url, r) in all {
+            let host = "\(url.host ?? "?"):\(url.port ?? 80)"
+            switch r {
+            case .success(let s):
+                let lag = leaderCommit.map { $0 > s.appliedIndex ? String($0 - s.appliedIndex) : "0" } ?? "-"
+                rows.append([
+                    String(s.replicaId), host, s.role, String(s.term), s.leaderId.map(String.init) ?? "-", String(s.commitIndex),
+                    String(s.appliedIndex), lag, s.peers.map { "\($0.replicaId):\($0.reachable ? "yes" : "no")" }.joined(separator: " "),
+                ])
+            case .failure:
+                rows.append(["?", host, "unreachable", "-", "-", "-", "-", "-", "-"])
+            }
+        }
+        return table(rows)
+    }
+}
+
+struct Acquire: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Acquire (or renew, for the same holder) the lease of a hostname.")
+    @Option(help: "Hostname (default: STALWART_HOSTNAME, else this machine's hostname).")
+    var hostname: String?
+    @Option(help: "Holder id (default: derived from /etc/machine-id).")
+    var holder: String?
+    @Option(help: "TTL in seconds (default: the server's).")
+    var ttl: Int?
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        let c = try client.client()
+        let host = hostname ?? NodeIdentity.hostname()
+        let who = try holder ?? NodeIdentity.holder()
+        let l = try await clientCall { () async throws(NodeLeaseError) in try await c.acquire(hostname: host, holder: who, ttlSeconds: ttl) }
+        print(client.json ? Render.json(l) : "acquired " + Render.line(l))
+    }
+}
+
+struct Renew: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Renew a lease.")
+    @Argument(help: "The lease id.") var lease: String
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        let c = try client.client()
+        let l = try await clientCall { () async throws(NodeLeaseError) in try await c.renew(leaseId: lease) }
+        print(client.json ? Render.json(l) : "renewed " + Render.line(l))
+    }
+}
+
+struct Release: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Release a lease; the node becomes inactive.")
+    @Argument(help: "The lease id.") var lease: String
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        let c = try client.client()
+        let n = try await clientCall { () async throws(NodeLeaseError) in try await c.release(leaseId: lease) }
+        print(client.json ? Render.json(n) : "released node \(n.nodeId) (\(n.hostname)), now \(n.status)")
+    }
+}
+
+struct Forget: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Forget a stale or inactive node: its ID and hostname become free.")
+    @Argument(help: "The node id.") var node: UInt32
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        let c = try client.client()
+        let n = try await clientCall { () async throws(NodeLeaseError) in try await c.forget(nodeId: node) }
+        print(client.json ? Render.json(n) : "forgot node \(n.nodeId) (\(n.hostname))")
+    }
+}
+
+struct Nodes: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show the registry of cluster nodes.")
+    @Option(help: "Only nodes with this status: active, stale or inactive.")
+    var status: String?
+    @Flag(help: "Read through the leader's quorum (linearizable) instead of any replica's applied state.")
+    var linearizable = false
+    @Flag(help: "Redraw whenever the registry changes (Ctrl-C to stop).")
+    var watch = false
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        let c = try client.client()
+        var last = ""
+        repeat {
+            let nodes = try await clientCall { () async throws(NodeLeaseError) in try await c.nodes(status: status, linearizable: linearizable) }
+            let text = client.json ? "[" + nodes.map(Render.json).joined(separator: ",") + "]" : Render.nodesTable(nodes, now: Date())
+            if text != last {
+                if watch && !client.json { print("\u{1B}[2J\u{1B}[H", terminator: "") }
+                print(text)
+                last = text
+            }
+            if watch { try await Task.sleep(for: .seconds(1)) }
+        } while watch
+    }
+}
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Every replica of the endpoint list, side by side.")
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        let all = await (try client.client()).statusOfAll()
+        if client.json {
+            let items = all.map { e, r -> String in
+                switch r {
+                case .success(let s): return String(decoding: (try? JSONEncoder().encode(s)) ?? Data(), as: UTF8.self)
+                case .failure(let err): return "{\"endpoint\":\(Render.q(e.absoluteString)),\"error\":\(Render.q(err.description))}"
+                }
+            }
+            print("[" + items.joined(separator: ",") + "]")
+        } else {
+            print(Render.statusTable(all))
+        }
+    }
+}
+
+struct Hold: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Hold this node's ID while a command runs.",
+        discussion: """
+            Acquires the lease, runs CMD with NODELEASE_NODE_ID, NODELEASE_FENCING_TOKEN and
+            NODELEASE_HOSTNAME set, and renews while it runs. If the lease is lost, CMD gets SIGTERM,
+            then SIGKILL after the grace period, and hold exits with 75. When CMD exits, the lease is
+            released and hold exits with CMD's status.
+            """)
+    @Option(help: "TTL in seconds.") var ttl: Int = 30
+    @Option(help: "Seconds between SIGTERM and SIGKILL when the lease is lost.") var grace: Double = 10
+    @Option(help: "Hostname (default: STALWART_HOSTNAME, else this machine's hostname).") var hostname: String?
+    @Option(help: "Holder id (default: derived from /etc/machine-id).") var holder: String?
+    @OptionGroup var client: ClientOptions
+    @Argument(parsing: .postTerminator, help: "The command to run.") var command: [String]
+
+    func validate() throws {
+        if command.isEmpty { throw ValidationError("give the command after --: nodelease hold -- CMD ARGS...") }
+    }
+
+    func run() async throws {
+        let host = hostname ?? NodeIdentity.hostname()
+        let keeper = LeaseKeeper(client: try client.client(), hostname: host, holder: try holder ?? NodeIdentity.holder(), ttlSeconds: ttl)
+        await keeper.start()
+        var child: Process?
+        for await event in keeper.events {
+            switch event {
+            case .acquired(let nodeId, let token) where child == nil:
+                let p = Process()
+                p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+                p.arguments = command
+                var env = ProcessInfo.processInfo.environment
+                env["NODELEASE_NODE_ID"] = String(nodeId)
+                env["NODELEASE_FENCING_TOKEN"] = String(token)
+                env["NODELEASE_HOSTNAME"] = host
+                p.environment = env
+                try p.run()
+                child = p
+                FileHandle.standardError.write(Data("nodelease hold: node \(nodeId) for \(host); running \(command.joined(separator: " ")) (pid \(p.processIdentifier))\n".utf8))
+                let pid = p.processIdentifier
+                Task.detached {
+                    p.waitUntilExit()
+                    // Releases the lease and ends the event stream, which ends the loop below.
+                    await keeper.stop()
+                    FileHandle.standardError.write(Data("nodelease hold: \(pid) exited with \(p.terminationStatus); lease released\n".utf8))
+                }
+            case .lost(let reason):
+                FileHandle.standardError.write(Data("nodelease hold: lease lost (\(reason)); stopping the command\n".utf8))
+                if let p = child, p.isRunning {
+                    kill(p.processIdentifier, SIGTERM)
+                    let end = Date().addingTimeInterval(grace)
+                    while p.isRunning && Date() < end { try? await Task.sleep(for: .milliseconds(50)) }
+                    if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+                }
+                Foundation.exit(75)
+            case .waiting(let other, let s):
+                FileHandle.standardError.write(Data("nodelease hold: \(host) is held by \(other) (\(s)s left); waiting\n".utf8))
+            default:
+                break
+            }
+        }
+        if let p = child {
+            p.waitUntilExit()
+            throw ExitCode(p.terminationStatus)
+        }
+    }
+}

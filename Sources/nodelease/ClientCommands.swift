@@ -239,9 +239,9 @@ struct Hold: AsyncParsableCommand {
                 let pid = p.processIdentifier
                 Task.detached {
                     p.waitUntilExit()
+                    FileHandle.standardError.write(Data("nodelease hold: \(pid) exited with \(p.terminationStatus); releasing the lease\n".utf8))
                     // Releases the lease and ends the event stream, which ends the loop below.
                     await keeper.stop()
-                    FileHandle.standardError.write(Data("nodelease hold: \(pid) exited with \(p.terminationStatus); lease released\n".utf8))
                 }
             case .lost(let reason):
                 FileHandle.standardError.write(Data("nodelease hold: lease lost (\(reason)); stopping the command\n".utf8))

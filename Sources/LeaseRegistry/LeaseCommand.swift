@@ -12,6 +12,10 @@ public enum LeaseCommand: Sendable, Hashable {
     case retire(nodeID: NodeID, statusIndex: UInt64)
     /// An operator removes a stale or inactive node.
     case forget(nodeID: NodeID)
+    /// The cluster saw coordinator replica `replica` take part with the data directory
+    /// `dataDirectoryID`. Peers then refuse that replica if it comes back with another
+    /// directory: an emptied directory has forgotten its votes.
+    case registerReplica(replica: UInt64, dataDirectoryID: UInt64)
 }
 
 /// A command with the leader's wall-clock time (Unix seconds) at which it was proposed.
@@ -67,6 +71,11 @@ public struct TimedCommand: Sendable, Hashable {
             w.u8(6)
             w.u64(now)
             w.u32(node.rawValue)
+        case .registerReplica(let replica, let dir):
+            w.u8(7)
+            w.u64(now)
+            w.u64(replica)
+            w.u64(dir)
         }
         return w.bytes
     }
@@ -93,6 +102,7 @@ public struct TimedCommand: Sendable, Hashable {
             case 4: command = .expire(leaseID: try r.u64(), renewalIndex: try r.u64())
             case 5: command = .retire(nodeID: NodeID(try r.u32()), statusIndex: try r.u64())
             case 6: command = .forget(nodeID: NodeID(try r.u32()))
+            case 7: command = .registerReplica(replica: try r.u64(), dataDirectoryID: try r.u64())
             default: return nil
             }
             guard r.remaining == 0 else { return nil }

@@ -6,6 +6,8 @@ public enum LeaseReply: Sendable, Hashable {
     case lease(Lease)
     /// release, expire, retire or forget: the node as it is now (for forget: as it was).
     case node(NodeRecord)
+    /// registerReplica: the directory recorded for the replica.
+    case replica(replica: UInt64, dataDirectoryID: UInt64)
 }
 
 /// The replicated state machine of node-ID leases (shared/API.md). Pure and deterministic:
@@ -18,6 +20,8 @@ public struct LeaseRegistry: Sendable {
     private var byLease: [UInt64: NodeID] = [:]
     /// The log index of the last command applied.
     public private(set) var appliedIndex: UInt64 = 0
+    /// Coordinator replica id → the id of the data directory it took part with.
+    public private(set) var replicaDirectories: [UInt64: UInt64] = [:]
     /// Derived (not snapshotted): all IDs in `cursorLower..<cursor` are taken.
     private var cursorLower: UInt64 = 0
     private var cursor: UInt64 = 0
@@ -103,6 +107,10 @@ public struct LeaseRegistry: Sendable {
                 guard r.status != .active else { throw LeaseError.nodeActive(id) }
                 remove(id)
                 return .success(.node(r))
+            case .registerReplica(let replica, let dir):
+                // The first directory seen is the one that counts.
+                if replicaDirectories[replica] == nil { replicaDirectories[replica] = dir }
+                return .success(.replica(replica: replica, dataDirectoryID: replicaDirectories[replica]!))
             }
         } catch let e as LeaseError {
             return .failure(e)
@@ -235,6 +243,7 @@ extension LeaseRegistry: Equatable {
     /// Equal registries hold the same records and applied index (derived caches aside).
     public static func == (a: LeaseRegistry, b: LeaseRegistry) -> Bool {
         a.appliedIndex == b.appliedIndex && a.order == b.order && a.order.allSatisfy { a.nodes[$0] == b.nodes[$0] }
+            && a.replicaDirectories == b.replicaDirectories
     }
 }
 
@@ -242,7 +251,7 @@ extension LeaseRegistry: Equatable {
 
 extension LeaseRegistry {
     static let snapshotMagic: [UInt8] = Array("NLREG".utf8)
-    static let snapshotVersion: UInt8 = 1
+    static let snapshotVersion: UInt8 = 2
 
     /// The whole registry in a compact, versioned binary form with a CRC-32C checksum.
     public func snapshot() -> [UInt8] {
@@ -265,6 +274,11 @@ extension LeaseRegistry {
             w.u64(r.renewalIndex)
             w.u64(r.statusSince)
             w.u64(r.statusIndex)
+        }
+        w.u32(UInt32(replicaDirectories.count))
+        for k in replicaDirectories.keys.sorted() {
+            w.u64(k)
+            w.u64(replicaDirectories[k]!)
         }
         w.u32(CRC32C.checksum(w.bytes))
         return w.bytes
@@ -308,6 +322,8 @@ extension LeaseRegistry {
                 byHostname[hostname] = id
                 if status == .active { byLease[rec.leaseID] = id }
             }
+            let replicas = Int(try r.u32())
+            for _ in 0..<replicas { replicaDirectories[try r.u64()] = try r.u64() }
             guard r.remaining == 0 else { throw SnapshotError.malformed("trailing bytes") }
         } catch let e as SnapshotError {
             throw e

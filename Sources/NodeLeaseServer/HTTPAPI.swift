@@ -140,6 +140,7 @@ struct HTTPAPI: Sendable {
         switch result {
         case .success(.lease(let l)): return await json(.ok, leaseJSON(l), headers: true)
         case .success(.node(let n)): return await json(.ok, nodeJSON(n), headers: true)
+        case .success(.replica): return error(.internalServerError, "internal", "unexpected reply")
         case .failure(let e):
             let status: HTTPResponse.Status =
                 switch e {

@@ -41,8 +41,10 @@ public final class NodeLeaseReplica: Service, Sendable {
         var peers = config.peers
         peers[config.replicaID] = nil
         let driverBox = DriverBox()
+        var transportConfig = TransportConfig(clusterID: config.clusterID, replicaID: config.replicaID, listen: config.peerListen, peers: peers)
+        transportConfig.dataDirectoryID = storage.directoryID
         self.transport = RaftTransport(
-            config: TransportConfig(clusterID: config.clusterID, replicaID: config.replicaID, listen: config.peerListen, peers: peers),
+            config: transportConfig,
             group: group, logger: logger,
             onMessage: { continuation.yield($0) },
             onForward: { peer, data in
@@ -54,6 +56,13 @@ public final class NodeLeaseReplica: Service, Sendable {
             config: config, storage: storage, transport: transport, logger: logger, metrics: metrics, raftState: raftState,
             onFatal: onFatal)
         driverBox.driver = driver
+        let directories = driver.knownDirectories
+        transport.setPeerCheck { replica, directory in
+            guard let recorded = directories.withLockedValue({ $0[replica.rawValue] }), recorded != directory else { return nil }
+            return "replica \(replica) took part with data directory \(String(recorded, radix: 16)) but now has \(String(directory, radix: 16)): "
+                + "an emptied or replaced data directory has forgotten its votes and must not rejoin under the same id; "
+                + "restore that replica's data directory"
+        }
         let api = HTTPAPI(driver: driver, config: config, metrics: metrics)
         self.app = Application(
             responder: CallbackResponder { request, _ in await api.respond(to: request) },

@@ -1,5 +1,6 @@
 import Foundation
 import LeaseRegistry
+import NIOConcurrencyHelpers
 import Logging
 import Raft
 import RaftStorage
@@ -58,6 +59,10 @@ actor RaftDriver {
     private let started = ContinuousClock.now
     private var stopped = false
     private(set) var proposals = 0
+    /// The data directory each replica took part with, as the registry records it; read by the
+    /// transport's admission check on event-loop threads.
+    nonisolated let knownDirectories = NIOLockedValueBox<[UInt64: UInt64]>([:])
+    private var registrationAttempts: [UInt64: ContinuousClock.Instant] = [:]
 
     init(
         config: ServerConfig, storage: DurableLog, transport: RaftTransport, logger: Logger, metrics: ReplicaMetrics,
@@ -79,6 +84,8 @@ actor RaftDriver {
         self.requestCounter = UInt64.random(in: 0...(UInt64.max >> 16)) << 16
         raftState.set(term: node.term, role: node.role)
         loggedTerm = node.term
+        let dirs = registry.replicaDirectories
+        knownDirectories.withLockedValue { $0 = dirs }
     }
 
     // MARK: Time
@@ -96,6 +103,7 @@ actor RaftDriver {
     func tick() {
         guard !stopped else { return }
         node.tick()
+        if node.role == .leader && expiry.isReady { registerReplicas() }
         if node.role == .leader {
             let due = expiry.due(now: monotonicNanos, wallSeconds: wallSeconds, registry: registry, hasQuorum: node.hasQuorumContact)
             if !due.isEmpty {
@@ -253,6 +261,10 @@ actor RaftDriver {
                 }
             }
             for e in rd.committedEntries { apply(e) }
+            if !rd.committedEntries.isEmpty || rd.snapshot != nil {
+                let dirs = registry.replicaDirectories
+                knownDirectories.withLockedValue { if $0 != dirs { $0 = dirs } }
+            }
             for rs in rd.readStates {
                 if let c = readWaiters.removeValue(forKey: rs.requestID.rawValue) { c.resume(returning: rs.index) }
             }
@@ -275,6 +287,7 @@ actor RaftDriver {
             switch reply {
             case .lease(let l): if let r = registry.node(l.nodeID) { expiry.applied(r, now: monotonicNanos) }
             case .node(let n): expiry.applied(registry.node(n.nodeID) ?? n, now: monotonicNanos)
+            case .replica: break
             }
         }
         if let timed = TimedCommand(decoding: e.data) {
@@ -282,6 +295,22 @@ actor RaftDriver {
                 logger.info("lease \(n.leaseID) of node \(n.nodeID) (\(n.hostname)) expired: node is stale")
             }
             if timed.requestID != 0, let c = waiters.removeValue(forKey: timed.requestID) { c.resume(returning: result) }
+        }
+    }
+
+    /// Records in the log which data directory each replica takes part with: ourselves, and
+    /// every peer that is connected and has acknowledged entries.
+    private func registerReplicas() {
+        let now = ContinuousClock.now
+        var candidates: [(UInt64, UInt64)] = [(config.replicaID.rawValue, storage.directoryID)]
+        let dirs = transport.peerDirectories()
+        for p in node.status.peers where p.id != config.replicaID && p.match > 0 {
+            if let d = dirs[p.id], d != 0 { candidates.append((p.id.rawValue, d)) }
+        }
+        for (replica, dir) in candidates where registry.replicaDirectories[replica] == nil {
+            if let last = registrationAttempts[replica], now - last < .seconds(2) { continue }
+            registrationAttempts[replica] = now
+            outbox.append(TimedCommand(.registerReplica(replica: replica, dataDirectoryID: dir), now: wallSeconds).encoded())
         }
     }
 

@@ -1,3 +1,4 @@
+import Foundation
 import Raft
 
 /// Durable Raft storage in one data directory: a segmented write-ahead log, snapshot files
@@ -68,6 +69,10 @@ public final class DurableLog: RaftLogStorage {
     private var cache: EntryCache
     private var failure: String?
     private var scratchPositions: [(Int, Int)] = []
+
+    /// A random id given to this data directory when it was created. A directory that was
+    /// emptied and started again gets a new one, which lets peers notice.
+    public private(set) var directoryID: UInt64 = 0
 
     /// Counters for benchmarks and metrics.
     public private(set) var syncCount = 0
@@ -452,7 +457,31 @@ public final class DurableLog: RaftLogStorage {
             log("hard state commit \(hardState.commit) is past the last entry \(last); using \(last)")
             hardState.commit = last
         }
+        try loadDirectoryID(fresh: segments.isEmpty && currentSnapshot.isEmpty)
         if segments.isEmpty { try startSegment() }
+    }
+
+    private func loadDirectoryID(fresh: Bool) throws {
+        let path = join(directory, "ID")
+        if fs.exists(path) {
+            let f = try fs.open(path, create: false)
+            defer { f.close() }
+            let text = String(decoding: try f.read(at: 0, count: 64), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard let id = UInt64(text, radix: 16), id != 0 else {
+                throw StorageFailure.corrupt(file: path, offset: 0, reason: "the directory id does not parse")
+            }
+            directoryID = id
+            return
+        }
+        _ = fresh
+        let id = UInt64.random(in: 1...UInt64.max)
+        let f = try fs.open(path + ".tmp", create: true)
+        try f.write(Array((hex(id) + "\n").utf8), at: 0)
+        try f.sync()
+        f.close()
+        try fs.rename(path + ".tmp", to: path)
+        try fs.syncDirectory(directory)
+        directoryID = id
     }
 
     private func replayRecord(_ bytes: [UInt8], at pos: Int, length: Int, segment: Segment, offsetKnown: inout Bool) throws {

@@ -10,7 +10,7 @@ import Raft
 public enum Frame: Sendable, Equatable {
     /// The dialer introduces itself: its cluster, its replica id, the replica it meant to
     /// reach, and an incarnation number that is new for every process start.
-    case hello(clusterID: String, from: ReplicaID, to: ReplicaID, incarnation: UInt64)
+    case hello(clusterID: String, from: ReplicaID, to: ReplicaID, incarnation: UInt64, dataDirectoryID: UInt64 = 0)
     case welcome
     /// The acceptor refuses the connection, saying why (it closes right after).
     case refused(reason: String)
@@ -36,12 +36,13 @@ public enum Frame: Sendable, Equatable {
         w.u32(0)  // length, patched below
         w.u8(Self.version)
         switch self {
-        case .hello(let cluster, let from, let to, let incarnation):
+        case .hello(let cluster, let from, let to, let incarnation, let dir):
             w.u8(Kind.hello.rawValue)
             w.string(cluster)
             w.u64(from.rawValue)
             w.u64(to.rawValue)
             w.u64(incarnation)
+            w.u64(dir)
         case .welcome:
             w.u8(Kind.welcome.rawValue)
         case .refused(let reason):
@@ -72,7 +73,9 @@ public enum Frame: Sendable, Equatable {
             switch kind {
             case .hello:
                 let cluster = try r.string()
-                self = .hello(clusterID: cluster, from: ReplicaID(try r.u64()), to: ReplicaID(try r.u64()), incarnation: try r.u64())
+                self = .hello(
+                    clusterID: cluster, from: ReplicaID(try r.u64()), to: ReplicaID(try r.u64()), incarnation: try r.u64(),
+                    dataDirectoryID: try r.u64())
             case .welcome:
                 self = .welcome
             case .refused:

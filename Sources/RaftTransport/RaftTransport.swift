@@ -21,6 +21,8 @@ public struct TransportConfig: Sendable {
     public var listen: PeerAddress
     /// Every other voter and its peer address.
     public var peers: [ReplicaID: PeerAddress]
+    /// The id of this replica's data directory, sent in the hello.
+    public var dataDirectoryID: UInt64 = 0
     /// Bytes queued on one connection before further messages are dropped (Raft resends).
     public var maxQueuedBytes: Int
     public var connectTimeout: TimeAmount
@@ -59,7 +61,9 @@ public final class RaftTransport: Sendable {
     let onPeerChange: @Sendable (ReplicaID, Bool) -> Void
     let onForward: @Sendable (ReplicaID, [UInt8]) -> Void
     let links: [ReplicaID: PeerLink]
-    let inbound = NIOLockedValueBox<[ReplicaID: (incarnation: UInt64, channel: any Channel)]>([:])
+    let inbound = NIOLockedValueBox<[ReplicaID: (incarnation: UInt64, channel: any Channel, directory: UInt64)]>([:])
+    /// Extra admission check (the server refuses replicas whose data directory was replaced).
+    let checkPeer = NIOLockedValueBox<(@Sendable (ReplicaID, UInt64) -> String?)?>(nil)
     let server = NIOLockedValueBox<(any Channel)?>(nil)
     let dropped = ManagedAtomicCounter()
 
@@ -130,6 +134,20 @@ public final class RaftTransport: Sendable {
         links[peer]?.sendFrames([.forward(data)]) ?? false
     }
 
+    /// Installs an extra admission check for incoming peers: it returns a reason to refuse.
+    public func setPeerCheck(_ check: @escaping @Sendable (ReplicaID, UInt64) -> String?) {
+        checkPeer.withLockedValue { $0 = check }
+    }
+
+    /// The data directory id each currently connected peer announced.
+    public func peerDirectories() -> [ReplicaID: UInt64] {
+        inbound.withLockedValue { conns in
+            var out: [ReplicaID: UInt64] = [:]
+            for (k, v) in conns where v.channel.isActive { out[k] = v.directory }
+            return out
+        }
+    }
+
     /// Whether the outbound connection to `peer` is up.
     public func isConnected(_ peer: ReplicaID) -> Bool { links[peer]?.isConnected ?? false }
 
@@ -147,7 +165,7 @@ public final class RaftTransport: Sendable {
     // MARK: Accepting side
 
     /// Checks a hello; nil means welcome, otherwise the reason to refuse.
-    func admit(clusterID: String, from: ReplicaID, to: ReplicaID, incarnation: UInt64, channel: any Channel) -> String? {
+    func admit(clusterID: String, from: ReplicaID, to: ReplicaID, incarnation: UInt64, directory: UInt64, channel: any Channel) -> String? {
         if clusterID != config.clusterID {
             return "cluster id \"\(clusterID)\" does not match this replica's cluster \"\(config.clusterID)\""
         }
@@ -160,11 +178,12 @@ public final class RaftTransport: Sendable {
         if config.peers[from] == nil {
             return "replica \(from) is not a member of this cluster"
         }
+        if let check = checkPeer.withLockedValue({ $0 }), let reason = check(from, directory) { return reason }
         return inbound.withLockedValue { conns in
             if let existing = conns[from], existing.incarnation != incarnation, existing.channel.isActive {
                 return "replica \(from) is already connected from another process (two replicas share id \(from))"
             }
-            conns[from] = (incarnation, channel)
+            conns[from] = (incarnation, channel, directory)
             return nil
         }
     }
@@ -208,7 +227,9 @@ final class PeerLink: @unchecked Sendable {
 
     func dial() {
         guard let t = transport, !state.withLockedValue({ $0.stopped }) else { return }
-        let hello = Frame.hello(clusterID: t.config.clusterID, from: t.config.replicaID, to: peer, incarnation: t.incarnation)
+        let hello = Frame.hello(
+            clusterID: t.config.clusterID, from: t.config.replicaID, to: peer, incarnation: t.incarnation,
+            dataDirectoryID: t.config.dataDirectoryID)
         let watermark = ChannelOptions.Types.WriteBufferWaterMark(low: t.config.maxQueuedBytes / 2, high: t.config.maxQueuedBytes)
         ClientBootstrap(group: t.group)
             .connectTimeout(t.config.connectTimeout)
@@ -359,12 +380,14 @@ final class AcceptorHandler: ChannelDuplexHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         guard let peer else {
-            guard case .hello(let cluster, let from, let to, let incarnation) = frame else {
+            guard case .hello(let cluster, let from, let to, let incarnation, let directory) = frame else {
                 transport.logger.warning("peer connection from \(String(describing: context.remoteAddress)) did not start with a hello; closing")
                 context.close(promise: nil)
                 return
             }
-            if let reason = transport.admit(clusterID: cluster, from: from, to: to, incarnation: incarnation, channel: context.channel) {
+            if let reason = transport.admit(
+                clusterID: cluster, from: from, to: to, incarnation: incarnation, directory: directory, channel: context.channel)
+            {
                 transport.logger.error("refused a peer connection from \(String(describing: context.remoteAddress)) claiming replica \(from): \(reason)")
                 let channel = context.channel
                 context.writeAndFlush(wrapOutboundOut(.refused(reason: reason))).whenComplete { _ in channel.close(promise: nil) }

@@ -328,3 +328,35 @@ struct RecoveryTests {
         await c.stopAll()
     }
 }
+
+@Suite(.serialized)
+struct WipedDirectoryTests {
+    @Test func aReplicaWhoseDataDirectoryWasEmptiedIsRefused() async throws {
+        let c = try LocalCluster()
+        try await c.startAll()
+        let leader = await c.leader()!
+        let victim = c.configs.keys.sorted().first { $0 != leader }!
+        #expect(try await c.post(leader, "/v1/leases", #"{"hostname":"before","holder":"x"}"#).status == 200)
+        // Give the leader a few ticks to record every replica's data directory in the log.
+        try await Task.sleep(for: .seconds(1))
+        await c.stop(victim)
+        try FileManager.default.removeItem(atPath: c.configs[victim]!.dataDir)
+        try await c.start(victim)
+        // Every peer refuses the emptied replica, so it can neither vote nor acknowledge.
+        try await Task.sleep(for: .seconds(2))
+        let s = try await c.get(victim, "/v1/status")
+        let peers = s.json["peers"] as? [[String: Any]] ?? []
+        #expect(peers.count == 2 && peers.allSatisfy { $0["reachable"] as? Bool == false }, "\(s.body)")
+        // A replica that keeps its directory is still welcome after a restart.
+        let other = c.configs.keys.sorted().first { $0 != leader && $0 != victim }!
+        await c.stop(other)
+        try await c.start(other)
+        #expect(await eventually(5) {
+            let peers = (try? await c.get(other, "/v1/status"))?.json["peers"] as? [[String: Any]] ?? []
+            return peers.contains { $0["replicaId"] as? Int == Int(leader.rawValue) && $0["reachable"] as? Bool == true }
+        })
+        // The rest of the cluster keeps working.
+        #expect(try await c.post(leader, "/v1/leases", #"{"hostname":"after","holder":"x"}"#).status == 200)
+        await c.stopAll()
+    }
+}

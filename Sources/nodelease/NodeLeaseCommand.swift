@@ -100,7 +100,7 @@ struct Serve: AsyncParsableCommand {
     var replicaId: String?
     @Option(help: "Every replica's peer address: 1=127.0.0.1:7501,2=127.0.0.1:7502,3=... Env NODELEASE_PEERS.")
     var peers: String?
-    @Option(help: "Client (HTTP) listen address (127.0.0.1:7400+ID). Env NODELEASE_CLIENT_ADDR.")
+    @Option(help: "Client (HTTP) listen address (0.0.0.0:7400). Env NODELEASE_CLIENT_ADDR.")
     var clientAddr: String?
     @Option(help: "Peer listen address (this replica's entry in --peers). Env NODELEASE_PEER_ADDR.")
     var peerAddr: String?
@@ -118,7 +118,7 @@ struct Serve: AsyncParsableCommand {
             guard let peersText = options.value(peers, "--peers") else { throw ConfigError("--peers", "is required") }
             let peerMap = try ServerConfig.parsePeers(peersText)
             let client = try options.value(clientAddr, "--client-addr").map { try ServerConfig.parseAddress($0, flag: "--client-addr") }
-                ?? PeerAddress(host: "127.0.0.1", port: 7400 + Int(raw % 1000))
+                ?? PeerAddress(host: "0.0.0.0", port: 7400)
             var c = ServerConfig(
                 replicaID: id, peers: peerMap, clientListen: client,
                 dataDir: options.value(dataDir, "--data-dir") ?? "./data/replica-\(raw)")

@@ -188,8 +188,8 @@ struct HTTPAPI: Sendable {
             if consistency == .linearizable {
                 do { _ = try await driver.linearizableBarrier() } catch { return await noLeader() }
             }
-            let nodes = await driver.registry.nodes(status: status)
-            return await json(.ok, jsonArray(nodes.map(nodeJSON)), headers: true)
+            guard let r = await driver.read(confirmed: consistency == .linearizable, { $0.nodes(status: status) }) else { return await notCaughtUp() }
+            return readResponse(jsonArray(r.nodes.map(nodeJSON)), r.index, r.leader)
         }
     }
 
@@ -200,12 +200,13 @@ struct HTTPAPI: Sendable {
             if consistency == .linearizable {
                 do { _ = try await driver.linearizableBarrier() } catch { return await noLeader() }
             }
-            guard let n = await driver.registry.node(id) else {
-                var r = error(.notFound, LeaseError.nodeNotFound)
-                await addReadHeaders(&r)
-                return r
+            guard let r = await driver.read(confirmed: consistency == .linearizable, { $0.node(id).map { [$0] } ?? [] }) else { return await notCaughtUp() }
+            guard let n = r.nodes.first else {
+                var res = error(.notFound, LeaseError.nodeNotFound)
+                setReadHeaders(&res, r.index, r.leader)
+                return res
             }
-            return await json(.ok, nodeJSON(n), headers: true)
+            return readResponse(nodeJSON(n), r.index, r.leader)
         }
     }
 
@@ -276,9 +277,27 @@ struct HTTPAPI: Sendable {
 
     private func addReadHeaders(_ r: inout Response) async {
         let s = await driver.status()
-        r.headers[HTTPField.Name("X-NodeLease-Index")!] = String(s.appliedIndex.rawValue)
-        r.headers[HTTPField.Name("X-NodeLease-Replica")!] = String(s.replicaID.rawValue)
-        r.headers[HTTPField.Name("X-NodeLease-Leader")!] = s.leader.map { String($0.rawValue) } ?? ""
+        setReadHeaders(&r, s.appliedIndex, s.leader)
+    }
+
+    private func setReadHeaders(_ r: inout Response, _ index: LogIndex, _ leader: ReplicaID?) {
+        r.headers[HTTPField.Name("X-NodeLease-Index")!] = String(index.rawValue)
+        r.headers[HTTPField.Name("X-NodeLease-Replica")!] = String(config.replicaID.rawValue)
+        r.headers[HTTPField.Name("X-NodeLease-Leader")!] = leader.map { String($0.rawValue) } ?? ""
+    }
+
+    private func readResponse(_ body: [UInt8], _ index: LogIndex, _ leader: ReplicaID?) -> Response {
+        var r = json(.ok, body)
+        setReadHeaders(&r, index, leader)
+        return r
+    }
+
+    /// A replica that has not caught up since it started does not serve local reads.
+    private func notCaughtUp() async -> Response {
+        var r = error(.serviceUnavailable, "no_leader", "this replica has not caught up with a leader since it started; retry, or ask another replica")
+        r.headers[.retryAfter] = "1"
+        await addReadHeaders(&r)
+        return r
     }
 
     // MARK: Errors

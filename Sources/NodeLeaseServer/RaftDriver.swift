@@ -184,6 +184,18 @@ actor RaftDriver {
 
     var isReady: Bool { node.leader != nil && node.appliedIndex >= node.commitIndex }
 
+    /// Set once this replica has known a leader and applied up to its commit index since it
+    /// started. Before that its applied state may be older than what it served before a
+    /// restart, so it does not answer local reads yet.
+    private(set) var caughtUp = false
+
+    /// A consistent local read: the nodes and the index they reflect, taken together.
+    /// `confirmed`: a linearizable barrier just completed, so the state is current anyway.
+    func read(confirmed: Bool, _ body: (LeaseRegistry) -> [NodeRecord]) -> (nodes: [NodeRecord], index: LogIndex, leader: ReplicaID?)? {
+        guard caughtUp || confirmed else { return nil }
+        return (body(registry), node.appliedIndex, node.leader)
+    }
+
     var appliedIndex: LogIndex { node.appliedIndex }
 
     /// Stops taking work; as leader, hands leadership to the most caught-up peer first.
@@ -209,6 +221,7 @@ actor RaftDriver {
     // MARK: The Ready loop
 
     private func afterInput() {
+        if !caughtUp && node.leader != nil && node.appliedIndex >= node.commitIndex && !node.hasReady { caughtUp = true }
         noteRoleChanges()
         flushOutbox()
         if !pumpScheduled && node.hasReady {
@@ -269,6 +282,7 @@ actor RaftDriver {
                 if let c = readWaiters.removeValue(forKey: rs.requestID.rawValue) { c.resume(returning: rs.index) }
             }
             node.advance(rd)
+            if !caughtUp && node.leader != nil && node.appliedIndex >= node.commitIndex { caughtUp = true }
             wakeAppliedWaiters()
             maybeSnapshot()
             noteRoleChanges()

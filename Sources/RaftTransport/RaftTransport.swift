@@ -231,7 +231,14 @@ final class PeerLink: @unchecked Sendable {
             clusterID: t.config.clusterID, from: t.config.replicaID, to: peer, incarnation: t.incarnation,
             dataDirectoryID: t.config.dataDirectoryID)
         let watermark = ChannelOptions.Types.WriteBufferWaterMark(low: t.config.maxQueuedBytes / 2, high: t.config.maxQueuedBytes)
-        ClientBootstrap(group: t.group)
+        var bootstrap = ClientBootstrap(group: t.group)
+        // On a specific listen address, dial from it too: peers (and firewall rules) then see
+        // this replica's address as the source.
+        let host = t.config.listen.host
+        if host != "0.0.0.0" && host != "::", let local = try? SocketAddress(ipAddress: host, port: 0) {
+            bootstrap = bootstrap.bind(to: local)
+        }
+        bootstrap
             .connectTimeout(t.config.connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.socketOption(.so_keepalive), value: 1)

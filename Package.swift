@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "RaftSimulator", targets: ["RaftSimulator"]),
         .executable(name: "nodelease", targets: ["nodelease"]),
         .executable(name: "nodelease-sim", targets: ["nodelease-sim"]),
+        .executable(name: "nodelease-jepsen", targets: ["nodelease-jepsen"]),
         .executable(name: "nodelease-microbench", targets: ["nodelease-microbench"]),
     ],
     dependencies: [
@@ -63,6 +64,16 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
+        // Checkers over Jepsen histories (a library, so tests can feed them made-up histories).
+        .target(name: "JepsenCheckers"),
+        .executableTarget(
+            name: "nodelease-jepsen",
+            dependencies: [
+                "JepsenCheckers",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
         // Seeded, single-threaded world that runs the real core under faults.
         .target(name: "RaftSimulator", dependencies: ["Raft", "RaftStorage", "LeaseRegistry"]),
         .executableTarget(
@@ -97,6 +108,7 @@ let package = Package(
         .testTarget(name: "RaftSimulatorTests", dependencies: ["Raft", "RaftSimulator"]),
         .testTarget(name: "RaftStorageTests", dependencies: ["Raft", "RaftStorage", "nodelease-microbench"]),
         .testTarget(name: "LeaseRegistryTests", dependencies: ["Raft", "LeaseRegistry"]),
+        .testTarget(name: "JepsenCheckersTests", dependencies: ["JepsenCheckers"]),
         .testTarget(
             name: "NodeLeaseServerTests",
             dependencies: [

@@ -1,0 +1,181 @@
+import Foundation
+import NIOConcurrencyHelpers
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
+/// The replicas under test: real `nodelease serve` processes. Replica i binds 127.0.0.(10+i)
+/// inside the test's namespace (127.0.0.1 with distinct ports otherwise). Only the processes
+/// started here are ever signalled, by PID.
+final class TestCluster: Sendable {
+    let size: Int
+    let binary: String
+    let dir: String
+    let distinctAddresses: Bool
+    private let processes = NIOLockedValueBox<[Int: Process]>([:])
+    private let paused = NIOLockedValueBox<Set<Int>>([])
+    private let session: URLSession
+
+    init(size: Int, binary: String, dir: String, distinctAddresses: Bool) {
+        self.size = size
+        self.binary = binary
+        self.dir = dir
+        self.distinctAddresses = distinctAddresses
+        let c = URLSessionConfiguration.ephemeral
+        c.timeoutIntervalForRequest = 2
+        session = URLSession(configuration: c)
+    }
+
+    func host(_ i: Int) -> String { distinctAddresses ? "127.0.0.\(10 + i)" : "127.0.0.1" }
+    func clientPort(_ i: Int) -> Int { distinctAddresses ? 7400 : 17400 + i }
+    func peerPort(_ i: Int) -> Int { distinctAddresses ? 7500 : 17500 + i }
+    func url(_ i: Int, _ path: String) -> URL { URL(string: "http://\(host(i)):\(clientPort(i))\(path)")! }
+
+    var peers: String { (1...size).map { "\($0)=\(host($0)):\(peerPort($0))" }.joined(separator: ",") }
+
+    func start(_ i: Int) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = [
+            "serve", "--replica-id", "\(i)", "--peers", peers, "--client-addr", "\(host(i)):\(clientPort(i))",
+            "--data-dir", "\(dir)/replica-\(i)", "--cluster-id", "jepsen", "--election-timeout", "600",
+            "--heartbeat-interval", "60", "--request-timeout", "2000", "--min-ttl", "1",
+        ]
+        let log = "\(dir)/replica-\(i).log"
+        if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        handle.seekToEndOfFile()
+        p.standardOutput = handle
+        p.standardError = handle
+        try p.run()
+        processes.withLockedValue { $0[i] = p }
+        try? "\(p.processIdentifier)\n".write(toFile: "\(dir)/replica-\(i).pid", atomically: true, encoding: .utf8)
+    }
+
+    func startAll() throws { for i in 1...size { try start(i) } }
+
+    func isRunning(_ i: Int) -> Bool { processes.withLockedValue { $0[i]?.isRunning ?? false } }
+
+    func kill9(_ i: Int) {
+        guard let p = processes.withLockedValue({ $0[i] }), p.isRunning else { return }
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        paused.withLockedValue { _ = $0.remove(i) }
+    }
+
+    func pause(_ i: Int) {
+        guard let p = processes.withLockedValue({ $0[i] }), p.isRunning else { return }
+        kill(p.processIdentifier, SIGSTOP)
+        paused.withLockedValue { _ = $0.insert(i) }
+    }
+
+    func resume(_ i: Int) {
+        guard let p = processes.withLockedValue({ $0[i] }) else { return }
+        kill(p.processIdentifier, SIGCONT)
+        paused.withLockedValue { _ = $0.remove(i) }
+    }
+
+    /// Partitions with nftables inside the namespace: drop traffic between the given groups.
+    func partition(_ groups: [[Int]]) {
+        var rules = ["flush ruleset", "table inet jepsen {", "  chain input {", "    type filter hook input priority 0; policy accept;"]
+        for (a, g) in groups.enumerated() {
+            for (b, h) in groups.enumerated() where a != b {
+                for x in g { for y in h { rules.append("    ip saddr \(host(x)) ip daddr \(host(y)) drop") } }
+            }
+        }
+        rules += ["  }", "}"]
+        nft(rules.joined(separator: "\n"))
+    }
+
+    /// One-way drops: nothing from `from` reaches `to`.
+    func dropOneWay(from: [Int], to: [Int]) {
+        var rules = ["flush ruleset", "table inet jepsen {", "  chain input {", "    type filter hook input priority 0; policy accept;"]
+        for x in from { for y in to { rules.append("    ip saddr \(host(x)) ip daddr \(host(y)) drop") } }
+        rules += ["  }", "}"]
+        nft(rules.joined(separator: "\n"))
+    }
+
+    func healNetwork() {
+        guard distinctAddresses else { return }
+        nft("flush ruleset")
+    }
+
+    private func nft(_ script: String) {
+        guard distinctAddresses else { return }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/sbin/nft")
+        p.arguments = ["-f", "-"]
+        let pipe = Pipe()
+        p.standardInput = pipe
+        try? p.run()
+        pipe.fileHandleForWriting.write(Data(script.utf8))
+        try? pipe.fileHandleForWriting.close()
+        p.waitUntilExit()
+    }
+
+    /// Heals everything: network, paused and killed replicas.
+    func healAll() {
+        healNetwork()
+        for i in paused.withLockedValue({ $0 }) { resume(i) }
+        for i in 1...size where !isRunning(i) { try? start(i) }
+    }
+
+    func stopAll() {
+        healNetwork()
+        for (_, p) in processes.withLockedValue({ $0 }) where p.isRunning {
+            kill(p.processIdentifier, SIGCONT)
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+        }
+    }
+
+    func request(_ i: Int, _ method: String, _ path: String, body: String? = nil, timeout: Double = 2) async -> (Int, [String: Any], [String: String])? {
+        var r = URLRequest(url: url(i, path))
+        r.httpMethod = method
+        r.timeoutInterval = timeout
+        if let body { r.httpBody = Data(body.utf8) }
+        guard let (data, response) = try? await session.data(for: r), let http = response as? HTTPURLResponse else { return nil }
+        var headers: [String: String] = [:]
+        for (k, v) in http.allHeaderFields { headers[String(describing: k).lowercased()] = String(describing: v) }
+        let json = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? ["_array": (try? JSONSerialization.jsonObject(with: data)) ?? []]
+        return (http.statusCode, json, headers)
+    }
+
+    func waitForLeader(seconds: Double) async -> Bool {
+        let end = Date().addingTimeInterval(seconds)
+        while Date() < end {
+            var leaders: Set<Int> = []
+            var answered = 0
+            for i in 1...size {
+                if let (status, json, _) = await request(i, "GET", "/v1/status", timeout: 1), status == 200 {
+                    answered += 1
+                    if let l = json["leaderId"] as? Int { leaders.insert(l) }
+                }
+            }
+            if answered == size && leaders.count == 1 { return true }
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+        return false
+    }
+
+    /// The registry by linearizable read, hostname → (node, status).
+    func finalRead() async -> [String: (nodeId: UInt32, status: String)]? {
+        let end = Date().addingTimeInterval(30)
+        while Date() < end {
+            for i in 1...size {
+                if let (status, json, _) = await request(i, "GET", "/v1/cluster/nodes?consistency=linearizable", timeout: 3), status == 200,
+                    let list = json["_array"] as? [[String: Any]]
+                {
+                    var out: [String: (UInt32, String)] = [:]
+                    for n in list {
+                        if let h = n["hostname"] as? String, let id = n["nodeId"] as? Int, let s = n["status"] as? String { out[h] = (UInt32(id), s) }
+                    }
+                    return out
+                }
+            }
+            try? await Task.sleep(for: .milliseconds(500))
+        }
+        return nil
+    }
+}

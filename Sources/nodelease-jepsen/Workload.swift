@@ -1,0 +1,183 @@
+import Foundation
+import JepsenCheckers
+
+/// One client process: a mail node that acquires its hostname's node ID, renews it (sometimes
+/// late), releases it now and then, and reads the registry from random replicas. Every
+/// operation is recorded with its outcome; a timeout is recorded as unknown (`info`).
+struct Worker: Sendable {
+    let process: Int
+    let hostname: String
+    let holder: String
+    let ttl: UInt32
+    let cluster: TestCluster
+    let history: HistoryLog
+    let end: ContinuousClock.Instant
+    let seed: UInt64
+    let interval: Duration
+
+    func run() async {
+        var random = SplitMix(seed: seed)
+        var lease: (id: String, node: UInt32, sentAt: UInt64)?
+        var target = 1 + random.below(cluster.size)
+        while ContinuousClock.now < end {
+            try? await Task.sleep(for: interval)
+            // The holder-side deadline: past it, this node stops believing it holds the ID.
+            if let l = lease, history.now() >= l.sentAt + UInt64(ttl) * 1_000_000_000 { lease = nil }
+            let roll = random.below(100)
+            if roll < 25 {
+                await read(&random)
+                continue
+            }
+            if random.below(4) == 0 { target = 1 + random.below(cluster.size) }
+            if let l = lease {
+                // Renew at a third of the TTL after the last send, now and then late.
+                let due = l.sentAt + UInt64(ttl) * 1_000_000_000 / (random.below(10) == 0 ? 1 : 3)
+                if history.now() < due { continue }
+                if random.below(12) == 0 {
+                    await op(.release, "DELETE", "/v1/leases/\(l.id)", nil, target, lease: l.id)
+                    lease = nil
+                    continue
+                }
+                let sent = history.now()
+                if let r = await op(.renew, "POST", "/v1/leases/\(l.id)/renew", "{}", target, lease: l.id) {
+                    if r.outcome == .ok { lease = (l.id, l.node, sent) }
+                    if r.outcome == .fail { lease = nil }
+                }
+            } else {
+                let sent = history.now()
+                let body = "{\"hostname\":\"\(hostname)\",\"holder\":\"\(holder)\",\"ttlSeconds\":\(ttl)}"
+                if let r = await op(.acquire, "POST", "/v1/leases", body, target, lease: nil), r.outcome == .ok, let id = r.leaseId, let node = r.nodeId {
+                    lease = (id, node, sent)
+                }
+            }
+        }
+    }
+
+    @discardableResult
+    func op(_ kind: HistoryOp.Kind, _ method: String, _ path: String, _ body: String?, _ replica: Int, lease: String?) async -> HistoryOp? {
+        var o = HistoryOp(process: process, kind: kind, hostname: hostname, holder: holder, invoke: history.now(), complete: 0, outcome: .info)
+        o.leaseId = lease
+        o.replica = replica
+        let answer = await cluster.request(replica, method, path, body: body, timeout: 2.5)
+        o.complete = history.now()
+        if let (status, json, _) = answer {
+            switch status {
+            case 200:
+                o.outcome = .ok
+                if let id = json["leaseId"] as? String { o.leaseId = id }
+                if let n = json["nodeId"] as? Int { o.nodeId = UInt32(n) }
+                if let t = json["fencingToken"] as? Int { o.fencingToken = UInt64(t) }
+                if let t = json["ttlSeconds"] as? Int { o.ttlSeconds = UInt32(t) }
+                if let s = json["status"] as? String { o.status = s }
+            case 503:
+                // no_leader never reports success, but the change may still commit later.
+                o.outcome = .info
+                o.error = json["error"] as? String
+            default:
+                o.outcome = .fail
+                o.error = json["error"] as? String
+            }
+        }
+        history.add(o)
+        return o
+    }
+
+    func read(_ random: inout SplitMix) async {
+        let replica = 1 + random.below(cluster.size)
+        let linearizable = random.below(3) == 0
+        var o = HistoryOp(process: process, kind: .read, hostname: hostname, holder: holder, invoke: history.now(), complete: 0, outcome: .info)
+        o.replica = replica
+        o.linearizable = linearizable
+        let answer = await cluster.request(replica, "GET", "/v1/cluster/nodes" + (linearizable ? "?consistency=linearizable" : ""), timeout: 2.5)
+        o.complete = history.now()
+        if let (status, json, headers) = answer {
+            o.outcome = status == 200 ? .ok : (status == 503 ? .info : .fail)
+            o.index = headers["x-nodelease-index"].flatMap(UInt64.init)
+            if let list = json["_array"] as? [[String: Any]], let me = list.first(where: { $0["hostname"] as? String == hostname }) {
+                o.nodeId = (me["nodeId"] as? Int).map(UInt32.init)
+                o.status = me["status"] as? String
+            }
+        }
+        history.add(o)
+    }
+}
+
+/// Schedules faults from the seed, and heals each one before the next.
+struct Nemesis: Sendable {
+    let cluster: TestCluster
+    let faults: Set<String>
+    let seed: UInt64
+    let log: NemesisLog
+    let start: ContinuousClock.Instant
+
+    func now() -> UInt64 {
+        let d = ContinuousClock.now - start
+        return UInt64(d.components.seconds) * 1_000_000_000 + UInt64(d.components.attoseconds / 1_000_000_000)
+    }
+
+    func run(until end: ContinuousClock.Instant) async {
+        guard !faults.isEmpty else { return }
+        var random = SplitMix(seed: seed)
+        let kinds = faults.sorted()
+        let n = cluster.size
+        try? await Task.sleep(for: .seconds(3))
+        while ContinuousClock.now < end {
+            let kind = kinds[random.below(kinds.count)]
+            let hold = Duration.milliseconds(1500 + random.below(2500))
+            switch kind {
+            case "kill":
+                // The leader often: kill one replica (or a minority), restart after a while.
+                let count = random.below(3) == 0 ? (n - 1) / 2 : 1
+                var victims: [Int] = []
+                while victims.count < count {
+                    let v = 1 + random.below(n)
+                    if !victims.contains(v) { victims.append(v) }
+                }
+                for v in victims { cluster.kill9(v) }
+                log.add(NemesisEvent(time: now(), fault: "kill", target: victims.map(String.init).joined(separator: ","), phase: "start"))
+                try? await Task.sleep(for: hold)
+                for v in victims { try? cluster.start(v) }
+                log.add(NemesisEvent(time: now(), fault: "kill", target: victims.map(String.init).joined(separator: ","), phase: "end"))
+            case "pause":
+                let v = 1 + random.below(n)
+                cluster.pause(v)
+                log.add(NemesisEvent(time: now(), fault: "pause", target: "\(v)", phase: "start"))
+                try? await Task.sleep(for: hold)
+                cluster.resume(v)
+                log.add(NemesisEvent(time: now(), fault: "pause", target: "\(v)", phase: "end"))
+            case "partition":
+                let all = Array(1...n)
+                let shape = random.below(3)
+                var description: String
+                switch shape {
+                case 0:
+                    // Random halves.
+                    var a: [Int] = []
+                    var b: [Int] = []
+                    for i in all { if random.below(2) == 0 { a.append(i) } else { b.append(i) } }
+                    if a.isEmpty || b.isEmpty {
+                        a = [all[0]]
+                        b = Array(all.dropFirst())
+                    }
+                    cluster.partition([a, b])
+                    description = "\(a) | \(b)"
+                case 1:
+                    let v = 1 + random.below(n)
+                    cluster.partition([[v], all.filter { $0 != v }])
+                    description = "isolate \(v)"
+                default:
+                    let v = 1 + random.below(n)
+                    cluster.dropOneWay(from: [v], to: all.filter { $0 != v })
+                    description = "\(v) -> others dropped"
+                }
+                log.add(NemesisEvent(time: now(), fault: "partition", target: description, phase: "start"))
+                try? await Task.sleep(for: hold)
+                cluster.healNetwork()
+                log.add(NemesisEvent(time: now(), fault: "partition", target: description, phase: "end"))
+            default:
+                break
+            }
+            try? await Task.sleep(for: .milliseconds(1000 + random.below(2000)))
+        }
+    }
+}

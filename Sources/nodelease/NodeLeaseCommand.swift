@@ -16,7 +16,7 @@ struct NodeLeaseCommand: AsyncParsableCommand {
         commandName: "nodelease",
         abstract: "Unique node IDs for the servers of a mail cluster, by lease, over Raft.",
         subcommands: [
-            Serve.self, Dev.self, Acquire.self, Renew.self, Release.self, Forget.self, Nodes.self, Status.self, Hold.self,
+            Serve.self, Dev.self, Acquire.self, Renew.self, Release.self, Forget.self, Nodes.self, Status.self, Hold.self, Bench.self,
         ])
 }
 

@@ -1,0 +1,273 @@
+import ArgumentParser
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// `nodelease bench`: a closed-loop load generator. Each worker keeps one keep-alive HTTP/1.1
+/// connection and sends its next request when the previous one answers. It speaks our API, or
+/// etcd's JSON gateway (`--system etcd`), with the same client code, so the two can be
+/// compared side by side.
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Load a cluster: ops/s, latency percentiles, errors and replica CPU time.")
+
+    @Option(help: "Endpoints (host:port, comma-separated).") var endpoints: String = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403"
+    @Option(help: "acquire, renew, read or mixed (5% acquire, 90% renew, 5% read).") var op: String = "renew"
+    @Option(help: "Concurrent workers (connections).") var concurrency: Int = 16
+    @Option(help: "Measured seconds.") var duration: Double = 10
+    @Option(help: "Seconds of load before measuring.") var warmup: Double = 2
+    @Option(help: "Hostnames (leases) renewed in the renew and mixed workloads (default: one per worker).") var hostnames: Int?
+    @Option(help: "Send writes to the leader or to a follower (reads always go to a follower).") var target: String = "leader"
+    @Option(help: "The system under test: nodelease or etcd (its JSON gateway).") var system: String = "nodelease"
+    @Option(help: "PIDs of the replica processes, for their CPU time (default: .cluster/replica-*.pid).") var pids: String?
+    @Flag(help: "Print JSON instead of a table.") var json = false
+
+    func validate() throws {
+        guard ["acquire", "renew", "read", "mixed"].contains(op) else { throw ValidationError("--op must be acquire, renew, read or mixed") }
+        guard ["leader", "follower"].contains(target) else { throw ValidationError("--target must be leader or follower") }
+        guard ["nodelease", "etcd"].contains(system) else { throw ValidationError("--system must be nodelease or etcd") }
+        guard concurrency >= 1, duration > 0, warmup >= 0 else { throw ValidationError("--concurrency, --duration and --warmup must be positive") }
+    }
+
+    func run() async throws {
+        let addresses = endpoints.split(separator: ",").map { e -> (String, Int) in
+            let parts = e.split(separator: ":")
+            return (String(parts[0]), Int(parts.last!) ?? 80)
+        }
+        let etcd = system == "etcd"
+        // Find the leader (ours: /v1/status; etcd forwards writes itself, so any member).
+        var leaderIndex = 0
+        if !etcd {
+            for (i, a) in addresses.enumerated() {
+                guard let r = try? await HTTP1.withConnection(host: a.0, port: a.1, { try await $0.request(.GET, "/v1/status", nil) }) else { continue }
+                if let obj = try? JSONSerialization.jsonObject(with: Data(r.body)) as? [String: Any], obj["role"] as? String == "leader" {
+                    leaderIndex = i
+                }
+            }
+        }
+        let followerIndex = addresses.count > 1 ? (leaderIndex + 1) % addresses.count : 0
+        let writeIndex = target == "leader" ? leaderIndex : followerIndex
+
+        // Prepare: leases to renew, and a node to read.
+        let leaseCount = hostnames ?? concurrency
+        var leases: [String] = []
+        if op == "renew" || op == "mixed" || op == "read" {
+            let count = op == "read" ? 1 : leaseCount
+            leases = try await HTTP1.withConnection(host: addresses[writeIndex].0, port: addresses[writeIndex].1) { c in
+                var out: [String] = []
+                for i in 0..<count {
+                    let r = try await c.request(.POST, etcd ? "/v3/lease/grant" : "/v1/leases", Self.acquireBody(etcd: etcd, hostname: "bench-\(i).example.org"))
+                    let obj = (try? JSONSerialization.jsonObject(with: Data(r.body))) as? [String: Any] ?? [:]
+                    if let id = (etcd ? obj["ID"] : obj["leaseId"]) as? String { out.append(id) }
+                    if etcd, i == 0 {
+                        _ = try await c.request(.POST, "/v3/kv/put", Data("{\"key\":\"YmVuY2g=\",\"value\":\"MQ==\"}".utf8))
+                    }
+                }
+                return out
+            }
+            guard !leases.isEmpty else {
+                FileHandle.standardError.write(Data("nodelease bench: could not create leases to work with\n".utf8))
+                throw ExitCode(1)
+            }
+        }
+
+        let stats = BenchStats()
+        let cpuBefore = Self.cpuSeconds(pids: Self.pidList(pids))
+        let clock = ContinuousClock()
+        let startMeasure = clock.now + .milliseconds(Int(warmup * 1000))
+        let end = startMeasure + .milliseconds(Int(duration * 1000))
+        let progress = Task {
+            while clock.now < end {
+                try? await Task.sleep(for: .seconds(1))
+                let (n, e) = stats.counts()
+                FileHandle.standardError.write(Data("\r\(n) ops, \(e) errors   ".utf8))
+            }
+        }
+        let opName = op
+        await withTaskGroup(of: Void.self) { group in
+            for w in 0..<concurrency {
+                let write = addresses[writeIndex]
+                let read = addresses[followerIndex]
+                let myLeases = leases
+                group.addTask {
+                    await Self.worker(
+                        w, op: opName, etcd: etcd, write: write, read: read, leases: myLeases, start: startMeasure, end: end, stats: stats)
+                }
+            }
+        }
+        progress.cancel()
+        FileHandle.standardError.write(Data("\r".utf8))
+        let cpuAfter = Self.cpuSeconds(pids: Self.pidList(pids))
+        let cpu = zip(cpuBefore, cpuAfter).map { ($0.0, $1.1 - $0.1) }
+        print(stats.report(system: system, op: op, concurrency: concurrency, seconds: duration, cpu: cpu, json: json))
+    }
+
+    static func acquireBody(etcd: Bool, hostname: String) -> Data {
+        etcd ? Data("{\"TTL\":30}".utf8) : Data("{\"hostname\":\"\(hostname)\",\"holder\":\"bench\",\"ttlSeconds\":30}".utf8)
+    }
+
+    static func worker(
+        _ w: Int, op: String, etcd: Bool, write: (String, Int), read: (String, Int), leases: [String], start: ContinuousClock.Instant,
+        end: ContinuousClock.Instant, stats: BenchStats
+    ) async {
+        do {
+            try await HTTP1.withConnection(host: write.0, port: write.1) { wc in
+                try await HTTP1.withConnection(host: read.0, port: read.1) { rc in
+                    try await loop(w, op: op, etcd: etcd, wc: &wc, rc: &rc, leases: leases, start: start, end: end, stats: stats)
+                }
+            }
+        } catch {
+            stats.error("connection lost")
+        }
+    }
+
+    static func loop(
+        _ w: Int, op: String, etcd: Bool, wc: inout HTTP1.Session, rc: inout HTTP1.Session, leases: [String],
+        start: ContinuousClock.Instant, end: ContinuousClock.Instant, stats: BenchStats
+    ) async throws {
+        var n = 0
+        var random = UInt64(w + 1) &* 0x9E37_79B9_7F4A_7C15
+        let clock = ContinuousClock()
+        while clock.now < end {
+            random = random &* 6_364_136_223_846_793_005 &+ 1
+            let roll = Int(random >> 33) % 100
+            let kind = op == "mixed" ? (roll < 5 ? "acquire" : roll < 95 ? "renew" : "read") : op
+            n += 1
+            let t0 = clock.now
+            let result: HTTP1.Response
+            switch kind {
+            case "acquire":
+                result = try await wc.request(.POST, etcd ? "/v3/lease/grant" : "/v1/leases", acquireBody(etcd: etcd, hostname: "b\(w)-\(n)-\(random % 1_000_000).example.org"))
+            case "renew":
+                let id = leases[(w + n * 7) % leases.count]
+                result = try await wc.request(.POST, etcd ? "/v3/lease/keepalive" : "/v1/leases/\(id)/renew", etcd ? Data("{\"ID\":\"\(id)\"}".utf8) : nil)
+            default:
+                result = try await rc.request(etcd ? .POST : .GET, etcd ? "/v3/kv/range" : "/v1/cluster/nodes/1", etcd ? Data("{\"key\":\"YmVuY2g=\",\"serializable\":true}".utf8) : nil)
+            }
+            let latency = clock.now - t0
+            guard t0 >= start else { continue }
+            if result.status == 200 { stats.record(latency) } else { stats.error("http \(result.status)") }
+        }
+    }
+
+    static func pidList(_ text: String?) -> [(String, Int32)] {
+        if let text { return text.split(separator: ",").compactMap { Int32($0) }.map { ("pid \($0)", $0) } }
+        var out: [(String, Int32)] = []
+        for i in 1...5 {
+            if let s = try? String(contentsOfFile: ".cluster/replica-\(i).pid", encoding: .utf8), let p = Int32(s.trimmingCharacters(in: .whitespacesAndNewlines)) {
+                out.append(("replica \(i)", p))
+            }
+        }
+        return out
+    }
+
+    /// User + system CPU seconds of each process, from /proc.
+    static func cpuSeconds(pids: [(String, Int32)]) -> [(String, Double)] {
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        return pids.map { name, pid in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return (name, 0) }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            // After the command: state is field 3, utime 14 and stime 15 (1-based) of the whole line.
+            guard fields.count > 13, let u = Double(fields[11]), let s = Double(fields[12]) else { return (name, 0) }
+            return (name, (u + s) / ticks)
+        }
+    }
+}
+
+/// Latencies and errors over all workers.
+final class BenchStats: Sendable {
+    private let state = NIOLockedValueBox<(latencies: [UInt64], errors: [String: Int])>(([], [:]))
+
+    func record(_ d: Duration) {
+        let micros = UInt64(d.components.seconds) * 1_000_000 + UInt64(d.components.attoseconds / 1_000_000_000_000)
+        state.withLockedValue { $0.latencies.append(micros) }
+    }
+
+    func error(_ kind: String) { state.withLockedValue { $0.errors[kind, default: 0] += 1 } }
+
+    func counts() -> (Int, Int) { state.withLockedValue { ($0.latencies.count, $0.errors.values.reduce(0, +)) } }
+
+    func report(system: String, op: String, concurrency: Int, seconds: Double, cpu: [(String, Double)], json: Bool) -> String {
+        let (lat, errors) = state.withLockedValue { ($0.latencies.sorted(), $0.errors) }
+        func pct(_ p: Double) -> Double {
+            guard !lat.isEmpty else { return 0 }
+            return Double(lat[min(lat.count - 1, Int(Double(lat.count) * p))]) / 1000
+        }
+        let rate = Double(lat.count) / seconds
+        let cpuTotal = cpu.reduce(0) { $0 + $1.1 }
+        if json {
+            var o: [String: Any] = [
+                "system": system, "op": op, "concurrency": concurrency, "seconds": seconds, "ops": lat.count, "opsPerSecond": rate,
+                "p50Ms": pct(0.5), "p90Ms": pct(0.9), "p99Ms": pct(0.99), "p999Ms": pct(0.999), "maxMs": Double(lat.last ?? 0) / 1000,
+                "errors": errors,
+            ]
+            o["cpuSeconds"] = Dictionary(uniqueKeysWithValues: cpu.map { ($0.0, $0.1) })
+            o["cpuMicrosPerOp"] = lat.isEmpty ? 0 : cpuTotal * 1e6 / Double(lat.count)
+            let data = (try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])) ?? Data()
+            return String(decoding: data, as: UTF8.self)
+        }
+        func f(_ v: Double) -> String { String(format: "%.2f", v) }
+        var lines = [
+            "\(system) \(op), \(concurrency) connections, \(Int(seconds)) s: \(Int(rate)) ops/s",
+            "latency ms: p50 \(f(pct(0.5)))  p90 \(f(pct(0.9)))  p99 \(f(pct(0.99)))  p99.9 \(f(pct(0.999)))  max \(f(Double(lat.last ?? 0) / 1000))",
+            "errors: " + (errors.isEmpty ? "none" : errors.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", ")),
+        ]
+        if !cpu.isEmpty {
+            lines.append("replica CPU s: " + cpu.map { "\($0.0) \(f($0.1))" }.joined(separator: ", ") + "  (\(Int(lat.isEmpty ? 0 : cpuTotal * 1e6 / Double(lat.count))) us per op in total)")
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+/// Keep-alive HTTP/1.1 connections, one request at a time.
+enum HTTP1 {
+    struct Response {
+        var status: Int
+        var body: [UInt8]
+    }
+
+    /// Connects, runs `body` with the connection, closes it.
+    static func withConnection<T: Sendable>(host: String, port: Int, _ body: (inout Session) async throws -> T) async throws -> T {
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.seconds(3))
+            .connect(host: host, port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
+                }
+            }
+        return try await channel.executeThenClose { inbound, outbound in
+            var session = Session(iterator: inbound.makeAsyncIterator(), outbound: outbound, host: "\(host):\(port)")
+            return try await body(&session)
+        }
+    }
+
+    struct Session {
+        var iterator: NIOAsyncChannelInboundStream<HTTPClientResponsePart>.AsyncIterator
+        let outbound: NIOAsyncChannelOutboundWriter<HTTPClientRequestPart>
+        let host: String
+
+        mutating func request(_ method: HTTPMethod, _ uri: String, _ body: Data?) async throws -> Response {
+            var headers = HTTPHeaders()
+            headers.add(name: "Host", value: host)
+            headers.add(name: "Content-Length", value: String(body?.count ?? 0))
+            if body != nil { headers.add(name: "Content-Type", value: "application/json") }
+            try await outbound.write(.head(HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers)))
+            if let body { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
+            try await outbound.write(.end(nil))
+            var status = 0
+            var bytes: [UInt8] = []
+            while let part = try await iterator.next() {
+                switch part {
+                case .head(let h): status = Int(h.status.code)
+                case .body(let b): bytes += Array(b.readableBytesView)
+                case .end: return Response(status: status, body: bytes)
+                }
+            }
+            throw ChannelError.eof
+        }
+    }
+}

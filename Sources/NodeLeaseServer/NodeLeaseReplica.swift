@@ -14,8 +14,7 @@ public final class NodeLeaseReplica: Service, Sendable {
     let driver: RaftDriver
     let transport: RaftTransport
     let logger: Logger
-    private let inbox: AsyncStream<Message>.Continuation
-    private let messages: AsyncStream<Message>
+    private let inbox: MessageInbox
     private let app: Application<CallbackResponder<BasicRequestContext>>
 
     /// Opens the data directory (recovering it) and prepares everything; `run()` starts it.
@@ -35,9 +34,8 @@ public final class NodeLeaseReplica: Service, Sendable {
         let storage = try DurableLog(
             directory: config.dataDir, membership: config.membership, options: .init(fsync: config.fsync),
             log: { storageLogger.warning("\($0)") })
-        let (stream, continuation) = AsyncStream<Message>.makeStream(bufferingPolicy: .bufferingNewest(100_000))
-        self.messages = stream
-        self.inbox = continuation
+        let inbox = MessageInbox()
+        self.inbox = inbox
         var peers = config.peers
         peers[config.replicaID] = nil
         let driverBox = DriverBox()
@@ -46,7 +44,7 @@ public final class NodeLeaseReplica: Service, Sendable {
         self.transport = RaftTransport(
             config: transportConfig,
             group: group, logger: logger,
-            onMessage: { continuation.yield($0) },
+            onMessage: { inbox.add($0) },
             onForward: { peer, data in
                 guard let d = driverBox.driver else { return }
                 Task { await d.forwarded(data, from: peer) }
@@ -84,12 +82,11 @@ public final class NodeLeaseReplica: Service, Sendable {
                         await driver.tick()
                     }
                 }
-                group.addTask { [messages] in
-                    var batch: [Message] = []
-                    for await m in messages {
-                        batch.append(m)
-                        await driver.receive(batch)
-                        batch.removeAll(keepingCapacity: true)
+                group.addTask { [inbox] in
+                    // Everything that arrived since the last round is stepped in one go.
+                    for await _ in inbox.wakeups {
+                        let batch = inbox.take()
+                        if !batch.isEmpty { await driver.receive(batch) }
                     }
                 }
                 // The HTTP server returns when a graceful shutdown begins (it stops accepting
@@ -112,6 +109,29 @@ public final class NodeLeaseReplica: Service, Sendable {
         inbox.finish()
         await transport.shutdown()
     }
+}
+
+/// Messages from peers, collected on event-loop threads and handed to the driver in batches.
+final class MessageInbox: Sendable {
+    private let buffer = NIOLockedValueBox<[Message]>([])
+    let wakeups: AsyncStream<Void>
+    private let wake: AsyncStream<Void>.Continuation
+
+    init() {
+        (wakeups, wake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    func add(_ m: Message) {
+        let first = buffer.withLockedValue { b -> Bool in
+            b.append(m)
+            return b.count == 1
+        }
+        if first { wake.yield() }
+    }
+
+    func take() -> [Message] { buffer.withLockedValue { b in defer { b = [] }; return b } }
+
+    func finish() { wake.finish() }
 }
 
 /// The current term and role, for log lines from any part of the replica.

@@ -223,8 +223,10 @@ actor RaftDriver {
     private func afterInput() {
         if !caughtUp && node.leader != nil && node.appliedIndex >= node.commitIndex && !node.hasReady { caughtUp = true }
         noteRoleChanges()
-        flushOutbox()
-        if !pumpScheduled && node.hasReady {
+        // As leader, commands wait for the pump, so that every command that arrived meanwhile
+        // goes into one append (one entry batch, one message per follower, one fsync).
+        if node.role != .leader { flushOutbox() }
+        if !pumpScheduled && (node.hasReady || (!outbox.isEmpty && node.role == .leader)) {
             pumpScheduled = true
             // Run after the current input burst, so concurrent requests share one batch.
             Task { self.pump() }
@@ -252,6 +254,7 @@ actor RaftDriver {
 
     private func pump() {
         pumpScheduled = false
+        flushOutbox()
         while !stopped && node.hasReady {
             let rd = node.ready()
             transport.send(rd.messagesBeforePersist)

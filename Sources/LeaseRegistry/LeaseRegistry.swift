@@ -49,17 +49,14 @@ public struct LeaseRegistry: Sendable {
         return out
     }
 
-    /// Counts by status.
+    /// Counts by status (kept up to date as commands apply).
     public func counts() -> (active: Int, stale: Int, inactive: Int) {
-        var a = 0, s = 0, i = 0
-        for id in order {
-            switch nodes[id]!.status {
-            case .active: a += 1
-            case .stale: s += 1
-            case .inactive: i += 1
-            }
-        }
-        return (a, s, i)
+        (statusCounts[0], statusCounts[1], statusCounts[2])
+    }
+    private var statusCounts = [0, 0, 0]
+
+    private mutating func count(_ status: NodeStatus, _ delta: Int) {
+        statusCounts[Int(status.rawValue) - 1] += delta
     }
 
     // MARK: Applying
@@ -139,6 +136,8 @@ public struct LeaseRegistry: Sendable {
             }
             // Stale or inactive: the hostname gets its ID back under a new lease.
             if r.holder != holder { r.transitions += 1 }
+            count(r.status, -1)
+            count(.active, 1)
             grant(&r, holder: holder, ttl: ttl, now: now, index: index)
             nodes[id] = r
             byLease[r.leaseID] = id
@@ -158,6 +157,8 @@ public struct LeaseRegistry: Sendable {
         byHostname[r.hostname] = nil
         r.hostname = hostname
         r.transitions += 1
+        count(r.status, -1)
+        count(.active, 1)
         grant(&r, holder: holder, ttl: ttl, now: now, index: index)
         nodes[id] = r
         byHostname[hostname] = id
@@ -180,6 +181,8 @@ public struct LeaseRegistry: Sendable {
     private mutating func setStatus(_ id: NodeID, _ status: NodeStatus, now: UInt64, index: UInt64) {
         let r = nodes[id]!
         if r.status == .active && status != .active { byLease[r.leaseID] = nil }
+        count(r.status, -1)
+        count(status, 1)
         nodes[id]!.status = status
         nodes[id]!.statusSince = now
         nodes[id]!.statusIndex = index
@@ -187,6 +190,7 @@ public struct LeaseRegistry: Sendable {
 
     private mutating func insert(_ r: NodeRecord) {
         nodes[r.nodeID] = r
+        count(r.status, 1)
         byHostname[r.hostname] = r.nodeID
         if r.status == .active { byLease[r.leaseID] = r.nodeID }
         var lo = 0
@@ -200,6 +204,7 @@ public struct LeaseRegistry: Sendable {
 
     private mutating func remove(_ id: NodeID) {
         guard let r = nodes.removeValue(forKey: id) else { return }
+        count(r.status, -1)
         byHostname[r.hostname] = nil
         if r.status == .active { byLease[r.leaseID] = nil }
         if let k = binarySearch(id) { order.remove(at: k) }
@@ -318,6 +323,7 @@ extension LeaseRegistry {
                 }
                 last = id
                 nodes[id] = rec
+                count(status, 1)
                 order.append(id)
                 byHostname[hostname] = id
                 if status == .active { byLease[rec.leaseID] = id }

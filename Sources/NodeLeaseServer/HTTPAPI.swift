@@ -276,8 +276,8 @@ struct HTTPAPI: Sendable {
     }
 
     private func addReadHeaders(_ r: inout Response) async {
-        let s = await driver.status()
-        setReadHeaders(&r, s.appliedIndex, s.leader)
+        let s = await driver.headerState
+        setReadHeaders(&r, s.index, s.leader)
     }
 
     private func setReadHeaders(_ r: inout Response, _ index: LogIndex, _ leader: ReplicaID?) {

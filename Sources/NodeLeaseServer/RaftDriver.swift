@@ -182,6 +182,9 @@ actor RaftDriver {
             fsyncCount: storage.syncCount)
     }
 
+    /// What the read headers need, cheaply.
+    var headerState: (index: LogIndex, leader: ReplicaID?) { (node.appliedIndex, node.leader) }
+
     var isReady: Bool { node.leader != nil && node.appliedIndex >= node.commitIndex }
 
     /// Set once this replica has known a leader and applied up to its commit index since it

@@ -240,6 +240,12 @@ struct RegistrySnapshotTests {
         #expect(a == b)
         #expect(a.snapshot() == b.snapshot())
         #expect(a.count > 0)
+        // The incremental counts agree with a recount, also after a restore.
+        for r in [a, b] {
+            let all = r.nodes()
+            let recount = (all.filter { $0.status == .active }.count, all.filter { $0.status == .stale }.count, all.filter { $0.status == .inactive }.count)
+            #expect(r.counts() == recount)
+        }
     }
 
     @Test func damagedSnapshotsAreRefused() throws {

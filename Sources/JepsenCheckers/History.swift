@@ -62,12 +62,17 @@ public enum LeaseCheckers {
     /// its node ID from the moment an acquire or renew answered ok until that operation's
     /// invocation plus the TTL (it sent the request no earlier than it invoked it), or until it
     /// invoked a release.
+    ///
+    /// A holder that has asked to release a lease never trusts that lease again: the release
+    /// may still take effect (its outcome may be unknown), even if a later acquire by the same
+    /// holder hands the same lease back. Such grants open no window.
     public static func leaseSafety(_ history: [HistoryOp]) -> [Anomaly] {
         struct Window { var holder: String; var start: UInt64; var end: UInt64 }
         var windows: [UInt32: [Window]] = [:]
         let releases = history.filter { $0.kind == .release }
         for op in history where (op.kind == .acquire || op.kind == .renew) && op.outcome == .ok {
             guard let node = op.nodeId, let ttl = op.ttlSeconds else { continue }
+            if releases.contains(where: { $0.holder == op.holder && $0.leaseId == op.leaseId && $0.invoke < op.invoke }) { continue }
             var end = op.invoke + UInt64(ttl) * 1_000_000_000
             // The holder stops when it starts to release.
             for r in releases where r.holder == op.holder && r.leaseId == op.leaseId && r.invoke >= op.complete {

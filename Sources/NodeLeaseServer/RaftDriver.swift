@@ -52,6 +52,9 @@ actor RaftDriver {
     private var appliedWaiters: [(index: LogIndex, id: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
     /// Commands waiting to be proposed (as leader) or forwarded (when a leader is known).
     private var outbox: [[UInt8]] = []
+    /// When each outbox command was queued: one whose request already timed out is dropped
+    /// instead of being proposed late (its client was told 503 and may have moved on).
+    private var outboxQueuedAt: [ContinuousClock.Instant] = []
     private var pumpScheduled = false
     private var wasLeader = false
     private var knownLeader: ReplicaID?
@@ -108,7 +111,7 @@ actor RaftDriver {
             let due = expiry.due(now: monotonicNanos, wallSeconds: wallSeconds, registry: registry, hasQuorum: node.hasQuorumContact)
             if !due.isEmpty {
                 logger.info("proposing \(due.count) lease expirations and retirements")
-                outbox.append(contentsOf: due.map { $0.encoded() })
+                enqueue(due.map { $0.encoded() })
             }
         }
         afterInput()
@@ -124,7 +127,7 @@ actor RaftDriver {
     func forwarded(_ data: [UInt8], from peer: ReplicaID) {
         guard !stopped, node.role == .leader, var timed = TimedCommand(decoding: data) else { return }
         timed.now = wallSeconds
-        outbox.append(timed.encoded())
+        enqueue([timed.encoded()])
         afterInput()
     }
 
@@ -134,7 +137,7 @@ actor RaftDriver {
         guard !stopped else { throw DriverError.stopping }
         requestCounter += 1
         let id = requestCounter
-        outbox.append(TimedCommand(command, now: wallSeconds, requestID: id).encoded())
+        enqueue([TimedCommand(command, now: wallSeconds, requestID: id).encoded()])
         afterInput()
         return try await withCheckedThrowingContinuation { c in
             waiters[id] = c
@@ -236,21 +239,37 @@ actor RaftDriver {
         }
     }
 
+    private func enqueue(_ commands: [[UInt8]]) {
+        outbox.append(contentsOf: commands)
+        outboxQueuedAt.append(contentsOf: Array(repeating: ContinuousClock.now, count: commands.count))
+    }
+
     private func flushOutbox() {
         guard !outbox.isEmpty else { return }
+        let oldest = ContinuousClock.now - .milliseconds(config.requestTimeoutMillis)
+        if let first = outboxQueuedAt.first, first < oldest {
+            let keep = outboxQueuedAt.firstIndex { $0 >= oldest } ?? outbox.count
+            outbox.removeFirst(keep)
+            outboxQueuedAt.removeFirst(keep)
+            if outbox.isEmpty { return }
+        }
         if node.role == .leader {
             let batch = outbox
+            let queued = outboxQueuedAt
             outbox = []
+            outboxQueuedAt = []
             do {
                 _ = try node.propose(batch: batch)
                 proposals += batch.count
                 metrics.proposals.increment(by: Int64(batch.count))
             } catch {
                 outbox = batch  // a leadership transfer is under way: try again on the next tick
+                outboxQueuedAt = queued
             }
         } else if let leader = node.leader {
             for data in outbox { transport.forward(data, to: leader) }
             outbox = []
+            outboxQueuedAt = []
         }
         // No leader known: keep them until one is (the requests time out meanwhile).
     }
@@ -330,7 +349,7 @@ actor RaftDriver {
         for (replica, dir) in candidates where registry.replicaDirectories[replica] == nil {
             if let last = registrationAttempts[replica], now - last < .seconds(2) { continue }
             registrationAttempts[replica] = now
-            outbox.append(TimedCommand(.registerReplica(replica: replica, dataDirectoryID: dir), now: wallSeconds).encoded())
+            enqueue([TimedCommand(.registerReplica(replica: replica, dataDirectoryID: dir), now: wallSeconds).encoded()])
         }
     }
 

@@ -18,6 +18,9 @@ struct Worker: Sendable {
     func run() async {
         var random = SplitMix(seed: seed)
         var lease: (id: String, node: UInt32, sentAt: UInt64)?
+        // Leases this holder asked to release: never trusted again, since the release may
+        // still land even if an acquire hands the same lease back.
+        var released: Set<String> = []
         var target = 1 + random.below(cluster.size)
         while ContinuousClock.now < end {
             try? await Task.sleep(for: interval)
@@ -34,8 +37,9 @@ struct Worker: Sendable {
                 let due = l.sentAt + UInt64(ttl) * 1_000_000_000 / (random.below(10) == 0 ? 1 : 3)
                 if history.now() < due { continue }
                 if random.below(12) == 0 {
-                    await op(.release, "DELETE", "/v1/leases/\(l.id)", nil, target, lease: l.id)
+                    released.insert(l.id)
                     lease = nil
+                    await op(.release, "DELETE", "/v1/leases/\(l.id)", nil, target, lease: l.id)
                     continue
                 }
                 let sent = history.now()
@@ -47,7 +51,13 @@ struct Worker: Sendable {
                 let sent = history.now()
                 let body = "{\"hostname\":\"\(hostname)\",\"holder\":\"\(holder)\",\"ttlSeconds\":\(ttl)}"
                 if let r = await op(.acquire, "POST", "/v1/leases", body, target, lease: nil), r.outcome == .ok, let id = r.leaseId, let node = r.nodeId {
-                    lease = (id, node, sent)
+                    if released.contains(id) {
+                        // Our own earlier release of this very lease may still take effect:
+                        // release it again and wait for a new grant.
+                        await op(.release, "DELETE", "/v1/leases/\(id)", nil, target, lease: id)
+                    } else {
+                        lease = (id, node, sent)
+                    }
                 }
             }
         }

@@ -33,6 +33,17 @@ struct CheckersTests {
         #expect(LeaseCheckers.leaseSafety(h).isEmpty)
     }
 
+    @Test func aLeaseTheHolderTriedToReleaseIsNeverTrustedAgain() {
+        // a's release (outcome unknown) may land after a's re-acquire returns the same lease.
+        var rel = HistoryOp(process: 0, kind: .release, hostname: "mx", holder: "a", invoke: 2 * s, complete: 4 * s, outcome: .info)
+        rel.leaseId = "5"
+        let h = [
+            grant(0, "a", node: 1, token: 5, at: 0, done: 1 * s), rel, grant(0, "a", node: 1, token: 5, at: 5 * s, done: 5 * s + 1),
+            grant(1, "b", node: 1, token: 9, at: 6 * s, done: 7 * s),
+        ]
+        #expect(LeaseCheckers.leaseSafety(h).isEmpty)
+    }
+
     @Test func aTokenGoingBackwardsIsCaught() {
         let h = [grant(0, "a", node: 1, token: 9, at: 0, done: 1 * s), grant(1, "b", node: 1, token: 5, at: 9 * s, done: 10 * s)]
         #expect(LeaseCheckers.fencing(h).count == 1)

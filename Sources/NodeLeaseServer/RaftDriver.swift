@@ -66,6 +66,11 @@ actor RaftDriver {
     /// transport's admission check on event-loop threads.
     nonisolated let knownDirectories = NIOLockedValueBox<[UInt64: UInt64]>([:])
     private var registrationAttempts: [UInt64: ContinuousClock.Instant] = [:]
+    /// Commands of requests still waiting here, by request id: when the leader changes they
+    /// are sent again (the old leader may have died with them). Applying one twice is harmless:
+    /// a repeated acquire by the same holder renews, a repeated release or forget finds
+    /// nothing, expire and retire are conditional, and the waiter takes the first result.
+    private var pendingCommands: [UInt64: [UInt8]] = [:]
 
     init(
         config: ServerConfig, storage: DurableLog, transport: RaftTransport, logger: Logger, metrics: ReplicaMetrics,
@@ -137,7 +142,9 @@ actor RaftDriver {
         guard !stopped else { throw DriverError.stopping }
         requestCounter += 1
         let id = requestCounter
-        enqueue([TimedCommand(command, now: wallSeconds, requestID: id).encoded()])
+        let data = TimedCommand(command, now: wallSeconds, requestID: id).encoded()
+        pendingCommands[id] = data
+        enqueue([data])
         afterInput()
         return try await withCheckedThrowingContinuation { c in
             waiters[id] = c
@@ -215,6 +222,7 @@ actor RaftDriver {
             }
         }
         stopped = true
+        pendingCommands = [:]
         for (_, c) in waiters { c.resume(throwing: DriverError.stopping) }
         for (_, c) in readWaiters { c.resume(throwing: DriverError.stopping) }
         for w in appliedWaiters { w.continuation.resume(throwing: DriverError.stopping) }
@@ -333,7 +341,10 @@ actor RaftDriver {
             if case .expire = timed.command, case .success(.node(let n)) = result {
                 logger.info("lease \(n.leaseID) of node \(n.nodeID) (\(n.hostname)) expired: node is stale")
             }
-            if timed.requestID != 0, let c = waiters.removeValue(forKey: timed.requestID) { c.resume(returning: result) }
+            if timed.requestID != 0, let c = waiters.removeValue(forKey: timed.requestID) {
+                pendingCommands[timed.requestID] = nil
+                c.resume(returning: result)
+            }
         }
     }
 
@@ -392,9 +403,17 @@ actor RaftDriver {
             logger.info("now \(node.role.rawValue) in term \(node.term)")
         }
         if node.leader != knownLeader {
+            let hadLeader = knownLeader != nil
             knownLeader = node.leader
             if let l = knownLeader {
                 logger.info("leader is replica \(l)")
+                if hadLeader || !pendingCommands.isEmpty {
+                    // Requests sent to the previous leader may be lost with it: send them again
+                    // (those still in the outbox go anyway).
+                    let queued = Set(outbox)
+                    let resend = pendingCommands.keys.sorted().compactMap { pendingCommands[$0] }.filter { !queued.contains($0) }
+                    if !resend.isEmpty { enqueue(resend) }
+                }
                 // Reads that found no leader can go now.
                 let reads = pendingReads
                 pendingReads = []
@@ -416,6 +435,7 @@ actor RaftDriver {
     }
 
     private func expire(_ id: UInt64) {
+        pendingCommands[id] = nil
         if let c = waiters.removeValue(forKey: id) { c.resume(throwing: DriverError.noLeader) }
         if let c = readWaiters.removeValue(forKey: id) { c.resume(throwing: DriverError.noLeader) }
         if let k = appliedWaiters.firstIndex(where: { $0.id == id }) {

@@ -24,7 +24,6 @@ public struct ReplicaStatus: Sendable {
     public var appliedIndex: LogIndex
     public var peers: [(id: ReplicaID, reachable: Bool, match: LogIndex?)]
     public var counts: (active: Int, stale: Int, inactive: Int)
-    public var proposals: Int
     public var fsyncCount: Int
 }
 
@@ -61,7 +60,6 @@ actor RaftDriver {
     private var requestCounter: UInt64
     private let started = ContinuousClock.now
     private var stopped = false
-    private(set) var proposals = 0
     /// The data directory each replica took part with, as the registry records it; read by the
     /// transport's admission check on event-loop threads.
     nonisolated let knownDirectories = NIOLockedValueBox<[UInt64: UInt64]>([:])
@@ -188,8 +186,7 @@ actor RaftDriver {
         }
         return ReplicaStatus(
             replicaID: config.replicaID, role: s.role, term: s.term, leader: s.leader, commitIndex: s.commitIndex,
-            appliedIndex: s.appliedIndex, peers: peers, counts: registry.counts(), proposals: proposals,
-            fsyncCount: storage.syncCount)
+            appliedIndex: s.appliedIndex, peers: peers, counts: registry.counts(), fsyncCount: storage.syncCount)
     }
 
     /// What the read headers need, cheaply.
@@ -268,7 +265,6 @@ actor RaftDriver {
             outboxQueuedAt = []
             do {
                 _ = try node.propose(batch: batch)
-                proposals += batch.count
                 metrics.proposals.increment(by: Int64(batch.count))
             } catch {
                 outbox = batch  // a leadership transfer is under way: try again on the next tick

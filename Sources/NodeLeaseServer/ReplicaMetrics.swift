@@ -1,4 +1,5 @@
 import Metrics
+import NIOConcurrencyHelpers
 import Prometheus
 import Raft
 
@@ -33,12 +34,21 @@ final class ReplicaMetrics: Sendable {
         nodes = ["active", "stale", "inactive"].map { ($0, Metrics.Gauge(label: "nodelease_nodes", dimensions: [("status", $0)], factory: f)) }
     }
 
+    /// One timer per endpoint and status, made on first use (not on every request).
+    private let requestTimers = NIOLockedValueBox<[String: Metrics.Timer]>([:])
+
     /// Records one HTTP request.
     func request(endpoint: String, status: Int, duration: Duration) {
-        Metrics.Timer(
-            label: "nodelease_http_request_duration_seconds", dimensions: [("endpoint", endpoint), ("status", String(status))],
-            factory: factory
-        ).recordNanoseconds(duration.nanoseconds)
+        let key = "\(endpoint) \(status)"
+        let timer = requestTimers.withLockedValue { timers in
+            if let t = timers[key] { return t }
+            let t = Metrics.Timer(
+                label: "nodelease_http_request_duration_seconds", dimensions: [("endpoint", endpoint), ("status", String(status))],
+                factory: factory)
+            timers[key] = t
+            return t
+        }
+        timer.recordNanoseconds(duration.nanoseconds)
     }
 
     /// Brings the gauges up to date and renders everything in the Prometheus text format.

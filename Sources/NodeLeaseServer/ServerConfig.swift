@@ -8,9 +8,6 @@ public struct ServerConfig: Sendable {
     public var clusterID: String = "nodelease"
     /// Every voter's peer address, this replica's included.
     public var peers: [ReplicaID: PeerAddress]
-    /// Client (HTTP) address of every voter, when known: used to tell clients where the
-    /// leader is. Defaults to 127.0.0.1:(7400 + id).
-    public var clientAddresses: [ReplicaID: PeerAddress] = [:]
     public var clientListen: PeerAddress
     public var peerListen: PeerAddress
     public var dataDir: String

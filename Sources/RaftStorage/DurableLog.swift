@@ -457,11 +457,11 @@ public final class DurableLog: RaftLogStorage {
             log("hard state commit \(hardState.commit) is past the last entry \(last); using \(last)")
             hardState.commit = last
         }
-        try loadDirectoryID(fresh: segments.isEmpty && currentSnapshot.isEmpty)
+        try loadDirectoryID()
         if segments.isEmpty { try startSegment() }
     }
 
-    private func loadDirectoryID(fresh: Bool) throws {
+    private func loadDirectoryID() throws {
         let path = join(directory, "ID")
         if fs.exists(path) {
             let f = try fs.open(path, create: false)
@@ -473,7 +473,6 @@ public final class DurableLog: RaftLogStorage {
             directoryID = id
             return
         }
-        _ = fresh
         let id = UInt64.random(in: 1...UInt64.max)
         let f = try fs.open(path + ".tmp", create: true)
         try f.write(Array((hex(id) + "\n").utf8), at: 0)

@@ -27,7 +27,8 @@ public struct HistoryOp: Codable, Sendable, Hashable {
     public var nodeId: UInt32?
     public var fencingToken: UInt64?
     public var ttlSeconds: UInt32?
-    /// For reads: the replica, the index it answered at, and what it said of this hostname.
+    /// The replica asked; the log index the answer reflects (for a write, the entry that
+    /// applied it); for reads, whether linearizable, and what it said of this hostname.
     public var replica: Int?
     public var index: UInt64?
     public var linearizable: Bool?
@@ -170,5 +171,97 @@ public enum LeaseCheckers {
             last[key] = max(last[key] ?? 0, i)
         }
         return out
+    }
+}
+
+extension LeaseCheckers {
+    /// Every read that answered with an index (follower or linearizable) shows, for the reading
+    /// client's hostname, a state the registry really had at that index: stale is allowed,
+    /// wrong is not. The writes' own indexes (each write's answer carries the index of the entry
+    /// that applied it) place the known changes on the log; expiries and unknown-outcome writes
+    /// have no known index, so the rules only use what they cannot change:
+    ///
+    /// - the node ID is the hostname's one, and a hostname is absent only before its first
+    ///   known change;
+    /// - between two successful operations on one lease (grant, renewal, or the entry just
+    ///   before its release) the lease was live, so the status is `active`;
+    /// - right after a release, with no acquire of unknown outcome that could have come
+    ///   between, the status is `inactive`; after a grant or renewal, `inactive` needs a
+    ///   release of unknown outcome that could have come between.
+    public static func indexedReads(_ history: [HistoryOp]) -> [Anomaly] {
+        struct Event { var index: UInt64; var lease: String; var live: Bool }
+        var events: [String: [Event]] = [:]
+        var nodeOf: [String: UInt32] = [:]
+        var unknownAcquires: [String: [UInt64]] = [:]
+        var unknownReleases: [String: [UInt64]] = [:]
+        for op in history where op.kind != .read {
+            if op.outcome == .info {
+                if op.kind == .acquire { unknownAcquires[op.hostname, default: []].append(op.invoke) }
+                if op.kind == .release { unknownReleases[op.hostname, default: []].append(op.invoke) }
+                continue
+            }
+            guard op.outcome == .ok, let i = op.index, let l = op.leaseId else { continue }
+            if let n = op.nodeId { nodeOf[op.hostname] = n }
+            switch op.kind {
+            case .acquire, .renew: events[op.hostname, default: []].append(Event(index: i, lease: l, live: true))
+            case .release:
+                // Live just before the release applied, inactive from its entry on.
+                if i > 0 { events[op.hostname, default: []].append(Event(index: i - 1, lease: l, live: true)) }
+                events[op.hostname, default: []].append(Event(index: i, lease: l, live: false))
+            case .read: break
+            }
+        }
+        for k in events.keys { events[k]!.sort { ($0.index, $0.live ? 0 : 1) < ($1.index, $1.live ? 0 : 1) } }
+        var out: [Anomaly] = []
+        for op in history where op.kind == .read && op.outcome == .ok {
+            guard let i = op.index else { continue }
+            let es = events[op.hostname] ?? []
+            let prev = es.last { $0.index <= i }
+            let next = es.first { $0.index > i }
+            let unknownAcquireBefore = (unknownAcquires[op.hostname] ?? []).contains { $0 < op.complete }
+            let unknownReleaseBefore = (unknownReleases[op.hostname] ?? []).contains { $0 < op.complete }
+            let kind = op.linearizable == true ? "linearizable" : "follower"
+            let at = "\(kind) read of \(op.hostname) at index \(i) on replica \(op.replica ?? 0)"
+            guard let n = op.nodeId, let status = op.status else {
+                if let p = prev {
+                    out.append(Anomaly(checker: "indexed-reads", detail: "\(at): absent, but lease \(p.lease) was known at index \(p.index)"))
+                }
+                continue
+            }
+            if let known = nodeOf[op.hostname], known != n {
+                out.append(Anomaly(checker: "indexed-reads", detail: "\(at): node \(n), but the hostname's node is \(known)"))
+            }
+            guard let p = prev else { continue }
+            if p.live, let q = next, q.live, q.lease == p.lease, status != "active" {
+                out.append(
+                    Anomaly(
+                        checker: "indexed-reads",
+                        detail: "\(at): \(status), but lease \(p.lease) was live at indexes \(p.index) and \(q.index)"))
+            } else if !p.live, status != "inactive", !unknownAcquireBefore {
+                out.append(Anomaly(checker: "indexed-reads", detail: "\(at): \(status), but lease \(p.lease) was released at index \(p.index)"))
+            } else if p.live, status == "inactive", !unknownReleaseBefore {
+                out.append(
+                    Anomaly(
+                        checker: "indexed-reads",
+                        detail: "\(at): inactive, but lease \(p.lease) was live at index \(p.index) and no release could have come between"))
+            }
+            if out.count > 50 { break }
+        }
+        return out
+    }
+
+    /// For each heal of a fault, the time from the heal to the completion of the next
+    /// successful write (nil: no write succeeded after it). `heals` are times in nanoseconds.
+    public static func healToWrite(_ history: [HistoryOp], heals: [UInt64]) -> [UInt64?] {
+        let completions = history.filter { $0.kind != .read && $0.outcome == .ok }.map(\.complete).sorted()
+        return heals.map { h in
+            var lo = 0
+            var hi = completions.count
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if completions[mid] <= h { lo = mid + 1 } else { hi = mid }
+            }
+            return lo < completions.count ? completions[lo] - h : nil
+        }
     }
 }

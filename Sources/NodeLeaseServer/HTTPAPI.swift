@@ -129,17 +129,19 @@ struct HTTPAPI: Sendable {
 
     private func write(_ command: LeaseCommand) async -> Response {
         do {
-            let result = try await driver.submit(command)
-            return await reply(result)
+            let written = try await driver.submit(command)
+            var r = reply(written.result)
+            setReadHeaders(&r, written.index, written.leader)
+            return r
         } catch {
             return await noLeader()
         }
     }
 
-    private func reply(_ result: Result<LeaseReply, LeaseError>) async -> Response {
+    private func reply(_ result: Result<LeaseReply, LeaseError>) -> Response {
         switch result {
-        case .success(.lease(let l)): return await json(.ok, leaseJSON(l), headers: true)
-        case .success(.node(let n)): return await json(.ok, nodeJSON(n), headers: true)
+        case .success(.lease(let l)): return json(.ok, leaseJSON(l))
+        case .success(.node(let n)): return json(.ok, nodeJSON(n))
         case .success(.replica): return error(.internalServerError, "internal", "unexpected reply")
         case .failure(let e):
             let status: HTTPResponse.Status =
@@ -148,9 +150,7 @@ struct HTTPAPI: Sendable {
                 case .leaseNotFound, .nodeNotFound: .notFound
                 case .invalid: .badRequest
                 }
-            var r = error(status, e)
-            await addReadHeaders(&r)
-            return r
+            return error(status, e)
         }
     }
 

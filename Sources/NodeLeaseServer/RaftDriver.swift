@@ -45,7 +45,13 @@ actor RaftDriver {
     private var loggedTerm: Term = 0
     private var loggedRole: Role = .follower
 
-    private typealias Reply = Result<LeaseReply, LeaseError>
+    /// A write's result with the index of the entry that applied it and the leader then known.
+    struct WriteResult: Sendable {
+        var result: Result<LeaseReply, LeaseError>
+        var index: LogIndex
+        var leader: ReplicaID?
+    }
+    private typealias Reply = WriteResult
     private var waiters: [UInt64: CheckedContinuation<Reply, any Error>] = [:]
     private var readWaiters: [UInt64: CheckedContinuation<LogIndex, any Error>] = [:]
     private var appliedWaiters: [(index: LogIndex, id: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
@@ -135,8 +141,9 @@ actor RaftDriver {
     }
 
     /// Proposes `command` (through the leader, wherever it is) and waits until it applies
-    /// here, or the request timeout passes.
-    func submit(_ command: LeaseCommand) async throws -> Result<LeaseReply, LeaseError> {
+    /// here, or the request timeout passes. The result carries the index of the entry that
+    /// applied it, so the answer's `X-NodeLease-Index` is the state right after the change.
+    func submit(_ command: LeaseCommand) async throws -> WriteResult {
         guard !stopped else { throw DriverError.stopping }
         requestCounter += 1
         let id = requestCounter
@@ -339,7 +346,7 @@ actor RaftDriver {
             }
             if timed.requestID != 0, let c = waiters.removeValue(forKey: timed.requestID) {
                 pendingCommands[timed.requestID] = nil
-                c.resume(returning: result)
+                c.resume(returning: WriteResult(result: result, index: e.index, leader: node.leader))
             }
         }
     }

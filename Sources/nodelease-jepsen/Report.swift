@@ -4,53 +4,112 @@ import JepsenCheckers
 /// Writes the store folder: the history (JSON lines and Jepsen's EDN), the verdict, and an
 /// HTML page with a latency-over-time plot shaded by nemesis activity.
 enum Report {
-    static func write(dir: String, ops: [HistoryOp], nemesis: [NemesisEvent], anomalies: [Anomaly], seed: UInt64, faults: [String]) throws {
+    /// The run's raw inputs to the checkers, so `--check DIR` can re-check them later.
+    static func saveInputs(dir: String, ops: [HistoryOp], nemesis: [NemesisEvent], final: [String: (nodeId: UInt32, status: String)]?) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         var jsonl = ""
+        for op in ops { jsonl += String(decoding: try encoder.encode(op), as: UTF8.self) + "\n" }
+        try jsonl.write(toFile: dir + "/history.jsonl", atomically: true, encoding: .utf8)
+        try encoder.encode(nemesis).write(to: URL(fileURLWithPath: dir + "/nemesis.json"))
+        if let final {
+            let rows = final.keys.sorted().map { FinalRow(hostname: $0, nodeId: final[$0]!.nodeId, status: final[$0]!.status) }
+            try encoder.encode(rows).write(to: URL(fileURLWithPath: dir + "/final.json"))
+        }
+    }
+
+    static func loadInputs(dir: String) throws -> ([HistoryOp], [NemesisEvent], [String: (nodeId: UInt32, status: String)]?) {
+        let decoder = JSONDecoder()
+        let text = try String(contentsOfFile: dir + "/history.jsonl", encoding: .utf8)
+        let ops = try text.split(separator: "\n").map { try decoder.decode(HistoryOp.self, from: Data($0.utf8)) }
+        let nemesis = try decoder.decode([NemesisEvent].self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/nemesis.json")))
+        var final: [String: (nodeId: UInt32, status: String)]?
+        if let data = try? Data(contentsOf: URL(fileURLWithPath: dir + "/final.json")) {
+            final = [:]
+            for r in try decoder.decode([FinalRow].self, from: data) { final![r.hostname] = (r.nodeId, r.status) }
+        }
+        return (ops.sorted { $0.invoke < $1.invoke }, nemesis, final)
+    }
+
+    struct FinalRow: Codable {
+        var hostname: String
+        var nodeId: UInt32
+        var status: String
+    }
+
+    /// Intervals during which each kind of fault was active.
+    static func faultIntervals(_ nemesis: [NemesisEvent]) -> [(fault: String, start: UInt64, end: UInt64)] {
+        var intervals: [(String, UInt64, UInt64)] = []
+        var open: [String: UInt64] = [:]
+        for e in nemesis {
+            let key = e.fault + " " + e.target
+            if e.phase == "start" {
+                open[key] = e.time
+            } else if let s = open.removeValue(forKey: key) {
+                intervals.append((e.fault, s, e.time))
+            }
+        }
+        return intervals
+    }
+
+    static func write(dir: String, ops: [HistoryOp], nemesis: [NemesisEvent], checked: Checks, seed: UInt64, faults: [String]) throws {
         var edn = ""
         for op in ops {
-            jsonl += String(decoding: try encoder.encode(op), as: UTF8.self) + "\n"
             // Jepsen's history: an :invoke and its completion per operation.
             let value = "{:hostname \"\(op.hostname)\" :node \(op.nodeId.map(String.init) ?? "nil") :lease \(op.leaseId.map { "\"\($0)\"" } ?? "nil")}"
             edn += "{:process \(op.process), :type :invoke, :f :\(op.kind.rawValue), :time \(op.invoke), :value \(value)}\n"
             edn += "{:process \(op.process), :type :\(op.outcome.rawValue), :f :\(op.kind.rawValue), :time \(op.complete), :value \(value)}\n"
         }
-        try jsonl.write(toFile: dir + "/history.jsonl", atomically: true, encoding: .utf8)
         try edn.write(toFile: dir + "/history.edn", atomically: true, encoding: .utf8)
 
-        // Availability per phase: with and without an active fault.
-        var intervals: [(UInt64, UInt64)] = []
-        var open: [String: UInt64] = [:]
-        for e in nemesis {
-            let key = e.fault + e.target
-            if e.phase == "start" { open[key] = e.time } else if let s = open.removeValue(forKey: key) { intervals.append((s, e.time)) }
+        // Availability per phase: the fraction of operations that succeeded while each kind of
+        // fault was active, and while none was.
+        let intervals = faultIntervals(nemesis)
+        func phase(_ t: UInt64) -> String { intervals.first { $0.start <= t && t <= $0.end }?.fault ?? "none" }
+        var phases: [String: [String: Any]] = [:]
+        for name in Set(ops.map { phase($0.invoke) }).sorted() {
+            let xs = ops.filter { phase($0.invoke) == name }
+            let writes = xs.filter { $0.kind != .read }
+            phases[name] = [
+                "operations": xs.count,
+                "ok": Double(xs.filter { $0.outcome == .ok }.count) / Double(max(1, xs.count)),
+                // Writes that got a definite answer (ok, or a definite refusal such as
+                // hostname_in_use) rather than a timeout or 503.
+                "writes-answered": Double(writes.filter { $0.outcome != .info }.count) / Double(max(1, writes.count)),
+            ]
         }
-        func faulty(_ t: UInt64) -> Bool { intervals.contains { $0.0 <= t && t <= $0.1 } }
-        let writes = ops.filter { $0.kind != .read }
-        let duringFault = writes.filter { faulty($0.invoke) }
-        let healthy = writes.filter { !faulty($0.invoke) }
-        // Availability: the fraction of writes that got a definite answer (ok, or a definite
-        // refusal such as hostname_in_use), not a timeout or 503.
-        func rate(_ xs: [HistoryOp]) -> Double { xs.isEmpty ? 1 : Double(xs.filter { $0.outcome != .info }.count) / Double(xs.count) }
+        let healMs = checked.heals.compactMap(\.ms).sorted()
         let results: [String: Any] = [
-            "valid": anomalies.isEmpty,
+            "valid": checked.anomalies.isEmpty,
             "seed": seed,
             "nemesis": faults,
             "operations": ops.count,
             "ok": ops.filter { $0.outcome == .ok }.count,
             "info": ops.filter { $0.outcome == .info }.count,
             "fail": ops.filter { $0.outcome == .fail }.count,
-            "availability": ["during-faults": rate(duringFault), "healthy": rate(healthy)],
-            "anomalies": anomalies.map { ["checker": $0.checker, "detail": $0.detail] },
-            "checkers": ["lease-safety", "fencing", "mapping", "final-state", "read-index"],
+            "availability": phases,
+            "heal-to-write-ms": [
+                "each": checked.heals.map { ["at-ms": Double($0.time) / 1e6, "fault": $0.fault, "ms": $0.ms ?? -1] as [String: Any] },
+                "median": healMs.isEmpty ? -1 : healMs[healMs.count / 2],
+                "max": healMs.last ?? -1,
+            ],
+            "linearizability": [
+                "operations": checked.linearizability.operations,
+                "search-steps": checked.linearizability.steps,
+                "gave-up": checked.linearizability.gaveUp,
+            ],
+            "check-seconds": checked.checkSeconds,
+            "anomalies": checked.anomalies.map { ["checker": $0.checker, "detail": $0.detail] },
+            "checkers": ["linearizability", "lease-safety", "fencing", "mapping", "final-state", "read-index", "indexed-reads"],
         ]
         let data = try JSONSerialization.data(withJSONObject: results, options: [.prettyPrinted, .sortedKeys])
         try data.write(to: URL(fileURLWithPath: dir + "/results.json"))
-        try html(ops: ops, intervals: intervals, anomalies: anomalies, seed: seed).write(toFile: dir + "/report.html", atomically: true, encoding: .utf8)
+        try html(ops: ops, intervals: intervals.map { ($0.start, $0.end) }, checked: checked, seed: seed)
+            .write(toFile: dir + "/report.html", atomically: true, encoding: .utf8)
     }
 
-    static func html(ops: [HistoryOp], intervals: [(UInt64, UInt64)], anomalies: [Anomaly], seed: UInt64) -> String {
+    static func html(ops: [HistoryOp], intervals: [(UInt64, UInt64)], checked: Checks, seed: UInt64) -> String {
+        let anomalies = checked.anomalies
         let width = 1000.0
         let height = 300.0
         let tMax = Double(max(1, ops.map(\.complete).max() ?? 1))
@@ -78,6 +137,7 @@ enum Report {
             <p>Latency of every operation over time (log scale, up to \(Int(lMax)) ms); green ok, red fail, amber unknown;
             shaded: a fault was active.</p>
             \(svg)
+            <pre>\(checked.summary)</pre>
             <h2>Anomalies</h2><ul>\(list.isEmpty ? "<li>none</li>" : list)</ul>
             </body></html>
             """

@@ -17,7 +17,20 @@ final class TestCluster: Sendable {
     private let paused = NIOLockedValueBox<Set<Int>>([])
     private let session: URLSession
 
-    init(size: Int, binary: String, dir: String, distinctAddresses: Bool) {
+    /// libfaketime, when the clock nemesis is on.
+    let clockLibrary: String?
+
+    /// Where Debian's `faketime` package puts the library, if it is installed.
+    static func findFaketime() -> String? {
+        for dir in ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib", "/usr/local/lib"] {
+            let path = dir + "/faketime/libfaketime.so.1"
+            if FileManager.default.fileExists(atPath: path) { return path }
+        }
+        return nil
+    }
+
+    init(size: Int, binary: String, dir: String, distinctAddresses: Bool, clockLibrary: String?) {
+        self.clockLibrary = clockLibrary
         self.size = size
         self.binary = binary
         self.dir = dir
@@ -42,6 +55,22 @@ final class TestCluster: Sendable {
             "--data-dir", "\(dir)/replica-\(i)", "--cluster-id", "jepsen", "--election-timeout", "600",
             "--heartbeat-interval", "60", "--request-timeout", "2000", "--min-ttl", "1",
         ]
+        if let lib = clockLibrary {
+            // Each replica's wall clock follows its own faketime file (re-read every second);
+            // the monotonic clock, which lease timing uses, is left alone.
+            let file = "\(dir)/replica-\(i).faketime"
+            if !FileManager.default.fileExists(atPath: file) { try "+0 x1\n".write(toFile: file, atomically: true, encoding: .utf8) }
+            var env = ProcessInfo.processInfo.environment
+            env["LD_PRELOAD"] = lib
+            env["FAKETIME_TIMESTAMP_FILE"] = file
+            env["FAKETIME_CACHE_DURATION"] = "1"
+            env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
+            p.environment = env
+            // Started straight from a spawn with libfaketime preloaded, the Swift runtime sees
+            // no command-line arguments (it prints the usage); through env(1) it does.
+            p.arguments = [binary] + (p.arguments ?? [])
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        }
         let log = "\(dir)/replica-\(i).log"
         if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
@@ -96,6 +125,27 @@ final class TestCluster: Sendable {
         nft(rules.joined(separator: "\n"))
     }
 
+    /// Sets replica i's wall clock: an offset like "+90" or "-3600" seconds, and a rate like
+    /// "x1.5" (libfaketime's syntax). It takes effect within a second.
+    func setClock(_ i: Int, _ spec: String) {
+        guard clockLibrary != nil else { return }
+        try? (spec + "\n").write(toFile: "\(dir)/replica-\(i).faketime", atomically: true, encoding: .utf8)
+    }
+
+    func healClocks() {
+        for i in 1...size { setClock(i, "+0 x1") }
+    }
+
+    /// The replica that a majority of replicas names as leader, if any answers.
+    func currentLeader() async -> Int? {
+        for i in 1...size {
+            if let (status, json, _) = await request(i, "GET", "/v1/status", timeout: 1), status == 200, let l = json["leaderId"] as? Int {
+                return l
+            }
+        }
+        return nil
+    }
+
     func healNetwork() {
         guard distinctAddresses else { return }
         nft("flush ruleset")
@@ -117,6 +167,7 @@ final class TestCluster: Sendable {
     /// Heals everything: network, paused and killed replicas.
     func healAll() {
         healNetwork()
+        healClocks()
         for i in paused.withLockedValue({ $0 }) { resume(i) }
         for i in 1...size where !isRunning(i) { try? start(i) }
     }

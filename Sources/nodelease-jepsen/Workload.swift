@@ -70,7 +70,9 @@ struct Worker: Sendable {
         o.replica = replica
         let answer = await cluster.request(replica, method, path, body: body, timeout: 2.5)
         o.complete = history.now()
-        if let (status, json, _) = answer {
+        if let (status, json, headers) = answer {
+            // The index of the entry that applied this write (or refused it).
+            o.index = headers["x-nodelease-index"].flatMap(UInt64.init)
             switch status {
             case 200:
                 o.outcome = .ok
@@ -139,6 +141,7 @@ struct Nemesis: Sendable {
                 // The leader often: kill one replica (or a minority), restart after a while.
                 let count = random.below(3) == 0 ? (n - 1) / 2 : 1
                 var victims: [Int] = []
+                if random.below(2) == 0, let leader = await cluster.currentLeader() { victims.append(leader) }
                 while victims.count < count {
                     let v = 1 + random.below(n)
                     if !victims.contains(v) { victims.append(v) }
@@ -184,6 +187,21 @@ struct Nemesis: Sendable {
                 try? await Task.sleep(for: hold)
                 cluster.healNetwork()
                 log.add(NemesisEvent(time: now(), fault: "partition", target: description, phase: "end"))
+            case "clock":
+                // Wall-clock faults on one replica (the leader half the time): a bump by
+                // seconds to an hour either way, or a rate change (libfaketime counts a rate
+                // from the process's start, so it also jumps the clock), as NTP steps and bad
+                // oscillators do. Nothing that decides a lease may depend on the wall clock.
+                var v = 1 + random.below(n)
+                if random.below(2) == 0, let leader = await cluster.currentLeader() { v = leader }
+                let bumps = ["+5", "-5", "+90", "-90", "+3600", "-3600"]
+                let rates = ["+0 x0.5", "+0 x2", "+0 x0.9", "+0 x1.1"]
+                let spec = random.below(3) == 0 ? rates[random.below(rates.count)] : bumps[random.below(bumps.count)]
+                cluster.setClock(v, spec)
+                log.add(NemesisEvent(time: now(), fault: "clock", target: "\(v): \(spec)", phase: "start"))
+                try? await Task.sleep(for: hold)
+                cluster.setClock(v, "+0 x1")
+                log.add(NemesisEvent(time: now(), fault: "clock", target: "\(v): \(spec)", phase: "end"))
             default:
                 break
             }

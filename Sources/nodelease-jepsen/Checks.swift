@@ -1,0 +1,53 @@
+import Foundation
+import JepsenCheckers
+
+/// Every checker over one run, and the availability figures.
+struct Checks {
+    var anomalies: [Anomaly] = []
+    var linearizability = Linearizability.Report()
+    /// Per heal (time in ns since start, fault): time to the next acknowledged write, in ms.
+    var heals: [(time: UInt64, fault: String, ms: Double?)] = []
+    var checkSeconds = 0.0
+    var operations = 0
+    var ok = 0
+
+    static func run(ops: [HistoryOp], final: [String: (nodeId: UInt32, status: String)]?, nemesis: [NemesisEvent]) -> Checks {
+        var c = Checks()
+        let started = ContinuousClock.now
+        c.operations = ops.count
+        c.ok = ops.filter { $0.outcome == .ok }.count
+        c.anomalies += LeaseCheckers.leaseSafety(ops)
+        c.anomalies += LeaseCheckers.fencing(ops)
+        c.anomalies += LeaseCheckers.mapping(ops)
+        if let final {
+            c.anomalies += LeaseCheckers.finalState(ops, final: final)
+        } else {
+            c.anomalies.append(Anomaly(checker: "final-state", detail: "no final linearizable read succeeded within 30 s of healing"))
+        }
+        c.anomalies += LeaseCheckers.readMonotonicity(ops)
+        c.anomalies += LeaseCheckers.indexedReads(ops)
+        c.linearizability = Linearizability.check(ops)
+        c.anomalies += c.linearizability.anomalies
+        let ends = nemesis.filter { $0.phase == "end" }
+        let times = LeaseCheckers.healToWrite(ops, heals: ends.map(\.time))
+        c.heals = zip(ends, times).map { ($0.time, $0.fault, $1.map { Double($0) / 1e6 }) }
+        let d = ContinuousClock.now - started
+        c.checkSeconds = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+        return c
+    }
+
+    var summary: String {
+        let lin = linearizability
+        let opsChecked = lin.operations.values.reduce(0, +)
+        let healMs = heals.compactMap(\.ms).sorted()
+        var s = "\(operations) operations (\(ok) ok), \(heals.count) faults healed, \(anomalies.count) anomalies\n"
+        s += "linearizability: \(opsChecked) operations over \(lin.operations.count) hostnames, \(lin.steps) search steps"
+        s += String(format: ", checks took %.1f s", checkSeconds)
+        if !healMs.isEmpty {
+            s += String(format: "\nheal to next acknowledged write: median %.0f ms, max %.0f ms", healMs[healMs.count / 2], healMs.last!)
+        }
+        let never = heals.filter { $0.ms == nil }.count
+        if never > 0 { s += " (\(never) heals with no write after them)" }
+        return s
+    }
+}

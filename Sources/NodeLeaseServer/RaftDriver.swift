@@ -61,6 +61,9 @@ actor RaftDriver {
     /// instead of being proposed late (its client was told 503 and may have moved on).
     private var outboxQueuedAt: [ContinuousClock.Instant] = []
     private var pumpScheduled = false
+    /// A Ready is being carried out (its fsync may be in flight on the syncer's thread).
+    private var persisting = false
+    private let syncer = WALSyncer()
     private var wasLeader = false
     private var knownLeader: ReplicaID?
     private var requestCounter: UInt64
@@ -226,6 +229,8 @@ actor RaftDriver {
             }
         }
         stopped = true
+        // Let an fsync in flight finish before the files close under it.
+        while persisting { try? await Task.sleep(for: .milliseconds(2)) }
         pendingCommands = [:]
         for (_, c) in waiters { c.resume(throwing: DriverError.stopping) }
         for (_, c) in readWaiters { c.resume(throwing: DriverError.stopping) }
@@ -244,10 +249,10 @@ actor RaftDriver {
         // As leader, commands wait for the pump, so that every command that arrived meanwhile
         // goes into one append (one entry batch, one message per follower, one fsync).
         if node.role != .leader { flushOutbox() }
-        if !pumpScheduled && (node.hasReady || (!outbox.isEmpty && node.role == .leader)) {
+        if !pumpScheduled && !persisting && (node.hasReady || (!outbox.isEmpty && node.role == .leader)) {
             pumpScheduled = true
             // Run after the current input burst, so concurrent requests share one batch.
-            Task { self.pump() }
+            Task { await self.pump() }
         }
     }
 
@@ -285,16 +290,29 @@ actor RaftDriver {
         // No leader known: keep them until one is (the requests time out meanwhile).
     }
 
-    private func pump() {
+    /// Carries out Readies until there are none. The WAL's fsync runs on a thread of its own
+    /// and the actor keeps taking messages, ticks and proposals meanwhile: the leader's own
+    /// disk write overlaps with its followers' (its appends went out before it), their acks are
+    /// stepped as they come, and what arrives during one fsync goes into the next Ready.
+    /// One Ready is in flight at a time; the core allows steps between `ready()` and
+    /// `advance()`.
+    private func pump() async {
         pumpScheduled = false
         flushOutbox()
+        guard !persisting else { return }
+        persisting = true
+        defer { persisting = false }
         while !stopped && node.hasReady {
             let rd = node.ready()
             transport.send(rd.messagesBeforePersist)
             do {
-                let t0 = ContinuousClock.now
-                try storage.save(hardState: rd.hardState, entries: rd.entries, snapshot: rd.snapshot, sync: rd.mustSync)
-                if rd.mustSync { metrics.fsync.recordNanoseconds((ContinuousClock.now - t0).nanoseconds) }
+                if let pending = try storage.write(hardState: rd.hardState, entries: rd.entries, snapshot: rd.snapshot, sync: rd.mustSync) {
+                    let t0 = ContinuousClock.now
+                    let error = await syncer.sync(pending)
+                    if stopped { return }
+                    try storage.synced(pending, error: error)
+                    metrics.fsync.recordNanoseconds((ContinuousClock.now - t0).nanoseconds)
+                }
             } catch {
                 fatal("cannot persist the log: \(error)")
                 return
@@ -451,5 +469,24 @@ actor RaftDriver {
         logger.critical("\(why); stopping this replica")
         stopped = true
         onFatal(why)
+    }
+}
+
+/// Runs WAL fsyncs on a thread of their own, one at a time, off the actor and the event loops.
+final class WALSyncer: Sendable {
+    private let queue = DispatchQueue(label: "nodelease.wal-sync", qos: .userInitiated)
+
+    /// The fsync's error, if it failed.
+    func sync(_ pending: PendingSync) async -> (any Error)? {
+        await withCheckedContinuation { c in
+            queue.async {
+                do {
+                    try pending.sync()
+                    c.resume(returning: nil)
+                } catch {
+                    c.resume(returning: error)
+                }
+            }
+        }
     }
 }

@@ -10,6 +10,13 @@ import Raft
 /// anywhere before that is corruption, and opening fails naming the file and offset rather
 /// than silently losing committed entries. Any failed write or fsync puts the storage in a
 /// failed state in which every later call throws: the replica must stop.
+/// An fsync owed for a record `DurableLog.write` wrote. It holds only the file, so it can
+/// run on a thread of its own while the log's owner goes on reading it.
+public struct PendingSync: @unchecked Sendable {
+    let file: any StorageFile
+    public func sync() throws { try file.sync() }
+}
+
 public final class DurableLog: RaftLogStorage {
     public struct Options: Sendable {
         /// A new segment is started when a record would take the current one past this.
@@ -176,11 +183,23 @@ public final class DurableLog: RaftLogStorage {
     /// only its commit index (`sync` false) is kept in memory and written with the next
     /// record: losing it on a crash only makes the replica relearn the commit index.
     public func save(hardState hs: HardState?, entries: [Entry], snapshot: Snapshot?, sync: Bool) throws {
+        guard let pending = try write(hardState: hs, entries: entries, snapshot: snapshot, sync: sync) else { return }
+        var failure: (any Error)?
+        do { try pending.sync() } catch { failure = error }
+        try synced(pending, error: failure)
+    }
+
+    /// The first half of `save`: writes the record (to the page cache) and updates the
+    /// in-memory log, so reads see the new entries at once, and returns the fsync still owed,
+    /// if any. The caller runs `PendingSync.sync()` (on any thread: it touches only the file)
+    /// and then `synced(_:error:)` here, before the next write. The entries must not be
+    /// counted as persisted (nor acknowledged) until then.
+    public func write(hardState hs: HardState?, entries: [Entry], snapshot: Snapshot?, sync: Bool) throws -> PendingSync? {
         try checkHealthy()
         do {
             if let snapshot { try installSnapshot(snapshot) }
             if let hs { hardState = hs }
-            if entries.isEmpty && (hardState == writtenHardState || !sync) { return }
+            if entries.isEmpty && (hardState == writtenHardState || !sync) { return nil }
             let fresh = entries.filter { $0.index > offset }
             if let first = fresh.first, first.index > (try lastIndex()) + 1 {
                 throw StorageFailure.invalid("append at \(first.index) leaves a gap after \(try lastIndex())")
@@ -197,11 +216,20 @@ public final class DurableLog: RaftLogStorage {
                 place(e, Location(term: e.term, segment: seg.sequence, offset: start + UInt64(pos), length: len))
                 seg.maxIndex = max(seg.maxIndex, e.index)
             }
-            try syncFile(seg)
+            return options.fsync ? PendingSync(file: seg.file) : nil
         } catch let e as StorageFailure {
             if case .invalid = e { throw e }
             throw fail(e)
         }
+    }
+
+    /// Records the outcome of a `PendingSync`. A failed fsync leaves the file in an unknown
+    /// state: the storage fails and refuses everything after (fail-stop).
+    public func synced(_ pending: PendingSync, error: (any Error)?) throws {
+        if let error {
+            throw fail(error as? StorageFailure ?? .failed("fsync failed: \(error)"))
+        }
+        syncCount += 1
     }
 
     /// Records a snapshot of the local state machine at `index` (applied, still in the log).

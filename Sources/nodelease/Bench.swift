@@ -16,8 +16,8 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Endpoints (host:port, comma-separated).") var endpoints: String = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403"
     @Option(help: "acquire, renew, read or mixed (5% acquire, 90% renew, 5% read).") var op: String = "renew"
     @Option(help: "Concurrent workers (connections).") var concurrency: Int = 16
-    @Option(help: "Measured seconds.") var duration: Double = 10
-    @Option(help: "Seconds of load before measuring.") var warmup: Double = 2
+    @Option(help: "Measured time: 10s, 1500ms, 2m, or plain seconds.", transform: BenchSeconds.parse) var duration: Double = 10
+    @Option(help: "Load before measuring, in the same units.", transform: BenchSeconds.parse) var warmup: Double = 2
     @Option(help: "Hostnames (leases) renewed in the renew and mixed workloads (default: one per worker).") var hostnames: Int?
     @Option(help: "Send writes to the leader or to a follower (reads always go to a follower).") var target: String = "leader"
     @Option(help: "The system under test: nodelease or etcd (its JSON gateway).") var system: String = "nodelease"
@@ -269,5 +269,18 @@ enum HTTP1 {
             }
             throw ChannelError.eof
         }
+    }
+}
+
+/// Durations on the command line: "10s", "1500ms", "2m", or plain seconds ("2.5").
+enum BenchSeconds {
+    static func parse(_ text: String) throws -> Double {
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60)]
+        for (suffix, scale) in units where text.hasSuffix(suffix) {
+            if let v = Double(text.dropLast(suffix.count)), v >= 0 { return v * scale }
+            break
+        }
+        if let v = Double(text), v >= 0 { return v }
+        throw ValidationError("'\(text)' is not a duration (try 10s, 1500ms or 2m)")
     }
 }

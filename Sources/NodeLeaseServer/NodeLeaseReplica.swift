@@ -48,6 +48,10 @@ public final class NodeLeaseReplica: Service, Sendable {
             onForward: { peer, data in
                 guard let d = driverBox.driver else { return }
                 Task { await d.forwarded(data, from: peer) }
+            },
+            onPeerUnreachable: { peer in
+                guard let d = driverBox.driver else { return }
+                Task { await d.peerUnreachable(peer) }
             })
         let metrics = ReplicaMetrics()
         self.driver = try RaftDriver(

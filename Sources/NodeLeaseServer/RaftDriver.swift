@@ -135,6 +135,15 @@ actor RaftDriver {
         afterInput()
     }
 
+    /// A dial to `peer` failed. If it is our leader, the core stops waiting out the full
+    /// election timeout (a killed leader's port refuses at once).
+    func peerUnreachable(_ peer: ReplicaID) {
+        guard !stopped, node.role == .follower, node.leader == peer else { return }
+        logger.info("the leader (replica \(peer)) refuses connections: electing a new one soon")
+        node.peerUnreachable(peer)
+        afterInput()
+    }
+
     /// A follower passed us a client command: propose it with our own clock's time.
     func forwarded(_ data: [UInt8], from peer: ReplicaID) {
         guard !stopped, node.role == .leader, var timed = TimedCommand(decoding: data) else { return }

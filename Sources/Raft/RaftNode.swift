@@ -141,6 +141,19 @@ public struct RaftNode {
         campaignIfPromotable(transfer: false)
     }
 
+    /// The transport could not reach `peer` at all (its connection was refused: the process
+    /// is most likely gone). If that is our leader, stop counting on it: forget it, so that we
+    /// grant other replicas' (pre)votes without waiting out the leader lease, and let the
+    /// election timer fire after a short random delay (up to half the election timeout)
+    /// instead of the full timeout. If the leader is in fact alive, its next heartbeat makes
+    /// us its follower again, and PreVote keeps a mistaken campaign from disturbing anyone.
+    public mutating func peerUnreachable(_ peer: ReplicaID) {
+        guard role == .follower, let l = leader, l == peer else { return }
+        leader = nil
+        let delay = Int.random(in: 1...max(1, config.electionTicks / 2), using: &random)
+        electionElapsed = max(electionElapsed, randomizedElectionTimeout - delay)
+    }
+
     /// Proposes one command. Throws `notLeader` on a follower; the caller learns the outcome
     /// when the entry at the returned index applies (success only if its term matches).
     @discardableResult

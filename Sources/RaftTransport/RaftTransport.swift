@@ -60,6 +60,7 @@ public final class RaftTransport: Sendable {
     let onMessage: @Sendable (Message) -> Void
     let onPeerChange: @Sendable (ReplicaID, Bool) -> Void
     let onForward: @Sendable (ReplicaID, [UInt8]) -> Void
+    let onPeerUnreachable: @Sendable (ReplicaID) -> Void
     let links: [ReplicaID: PeerLink]
     let inbound = NIOLockedValueBox<[ReplicaID: (incarnation: UInt64, channel: any Channel, directory: UInt64)]>([:])
     /// Extra admission check (the server refuses replicas whose data directory was replaced).
@@ -71,12 +72,15 @@ public final class RaftTransport: Sendable {
     ///   - onMessage: called on an event loop for every message received.
     ///   - onPeerChange: called when the outbound connection to a peer comes up or goes down.
     ///   - onForward: called with commands a peer forwards to this replica (as leader).
+    ///   - onPeerUnreachable: called when a dial to a peer fails (refused, or timed out).
     public init(
         config: TransportConfig, group: any EventLoopGroup, logger: Logger,
         onMessage: @escaping @Sendable (Message) -> Void, onPeerChange: @escaping @Sendable (ReplicaID, Bool) -> Void = { _, _ in },
-        onForward: @escaping @Sendable (ReplicaID, [UInt8]) -> Void = { _, _ in }
+        onForward: @escaping @Sendable (ReplicaID, [UInt8]) -> Void = { _, _ in },
+        onPeerUnreachable: @escaping @Sendable (ReplicaID) -> Void = { _ in }
     ) {
         self.onForward = onForward
+        self.onPeerUnreachable = onPeerUnreachable
         self.config = config
         self.group = group
         var logger = logger
@@ -267,6 +271,7 @@ final class PeerLink: @unchecked Sendable {
                         channel.close(promise: nil)
                     }
                 case .failure:
+                    transport?.onPeerUnreachable(peer)
                     scheduleRedial()
                 }
             }

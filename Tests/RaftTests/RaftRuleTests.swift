@@ -224,6 +224,47 @@ struct RaftRuleTests {
         #expect(!c.inFlight.contains { $0.kind == .voteResponse })
     }
 
+    @Test("a leader whose connection is refused is given up at once: votes granted, election within half a timeout")
+    func unreachableLeaderIsGivenUp() throws {
+        let c = try TestCluster(size: 3)
+        c.elect(r1)
+        // Another replica's reachability means nothing to r2.
+        c.with(r2) { $0.peerUnreachable(r3) }
+        #expect(c[r2].leader == r1)
+        // r1 dies; both followers find its port closed.
+        c.crash(r1)
+        c.with(r2) { $0.peerUnreachable(r1) }
+        c.with(r3) { $0.peerUnreachable(r1) }
+        #expect(c[r2].leader == nil && c[r3].leader == nil)
+        // Within half an election timeout (10 ticks) one of them campaigns, and the other,
+        // no longer in a leader lease, grants its votes.
+        for _ in 0..<5 where c.leaders.isEmpty {
+            c.tick(r2)
+            c.tick(r3)
+            c.stabilize()
+        }
+        #expect(c.leaders.count == 1)
+        #expect(c.leaders.first != r1)
+    }
+
+    @Test("a mistaken unreachable report does not disturb a live leader")
+    func mistakenUnreachableReportIsHarmless() throws {
+        let c = try TestCluster(size: 3)
+        c.elect(r1)
+        let term = c[r1].term
+        c.with(r2) { $0.peerUnreachable(r1) }
+        // r2 campaigns soon; r3 still hears r1 and refuses the pre-vote, so no term changes.
+        for _ in 0..<5 {
+            c.tick(r2)
+            c.stabilize()
+        }
+        #expect(c[r1].role == .leader && c[r1].term == term && c[r3].term == term)
+        // r1's next heartbeat makes r2 its follower again.
+        c.tick(r1)
+        c.stabilize()
+        #expect(c[r2].leader == r1)
+    }
+
     // MARK: ReadIndex (thesis 6.4)
 
     @Test("thesis 6.4 ReadIndex: answered only after a quorum confirms leadership")

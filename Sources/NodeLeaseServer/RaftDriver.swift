@@ -64,6 +64,9 @@ actor RaftDriver {
     /// A Ready is being carried out (its fsync may be in flight on the syncer's thread).
     private var persisting = false
     private let syncer = WALSyncer()
+    /// A snapshot is being written on `snapshotQueue`.
+    private var snapshotting = false
+    private let snapshotQueue = DispatchQueue(label: "nodelease.snapshot", qos: .utility)
     private var wasLeader = false
     private var knownLeader: ReplicaID?
     private var requestCounter: UInt64
@@ -239,7 +242,7 @@ actor RaftDriver {
         }
         stopped = true
         // Let an fsync in flight finish before the files close under it.
-        while persisting { try? await Task.sleep(for: .milliseconds(2)) }
+        while persisting || snapshotting { try? await Task.sleep(for: .milliseconds(2)) }
         pendingCommands = [:]
         for (_, c) in waiters { c.resume(throwing: DriverError.stopping) }
         for (_, c) in readWaiters { c.resume(throwing: DriverError.stopping) }
@@ -403,14 +406,40 @@ actor RaftDriver {
         appliedWaiters = keep
     }
 
+    /// Every `snapshotEvery` applied entries, snapshots the registry and compacts the log.
+    /// The encoding and the file's write and fsync run on a thread of their own, from a copy
+    /// of the registry (a value: the copy is cheap until the next change), so a large registry
+    /// does not stall the actor; the log is compacted once the file is durable.
     private func maybeSnapshot() {
+        guard !snapshotting else { return }
         let applied = node.appliedIndex
         guard let snapIndex = try? storage.snapshot().metadata.index, applied.rawValue >= snapIndex.rawValue + config.snapshotEvery else { return }
+        let writer: SnapshotWriter
         do {
-            try storage.createSnapshot(at: applied, data: registry.snapshot())
-            let keep = Int(config.keepAfterSnapshot)
-            if applied.rawValue > UInt64(keep) { try storage.compact(through: applied - keep) }
-            logger.info("snapshot at index \(applied) (\(registry.count) nodes); log compacted")
+            guard let w = try storage.prepareSnapshot(at: applied) else { return }
+            writer = w
+        } catch {
+            fatal("cannot prepare a snapshot: \(error)")
+            return
+        }
+        snapshotting = true
+        let copy = registry
+        snapshotQueue.async { [self] in
+            let result = Result { try writer.write(copy.snapshot()) }
+            Task { await self.snapshotWritten(result, nodes: copy.count) }
+        }
+    }
+
+    private func snapshotWritten(_ result: Result<Snapshot, any Error>, nodes: Int) {
+        snapshotting = false
+        guard !stopped else { return }
+        do {
+            let snap = try result.get()
+            try storage.adoptSnapshot(snap)
+            let index = snap.metadata.index
+            let keep = config.keepAfterSnapshot
+            if index.rawValue > keep { try storage.compact(through: index - Int(keep)) }
+            logger.info("snapshot at index \(index) (\(nodes) nodes); log compacted")
         } catch {
             fatal("cannot write a snapshot: \(error)")
         }

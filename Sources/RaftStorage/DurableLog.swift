@@ -17,6 +17,33 @@ public struct PendingSync: @unchecked Sendable {
     public func sync() throws { try file.sync() }
 }
 
+/// Writes one snapshot file (temporary name, fsync, rename, directory fsync). It touches no
+/// state of the `DurableLog`, so it can run on another thread; see `prepareSnapshot`.
+public struct SnapshotWriter: @unchecked Sendable {
+    let fs: any StorageFileSystem
+    let directory: String
+    public let metadata: SnapshotMetadata
+
+    /// Writes `data` as the snapshot at `metadata` and returns it, durable.
+    public func write(_ data: [UInt8]) throws -> Snapshot {
+        let snap = Snapshot(metadata: metadata, data: data)
+        try writeFile(snap)
+        return snap
+    }
+
+    func writeFile(_ s: Snapshot) throws {
+        let name = SnapshotFile.name(s.metadata)
+        let tmp = join(directory, name + ".tmp")
+        let file = try fs.open(tmp, create: true)
+        defer { file.close() }
+        try file.truncate(to: 0)
+        try file.write(SnapshotFile.encode(s), at: 0)
+        try file.sync()
+        try fs.rename(tmp, to: join(directory, name))
+        try fs.syncDirectory(directory)
+    }
+}
+
 public final class DurableLog: RaftLogStorage {
     public struct Options: Sendable {
         /// A new segment is started when a record would take the current one past this.
@@ -248,6 +275,24 @@ public final class DurableLog: RaftLogStorage {
         removeOldSnapshots()
     }
 
+    /// The first step of a snapshot taken off the owner's thread: fixes its metadata (the
+    /// entry at `index` must still be in the log). Nil if a snapshot at or past `index` exists.
+    /// Write the data with `SnapshotWriter.write` on any thread, then `adoptSnapshot` here.
+    public func prepareSnapshot(at index: LogIndex) throws -> SnapshotWriter? {
+        try checkHealthy()
+        guard index > currentSnapshot.metadata.index else { return nil }
+        let metadata = SnapshotMetadata(index: index, term: try term(index), membership: membership)
+        return SnapshotWriter(fs: fs, directory: directory, metadata: metadata)
+    }
+
+    /// Makes a snapshot written by a `SnapshotWriter` the current one (if nothing newer came
+    /// meanwhile) and removes older snapshot files.
+    public func adoptSnapshot(_ snap: Snapshot) throws {
+        try checkHealthy()
+        if snap.metadata.index > currentSnapshot.metadata.index { currentSnapshot = snap }
+        removeOldSnapshots()
+    }
+
     /// Drops entries up to `index` (at most the snapshot index) and removes segments that
     /// hold nothing after it.
     public func compact(through index: LogIndex) throws {
@@ -360,15 +405,7 @@ public final class DurableLog: RaftLogStorage {
     }
 
     private func writeSnapshotFile(_ s: Snapshot) throws {
-        let name = SnapshotFile.name(s.metadata)
-        let tmp = join(directory, name + ".tmp")
-        let file = try fs.open(tmp, create: true)
-        defer { file.close() }
-        try file.truncate(to: 0)
-        try file.write(SnapshotFile.encode(s), at: 0)
-        try file.sync()
-        try fs.rename(tmp, to: join(directory, name))
-        try fs.syncDirectory(directory)
+        try SnapshotWriter(fs: fs, directory: directory, metadata: s.metadata).writeFile(s)
     }
 
     private func removeSegments(where dead: (Segment) -> Bool) {

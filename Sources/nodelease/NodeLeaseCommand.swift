@@ -21,11 +21,14 @@ struct NodeLeaseCommand: AsyncParsableCommand {
             Serve.self, Dev.self, Acquire.self, Renew.self, Release.self, Forget.self, Nodes.self, Status.self, Hold.self, Bench.self,
         ])
 
-    /// Runs Swift concurrency's jobs on NIO's event loops (the threads that do the sockets'
-    /// I/O), so a request no longer hops from an event loop to the concurrency pool and back:
-    /// fewer thread switches per request. Then parses and runs the command as usual.
+    /// For the replica and the load generator, runs Swift concurrency's jobs on NIO's event
+    /// loops (the threads that do the sockets' I/O), so a request no longer hops from an event
+    /// loop to the concurrency pool and back: fewer thread switches per request. (Not for the
+    /// client commands: `hold` blocks while its command runs.) Then parses and runs the
+    /// command as usual.
     static func main() async {
-        if ProcessInfo.processInfo.environment["NODELEASE_CONCURRENCY_POOL"] != "swift" {
+        let server = ["serve", "dev", "bench"].contains(CommandLine.arguments.dropFirst().first ?? "")
+        if server && ProcessInfo.processInfo.environment["NODELEASE_CONCURRENCY_POOL"] != "swift" {
             NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
         }
         do {

@@ -41,6 +41,12 @@ public final class NodeLeaseReplica: Service, Sendable {
         let driverBox = DriverBox()
         var transportConfig = TransportConfig(clusterID: config.clusterID, replicaID: config.replicaID, listen: config.peerListen, peers: peers)
         transportConfig.dataDirectoryID = storage.directoryID
+        // After a partition heals, peers should be talking again well within an election
+        // timeout: give up silent connections and redial at that pace.
+        let electionMillis = Int64(config.electionTicks * config.tickMillis)
+        transportConfig.unackedTimeout = .milliseconds(electionMillis)
+        transportConfig.connectTimeout = .milliseconds(max(200, electionMillis / 2))
+        transportConfig.maxBackoff = .milliseconds(max(100, electionMillis / 2))
         self.transport = RaftTransport(
             config: transportConfig,
             group: group, logger: logger,

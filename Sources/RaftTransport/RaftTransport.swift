@@ -26,6 +26,9 @@ public struct TransportConfig: Sendable {
     /// Bytes queued on one connection before further messages are dropped (Raft resends).
     public var maxQueuedBytes: Int
     public var connectTimeout: TimeAmount
+    /// How long sent data may stay unacknowledged before the connection is given up
+    /// (TCP_USER_TIMEOUT).
+    public var unackedTimeout: TimeAmount = .seconds(2)
     public var minBackoff: TimeAmount
     public var maxBackoff: TimeAmount
 
@@ -246,6 +249,12 @@ final class PeerLink: @unchecked Sendable {
             .connectTimeout(t.config.connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.socketOption(.so_keepalive), value: 1)
+            // Data unacknowledged this long (the peer is partitioned away) closes the
+            // connection, so the redial loop takes over: a fresh connection after a heal is
+            // quicker than waiting out TCP's doubling retransmission timer.
+            .channelOption(
+                ChannelOptions.Types.SocketOption(level: .tcp, name: NIOBSDSocket.Option(rawValue: TCP_USER_TIMEOUT)),
+                value: SocketOptionValue(t.config.unackedTimeout.nanoseconds / 1_000_000))
             .channelOption(.writeBufferWaterMark, value: watermark)
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {

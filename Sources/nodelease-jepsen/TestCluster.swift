@@ -117,6 +117,17 @@ final class TestCluster: Sendable {
         nft(rules.joined(separator: "\n"))
     }
 
+    /// Drops both directions of each given link between two replicas.
+    func dropLinks(_ links: [(Int, Int)]) {
+        var rules = ["flush ruleset", "table inet jepsen {", "  chain input {", "    type filter hook input priority 0; policy accept;"]
+        for (x, y) in links {
+            rules.append("    ip saddr \(host(x)) ip daddr \(host(y)) drop")
+            rules.append("    ip saddr \(host(y)) ip daddr \(host(x)) drop")
+        }
+        rules += ["  }", "}"]
+        nft(rules.joined(separator: "\n"))
+    }
+
     /// One-way drops: nothing from `from` reaches `to`.
     func dropOneWay(from: [Int], to: [Int]) {
         var rules = ["flush ruleset", "table inet jepsen {", "  chain input {", "    type filter hook input priority 0; policy accept;"]

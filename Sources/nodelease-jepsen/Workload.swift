@@ -160,7 +160,7 @@ struct Nemesis: Sendable {
                 log.add(NemesisEvent(time: now(), fault: "pause", target: "\(v)", phase: "end"))
             case "partition":
                 let all = Array(1...n)
-                let shape = random.below(3)
+                let shape = random.below(4)
                 var description: String
                 switch shape {
                 case 0:
@@ -178,6 +178,25 @@ struct Nemesis: Sendable {
                     let v = 1 + random.below(n)
                     cluster.partition([[v], all.filter { $0 != v }])
                     description = "isolate \(v)"
+                case 2:
+                    // A majority ring: replicas in a shuffled ring each keep links to their
+                    // ring neighbours only, so each sees a majority (with 5: itself and two
+                    // neighbours) but no two see the same one. With 3, one link is cut.
+                    var ring = all
+                    for i in stride(from: ring.count - 1, to: 0, by: -1) { ring.swapAt(i, random.below(i + 1)) }
+                    var cut: [(Int, Int)] = []
+                    if n == 3 {
+                        cut = [(ring[0], ring[1])]
+                    } else {
+                        for i in 0..<n {
+                            for j in (i + 1)..<n {
+                                let d = min(j - i, n - (j - i))
+                                if d > 1 { cut.append((ring[i], ring[j])) }
+                            }
+                        }
+                    }
+                    cluster.dropLinks(cut)
+                    description = "majority ring \(ring)"
                 default:
                     let v = 1 + random.below(n)
                     cluster.dropOneWay(from: [v], to: all.filter { $0 != v })

@@ -107,33 +107,45 @@ final class TestCluster: Sendable {
 
     /// Partitions with nftables inside the namespace: drop traffic between the given groups.
     func partition(_ groups: [[Int]]) {
-        var rules = ["flush ruleset", "table inet jepsen {", "  chain input {", "    type filter hook input priority 0; policy accept;"]
+        var drops: [(Int, Int)] = []
         for (a, g) in groups.enumerated() {
             for (b, h) in groups.enumerated() where a != b {
-                for x in g { for y in h { rules.append("    ip saddr \(host(x)) ip daddr \(host(y)) drop") } }
+                for x in g { for y in h { drops.append((x, y)) } }
             }
         }
-        rules += ["  }", "}"]
-        nft(rules.joined(separator: "\n"))
+        drop(drops)
     }
 
     /// Drops both directions of each given link between two replicas.
-    func dropLinks(_ links: [(Int, Int)]) {
+    func dropLinks(_ links: [(Int, Int)]) { drop(links + links.map { ($0.1, $0.0) }) }
+
+    /// One-way drops: nothing from `from` reaches `to`.
+    func dropOneWay(from: [Int], to: [Int]) { drop(from.flatMap { x in to.map { (x, $0) } }) }
+
+    /// Replaces the namespace's rules with drops of the packets from x to y for each pair.
+    private func drop(_ pairs: [(from: Int, to: Int)]) {
         var rules = ["flush ruleset", "table inet jepsen {", "  chain input {", "    type filter hook input priority 0; policy accept;"]
-        for (x, y) in links {
-            rules.append("    ip saddr \(host(x)) ip daddr \(host(y)) drop")
-            rules.append("    ip saddr \(host(y)) ip daddr \(host(x)) drop")
-        }
+        for (x, y) in pairs { rules.append("    ip saddr \(host(x)) ip daddr \(host(y)) drop") }
         rules += ["  }", "}"]
         nft(rules.joined(separator: "\n"))
     }
 
-    /// One-way drops: nothing from `from` reaches `to`.
-    func dropOneWay(from: [Int], to: [Int]) {
-        var rules = ["flush ruleset", "table inet jepsen {", "  chain input {", "    type filter hook input priority 0; policy accept;"]
-        for x in from { for y in to { rules.append("    ip saddr \(host(x)) ip daddr \(host(y)) drop") } }
-        rules += ["  }", "}"]
-        nft(rules.joined(separator: "\n"))
+    func healNetwork() {
+        guard distinctAddresses else { return }
+        nft("flush ruleset")
+    }
+
+    private func nft(_ script: String) {
+        guard distinctAddresses else { return }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/sbin/nft")
+        p.arguments = ["-f", "-"]
+        let pipe = Pipe()
+        p.standardInput = pipe
+        try? p.run()
+        pipe.fileHandleForWriting.write(Data(script.utf8))
+        try? pipe.fileHandleForWriting.close()
+        p.waitUntilExit()
     }
 
     /// Sets replica i's wall clock: an offset like "+90" or "-3600" seconds, and a rate like
@@ -157,23 +169,6 @@ final class TestCluster: Sendable {
         return nil
     }
 
-    func healNetwork() {
-        guard distinctAddresses else { return }
-        nft("flush ruleset")
-    }
-
-    private func nft(_ script: String) {
-        guard distinctAddresses else { return }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/sbin/nft")
-        p.arguments = ["-f", "-"]
-        let pipe = Pipe()
-        p.standardInput = pipe
-        try? p.run()
-        pipe.fileHandleForWriting.write(Data(script.utf8))
-        try? pipe.fileHandleForWriting.close()
-        p.waitUntilExit()
-    }
 
     /// Heals everything: network, paused and killed replicas.
     func healAll() {

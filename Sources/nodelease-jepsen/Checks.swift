@@ -11,6 +11,22 @@ struct Checks {
     var operations = 0
     var ok = 0
 
+    /// The process id of the final linearizable read in the history.
+    static let finalProcess = -1
+
+    /// The final read as one linearizable read per hostname (absent ones included).
+    static func finalReadOps(hostnames: [String], final: [String: (nodeId: UInt32, status: String)], invoke: UInt64, complete: UInt64) -> [HistoryOp] {
+        hostnames.map { host in
+            var o = HistoryOp(process: finalProcess, kind: .read, hostname: host, holder: "final-read", invoke: invoke, complete: complete, outcome: .ok)
+            o.linearizable = true
+            if let f = final[host] {
+                o.nodeId = f.nodeId
+                o.status = f.status
+            }
+            return o
+        }
+    }
+
     static func run(ops: [HistoryOp], final: [String: (nodeId: UInt32, status: String)]?, nemesis: [NemesisEvent]) -> Checks {
         var c = Checks()
         let started = ContinuousClock.now

@@ -38,7 +38,14 @@ struct JepsenRun: AsyncParsableCommand {
     func run() async throws {
         if !check.isEmpty {
             // Re-check a stored run: its history, nemesis log and final read.
-            let (ops, events, final) = try Report.loadInputs(dir: check)
+            var (ops, events, final) = try Report.loadInputs(dir: check)
+            if let final, !ops.contains(where: { $0.process == Checks.finalProcess }) {
+                // A run stored before the final read was part of the history: it came after
+                // every operation completed, within a minute (the runner's waits are 30 s each).
+                let after = (ops.map(\.complete).max() ?? 0) + 1
+                ops += Checks.finalReadOps(
+                    hostnames: Set(ops.map(\.hostname)).sorted(), final: final, invoke: after, complete: after + 60_000_000_000)
+            }
             let checked = Checks.run(ops: ops, final: final, nemesis: events)
             say(checked.summary)
             for a in checked.anomalies.prefix(20) { say("  \(a)") }
@@ -97,7 +104,14 @@ struct JepsenRun: AsyncParsableCommand {
         // Heal, let the cluster settle, and take the final linearizable read.
         cluster.healAll()
         _ = await cluster.waitForLeader(seconds: 30)
+        let finalInvoke = history.now()
         let final = await cluster.finalRead()
+        if let final {
+            // The final read goes into the history as one linearizable read per hostname, so
+            // the linearizability checker holds it against every acknowledged change.
+            let hosts = Set(history.all.map(\.hostname)).sorted()
+            for op in Checks.finalReadOps(hostnames: hosts, final: final, invoke: finalInvoke, complete: history.now()) { history.add(op) }
+        }
 
         let ops = history.all
         let events = nemesisLog.all

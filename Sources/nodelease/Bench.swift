@@ -80,7 +80,7 @@ struct Bench: AsyncParsableCommand {
         let end = startMeasure + .milliseconds(Int(duration * 1000))
         let progress = Task {
             while clock.now < end {
-                try? await Task.sleep(for: .seconds(1))
+                guard (try? await Task.sleep(for: .seconds(1))) != nil else { break }
                 let (n, e) = stats.counts()
                 FileHandle.standardError.write(Data("\r\(n) ops, \(e) errors   ".utf8))
             }
@@ -100,7 +100,7 @@ struct Bench: AsyncParsableCommand {
         progress.cancel()
         FileHandle.standardError.write(Data("\r".utf8))
         let cpuAfter = Self.cpuSeconds(pids: Self.pidList(pids))
-        let cpu = zip(cpuBefore, cpuAfter).map { ($0.0, $1.1 - $0.1) }
+        let cpu = zip(cpuBefore, cpuAfter).map { ($0.0, max(0, $1.1 - $0.1)) }  // a process that died reads as 0
         print(stats.report(system: system, op: op, concurrency: concurrency, seconds: duration, cpu: cpu, json: json))
     }
 
@@ -112,22 +112,29 @@ struct Bench: AsyncParsableCommand {
         _ w: Int, op: String, etcd: Bool, write: (String, Int), read: (String, Int), leases: [String], start: ContinuousClock.Instant,
         end: ContinuousClock.Instant, stats: BenchStats
     ) async {
-        do {
-            try await HTTP1.withConnection(host: write.0, port: write.1) { wc in
-                try await HTTP1.withConnection(host: read.0, port: read.1) { rc in
-                    try await loop(w, op: op, etcd: etcd, wc: &wc, rc: &rc, leases: leases, start: start, end: end, stats: stats)
+        // A lost connection (or an answer that takes longer than the read timeout) is counted
+        // and the worker connects again, so a failover shows up as errors, not a stall.
+        let clock = ContinuousClock()
+        var n = 0
+        while clock.now < end {
+            do {
+                try await HTTP1.withConnection(host: write.0, port: write.1) { wc in
+                    try await HTTP1.withConnection(host: read.0, port: read.1) { rc in
+                        try await loop(w, op: op, etcd: etcd, wc: &wc, rc: &rc, leases: leases, n: &n, start: start, end: end, stats: stats)
+                    }
                 }
+                return
+            } catch {
+                if clock.now >= start { stats.error("connection lost or timed out") }
+                try? await Task.sleep(for: .milliseconds(100))
             }
-        } catch {
-            stats.error("connection lost")
         }
     }
 
     static func loop(
-        _ w: Int, op: String, etcd: Bool, wc: inout HTTP1.Session, rc: inout HTTP1.Session, leases: [String],
+        _ w: Int, op: String, etcd: Bool, wc: inout HTTP1.Session, rc: inout HTTP1.Session, leases: [String], n: inout Int,
         start: ContinuousClock.Instant, end: ContinuousClock.Instant, stats: BenchStats
     ) async throws {
-        var n = 0
         var random = UInt64(w + 1) &* 0x9E37_79B9_7F4A_7C15
         let clock = ContinuousClock()
         while clock.now < end {
@@ -222,6 +229,14 @@ final class BenchStats: Sendable {
 }
 
 /// Keep-alive HTTP/1.1 connections, one request at a time.
+/// Closes a connection when `IdleStateHandler` reports it idle.
+final class CloseWhenIdle: ChannelInboundHandler, Sendable {
+    typealias InboundIn = NIOAny
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent { context.close(promise: nil) } else { context.fireUserInboundEventTriggered(event) }
+    }
+}
+
 enum HTTP1 {
     struct Response {
         var status: Int
@@ -235,6 +250,9 @@ enum HTTP1 {
             .connectTimeout(.seconds(3))
             .connect(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // No byte for this long while open: the connection is closed, and a
+                    // request waiting on it fails instead of hanging.
+                    try channel.pipeline.syncOperations.addHandlers([IdleStateHandler(readTimeout: .seconds(5)), CloseWhenIdle()])
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
                     return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
                 }

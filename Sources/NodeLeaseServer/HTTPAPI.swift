@@ -11,6 +11,9 @@ struct HTTPAPI: Sendable {
     let config: ServerConfig
     let metrics: ReplicaMetrics
     static let maxBody = 64 * 1024
+    static let indexHeader = HTTPField.Name("X-NodeLease-Index")!
+    static let replicaHeader = HTTPField.Name("X-NodeLease-Replica")!
+    static let leaderHeader = HTTPField.Name("X-NodeLease-Leader")!
 
     func respond(to request: Request) async -> Response {
         let start = ContinuousClock.now
@@ -281,9 +284,9 @@ struct HTTPAPI: Sendable {
     }
 
     private func setReadHeaders(_ r: inout Response, _ index: LogIndex, _ leader: ReplicaID?) {
-        r.headers[HTTPField.Name("X-NodeLease-Index")!] = String(index.rawValue)
-        r.headers[HTTPField.Name("X-NodeLease-Replica")!] = String(config.replicaID.rawValue)
-        r.headers[HTTPField.Name("X-NodeLease-Leader")!] = leader.map { String($0.rawValue) } ?? ""
+        r.headers[Self.indexHeader] = String(index.rawValue)
+        r.headers[Self.replicaHeader] = String(config.replicaID.rawValue)
+        r.headers[Self.leaderHeader] = leader.map { String($0.rawValue) } ?? ""
     }
 
     private func readResponse(_ body: [UInt8], _ index: LogIndex, _ leader: ReplicaID?) -> Response {

@@ -407,14 +407,16 @@ actor RaftDriver {
         appliedWaiters = keep
     }
 
-    /// Every `snapshotEvery` applied entries, snapshots the registry and compacts the log.
+    /// Every `snapshotEvery` applied entries (or twice the registry's size, if more: a
+    /// snapshot's cost grows with the registry), snapshots the registry and compacts the log.
     /// The encoding and the file's write and fsync run on a thread of their own, from a copy
     /// of the registry (a value: the copy is cheap until the next change), so a large registry
     /// does not stall the actor; the log is compacted once the file is durable.
     private func maybeSnapshot() {
         guard !snapshotting else { return }
         let applied = node.appliedIndex
-        guard let snapIndex = try? storage.snapshot().metadata.index, applied.rawValue >= snapIndex.rawValue + config.snapshotEvery else { return }
+        let every = max(config.snapshotEvery, config.snapshotEntriesPerNode * UInt64(registry.count))
+        guard let snapIndex = try? storage.snapshot().metadata.index, applied.rawValue >= snapIndex.rawValue + every else { return }
         let writer: SnapshotWriter
         do {
             guard let w = try storage.prepareSnapshot(at: applied) else { return }

@@ -22,6 +22,9 @@ public struct ServerConfig: Sendable {
     /// fsync every batch. Off only for benchmarks (logged loudly).
     public var fsync: Bool = true
     public var snapshotEvery: UInt64 = 10_000
+    /// ... or more: this many entries per registered node, so that a snapshot (whose cost grows
+    /// with the registry) costs each entry at most 1/snapshotEntriesPerNode of a record.
+    public var snapshotEntriesPerNode: UInt64 = 2
     public var keepAfterSnapshot: UInt64 = 5_000
 
     public init(replicaID: ReplicaID, peers: [ReplicaID: PeerAddress], clientListen: PeerAddress, dataDir: String) {

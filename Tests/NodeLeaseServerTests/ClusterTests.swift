@@ -294,6 +294,7 @@ struct RecoveryTests {
     @Test func aReplicaBehindTheCompactedLogCatchesUpBySnapshot() async throws {
         let c = try LocalCluster { config in
             config.snapshotEvery = 20
+            config.snapshotEntriesPerNode = 0
             config.keepAfterSnapshot = 5
         }
         try await c.startAll()

@@ -65,6 +65,10 @@ struct ReplicaOptions: ParsableArguments {
     var heartbeatInterval: String?
     @Option(help: "Milliseconds a client request may wait for the cluster (5000). Env NODELEASE_REQUEST_TIMEOUT.")
     var requestTimeout: String?
+    @Option(help: "Snapshot every this many log entries, or twice the registry's size if more (10000). Env NODELEASE_SNAPSHOT_EVERY.")
+    var snapshotEvery: String?
+    @Option(help: "Log entries kept behind a snapshot for slow followers (5000). Env NODELEASE_SNAPSHOT_KEEP.")
+    var snapshotKeep: String?
     @Flag(help: "Do not fsync the log: acknowledged writes can be lost. Benchmarks only. Env NODELEASE_NO_FSYNC=1.")
     var noFsync = false
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (info). Env NODELEASE_LOG_LEVEL.")
@@ -93,6 +97,9 @@ struct ReplicaOptions: ParsableArguments {
         c.ttlRange = lo...hi
         if let r = value(nodeIdRange, "--node-id-range") { c.nodeIDRange = try ServerConfig.parseRange(r, flag: "--node-id-range") }
         c.retentionSeconds = try number(retention, "--retention", default: c.retentionSeconds)
+        c.snapshotEvery = try number(snapshotEvery, "--snapshot-every", default: c.snapshotEvery)
+        c.keepAfterSnapshot = try number(snapshotKeep, "--snapshot-keep", default: c.keepAfterSnapshot)
+        guard c.snapshotEvery >= 1 else { throw ConfigError("--snapshot-every", "must be at least 1") }
         let heartbeat: Int = try number(heartbeatInterval, "--heartbeat-interval", default: 100)
         let election: Int = try number(electionTimeout, "--election-timeout", default: 1000)
         guard heartbeat >= 1 else { throw ConfigError("--heartbeat-interval", "must be at least 1 ms") }

@@ -141,6 +141,9 @@ struct ClusterTests {
         let leaseID = try #require(lease["leaseId"] as? String)
         #expect(lease["fencingToken"] as? Int == Int(leaseID))
         #expect(acquired.body.hasPrefix(#"{"leaseId":""#))
+        // A write answers with the index of the entry that applied it: the grant's own entry.
+        let grantIndex = Int(acquired.headers["x-nodelease-index"] ?? "")
+        #expect(grantIndex == Int(leaseID))
 
         // The same holder again: the same lease. Another holder: hostname_in_use.
         let again = try await c.post(leader, "/v1/leases", #"{"hostname":"mx1.example.org","holder":"h-1"}"#)
@@ -164,6 +167,10 @@ struct ClusterTests {
         #expect(renewed.status == 200 && renewed.json["leaseId"] as? String == leaseID)
         let released = try await c.request(follower, "DELETE", "/v1/leases/\(leaseID)")
         #expect(released.status == 200 && released.json["status"] as? String == "inactive")
+        // Each later write answers at a later entry, wherever it was sent.
+        let renewIndex = Int(renewed.headers["x-nodelease-index"] ?? "") ?? 0
+        let releaseIndex = Int(released.headers["x-nodelease-index"] ?? "") ?? 0
+        #expect(renewIndex > grantIndex ?? Int.max && releaseIndex > renewIndex)
         let twice = try await c.request(follower, "DELETE", "/v1/leases/\(leaseID)")
         #expect(twice.status == 404 && twice.json["error"] as? String == "lease_not_found")
         let renewGone = try await c.post(leader, "/v1/leases/\(leaseID)/renew", "{}")

@@ -502,11 +502,8 @@ actor RaftDriver {
     private func expireOverdue() {
         let now = ContinuousClock.now
         while deadlinesHead < deadlines.count && deadlines[deadlinesHead].at <= now {
-            let id = deadlines[deadlinesHead].id
+            expire(deadlines[deadlinesHead].id)
             deadlinesHead += 1
-            if waiters[id] != nil || readWaiters[id] != nil || pendingCommands[id] != nil || !appliedWaiters.isEmpty || !pendingReads.isEmpty {
-                expire(id)
-            }
         }
         if deadlinesHead > 1024 && deadlinesHead * 2 > deadlines.count {
             deadlines.removeFirst(deadlinesHead)
@@ -518,10 +515,11 @@ actor RaftDriver {
         pendingCommands[id] = nil
         if let c = waiters.removeValue(forKey: id) { c.resume(throwing: DriverError.noLeader) }
         if let c = readWaiters.removeValue(forKey: id) { c.resume(throwing: DriverError.noLeader) }
-        if let k = appliedWaiters.firstIndex(where: { $0.id == id }) {
+        // Most requests are answered long before their deadline: keep this cheap for them.
+        if !appliedWaiters.isEmpty, let k = appliedWaiters.firstIndex(where: { $0.id == id }) {
             appliedWaiters.remove(at: k).continuation.resume(throwing: DriverError.noLeader)
         }
-        pendingReads.removeAll { $0 == id }
+        if !pendingReads.isEmpty { pendingReads.removeAll { $0 == id } }
     }
 
     private func fatal(_ why: String) {

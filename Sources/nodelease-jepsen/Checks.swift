@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 import JepsenCheckers
 
@@ -50,6 +51,18 @@ struct Checks {
         let d = ContinuousClock.now - started
         c.checkSeconds = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
         return c
+    }
+
+    /// Prints the summary, the first anomalies and the verdict; throws exit code 1 if invalid.
+    func printVerdict() throws {
+        say(summary)
+        for a in anomalies.prefix(20) { say("  \(a)") }
+        if anomalies.isEmpty {
+            say("Everything looks good! ヽ(‘ー`)ノ  valid: true")
+        } else {
+            say("Analysis invalid! (ﾉಥ益ಥ）ﾉ ┻━┻  valid: false")
+            throw ExitCode(1)
+        }
     }
 
     var summary: String {

@@ -47,10 +47,7 @@ struct JepsenRun: AsyncParsableCommand {
                     hostnames: Set(ops.map(\.hostname)).sorted(), final: final, invoke: after, complete: after + 60_000_000_000)
             }
             let checked = Checks.run(ops: ops, final: final, nemesis: events)
-            say(checked.summary)
-            for a in checked.anomalies.prefix(20) { say("  \(a)") }
-            say(checked.anomalies.isEmpty ? "valid: true" : "valid: false")
-            if !checked.anomalies.isEmpty { throw ExitCode(1) }
+            try checked.printVerdict()
             return
         }
         var faults = Set(nemesis.split(separator: ",").map(String.init))
@@ -118,16 +115,18 @@ struct JepsenRun: AsyncParsableCommand {
         try Report.saveInputs(dir: dir, ops: ops, nemesis: events, final: final)
         let checked = Checks.run(ops: ops, final: final, nemesis: events)
         try Report.write(dir: dir, ops: ops, nemesis: events, checked: checked, seed: seed, faults: faults.sorted())
-        let valid = checked.anomalies.isEmpty
-        say(checked.summary)
-        for a in checked.anomalies.prefix(20) { say("  \(a)") }
-        say(valid ? "Everything looks good! ヽ(‘ー`)ノ  valid: true" : "Analysis invalid! (ﾉಥ益ಥ）ﾉ ┻━┻  valid: false")
-        if !valid { throw ExitCode(1) }
+        try checked.printVerdict()
     }
 }
 
 func say(_ s: String) {
     FileHandle.standardOutput.write(Data((s + "\n").utf8))
+}
+
+/// Nanoseconds from `start` to now: the one time axis of a run's history and nemesis log.
+func nanoseconds(since start: ContinuousClock.Instant) -> UInt64 {
+    let d = ContinuousClock.now - start
+    return UInt64(d.components.seconds) * 1_000_000_000 + UInt64(d.components.attoseconds / 1_000_000_000)
 }
 
 /// SplitMix64, for the test's schedule.
@@ -148,10 +147,7 @@ final class HistoryLog: Sendable {
     let start: ContinuousClock.Instant
     private let ops = NIOLockedValueBox<[HistoryOp]>([])
     init(start: ContinuousClock.Instant) { self.start = start }
-    func now() -> UInt64 {
-        let d = ContinuousClock.now - start
-        return UInt64(d.components.seconds) * 1_000_000_000 + UInt64(d.components.attoseconds / 1_000_000_000)
-    }
+    func now() -> UInt64 { nanoseconds(since: start) }
     func add(_ op: HistoryOp) { ops.withLockedValue { $0.append(op) } }
     var all: [HistoryOp] { ops.withLockedValue { $0 }.sorted { $0.invoke < $1.invoke } }
 }

@@ -122,10 +122,7 @@ struct Nemesis: Sendable {
     let log: NemesisLog
     let start: ContinuousClock.Instant
 
-    func now() -> UInt64 {
-        let d = ContinuousClock.now - start
-        return UInt64(d.components.seconds) * 1_000_000_000 + UInt64(d.components.attoseconds / 1_000_000_000)
-    }
+    func now() -> UInt64 { nanoseconds(since: start) }
 
     func run(until end: ContinuousClock.Instant) async {
         guard !faults.isEmpty else { return }

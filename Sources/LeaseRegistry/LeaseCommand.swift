@@ -16,6 +16,18 @@ public enum LeaseCommand: Sendable, Hashable {
     /// `dataDirectoryID`. Peers then refuse that replica if it comes back with another
     /// directory: an emptied directory has forgotten its votes.
     case registerReplica(replica: UInt64, dataDirectoryID: UInt64)
+    /// How long and how many idempotency keys every replica remembers (shared/API.md,
+    /// "Exactly once"). Decided in the log, so every replica evicts the same keys at the
+    /// same index; the leader proposes it when its configuration differs from the registry's.
+    case configureIdempotency(windowSeconds: UInt64, maxKeys: UInt32)
+
+    /// Whether a client asked for this change (and so it may carry an idempotency key).
+    public var isClientWrite: Bool {
+        switch self {
+        case .acquire, .renew, .release, .forget: true
+        case .expire, .retire, .registerReplica, .configureIdempotency: false
+        }
+    }
 }
 
 /// A command with the leader's wall-clock time (Unix seconds) at which it was proposed.
@@ -26,21 +38,95 @@ public struct TimedCommand: Sendable, Hashable {
     /// Chosen by the replica that received the client's request (0: none), so that replica
     /// can find the command's result when it applies, whoever proposed it.
     public var requestID: UInt64
+    /// The idempotency key of the client's logical request (shared/API.md, "Exactly once"),
+    /// or one the accepting replica chose; nil for the leader's own commands. The registry
+    /// answers a repeated key with the first outcome instead of applying it again.
+    public var key: IdempotencyKey?
 
-    public init(_ command: LeaseCommand, now: UInt64, requestID: UInt64 = 0) {
+    public init(_ command: LeaseCommand, now: UInt64, requestID: UInt64 = 0, key: IdempotencyKey? = nil) {
         self.command = command
         self.now = now
         self.requestID = requestID
+        self.key = key
     }
 
-    static let version: UInt8 = 1
+    /// Version 1 entries (written before idempotency keys) still decode.
+    static let version: UInt8 = 2
 
-    /// The entry payload: version, request id, type, time, fields (little-endian).
+    /// The entry payload: version, request id, key (flag, then the key), type, time, fields
+    /// (little-endian).
     public func encoded() -> [UInt8] {
-        var w = ByteWriter(capacity: 64)
+        var w = ByteWriter(capacity: 96)
         w.u8(Self.version)
         w.u64(requestID)
-        switch command {
+        if let key {
+            w.u8(key.origin.rawValue)
+            w.string(key.value)
+        } else {
+            w.u8(0)
+        }
+        command.encode(now: now, into: &w)
+        return w.bytes
+    }
+
+    /// Decodes an entry payload; nil for anything malformed or of an unknown version.
+    public init?(decoding bytes: [UInt8]) {
+        var r = ByteReader(bytes)
+        do {
+            let version = try r.u8()
+            guard version == 1 || version == Self.version else { return nil }
+            requestID = try r.u64()
+            key = nil
+            if version >= 2 {
+                let flag = try r.u8()
+                if flag != 0 {
+                    guard let origin = IdempotencyKey.Origin(rawValue: flag) else { return nil }
+                    key = IdempotencyKey(origin: origin, value: try r.string())
+                }
+            }
+            guard let (command, now) = try LeaseCommand.decode(&r) else { return nil }
+            self.command = command
+            self.now = now
+            guard r.remaining == 0 else { return nil }
+        } catch {
+            return nil
+        }
+    }
+}
+
+/// The key that makes a client write exactly-once. Client keys and the keys a replica chooses
+/// for requests that came without one live in separate namespaces, so they never collide.
+public struct IdempotencyKey: Sendable, Hashable, CustomStringConvertible {
+    public enum Origin: UInt8, Sendable, Hashable {
+        /// From the `Idempotency-Key` header.
+        case client = 1
+        /// Chosen by the replica that accepted a request without the header.
+        case replica = 2
+    }
+    public var origin: Origin
+    public var value: String
+
+    public init(origin: Origin, value: String) {
+        self.origin = origin
+        self.value = value
+    }
+
+    /// A client's key: 1 to 64 printable ASCII characters (shared/API.md).
+    public static func client(_ raw: String) throws(LeaseError) -> IdempotencyKey {
+        let bytes = Array(raw.utf8)
+        guard !bytes.isEmpty, bytes.count <= 64, bytes.allSatisfy({ $0 >= 0x20 && $0 < 0x7f }) else {
+            throw .invalid(field: "Idempotency-Key", message: "must be 1 to 64 printable ASCII characters")
+        }
+        return IdempotencyKey(origin: .client, value: raw)
+    }
+
+    public var description: String { origin == .client ? value : "(replica) \(value)" }
+}
+
+extension LeaseCommand {
+    /// Type, time and fields of a command.
+    func encode(now: UInt64, into w: inout ByteWriter) {
+        switch self {
         case .acquire(let hostname, let holder, let ttl, let range):
             w.u8(1)
             w.u64(now)
@@ -76,38 +162,47 @@ public struct TimedCommand: Sendable, Hashable {
             w.u64(now)
             w.u64(replica)
             w.u64(dir)
+        case .configureIdempotency(let window, let maxKeys):
+            w.u8(8)
+            w.u64(now)
+            w.u64(window)
+            w.u32(maxKeys)
         }
-        return w.bytes
     }
 
-    /// Decodes an entry payload; nil for anything malformed or of an unknown version.
-    public init?(decoding bytes: [UInt8]) {
-        var r = ByteReader(bytes)
-        do {
-            guard try r.u8() == Self.version else { return nil }
-            requestID = try r.u64()
-            let type = try r.u8()
-            now = try r.u64()
-            switch type {
-            case 1:
-                let hostname = try r.string()
-                let holder = try r.string()
-                let ttl = try r.u32()
-                let lo = try r.u32()
-                let hi = try r.u32()
-                guard lo <= hi else { return nil }
-                command = .acquire(hostname: hostname, holder: holder, ttlSeconds: ttl, idRange: lo...hi)
-            case 2: command = .renew(leaseID: try r.u64())
-            case 3: command = .release(leaseID: try r.u64())
-            case 4: command = .expire(leaseID: try r.u64(), renewalIndex: try r.u64())
-            case 5: command = .retire(nodeID: NodeID(try r.u32()), statusIndex: try r.u64())
-            case 6: command = .forget(nodeID: NodeID(try r.u32()))
-            case 7: command = .registerReplica(replica: try r.u64(), dataDirectoryID: try r.u64())
-            default: return nil
-            }
-            guard r.remaining == 0 else { return nil }
-        } catch {
-            return nil
+    /// The command and its time; nil for an unknown type or bad fields.
+    static func decode(_ r: inout ByteReader) throws -> (LeaseCommand, UInt64)? {
+        let type = try r.u8()
+        let now = try r.u64()
+        let command: LeaseCommand
+        switch type {
+        case 1:
+            let hostname = try r.string()
+            let holder = try r.string()
+            let ttl = try r.u32()
+            let lo = try r.u32()
+            let hi = try r.u32()
+            guard lo <= hi else { return nil }
+            command = .acquire(hostname: hostname, holder: holder, ttlSeconds: ttl, idRange: lo...hi)
+        case 2: command = .renew(leaseID: try r.u64())
+        case 3: command = .release(leaseID: try r.u64())
+        case 4: command = .expire(leaseID: try r.u64(), renewalIndex: try r.u64())
+        case 5: command = .retire(nodeID: NodeID(try r.u32()), statusIndex: try r.u64())
+        case 6: command = .forget(nodeID: NodeID(try r.u32()))
+        case 7: command = .registerReplica(replica: try r.u64(), dataDirectoryID: try r.u64())
+        case 8: command = .configureIdempotency(windowSeconds: try r.u64(), maxKeys: try r.u32())
+        default: return nil
         }
+        return (command, now)
+    }
+
+    /// What the request asked for, for telling a retry from another request under the same
+    /// key: a 64-bit FNV-1a hash of the command's type and fields (its time left out).
+    public var fingerprint: UInt64 {
+        var w = ByteWriter(capacity: 64)
+        encode(now: 0, into: &w)
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in w.bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return h
     }
 }

@@ -8,6 +8,45 @@ public enum LeaseReply: Sendable, Hashable {
     case node(NodeRecord)
     /// registerReplica: the directory recorded for the replica.
     case replica(replica: UInt64, dataDirectoryID: UInt64)
+    /// configureIdempotency: the window now in force.
+    case idempotency(IdempotencyWindow)
+}
+
+/// The outcome of one applied log entry.
+public struct Applied: Sendable, Hashable {
+    public var result: Result<LeaseReply, LeaseError>
+    /// The command's idempotency key had been applied before: `result` is that first outcome,
+    /// and nothing changed now.
+    public var replayed: Bool
+    /// The index of the entry the outcome belongs to (for a replay, the first one's).
+    public var index: UInt64
+}
+
+/// How long and how many idempotency keys the registry remembers (shared/API.md, "Exactly
+/// once"). Set through the log (`configureIdempotency`), so all replicas agree.
+public struct IdempotencyWindow: Sendable, Hashable {
+    /// Leader seconds a key is remembered, at least.
+    public var seconds: UInt64
+    /// At most this many keys are remembered; the oldest go first.
+    public var maxKeys: Int
+
+    public init(seconds: UInt64 = 600, maxKeys: Int = 100_000) {
+        self.seconds = seconds
+        self.maxKeys = maxKeys
+    }
+
+    /// The registry's clock moves by at most this much per entry, so a leader whose wall clock
+    /// jumps ahead cannot evict keys early (a pause only keeps keys longer, which is safe).
+    public static let maxClockStep: UInt64 = 60
+}
+
+/// The first outcome of a keyed command.
+struct Remembered: Sendable, Hashable {
+    var fingerprint: UInt64
+    var result: Result<LeaseReply, LeaseError>
+    var index: UInt64
+    /// The registry clock when it applied.
+    var at: UInt64
 }
 
 /// The replicated state machine of node-ID leases (shared/API.md). Pure and deterministic:
@@ -25,8 +64,20 @@ public struct LeaseRegistry: Sendable {
     /// Derived (not snapshotted): all IDs in `cursorLower..<cursor` are taken.
     private var cursorLower: UInt64 = 0
     private var cursor: UInt64 = 0
+    /// Outcomes of keyed commands by key, and the keys in the order they applied (from
+    /// `rememberedHead` on), which is also the order of their `at`.
+    private var remembered: [IdempotencyKey: Remembered] = [:]
+    private var rememberedOrder: [IdempotencyKey] = []
+    private var rememberedHead = 0
+    public private(set) var idempotencyWindow = IdempotencyWindow()
+    /// Leader seconds as the log tells them: the first entry's time, then never backwards and
+    /// at most `IdempotencyWindow.maxClockStep` forward per entry.
+    public private(set) var clock: UInt64 = 0
 
     public init() {}
+
+    /// How many idempotency keys are remembered now.
+    public var rememberedKeys: Int { remembered.count }
 
     // MARK: Reading
 
@@ -64,11 +115,63 @@ public struct LeaseRegistry: Sendable {
     /// Applies the entry payload at log `index`. A payload that does not decode changes
     /// nothing (apart from the applied index) and reports `invalid`.
     public mutating func apply(entry data: [UInt8], index: UInt64) -> Result<LeaseReply, LeaseError> {
+        applied(entry: data, index: index).result
+    }
+
+    /// Applies the entry payload at log `index`, with what a client's answer needs.
+    public mutating func applied(entry data: [UInt8], index: UInt64) -> Applied {
         guard let timed = TimedCommand(decoding: data) else {
             appliedIndex = max(appliedIndex, index)
-            return .failure(.invalid(field: "command", message: "the log entry does not decode"))
+            return Applied(result: .failure(.invalid(field: "command", message: "the log entry does not decode")), replayed: false, index: index)
         }
-        return apply(timed.command, now: timed.now, index: index)
+        return apply(timed, index: index)
+    }
+
+    /// Applies a decoded entry. A client write whose key was applied before is not applied
+    /// again: the answer is the first outcome (or `idempotencyKeyMismatch` if the key came
+    /// with a different request).
+    public mutating func apply(_ timed: TimedCommand, index: UInt64) -> Applied {
+        if clock == 0 {
+            clock = timed.now
+        } else if timed.now > clock {
+            clock += min(timed.now - clock, IdempotencyWindow.maxClockStep)
+        }
+        forgetExpiredKeys()
+        guard let key = timed.key, timed.command.isClientWrite else {
+            return Applied(result: apply(timed.command, now: timed.now, index: index), replayed: false, index: index)
+        }
+        let fingerprint = timed.command.fingerprint
+        if let first = remembered[key] {
+            appliedIndex = max(appliedIndex, index)
+            guard first.fingerprint == fingerprint else {
+                return Applied(result: .failure(.idempotencyKeyMismatch), replayed: false, index: index)
+            }
+            return Applied(result: first.result, replayed: true, index: first.index)
+        }
+        let result = apply(timed.command, now: timed.now, index: index)
+        remember(key, Remembered(fingerprint: fingerprint, result: result, index: index, at: clock))
+        return Applied(result: result, replayed: false, index: index)
+    }
+
+    private mutating func remember(_ key: IdempotencyKey, _ outcome: Remembered) {
+        remembered[key] = outcome
+        rememberedOrder.append(key)
+        forgetExpiredKeys()
+    }
+
+    /// Drops the oldest keys while there are too many or they are older than the window.
+    private mutating func forgetExpiredKeys() {
+        while rememberedHead < rememberedOrder.count {
+            let key = rememberedOrder[rememberedHead]
+            let at = remembered[key]!.at
+            guard remembered.count > idempotencyWindow.maxKeys || at + idempotencyWindow.seconds < clock else { break }
+            remembered[key] = nil
+            rememberedHead += 1
+        }
+        if rememberedHead > 1024 && rememberedHead * 2 > rememberedOrder.count {
+            rememberedOrder.removeFirst(rememberedHead)
+            rememberedHead = 0
+        }
     }
 
     /// Applies one command at log `index` (also the fencing token of a new grant).
@@ -108,6 +211,13 @@ public struct LeaseRegistry: Sendable {
                 // The first directory seen is the one that counts.
                 if replicaDirectories[replica] == nil { replicaDirectories[replica] = dir }
                 return .success(.replica(replica: replica, dataDirectoryID: replicaDirectories[replica]!))
+            case .configureIdempotency(let seconds, let maxKeys):
+                guard seconds >= 1, maxKeys >= 1 else {
+                    throw LeaseError.invalid(field: "idempotency", message: "the window and the key limit must be at least 1")
+                }
+                idempotencyWindow = IdempotencyWindow(seconds: seconds, maxKeys: Int(maxKeys))
+                forgetExpiredKeys()
+                return .success(.idempotency(idempotencyWindow))
             }
         } catch let e as LeaseError {
             return .failure(e)
@@ -248,7 +358,13 @@ extension LeaseRegistry: Equatable {
     /// Equal registries hold the same records and applied index (derived caches aside).
     public static func == (a: LeaseRegistry, b: LeaseRegistry) -> Bool {
         a.appliedIndex == b.appliedIndex && a.order == b.order && a.order.allSatisfy { a.nodes[$0] == b.nodes[$0] }
-            && a.replicaDirectories == b.replicaDirectories
+            && a.replicaDirectories == b.replicaDirectories && a.idempotencyWindow == b.idempotencyWindow
+            && a.clock == b.clock && a.rememberedInOrder.elementsEqual(b.rememberedInOrder) { $0.0 == $1.0 && $0.1 == $1.1 }
+    }
+
+    /// The remembered outcomes, oldest first.
+    var rememberedInOrder: [(IdempotencyKey, Remembered)] {
+        rememberedOrder[rememberedHead...].map { ($0, remembered[$0]!) }
     }
 }
 
@@ -256,7 +372,8 @@ extension LeaseRegistry: Equatable {
 
 extension LeaseRegistry {
     static let snapshotMagic: [UInt8] = Array("NLREG".utf8)
-    static let snapshotVersion: UInt8 = 2
+    /// Version 3 added the idempotency keys; version 2 snapshots still load (with none).
+    static let snapshotVersion: UInt8 = 3
 
     /// The whole registry in a compact, versioned binary form with a CRC-32C checksum.
     public func snapshot() -> [UInt8] {
@@ -265,25 +382,24 @@ extension LeaseRegistry {
         w.u8(Self.snapshotVersion)
         w.u64(appliedIndex)
         w.u32(UInt32(order.count))
-        for id in order {
-            let r = nodes[id]!
-            w.u32(r.nodeID.rawValue)
-            w.string(r.hostname)
-            w.u8(r.status.rawValue)
-            w.u64(r.leaseID)
-            w.string(r.holder)
-            w.u32(r.ttlSeconds)
-            w.u64(r.acquiredAt)
-            w.u64(r.lastRenewal)
-            w.u64(r.transitions)
-            w.u64(r.renewalIndex)
-            w.u64(r.statusSince)
-            w.u64(r.statusIndex)
-        }
+        for id in order { w.record(nodes[id]!) }
         w.u32(UInt32(replicaDirectories.count))
         for k in replicaDirectories.keys.sorted() {
             w.u64(k)
             w.u64(replicaDirectories[k]!)
+        }
+        w.u64(idempotencyWindow.seconds)
+        w.u32(UInt32(idempotencyWindow.maxKeys))
+        w.u64(clock)
+        w.u32(UInt32(remembered.count))
+        for key in rememberedOrder[rememberedHead...] {
+            let m = remembered[key]!
+            w.u8(key.origin.rawValue)
+            w.string(key.value)
+            w.u64(m.fingerprint)
+            w.u64(m.index)
+            w.u64(m.at)
+            w.outcome(m.result)
         }
         w.u32(CRC32C.checksum(w.bytes))
         return w.bytes
@@ -306,18 +422,13 @@ extension LeaseRegistry {
         var r = ByteReader(Array(bytes[0..<body]), at: Self.snapshotMagic.count)
         do {
             let version = try r.u8()
-            guard version == Self.snapshotVersion else { throw SnapshotError.unknownVersion(version) }
+            guard version == 2 || version == Self.snapshotVersion else { throw SnapshotError.unknownVersion(version) }
             appliedIndex = try r.u64()
             let n = Int(try r.u32())
             var last: NodeID?
             for _ in 0..<n {
-                let id = NodeID(try r.u32())
-                let hostname = try r.string()
-                guard let status = NodeStatus(rawValue: try r.u8()) else { throw SnapshotError.malformed("status") }
-                let rec = NodeRecord(
-                    nodeID: id, hostname: hostname, status: status, leaseID: try r.u64(), holder: try r.string(),
-                    ttlSeconds: try r.u32(), acquiredAt: try r.u64(), lastRenewal: try r.u64(), transitions: try r.u64(),
-                    renewalIndex: try r.u64(), statusSince: try r.u64(), statusIndex: try r.u64())
+                let rec = try r.record()
+                let (id, hostname, status) = (rec.nodeID, rec.hostname, rec.status)
                 guard last == nil || last! < id, byHostname[hostname] == nil else {
                     throw SnapshotError.malformed("records out of order or duplicated")
                 }
@@ -330,11 +441,128 @@ extension LeaseRegistry {
             }
             let replicas = Int(try r.u32())
             for _ in 0..<replicas { replicaDirectories[try r.u64()] = try r.u64() }
+            if version >= 3 {
+                let seconds = try r.u64()
+                let maxKeys = try r.u32()
+                guard seconds >= 1, maxKeys >= 1 else { throw SnapshotError.malformed("idempotency window") }
+                idempotencyWindow = IdempotencyWindow(seconds: seconds, maxKeys: Int(maxKeys))
+                clock = try r.u64()
+                let keys = Int(try r.u32())
+                var lastAt: UInt64 = 0
+                for _ in 0..<keys {
+                    guard let origin = IdempotencyKey.Origin(rawValue: try r.u8()) else { throw SnapshotError.malformed("key origin") }
+                    let key = IdempotencyKey(origin: origin, value: try r.string())
+                    let fingerprint = try r.u64()
+                    let index = try r.u64()
+                    let at = try r.u64()
+                    let m = Remembered(fingerprint: fingerprint, result: try r.outcome(), index: index, at: at)
+                    guard remembered[key] == nil, at >= lastAt else { throw SnapshotError.malformed("idempotency keys duplicated or out of order") }
+                    lastAt = at
+                    remembered[key] = m
+                    rememberedOrder.append(key)
+                }
+            }
             guard r.remaining == 0 else { throw SnapshotError.malformed("trailing bytes") }
         } catch let e as SnapshotError {
             throw e
         } catch {
             throw SnapshotError.malformed("truncated")
+        }
+    }
+}
+
+// MARK: Snapshot encoding of records and outcomes
+
+extension ByteWriter {
+    mutating func record(_ r: NodeRecord) {
+        u32(r.nodeID.rawValue)
+        string(r.hostname)
+        u8(r.status.rawValue)
+        u64(r.leaseID)
+        string(r.holder)
+        u32(r.ttlSeconds)
+        u64(r.acquiredAt)
+        u64(r.lastRenewal)
+        u64(r.transitions)
+        u64(r.renewalIndex)
+        u64(r.statusSince)
+        u64(r.statusIndex)
+    }
+
+    /// A command's outcome: a tag, then its fields.
+    mutating func outcome(_ result: Result<LeaseReply, LeaseError>) {
+        switch result {
+        case .success(.lease(let l)):
+            u8(1)
+            u64(l.leaseID)
+            u32(l.nodeID.rawValue)
+            string(l.hostname)
+            string(l.holder)
+            u64(l.fencingToken)
+            u32(l.ttlSeconds)
+            u64(l.acquiredAt)
+            u64(l.lastRenewal)
+            u64(l.transitions)
+        case .success(.node(let n)):
+            u8(2)
+            record(n)
+        case .success(.replica(let replica, let dir)):
+            u8(3)
+            u64(replica)
+            u64(dir)
+        case .success(.idempotency(let w)):
+            u8(4)
+            u64(w.seconds)
+            u32(UInt32(w.maxKeys))
+        case .failure(.hostnameInUse(let id, let holder, let expires)):
+            u8(16)
+            u32(id.rawValue)
+            string(holder)
+            u64(expires)
+        case .failure(.nodeIDsExhausted): u8(17)
+        case .failure(.leaseNotFound): u8(18)
+        case .failure(.nodeNotFound): u8(19)
+        case .failure(.nodeActive(let id)):
+            u8(20)
+            u32(id.rawValue)
+        case .failure(.invalid(let field, let message)):
+            u8(21)
+            string(field)
+            string(message)
+        case .failure(.idempotencyKeyMismatch): u8(22)
+        }
+    }
+}
+
+extension ByteReader {
+    mutating func record() throws -> NodeRecord {
+        let id = NodeID(try u32())
+        let hostname = try string()
+        guard let status = NodeStatus(rawValue: try u8()) else { throw LeaseRegistry.SnapshotError.malformed("status") }
+        return NodeRecord(
+            nodeID: id, hostname: hostname, status: status, leaseID: try u64(), holder: try string(),
+            ttlSeconds: try u32(), acquiredAt: try u64(), lastRenewal: try u64(), transitions: try u64(),
+            renewalIndex: try u64(), statusSince: try u64(), statusIndex: try u64())
+    }
+
+    mutating func outcome() throws -> Result<LeaseReply, LeaseError> {
+        switch try u8() {
+        case 1:
+            return .success(.lease(Lease(
+                leaseID: try u64(), nodeID: NodeID(try u32()), hostname: try string(), holder: try string(),
+                fencingToken: try u64(), ttlSeconds: try u32(), acquiredAt: try u64(), lastRenewal: try u64(),
+                transitions: try u64())))
+        case 2: return .success(.node(try record()))
+        case 3: return .success(.replica(replica: try u64(), dataDirectoryID: try u64()))
+        case 4: return .success(.idempotency(IdempotencyWindow(seconds: try u64(), maxKeys: Int(try u32()))))
+        case 16: return .failure(.hostnameInUse(nodeID: NodeID(try u32()), holder: try string(), expiresInSeconds: try u64()))
+        case 17: return .failure(.nodeIDsExhausted)
+        case 18: return .failure(.leaseNotFound)
+        case 19: return .failure(.nodeNotFound)
+        case 20: return .failure(.nodeActive(NodeID(try u32())))
+        case 21: return .failure(.invalid(field: try string(), message: try string()))
+        case 22: return .failure(.idempotencyKeyMismatch)
+        default: throw LeaseRegistry.SnapshotError.malformed("outcome")
         }
     }
 }

@@ -86,6 +86,8 @@ public enum LeaseError: Error, Sendable, Hashable {
     case nodeActive(NodeID)
     /// A field is invalid; `field` names it.
     case invalid(field: String, message: String)
+    /// An idempotency key already used for a different request.
+    case idempotencyKeyMismatch
 
     /// The API error code.
     public var code: String {
@@ -96,6 +98,7 @@ public enum LeaseError: Error, Sendable, Hashable {
         case .nodeNotFound: "node_not_found"
         case .nodeActive: "node_active"
         case .invalid: "invalid_request"
+        case .idempotencyKeyMismatch: "idempotency_key_mismatch"
         }
     }
 
@@ -109,6 +112,8 @@ public enum LeaseError: Error, Sendable, Hashable {
         case .nodeNotFound: "no node with this ID is registered"
         case .nodeActive(let id): "node \(id) holds a live lease; only stale or inactive nodes can be forgotten"
         case .invalid(let field, let message): "\(field): \(message)"
+        case .idempotencyKeyMismatch:
+            "this Idempotency-Key was already used for a different request (method, path or body); use a new key for a new request"
         }
     }
 }

@@ -58,6 +58,8 @@ public enum NodeLeaseError: Error, Sendable, Hashable, CustomStringConvertible {
     case noLeader
     /// The request was refused as malformed; `message` says why.
     case invalidRequest(String)
+    /// The idempotency key was used before for a different request (a client bug).
+    case idempotencyKeyMismatch
     /// No endpoint answered before the deadline.
     case transport(String)
     /// The server answered something this client does not understand.
@@ -73,6 +75,7 @@ public enum NodeLeaseError: Error, Sendable, Hashable, CustomStringConvertible {
         case .nodeIDsExhausted: "no node ID of the configured range is free"
         case .noLeader: "no leader reachable (the cluster has no quorum)"
         case .invalidRequest(let m): "invalid request: \(m)"
+        case .idempotencyKeyMismatch: "idempotency key reused for a different request"
         case .transport(let m): "no replica reachable: \(m)"
         case .unexpected(let status, let body): "unexpected answer \(status): \(body)"
         }

@@ -9,8 +9,11 @@ import NIOConcurrencyHelpers
 ///
 /// It knows a list of replica endpoints, learns which replica leads from the
 /// `X-NodeLease-Leader` and `X-NodeLease-Replica` headers, sends writes there, and fails over to
-/// the next endpoint on a connection error or a `503`. Every call has a deadline; idempotent
-/// calls (acquire by the same holder, renew, reads) are retried with jittered backoff within it.
+/// the next endpoint on a connection error or a `503`. Every call has a deadline, and is
+/// retried with jittered backoff within it. Every write carries an `Idempotency-Key` that is
+/// new for the call and the same for each of its retries, so a write whose answer was lost is
+/// applied once however often it is sent (shared/API.md, "Exactly once"); a repeat is answered
+/// with the first outcome.
 public final class NodeLeaseClient: Sendable {
     public let endpoints: [URL]
     /// How long one call may take, retries included.
@@ -92,7 +95,7 @@ public final class NodeLeaseClient: Sendable {
         var out: [(URL, Result<ReplicaStatusView, NodeLeaseError>)] = []
         for (i, url) in endpoints.enumerated() {
             do {
-                let (status, data, _) = try await send(i, "GET", "/v1/status", body: nil, timeout: 2)
+                let (status, data, _) = try await send(i, "GET", "/v1/status", body: nil, key: nil, timeout: 2)
                 guard status == 200, let s = try? JSONDecoder().decode(ReplicaStatusView.self, from: data) else {
                     out.append((url, .failure(.unexpected(status: status, body: String(decoding: data, as: UTF8.self)))))
                     continue
@@ -110,6 +113,8 @@ public final class NodeLeaseClient: Sendable {
 
     private func call<T: Decodable>(_ method: String, _ path: String, body: [String: Any]?, timeout: Duration? = nil) async throws(NodeLeaseError) -> T {
         let deadline = ContinuousClock.now + (timeout ?? self.timeout)
+        // One key for the logical request, the same on every retry.
+        let key = method == "GET" ? nil : UUID().uuidString
         var attempt = 0
         while true {
             let i = pickEndpoint(attempt: attempt)
@@ -118,7 +123,7 @@ public final class NodeLeaseClient: Sendable {
             do {
                 let remaining = deadline - ContinuousClock.now
                 let seconds = max(0.05, Double(remaining.components.seconds) + Double(remaining.components.attoseconds) / 1e18)
-                let (status, data, _) = try await send(i, method, path, body: body, timeout: seconds)
+                let (status, data, _) = try await send(i, method, path, body: body, key: key, timeout: seconds)
                 if status == 200 {
                     do { return try JSONDecoder().decode(T.self, from: data) } catch {
                         throw NodeLeaseError.unexpected(status: status, body: String(decoding: data, as: UTF8.self))
@@ -151,7 +156,7 @@ public final class NodeLeaseClient: Sendable {
         }
     }
 
-    private func send(_ i: Int, _ method: String, _ path: String, body: [String: Any]?, timeout: Double) async throws -> (Int, Data, HTTPURLResponse) {
+    private func send(_ i: Int, _ method: String, _ path: String, body: [String: Any]?, key: String?, timeout: Double) async throws -> (Int, Data, HTTPURLResponse) {
         var request = URLRequest(url: endpoints[i].appendingPathComponent(String(path.prefix { $0 != "?" })))
         if let q = path.firstIndex(of: "?"), var c = URLComponents(url: request.url!, resolvingAgainstBaseURL: false) {
             c.percentEncodedQuery = String(path[path.index(after: q)...])
@@ -159,6 +164,7 @@ public final class NodeLeaseClient: Sendable {
         }
         request.httpMethod = method
         request.timeoutInterval = timeout
+        if let key { request.setValue(key, forHTTPHeaderField: "Idempotency-Key") }
         if let body {
             request.httpBody = try JSONSerialization.data(withJSONObject: body)
             request.setValue("application/json", forHTTPHeaderField: "Content-Type")
@@ -189,6 +195,7 @@ public final class NodeLeaseClient: Sendable {
         case "node_ids_exhausted": return .nodeIDsExhausted
         case "no_leader": return .noLeader
         case "invalid_request", "request_too_large": return .invalidRequest(message)
+        case "idempotency_key_mismatch": return .idempotencyKeyMismatch
         default: return .unexpected(status: status, body: message)
         }
     }

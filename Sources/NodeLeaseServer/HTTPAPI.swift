@@ -14,6 +14,8 @@ struct HTTPAPI: Sendable {
     static let indexHeader = HTTPField.Name("X-NodeLease-Index")!
     static let replicaHeader = HTTPField.Name("X-NodeLease-Replica")!
     static let leaderHeader = HTTPField.Name("X-NodeLease-Leader")!
+    static let idempotencyKeyHeader = HTTPField.Name("Idempotency-Key")!
+    static let replayedHeader = HTTPField.Name("Idempotent-Replayed")!
 
     func respond(to request: Request) async -> Response {
         let start = ContinuousClock.now
@@ -62,7 +64,7 @@ struct HTTPAPI: Sendable {
         case 3 where parts[0] == "v1" && parts[1] == "leases":
             guard method == .delete else { return methodNotAllowed() }
             guard let id = UInt64(parts[2]) else { return error(.notFound, LeaseError.leaseNotFound) }
-            return await write(.release(leaseID: id))
+            return await write(.release(leaseID: id), request)
         case 4 where parts[0] == "v1" && parts[1] == "leases" && parts[3] == "renew":
             guard method == .post else { return methodNotAllowed() }
             var request = request
@@ -75,14 +77,14 @@ struct HTTPAPI: Sendable {
                 }
             }
             guard let id = UInt64(parts[2]) else { return error(.notFound, LeaseError.leaseNotFound) }
-            return await write(.renew(leaseID: id))
+            return await write(.renew(leaseID: id), request)
         case 3 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "nodes":
             guard method == .get else { return methodNotAllowed() }
             return await listNodes(request)
         case 4 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "nodes":
             guard method == .get || method == .delete else { return methodNotAllowed() }
             guard let raw = UInt32(parts[3]) else { return error(.notFound, LeaseError.nodeNotFound) }
-            if method == .delete { return await write(.forget(nodeID: NodeID(raw))) }
+            if method == .delete { return await write(.forget(nodeID: NodeID(raw)), request) }
             return await oneNode(NodeID(raw), request)
         default:
             return error(.notFound, "not_found", "no such endpoint: \(request.method) \(request.uri.path)")
@@ -127,14 +129,21 @@ struct HTTPAPI: Sendable {
         } catch {
             return self.error(.badRequest, error)
         }
-        return await write(command)
+        return await write(command, request)
     }
 
-    private func write(_ command: LeaseCommand) async -> Response {
+    /// Proposes a client's write with its `Idempotency-Key` (if it sent one) and answers with
+    /// the outcome: the first one, marked `Idempotent-Replayed`, when the key applied before.
+    private func write(_ command: LeaseCommand, _ request: Request) async -> Response {
+        var key: IdempotencyKey?
+        if let raw = request.headers[Self.idempotencyKeyHeader] {
+            do throws(LeaseError) { key = try IdempotencyKey.client(raw) } catch { return self.error(.badRequest, error) }
+        }
         do {
-            let written = try await driver.submit(command)
+            let written = try await driver.submit(command, key: key)
             var r = reply(written.result)
             setReadHeaders(&r, written.index, written.leader)
+            if written.replayed { r.headers[Self.replayedHeader] = "true" }
             return r
         } catch {
             return await noLeader()
@@ -145,13 +154,14 @@ struct HTTPAPI: Sendable {
         switch result {
         case .success(.lease(let l)): return json(.ok, leaseJSON(l))
         case .success(.node(let n)): return json(.ok, nodeJSON(n))
-        case .success(.replica): return error(.internalServerError, "internal", "unexpected reply")
+        case .success(.replica), .success(.idempotency): return error(.internalServerError, "internal", "unexpected reply")
         case .failure(let e):
             let status: HTTPResponse.Status =
                 switch e {
                 case .hostnameInUse, .nodeIDsExhausted, .nodeActive: .conflict
                 case .leaseNotFound, .nodeNotFound: .notFound
                 case .invalid: .badRequest
+                case .idempotencyKeyMismatch: .unprocessableContent
                 }
             return error(status, e)
         }

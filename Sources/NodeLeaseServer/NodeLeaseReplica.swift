@@ -100,16 +100,16 @@ public final class NodeLeaseReplica: Service, Sendable {
                     }
                 }
                 // The HTTP server returns when a graceful shutdown begins (it stops accepting
-                // first); then the timers and the message loop end.
+                // first). The driver then hands leadership over while the timers and the
+                // message loop still run (the transfer needs them), and only then do they end.
                 try await app.run()
+                await driver.shutdown()
                 group.cancelAll()
             }
-        } onGracefulShutdown: { [driver, inbox, transport] in
-            Task {
-                await driver.shutdown()
-                inbox.finish()
-                await transport.shutdown()
-            }
+            inbox.finish()
+            await transport.shutdown()
+        } onGracefulShutdown: {
+            // Nothing more: app.run() returns, and the shutdown above follows it.
         }
     }
 

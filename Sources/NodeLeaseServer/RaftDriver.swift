@@ -50,6 +50,8 @@ actor RaftDriver {
         var result: Result<LeaseReply, LeaseError>
         var index: LogIndex
         var leader: ReplicaID?
+        /// The idempotency key had applied before: this is its first outcome.
+        var replayed: Bool = false
     }
     private typealias Reply = WriteResult
     private var waiters: [UInt64: CheckedContinuation<Reply, any Error>] = [:]
@@ -77,10 +79,20 @@ actor RaftDriver {
     nonisolated let knownDirectories = NIOLockedValueBox<[UInt64: UInt64]>([:])
     private var registrationAttempts: [UInt64: ContinuousClock.Instant] = [:]
     /// Commands of requests still waiting here, by request id: when the leader changes they
-    /// are sent again (the old leader may have died with them). Applying one twice is harmless:
-    /// a repeated acquire by the same holder renews, a repeated release or forget finds
-    /// nothing, expire and retire are conditional, and the waiter takes the first result.
+    /// are sent again (the old leader may have died with them, or committed them already).
+    /// Each carries an idempotency key (the client's, or one chosen here), so a command that
+    /// commits twice applies once: the registry answers the repeat with the first outcome.
     private var pendingCommands: [UInt64: [UInt8]] = [:]
+    /// When each waiting read-index request (client reads and the catch-up read) was last
+    /// sent: a request lost on the way (no connection to the leader yet, a leader change) is
+    /// sent again instead of waiting out its deadline.
+    private var readsSentAt: [UInt64: ContinuousClock.Instant] = [:]
+    /// After a start, local reads wait until this replica has applied what a leader confirmed
+    /// with a quorum (a read index), not merely its own commit index, which can lag after a
+    /// restart: the read index asked for, then the index it has to reach.
+    private var catchUpRead: UInt64?
+    private var catchUpIndex: LogIndex?
+    private var idempotencyConfiguredAt: ContinuousClock.Instant?
 
     init(
         config: ServerConfig, storage: DurableLog, transport: RaftTransport, logger: Logger, metrics: ReplicaMetrics,
@@ -122,7 +134,11 @@ actor RaftDriver {
         guard !stopped else { return }
         expireOverdue()
         node.tick()
-        if node.role == .leader && expiry.isReady { registerReplicas() }
+        if node.role == .leader && expiry.isReady {
+            registerReplicas()
+            configureIdempotency()
+        }
+        resendReads()
         if node.role == .leader {
             let due = expiry.due(now: monotonicNanos, wallSeconds: wallSeconds, registry: registry, hasQuorum: node.hasQuorumContact)
             if !due.isEmpty {
@@ -159,11 +175,14 @@ actor RaftDriver {
     /// Proposes `command` (through the leader, wherever it is) and waits until it applies
     /// here, or the request timeout passes. The result carries the index of the entry that
     /// applied it, so the answer's `X-NodeLease-Index` is the state right after the change.
-    func submit(_ command: LeaseCommand) async throws -> WriteResult {
+    /// `key`: the client's idempotency key; without one the command gets a key of this
+    /// replica's, so its own re-sends apply once too.
+    func submit(_ command: LeaseCommand, key: IdempotencyKey? = nil) async throws -> WriteResult {
         guard !stopped else { throw DriverError.stopping }
         requestCounter += 1
         let id = requestCounter
-        let data = TimedCommand(command, now: wallSeconds, requestID: id).encoded()
+        let key = key ?? IdempotencyKey(origin: .replica, value: "\(config.replicaID)-\(String(id, radix: 16))")
+        let data = TimedCommand(command, now: wallSeconds, requestID: id, key: key).encoded()
         pendingCommands[id] = data
         enqueue([data])
         afterInput()
@@ -182,13 +201,8 @@ actor RaftDriver {
         let index: LogIndex = try await withCheckedThrowingContinuation { c in
             readWaiters[id] = c
             scheduleTimeout(id)
-            do {
-                try node.readIndex(ReadRequestID(id))
-                afterInput()
-            } catch {
-                // No leader known yet: retried on every tick until the timeout.
-                pendingReads.append(id)
-            }
+            sendRead(id)
+            afterInput()
         }
         if node.appliedIndex >= index { return index }
         requestCounter += 1
@@ -200,6 +214,43 @@ actor RaftDriver {
         return index
     }
     private var pendingReads: [UInt64] = []
+
+    /// Asks the leader (or, as leader, the core) for a read index; without a known leader the
+    /// request waits in `pendingReads` until one is known.
+    private func sendRead(_ id: UInt64) {
+        do {
+            try node.readIndex(ReadRequestID(id))
+            readsSentAt[id] = ContinuousClock.now
+        } catch {
+            readsSentAt[id] = nil
+            if !pendingReads.contains(id) { pendingReads.append(id) }
+        }
+    }
+
+    /// Sends again every read-index request unanswered for longer than a few heartbeats (its
+    /// message or the answer may be lost: no connection yet, a leader change).
+    private func resendReads() {
+        guard !readsSentAt.isEmpty else { return }
+        let before = ContinuousClock.now - .milliseconds(max(50, 3 * config.tickMillis * config.heartbeatTicks))
+        for id in readsSentAt.keys.sorted() where readsSentAt[id]! < before { sendRead(id) }
+    }
+
+    /// Before the first local read after a start: asks for a read index, and notes when the
+    /// applied state has reached it.
+    private func updateCaughtUp() {
+        guard !caughtUp else { return }
+        if let target = catchUpIndex {
+            if node.appliedIndex >= target {
+                caughtUp = true
+                logger.info("caught up with the leader at index \(target): serving local reads")
+            }
+            return
+        }
+        guard catchUpRead == nil, node.leader != nil else { return }
+        requestCounter += 1
+        catchUpRead = requestCounter
+        sendRead(requestCounter)
+    }
 
     func status() -> ReplicaStatus {
         let s = node.status
@@ -215,11 +266,11 @@ actor RaftDriver {
     /// What the read headers need, cheaply.
     var headerState: (index: LogIndex, leader: ReplicaID?) { (node.appliedIndex, node.leader) }
 
-    var isReady: Bool { node.leader != nil && node.appliedIndex >= node.commitIndex }
+    var isReady: Bool { caughtUp && node.leader != nil && node.appliedIndex >= node.commitIndex }
 
-    /// Set once this replica has known a leader and applied up to its commit index since it
-    /// started. Before that its applied state may be older than what it served before a
-    /// restart, so it does not answer local reads yet.
+    /// Set once this replica has applied up to a read index a leader confirmed with a quorum
+    /// since it started. Before that its applied state may be older than what it served before
+    /// a restart, so it does not answer local reads yet.
     private(set) var caughtUp = false
 
     /// A consistent local read: the nodes and the index they reflect, taken together.
@@ -257,7 +308,7 @@ actor RaftDriver {
     // MARK: The Ready loop
 
     private func afterInput() {
-        if !caughtUp && node.leader != nil && node.appliedIndex >= node.commitIndex && !node.hasReady { caughtUp = true }
+        updateCaughtUp()
         noteRoleChanges()
         // As leader, commands wait for the pump, so that every command that arrived meanwhile
         // goes into one append (one entry batch, one message per follower, one fsync).
@@ -296,9 +347,12 @@ actor RaftDriver {
                 outboxQueuedAt = queued
             }
         } else if let leader = node.leader {
-            for data in outbox { transport.forward(data, to: leader) }
-            outbox = []
-            outboxQueuedAt = []
+            // What cannot be sent now (the connection to the leader is not up yet) stays, and
+            // goes on a later tick or flush, within its request's deadline.
+            var sent = 0
+            while sent < outbox.count && transport.forward(outbox[sent], to: leader) { sent += 1 }
+            outbox.removeFirst(sent)
+            outboxQueuedAt.removeFirst(sent)
         }
         // No leader known: keep them until one is (the requests time out meanwhile).
     }
@@ -346,10 +400,13 @@ actor RaftDriver {
                 knownDirectories.withLockedValue { if $0 != dirs { $0 = dirs } }
             }
             for rs in rd.readStates {
-                if let c = readWaiters.removeValue(forKey: rs.requestID.rawValue) { c.resume(returning: rs.index) }
+                let id = rs.requestID.rawValue
+                readsSentAt[id] = nil
+                if id == catchUpRead && catchUpIndex == nil { catchUpIndex = rs.index }
+                if let c = readWaiters.removeValue(forKey: id) { c.resume(returning: rs.index) }
             }
             node.advance(rd)
-            if !caughtUp && node.leader != nil && node.appliedIndex >= node.commitIndex { caughtUp = true }
+            updateCaughtUp()
             wakeAppliedWaiters()
             maybeSnapshot()
             noteRoleChanges()
@@ -363,23 +420,38 @@ actor RaftDriver {
             expiry.leaderReady(now: monotonicNanos, registry: registry)
         }
         guard e.kind == .normal else { return }
-        let result = registry.apply(entry: e.data, index: e.index.rawValue)
-        if expiry.isReady, case .success(let reply) = result {
+        guard let timed = TimedCommand(decoding: e.data) else {
+            _ = registry.apply(entry: e.data, index: e.index.rawValue)
+            logger.error("the log entry at index \(e.index) does not decode; skipped")
+            return
+        }
+        let applied = registry.apply(timed, index: e.index.rawValue)
+        let result = applied.result
+        if expiry.isReady, !applied.replayed, case .success(let reply) = result {
             switch reply {
             case .lease(let l): if let r = registry.node(l.nodeID) { expiry.applied(r, now: monotonicNanos) }
             case .node(let n): expiry.applied(registry.node(n.nodeID) ?? n, now: monotonicNanos)
-            case .replica: break
+            case .replica, .idempotency: break
             }
         }
-        if let timed = TimedCommand(decoding: e.data) {
-            if case .expire = timed.command, case .success(.node(let n)) = result {
-                logger.info("lease \(n.leaseID) of node \(n.nodeID) (\(n.hostname)) expired: node is stale")
-            }
-            if timed.requestID != 0, let c = waiters.removeValue(forKey: timed.requestID) {
-                pendingCommands[timed.requestID] = nil
-                c.resume(returning: WriteResult(result: result, index: e.index, leader: node.leader))
-            }
+        if case .expire = timed.command, case .success(.node(let n)) = result {
+            logger.info("lease \(n.leaseID) of node \(n.nodeID) (\(n.hostname)) expired: node is stale")
         }
+        if timed.requestID != 0, let c = waiters.removeValue(forKey: timed.requestID) {
+            pendingCommands[timed.requestID] = nil
+            c.resume(returning: WriteResult(result: result, index: LogIndex(applied.index), leader: node.leader, replayed: applied.replayed))
+        }
+    }
+
+    /// Writes the configured idempotency window into the log when the registry's differs.
+    private func configureIdempotency() {
+        let want = config.idempotencyWindow
+        guard registry.idempotencyWindow != want else { return }
+        let now = ContinuousClock.now
+        if let last = idempotencyConfiguredAt, now - last < .seconds(2) { return }
+        idempotencyConfiguredAt = now
+        logger.info("setting the idempotency window to \(want.seconds) s and \(want.maxKeys) keys")
+        enqueue([TimedCommand(.configureIdempotency(windowSeconds: want.seconds, maxKeys: UInt32(want.maxKeys)), now: wallSeconds).encoded()])
     }
 
     /// Records in the log which data directory each replica takes part with: ourselves, and
@@ -476,12 +548,10 @@ actor RaftDriver {
                     let resend = pendingCommands.keys.sorted().compactMap { pendingCommands[$0] }.filter { !queued.contains($0) }
                     if !resend.isEmpty { enqueue(resend) }
                 }
-                // Reads that found no leader can go now.
-                let reads = pendingReads
+                // Reads that found no leader can go now, and those sent to the old one again.
+                let reads = pendingReads + readsSentAt.keys.sorted()
                 pendingReads = []
-                for id in reads where readWaiters[id] != nil {
-                    do { try node.readIndex(ReadRequestID(id)) } catch { pendingReads.append(id) }
-                }
+                for id in reads where readWaiters[id] != nil || id == catchUpRead { sendRead(id) }
             } else {
                 logger.warning("no leader known")
             }
@@ -520,6 +590,7 @@ actor RaftDriver {
             appliedWaiters.remove(at: k).continuation.resume(throwing: DriverError.noLeader)
         }
         if !pendingReads.isEmpty { pendingReads.removeAll { $0 == id } }
+        readsSentAt[id] = nil
     }
 
     private func fatal(_ why: String) {

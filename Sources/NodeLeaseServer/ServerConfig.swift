@@ -1,3 +1,4 @@
+import LeaseRegistry
 import Raft
 import RaftTransport
 
@@ -26,6 +27,8 @@ public struct ServerConfig: Sendable {
     /// with the registry) costs each entry at most 1/snapshotEntriesPerNode of a record.
     public var snapshotEntriesPerNode: UInt64 = 2
     public var keepAfterSnapshot: UInt64 = 5_000
+    /// How long and how many idempotency keys the registry remembers (shared/API.md).
+    public var idempotencyWindow = IdempotencyWindow()
 
     public init(replicaID: ReplicaID, peers: [ReplicaID: PeerAddress], clientListen: PeerAddress, dataDir: String) {
         self.replicaID = replicaID
@@ -50,6 +53,13 @@ public struct ServerConfig: Sendable {
         if tickMillis < 1 { throw ConfigError("--heartbeat-interval", "must be at least 1 ms") }
         if electionTicks <= heartbeatTicks { throw ConfigError("--election-timeout", "must be longer than the heartbeat interval") }
         if requestTimeoutMillis < 100 { throw ConfigError("--request-timeout", "must be at least 100 ms") }
+        if idempotencyWindow.seconds < 1 { throw ConfigError("--idempotency-window", "must be at least 1 second") }
+        if idempotencyWindow.maxKeys < 1 || idempotencyWindow.maxKeys > Int(UInt32.max) {
+            throw ConfigError("--idempotency-keys", "must be between 1 and \(UInt32.max)")
+        }
+        if UInt64(requestTimeoutMillis) >= idempotencyWindow.seconds * 1000 {
+            throw ConfigError("--idempotency-window", "must be longer than --request-timeout, or a replica's own re-sends could apply twice")
+        }
     }
 }
 

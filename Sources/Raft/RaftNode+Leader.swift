@@ -202,13 +202,18 @@ extension RaftNode {
     // MARK: ReadIndex (thesis 6.4)
 
     mutating func handleReadRequest(from: ReplicaID, requestID: ReadRequestID) {
-        if membership.voters.count == 1 || config.faults.contains(.readIndexWithoutQuorum) {
+        if config.faults.contains(.readIndexWithoutQuorum) {
             answerRead(from: from, requestID: requestID, index: log.committed)
             return
         }
-        // Until an entry of this term commits, our commit index may be behind the cluster's.
+        // Until an entry of this term commits, our commit index may be behind the cluster's
+        // (a single voter's too: its last term's entries may not be known committed yet).
         guard log.termOrZero(log.committed) == term else {
             readsAwaitingCommit.append((from, requestID))
+            return
+        }
+        if membership.voters.count == 1 {
+            answerRead(from: from, requestID: requestID, index: log.committed)
             return
         }
         readSequence += 1

@@ -168,7 +168,7 @@ extension Simulation {
         switch outcome {
         case .lease(let l): record = registry.node(l.nodeID)
         case .node(let n): record = registry.node(n.nodeID) ?? n
-        case .replica: record = nil
+        case .replica, .idempotency: record = nil
         }
         if let record, node.role == .leader { replicas[i].expiry.applied(record, now: localNanos(i)) }
         guard let record else { return }

@@ -69,6 +69,10 @@ struct ReplicaOptions: ParsableArguments {
     var snapshotEvery: String?
     @Option(help: "Log entries kept behind a snapshot for slow followers (5000). Env NODELEASE_SNAPSHOT_KEEP.")
     var snapshotKeep: String?
+    @Option(help: "Seconds of leader time an idempotency key is remembered (600). Env NODELEASE_IDEMPOTENCY_WINDOW.")
+    var idempotencyWindow: String?
+    @Option(help: "Most idempotency keys remembered, the oldest going first (100000). Env NODELEASE_IDEMPOTENCY_KEYS.")
+    var idempotencyKeys: String?
     @Flag(help: "Do not fsync the log: acknowledged writes can be lost. Benchmarks only. Env NODELEASE_NO_FSYNC=1.")
     var noFsync = false
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (info). Env NODELEASE_LOG_LEVEL.")
@@ -110,6 +114,8 @@ struct ReplicaOptions: ParsableArguments {
         c.heartbeatTicks = 1
         c.electionTicks = election / heartbeat
         c.requestTimeoutMillis = try number(requestTimeout, "--request-timeout", default: c.requestTimeoutMillis)
+        c.idempotencyWindow.seconds = try number(idempotencyWindow, "--idempotency-window", default: c.idempotencyWindow.seconds)
+        c.idempotencyWindow.maxKeys = try number(idempotencyKeys, "--idempotency-keys", default: c.idempotencyWindow.maxKeys)
         if noFsync || Self.env("--no-fsync") == "1" { c.fsync = false }
         try c.validate()
     }

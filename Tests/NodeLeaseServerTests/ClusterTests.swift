@@ -97,10 +97,11 @@ final class LocalCluster: @unchecked Sendable {
         return URL(string: "http://\(a.host):\(a.port)\(path)")!
     }
 
-    func request(_ id: ReplicaID, _ method: String, _ path: String, body: String? = nil) async throws -> HTTPResult {
+    func request(_ id: ReplicaID, _ method: String, _ path: String, body: String? = nil, headers: [String: String] = [:]) async throws -> HTTPResult {
         var r = URLRequest(url: url(id, path))
         r.httpMethod = method
         r.timeoutInterval = 10
+        for (k, v) in headers { r.setValue(v, forHTTPHeaderField: k) }
         if let body {
             r.httpBody = Data(body.utf8)
             r.setValue("application/json", forHTTPHeaderField: "Content-Type")

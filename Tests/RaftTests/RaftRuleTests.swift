@@ -296,6 +296,24 @@ struct RaftRuleTests {
         #expect(c.readStates[r1] == [ReadState(index: 1, requestID: 3)])
     }
 
+    @Test("thesis 6.4 ReadIndex: a single voter too answers only after committing an entry of its term")
+    func singleVoterReadWaitsForCurrentTerm() throws {
+        // A restarted single replica: an entry of term 1 in its log, whose commit (a
+        // commit-only hard state, not synced) was lost with the crash.
+        let c = try TestCluster(size: 1) { _, storage in
+            storage.append([Entry(term: 1, index: 1, data: "acknowledged".bytes)])
+            storage.setHardState(HardState(term: 1, vote: 1, commit: 0))
+        }
+        c.with(r1) { $0.campaign() }
+        #expect(c[r1].role == .leader && c[r1].commitIndex == 0)
+        try c.with(r1) { try $0.readIndex(5) }
+        // Answered only once the term's no-op (index 2) commits; index 0 would be a read from
+        // before the acknowledged entry.
+        c.stabilize()
+        c.processReadies()
+        #expect(c.readStates[r1] == [ReadState(index: 2, requestID: 5)])
+    }
+
     @Test("thesis 6.4 ReadIndex from a follower is forwarded to the leader")
     func readIndexFromFollower() throws {
         let c = try TestCluster(size: 3)

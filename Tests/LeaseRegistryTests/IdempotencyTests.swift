@@ -1,0 +1,186 @@
+import LeaseRegistry
+import Raft
+import Testing
+
+/// Exactly-once writes (shared/API.md, "Exactly once"): a command whose key applied before is
+/// answered with its first outcome and changes nothing, whenever the repeat commits.
+struct IdempotencyTests {
+    /// Applies keyed commands at consecutive indexes, as the log would.
+    struct Log {
+        var registry = LeaseRegistry()
+        var index: UInt64 = 0
+
+        @discardableResult
+        mutating func run(_ c: LeaseCommand, key: String? = nil, at now: UInt64 = 1000) -> Applied {
+            index += 1
+            let timed = TimedCommand(c, now: now, requestID: index, key: key.map { IdempotencyKey(origin: .client, value: $0) })
+            // Through the encoding, as every replica sees it.
+            return registry.applied(entry: timed.encoded(), index: index)
+        }
+
+        @discardableResult
+        mutating func acquire(_ host: String, _ holder: String, key: String? = nil, at now: UInt64 = 1000) -> Applied {
+            run(.acquire(hostname: host, holder: holder, ttlSeconds: 30, idRange: 1...511), key: key, at: now)
+        }
+    }
+
+    static func lease(_ a: Applied) -> Lease? {
+        if case .success(.lease(let l)) = a.result { return l }
+        return nil
+    }
+
+    @Test func anAcquireResentAfterTheReleaseDoesNotBringTheLeaseBack() throws {
+        var log = Log()
+        let first = log.acquire("mx1.example.org", "a", key: "k-acquire")
+        let lease = try #require(Self.lease(first))
+        #expect(log.run(.release(leaseID: lease.leaseID), key: "k-release").replayed == false)
+        // The acquire's request is sent again (a leader change) and commits a second time.
+        let again = log.acquire("mx1.example.org", "a", key: "k-acquire")
+        #expect(again.replayed)
+        #expect(again.result == first.result)
+        #expect(again.index == first.index)
+        #expect(log.registry.node(lease.nodeID)?.status == .inactive)
+        #expect(log.registry.lease(lease.leaseID) == nil)
+        // Without a key, the same repeat would have brought the lease back: the case this guards.
+        var unkeyed = Log()
+        let l = try #require(Self.lease(unkeyed.acquire("mx1.example.org", "a")))
+        unkeyed.run(.release(leaseID: l.leaseID))
+        unkeyed.acquire("mx1.example.org", "a")
+        #expect(unkeyed.registry.node(l.nodeID)?.status == .active)
+    }
+
+    @Test func aForgetResentAfterTheIDWasReusedDoesNotRemoveTheNewNode() throws {
+        var log = Log()
+        let a = try #require(Self.lease(log.acquire("old.example.org", "a")))
+        log.run(.release(leaseID: a.leaseID))
+        let forgot = log.run(.forget(nodeID: a.nodeID), key: "k-forget")
+        #expect(forgot.replayed == false)
+        // The freed ID goes to a new hostname.
+        let b = try #require(Self.lease(log.acquire("new.example.org", "b")))
+        #expect(b.nodeID == a.nodeID)
+        let again = log.run(.forget(nodeID: a.nodeID), key: "k-forget")
+        #expect(again.replayed)
+        #expect(again.result == forgot.result)
+        #expect(log.registry.node(b.nodeID)?.hostname == "new.example.org")
+        #expect(log.registry.node(b.nodeID)?.status == .active)
+    }
+
+    @Test func aRefusedAcquireRetriedLaterIsStillRefused() throws {
+        var log = Log()
+        let a = try #require(Self.lease(log.acquire("mx1.example.org", "a")))
+        let refused = log.acquire("mx1.example.org", "b", key: "k-b")
+        guard case .failure(.hostnameInUse) = refused.result else {
+            Issue.record("expected hostname_in_use, got \(refused.result)")
+            return
+        }
+        log.run(.release(leaseID: a.leaseID))
+        // B's retry of the same request commits after A let go: it must not win the ID now.
+        let retry = log.acquire("mx1.example.org", "b", key: "k-b")
+        #expect(retry.replayed)
+        #expect(retry.result == refused.result)
+        #expect(log.registry.node(a.nodeID)?.status == .inactive)
+        // A new request (a new key) from B does get it.
+        #expect(Self.lease(log.acquire("mx1.example.org", "b", key: "k-b2"))?.holder == "b")
+    }
+
+    @Test func aRetriedReleaseGetsItsFirstOutcome() throws {
+        var log = Log()
+        let a = try #require(Self.lease(log.acquire("mx1.example.org", "a")))
+        let released = log.run(.release(leaseID: a.leaseID), key: "k-rel")
+        guard case .success(.node(let n)) = released.result else {
+            Issue.record("release failed: \(released.result)")
+            return
+        }
+        #expect(n.status == .inactive)
+        let retry = log.run(.release(leaseID: a.leaseID), key: "k-rel")
+        #expect(retry.replayed)
+        #expect(retry.result == released.result)
+        // A second release with a new key is a new request: 404, as API.md says.
+        #expect(log.run(.release(leaseID: a.leaseID), key: "k-rel-2").result == .failure(.leaseNotFound))
+    }
+
+    @Test func aKeyReusedForAnotherRequestIsRefusedAndChangesNothing() throws {
+        var log = Log()
+        let a = try #require(Self.lease(log.acquire("mx1.example.org", "a", key: "k")))
+        let before = log.registry.nodes()
+        let other = log.acquire("mx2.example.org", "a", key: "k")
+        #expect(other.result == .failure(.idempotencyKeyMismatch))
+        #expect(other.replayed == false)
+        #expect(log.registry.nodes() == before)
+        #expect(log.run(.renew(leaseID: a.leaseID), key: "k").result == .failure(.idempotencyKeyMismatch))
+        // A replica's own key never meets a client's, even when the text is the same.
+        let timed = TimedCommand(.acquire(hostname: "mx3.example.org", holder: "a", ttlSeconds: 30, idRange: 1...511), now: 1000, key: IdempotencyKey(origin: .replica, value: "k"))
+        log.index += 1
+        #expect(Self.lease(log.registry.applied(entry: timed.encoded(), index: log.index)) != nil)
+    }
+
+    @Test func keysAreForgottenByCountAndByLeaderTimeAlikeOnEveryReplica() throws {
+        var log = Log()
+        log.run(.configureIdempotency(windowSeconds: 600, maxKeys: 3))
+        for i in 1...4 { log.run(.renew(leaseID: 999), key: "k\(i)", at: 1000) }
+        #expect(log.registry.rememberedKeys == 3)
+        // k1 went first (the oldest): its repeat applies again instead of replaying.
+        #expect(log.run(.renew(leaseID: 999), key: "k1").replayed == false)
+        #expect(log.run(.renew(leaseID: 999), key: "k4").replayed)
+
+        var timed = Log()
+        timed.run(.configureIdempotency(windowSeconds: 600, maxKeys: 100))
+        timed.run(.renew(leaseID: 999), key: "early", at: 1000)
+        // A leader whose wall clock jumps an hour ahead moves the registry clock one step only.
+        timed.run(.renew(leaseID: 999), key: "late", at: 4600)
+        #expect(timed.registry.clock == 1000 + IdempotencyWindow.maxClockStep)
+        #expect(timed.run(.renew(leaseID: 999), key: "early", at: 4600).replayed)
+        // Time that passes entry by entry does count: past the window the key is gone.
+        var t: UInt64 = 4600
+        for _ in 0..<12 {
+            t += 60
+            timed.run(.renew(leaseID: 999), at: t)
+        }
+        #expect(timed.registry.clock > 1000 + 600)
+        #expect(timed.run(.renew(leaseID: 999), key: "early", at: t).replayed == false)
+    }
+
+    @Test func rememberedOutcomesSurviveASnapshot() throws {
+        var log = Log()
+        log.run(.configureIdempotency(windowSeconds: 300, maxKeys: 50))
+        let a = try #require(Self.lease(log.acquire("mx1.example.org", "a", key: "k-a")))
+        log.acquire("mx1.example.org", "b", key: "k-b")
+        log.run(.release(leaseID: a.leaseID), key: "k-rel")
+        log.run(.forget(nodeID: a.nodeID), key: "k-forget")
+        var restored = try LeaseRegistry(snapshot: log.registry.snapshot())
+        #expect(restored == log.registry)
+        #expect(restored.idempotencyWindow == IdempotencyWindow(seconds: 300, maxKeys: 50))
+        // The restored replica deduplicates exactly like the one it came from.
+        for key in ["k-a", "k-b", "k-rel", "k-forget"] {
+            var original = log
+            let command: LeaseCommand =
+                switch key {
+                case "k-a": .acquire(hostname: "mx1.example.org", holder: "a", ttlSeconds: 30, idRange: 1...511)
+                case "k-b": .acquire(hostname: "mx1.example.org", holder: "b", ttlSeconds: 30, idRange: 1...511)
+                case "k-rel": .release(leaseID: a.leaseID)
+                default: .forget(nodeID: a.nodeID)
+                }
+            let entry = TimedCommand(command, now: 1000, key: IdempotencyKey(origin: .client, value: key)).encoded()
+            let x = original.registry.applied(entry: entry, index: log.index + 1)
+            let y = restored.applied(entry: entry, index: log.index + 1)
+            #expect(x == y)
+            #expect(x.replayed)
+        }
+    }
+
+    @Test func entriesWrittenBeforeKeysExistedStillDecode() throws {
+        // Version 1: version, request id, type, time, fields; no key.
+        var w = ByteWriter()
+        w.u8(1)
+        w.u64(7)
+        w.u8(2)
+        w.u64(1000)
+        w.u64(42)
+        let timed = try #require(TimedCommand(decoding: w.bytes))
+        #expect(timed.command == .renew(leaseID: 42))
+        #expect(timed.key == nil)
+        #expect(timed.requestID == 7)
+        let keyed = TimedCommand(.renew(leaseID: 42), now: 1000, requestID: 7, key: IdempotencyKey(origin: .client, value: "x"))
+        #expect(TimedCommand(decoding: keyed.encoded()) == keyed)
+    }
+}

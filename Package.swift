@@ -74,12 +74,14 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
+        // prctl(PR_SET_PDEATHSIG) for `nodelease hold`'s command (prctl is variadic).
+        .target(name: "CNodeLeaseShims"),
         // Seeded, single-threaded world that runs the real core under faults.
         .target(name: "RaftSimulator", dependencies: ["Raft", "RaftStorage", "LeaseRegistry"]),
         .executableTarget(
             name: "nodelease",
             dependencies: [
-                "NodeLeaseServer", "NodeLeaseClient", "Raft", "RaftTransport",
+                "NodeLeaseServer", "NodeLeaseClient", "Raft", "RaftTransport", "CNodeLeaseShims",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

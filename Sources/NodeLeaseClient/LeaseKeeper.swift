@@ -101,7 +101,8 @@ public actor LeaseKeeper {
         loop = Task { await self.run() }
     }
 
-    /// Stops renewing and releases the lease (best effort, within the client's timeout).
+    /// Stops renewing and releases the lease (best effort, within the client's timeout and
+    /// never past the lease's deadline: a release after it would be pointless).
     public func stop() async {
         stopping = true
         loop = nil
@@ -111,7 +112,7 @@ public actor LeaseKeeper {
         if let l = lease, let d = deadline, ContinuousClock.now < d {
             lease = nil
             deadline = nil
-            _ = try? await client.release(leaseId: l.leaseId)
+            _ = try? await client.release(leaseId: l.leaseId, timeout: min(client.timeout, d - ContinuousClock.now))
         }
         continuation.finish()
     }

@@ -70,8 +70,8 @@ public final class NodeLeaseClient: Sendable {
     }
 
     /// Releases a lease; the node becomes inactive.
-    public func release(leaseId: String) async throws(NodeLeaseError) -> ClusterNode {
-        try await call("DELETE", "/v1/leases/\(leaseId)", body: nil)
+    public func release(leaseId: String, timeout: Duration? = nil) async throws(NodeLeaseError) -> ClusterNode {
+        try await call("DELETE", "/v1/leases/\(leaseId)", body: nil, timeout: timeout)
     }
 
     /// Forgets a stale or inactive node; its ID and hostname become free.

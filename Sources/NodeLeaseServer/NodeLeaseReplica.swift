@@ -34,6 +34,18 @@ public final class NodeLeaseReplica: Service, Sendable {
         let storage = try DurableLog(
             directory: config.dataDir, membership: config.membership, options: .init(fsync: config.fsync),
             log: { storageLogger.warning("\($0)") })
+        // Until membership changes exist, the replicas a data directory was made with are the
+        // cluster's for good: a different --peers would start a replica that never joins, or
+        // count a quorum the others do not.
+        if storage.membership != config.membership {
+            let stored = storage.membership.voters.map(\.description).joined(separator: ", ")
+            let given = config.membership.voters.map(\.description).joined(separator: ", ")
+            storage.close()
+            throw ConfigError(
+                "--peers",
+                "the data directory \(config.dataDir) belongs to a cluster of replicas \(stored), but --peers lists replicas \(given); "
+                    + "start this replica with the same replicas as before, or give it a new, empty data directory for a new cluster")
+        }
         let inbox = MessageInbox()
         self.inbox = inbox
         var peers = config.peers

@@ -18,7 +18,7 @@ struct NodeLeaseCommand: AsyncParsableCommand {
         commandName: "nodelease",
         abstract: "Unique node IDs for the servers of a mail cluster, by lease, over Raft.",
         subcommands: [
-            Serve.self, Dev.self, Acquire.self, Renew.self, Release.self, Forget.self, Nodes.self, Status.self, Hold.self, Bench.self,
+            Serve.self, Dev.self, Acquire.self, Renew.self, Release.self, Forget.self, Nodes.self, Status.self, Hold.self, HoldExec.self, Bench.self,
         ])
 
     /// For the replica and the load generator, runs Swift concurrency's jobs on NIO's event

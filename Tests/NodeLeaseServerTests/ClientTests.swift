@@ -177,17 +177,57 @@ struct ClientTests {
         #expect(quick.terminationStatus == 7)
         #expect(try await c.get(1, "/v1/cluster/nodes/1").json["status"] as? String == "inactive")
 
-        // 2. The lease is lost (the cluster goes away): the command is stopped, hold exits 75.
+        // 2. A signal to hold goes to the command; its exit ends hold with its status, and the
+        // lease is released.
+        let signalled = Process()
+        signalled.executableURL = binary
+        signalled.arguments = ["hold", "--endpoints", endpoints, "--hostname", "held", "--holder", "h", "--ttl", "5", "--", "sh", "-c", "trap 'exit 9' TERM; echo $$ > \(pidFile); while :; do sleep 0.05; done"]
+        try signalled.run()
+        let first = try await childPID(pidFile)
+        kill(signalled.processIdentifier, SIGTERM)
+        #expect(await eventually(5) { !signalled.isRunning })
+        #expect(signalled.terminationStatus == 9)
+        #expect(await eventually(2) { processGone(first) })
+        #expect(try await c.get(1, "/v1/cluster/nodes/1").json["status"] as? String == "inactive")
+
+        // 3. hold is killed with SIGKILL: the command dies with it.
+        try? FileManager.default.removeItem(atPath: pidFile)
+        let killed = Process()
+        killed.executableURL = binary
+        killed.arguments = ["hold", "--endpoints", endpoints, "--hostname", "held", "--holder", "h", "--ttl", "5", "--", "sh", "-c", "echo $$ > \(pidFile); exec sleep 60"]
+        try killed.run()
+        let orphan = try await childPID(pidFile)
+        kill(killed.processIdentifier, SIGKILL)
+        #expect(await eventually(2) { processGone(orphan) }, "the command outlived hold")
+
+        // 4. The lease is lost (the cluster goes away) and the command ignores SIGTERM: it is
+        // killed before the holder-side deadline, which is at most a TTL after the cluster
+        // stopped answering (the last renewal was sent before that), and hold exits 75.
+        try? FileManager.default.removeItem(atPath: pidFile)
         let long = Process()
         long.executableURL = binary
-        long.arguments = ["hold", "--endpoints", endpoints, "--hostname", "held", "--holder", "h", "--ttl", "2", "--grace", "1", "--", "sh", "-c", "echo $$ > \(pidFile); exec sleep 60"]
+        long.arguments = ["hold", "--endpoints", endpoints, "--hostname", "held", "--holder", "h", "--ttl", "3", "--grace", "1", "--", "sh", "-c", "trap '' TERM; echo $$ > \(pidFile); while :; do sleep 0.05; done"]
         try long.run()
-        #expect(await eventually(5) { FileManager.default.fileExists(atPath: pidFile) })
-        let childPID = Int32((try String(contentsOfFile: pidFile, encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines))!
+        let stubborn = try await childPID(pidFile)
         await c.stopAll()
-        #expect(await eventually(8) { !long.isRunning })
+        let stopped = ContinuousClock.now
+        var goneAt: ContinuousClock.Instant?
+        while goneAt == nil && ContinuousClock.now < stopped + .seconds(8) {
+            if processGone(stubborn) { goneAt = ContinuousClock.now } else { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        let gone = try #require(goneAt, "the command was never stopped")
+        #expect(gone < stopped + .seconds(3), "the command outlived the holder-side deadline: \(gone - stopped) after the cluster stopped")
+        #expect(await eventually(5) { !long.isRunning })
         #expect(long.terminationStatus == 75)
-        #expect(await eventually(2) { kill(childPID, 0) != 0 }, "the command must be stopped")
+
+        // A grace longer than a third of the TTL is refused: it could not end before the deadline.
+        let tooLong = Process()
+        tooLong.executableURL = binary
+        tooLong.arguments = ["hold", "--endpoints", endpoints, "--ttl", "3", "--grace", "2", "--", "true"]
+        tooLong.standardError = FileHandle.nullDevice
+        try tooLong.run()
+        tooLong.waitUntilExit()
+        #expect(tooLong.terminationStatus == 64)
     }
 
     @Test func tablesAndJSONForPeople() {
@@ -203,4 +243,18 @@ struct ClientTests {
             """)
         #expect(Render.json(nodes[0]) == #"{"nodeId":1,"hostname":"mx1.example.org","lastRenewal":"2026-01-01T00:00:00Z","status":"active"}"#)
     }
+}
+
+/// The pid a held command wrote to `file`.
+func childPID(_ file: String) async throws -> Int32 {
+    #expect(await eventually(5) { FileManager.default.fileExists(atPath: file) && ((try? String(contentsOfFile: file, encoding: .utf8)) ?? "").hasSuffix("\n") })
+    return try #require(Int32((try String(contentsOfFile: file, encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines)))
+}
+
+/// True once `pid` has exited (a zombie nobody reaped counts as gone).
+func processGone(_ pid: Int32) -> Bool {
+    guard kill(pid, 0) == 0 else { return true }
+    let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+    guard let close = stat.lastIndex(of: ")") else { return true }
+    return stat[stat.index(close, offsetBy: 2)...].hasPrefix("Z")
 }

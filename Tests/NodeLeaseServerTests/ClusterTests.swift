@@ -186,6 +186,25 @@ struct ClusterTests {
         await c.stopAll()
     }
 
+    @Test func aDataDirectoryOfAnotherMembershipIsRefusedAtStart() async throws {
+        let c = try LocalCluster(size: 1)
+        try await c.startAll()
+        await c.stopAll()
+        var config = c.configs[1]!
+        config.peers[2] = PeerAddress(host: "127.0.0.1", port: try freePort())
+        config.peers[3] = PeerAddress(host: "127.0.0.1", port: try freePort())
+        do {
+            _ = try NodeLeaseReplica(config: config, logger: Logger(label: "it"))
+            Issue.record("a replica started with --peers that do not match its data directory")
+        } catch let e as ConfigError {
+            #expect(e.flag == "--peers")
+            #expect(e.problem.contains("replicas 1, but --peers lists replicas 1, 2, 3"), "\(e.problem)")
+        }
+        // The same membership as before still starts.
+        try await c.start(1)
+        await c.stopAll()
+    }
+
     @Test func malformedRequestsGetTheDocumentedErrors() async throws {
         let c = try LocalCluster(size: 1)
         try await c.startAll()

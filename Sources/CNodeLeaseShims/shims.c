@@ -1,0 +1,9 @@
+#include "CNodeLeaseShims.h"
+
+#if defined(__linux__)
+#include <sys/prctl.h>
+
+int nodelease_set_parent_death_signal(int signal) { return prctl(PR_SET_PDEATHSIG, signal, 0, 0, 0); }
+#else
+int nodelease_set_parent_death_signal(int signal) { (void)signal; return 0; }
+#endif

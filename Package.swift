@@ -45,7 +45,7 @@ let package = Package(
         .target(
             name: "NodeLeaseServer",
             dependencies: [
-                "Raft", "RaftStorage", "RaftTransport", "LeaseRegistry",
+                "Raft", "RaftStorage", "RaftTransport", "LeaseRegistry", "ReplicaCore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -76,8 +76,11 @@ let package = Package(
         ),
         // prctl(PR_SET_PDEATHSIG) for `nodelease hold`'s command (prctl is variadic).
         .target(name: "CNodeLeaseShims"),
+        // One replica's decisions as a pure value: Raft core, registry, expiry and the request
+        // path; run by the server's actor and by the simulator.
+        .target(name: "ReplicaCore", dependencies: ["Raft", "LeaseRegistry"]),
         // Seeded, single-threaded world that runs the real core under faults.
-        .target(name: "RaftSimulator", dependencies: ["Raft", "RaftStorage", "LeaseRegistry"]),
+        .target(name: "RaftSimulator", dependencies: ["Raft", "RaftStorage", "LeaseRegistry", "ReplicaCore"]),
         .executableTarget(
             name: "nodelease",
             dependencies: [

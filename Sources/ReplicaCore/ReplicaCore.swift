@@ -1,0 +1,469 @@
+import LeaseRegistry
+import Raft
+
+/// Everything one replica decides, as a pure, deterministic value: the Raft core, the lease
+/// registry, the leader's expiry, and the request path between a client's request and its
+/// answer (which requests wait for which entry or read index, idempotency keys, what goes to the
+/// leader and what is sent again after a leader change, deadlines, the catch-up after a start,
+/// replica registration). Time comes in as arguments (`now`: monotonic nanoseconds; `wall`:
+/// the replica's wall clock in Unix seconds). Its decisions come out as `Effect`s, which a
+/// shell carries out: the server's actor with real disks and sockets, or the simulator.
+///
+/// The Ready steps are written here once: `pump` takes a Ready, emits the messages that may go
+/// before the write and the write itself; the shell persists it (with an fsync when
+/// `mustSync`) and calls `persisted`, which sends the rest, installs a snapshot, applies the
+/// committed entries, answers read indexes and advances. One Ready is in flight at a time; the
+/// core takes messages, ticks and requests meanwhile.
+public struct ReplicaCore {
+    public struct Config: Sendable {
+        public var replicaID: ReplicaID
+        /// How long a request may wait for the cluster before it is answered `failed`.
+        public var requestTimeoutNanos: UInt64 = 5_000_000_000
+        /// A read-index request unanswered for this long is sent again.
+        public var readResendNanos: UInt64 = 300_000_000
+        /// How often the leader may retry a registration or configuration command.
+        public var leaderCommandRetryNanos: UInt64 = 2_000_000_000
+        public var idempotencyWindow = IdempotencyWindow()
+        public var expiry = LeaseExpiry.Config()
+        /// This replica's data directory id (recorded in the registry by the leader).
+        public var dataDirectoryID: UInt64 = 0
+        /// Request ids start above this (the shell picks it at random per process start, so
+        /// keys a replica chooses never repeat across restarts).
+        public var requestIDBase: UInt64 = 0
+        /// Broken on purpose (simulator mutants only): a new leader does not restart every
+        /// lease's countdown, as if they had all run out.
+        public var breakFailoverReset = false
+
+        public init(replicaID: ReplicaID) { self.replicaID = replicaID }
+    }
+
+    /// What a write did, with the index of the entry whose outcome it is.
+    public struct WriteResult: Sendable, Hashable {
+        public var result: Result<LeaseReply, LeaseError>
+        public var index: LogIndex
+        public var leader: ReplicaID?
+        /// The idempotency key had applied before: this is its first outcome.
+        public var replayed: Bool
+    }
+
+    public enum Effect: Sendable {
+        /// Send these messages now.
+        case send([Message])
+        /// Persist this Ready's hard state, entries and snapshot (syncing when `mustSync`),
+        /// then call `persisted`. Its `messagesBeforePersist` went out as `.send` already.
+        case persist(Ready)
+        /// Pass a client's command to the leader. If it cannot be sent, give it back with
+        /// `forwardFailed`.
+        case forward([UInt8], to: ReplicaID, queuedAt: UInt64)
+        /// A write request's answer.
+        case writeDone(UInt64, WriteResult)
+        /// A read request may now read the registry: it is applied up to a confirmed read index.
+        case readDone(UInt64, LogIndex)
+        /// A request's deadline passed: answer 503 `no_leader`.
+        case timedOut(UInt64)
+        /// An entry was applied (`applied` is nil for configuration entries). `reusedID`: an
+        /// acquire gave a new hostname an ID another hostname had.
+        case applied(Entry, Applied?, reusedID: Bool)
+        /// A snapshot from the leader replaced the registry.
+        case installedSnapshot(SnapshotMetadata)
+        case leaderChanged(ReplicaID?)
+        case roleChanged(Role, Term)
+        /// The leader proposes these expiry and retirement commands.
+        case proposedExpiry(Int)
+        /// The state cannot go on (a snapshot from the leader that does not decode).
+        case fatal(String)
+    }
+
+    public private(set) var node: RaftNode
+    public private(set) var registry: LeaseRegistry
+    public private(set) var expiry: LeaseExpiry
+    public let config: Config
+
+    /// Writes waiting here, by request id: their entries, sent again when the leader changes
+    /// (the old leader may have died with them, or committed them already: each carries an
+    /// idempotency key, so a command that commits twice applies once).
+    private var writes: [UInt64: [UInt8]] = [:]
+    /// Commands to propose (as leader) or forward, with the instant they were queued: one
+    /// whose request timed out is dropped instead of being proposed late.
+    private var outbox: [(data: [UInt8], at: UInt64)] = []
+    /// Read requests: when the read-index request was last sent (nil: waiting for a leader),
+    /// and the index once known.
+    private struct Read {
+        var sentAt: UInt64?
+        var index: LogIndex?
+    }
+    private var reads: [UInt64: Read] = [:]
+    /// Every request's deadline, in the order they were made (one timeout for all: also
+    /// deadline order).
+    private var deadlines: [(id: UInt64, at: UInt64)] = []
+    private var deadlinesHead = 0
+    private var nextRequestID: UInt64
+    /// The catch-up read: after a start, local reads wait until this replica has applied a
+    /// read index a leader confirmed with a quorum (its own commit index can lag).
+    private var catchUpRead: UInt64?
+    private var catchUpIndex: LogIndex?
+    /// Set once the catch-up read is applied; before that, local reads are refused.
+    public private(set) var caughtUp = false
+    private var wasLeader = false
+    private var knownLeader: ReplicaID?
+    private var lastRole: Role
+    private var lastTerm: Term
+    private var registrationAttempts: [UInt64: UInt64] = [:]
+    private var idempotencyConfiguredAt: UInt64?
+    /// A Ready is being persisted by the shell.
+    public private(set) var readyInFlight: Ready?
+    private var effects: [Effect] = []
+
+    /// - Parameters:
+    ///   - registry: the state restored from the latest snapshot (applied up to its index).
+    public init(config: Config, node: RaftNode, registry: LeaseRegistry) {
+        self.config = config
+        self.node = node
+        self.registry = registry
+        self.expiry = LeaseExpiry(config: config.expiry)
+        self.nextRequestID = config.requestIDBase
+        self.lastRole = node.role
+        self.lastTerm = node.term
+    }
+
+    /// The effects decided since the last call, in order.
+    public mutating func takeEffects() -> [Effect] {
+        defer { effects = [] }
+        return effects
+    }
+
+    public var hasEffects: Bool { !effects.isEmpty }
+
+    /// The shell should call `pump` (soon: a leader waits a moment so that requests arriving
+    /// together share one append).
+    public var needsPump: Bool { readyInFlight == nil && (node.hasReady || (!outbox.isEmpty && node.role == .leader)) }
+
+    /// Requests waiting, for metrics.
+    public var waitingRequests: Int { writes.count + reads.count }
+
+    // MARK: Inputs
+
+    public mutating func tick(now: UInt64, wall: UInt64, peerDirectories: [ReplicaID: UInt64] = [:]) {
+        expireOverdue(now: now)
+        node.tick()
+        noteRoleChanges(now: now)
+        if node.role == .leader && expiry.isReady {
+            registerReplicas(now: now, wall: wall, peerDirectories: peerDirectories)
+            configureIdempotency(now: now, wall: wall)
+            let due = expiry.due(now: now, wallSeconds: wall, registry: registry, hasQuorum: node.hasQuorumContact)
+            if !due.isEmpty {
+                effects.append(.proposedExpiry(due.count))
+                enqueue(due.map { $0.encoded() }, now: now)
+            }
+        }
+        resendReads(now: now)
+        afterInput(now: now)
+    }
+
+    public mutating func step(_ messages: [Message], now: UInt64) {
+        for m in messages { node.step(m) }
+        afterInput(now: now)
+    }
+
+    /// A dial to `peer` failed: if it is our leader, stop waiting out the election timeout.
+    public mutating func peerUnreachable(_ peer: ReplicaID, now: UInt64) {
+        guard node.role == .follower, node.leader == peer else { return }
+        node.peerUnreachable(peer)
+        afterInput(now: now)
+    }
+
+    /// A follower passed us a client's command: proposed with our own clock's time.
+    public mutating func forwarded(_ data: [UInt8], now: UInt64, wall: UInt64) {
+        guard node.role == .leader, var timed = TimedCommand(decoding: data) else { return }
+        timed.now = wall
+        enqueue([timed.encoded()], now: now)
+        afterInput(now: now)
+    }
+
+    /// A forward the shell could not send (no connection to the leader yet): kept, and sent
+    /// on a later flush within its request's deadline.
+    public mutating func forwardFailed(_ data: [UInt8], queuedAt: UInt64) {
+        outbox.insert((data, queuedAt), at: 0)
+    }
+
+    /// A client's write: answered by `.writeDone` when its entry applies here, or `.timedOut`.
+    /// Without the client's key, the command gets one of this replica's, so its own re-sends
+    /// apply once too.
+    public mutating func submit(_ command: LeaseCommand, key: IdempotencyKey?, now: UInt64, wall: UInt64) -> UInt64 {
+        let id = newRequest(now: now)
+        let key = key ?? IdempotencyKey(origin: .replica, value: "\(config.replicaID)-\(String(id, radix: 16))")
+        let data = TimedCommand(command, now: wall, requestID: id, key: key).encoded()
+        writes[id] = data
+        enqueue([data], now: now)
+        afterInput(now: now)
+        return id
+    }
+
+    /// A linearizable read: answered by `.readDone` once this replica has applied up to a read
+    /// index the leader confirmed with a quorum after the request arrived, or `.timedOut`.
+    public mutating func read(now: UInt64) -> UInt64 {
+        let id = newRequest(now: now)
+        reads[id] = Read()
+        sendRead(id, now: now)
+        afterInput(now: now)
+        return id
+    }
+
+    /// Whether a local (serializable) read may be served: not before catching up after a start.
+    public func mayServeLocalRead(confirmed: Bool) -> Bool { caughtUp || confirmed }
+
+    /// Ready for clients: knows a leader, caught up, and applied its commit index.
+    public var isReady: Bool { caughtUp && node.leader != nil && node.appliedIndex >= node.commitIndex }
+
+    /// Hands leadership to `target` (see `RaftNode.transferLeadership`).
+    public mutating func transferLeadership(to target: ReplicaID, now: UInt64) throws {
+        try node.transferLeadership(to: target)
+        afterInput(now: now)
+    }
+
+    /// Starts a campaign at once (tests and the simulator).
+    public mutating func campaign(now: UInt64) {
+        node.campaign()
+        afterInput(now: now)
+    }
+
+    // MARK: The Ready steps
+
+    /// Proposes or forwards what waits, then starts the next Ready if none is in flight.
+    public mutating func pump(now: UInt64) {
+        flushOutbox(now: now)
+        guard readyInFlight == nil, node.hasReady else { return }
+        let rd = node.ready()
+        readyInFlight = rd
+        if !rd.messagesBeforePersist.isEmpty { effects.append(.send(rd.messagesBeforePersist)) }
+        effects.append(.persist(rd))
+    }
+
+    /// The Ready in flight is durable: send what had to wait for it, install its snapshot,
+    /// apply its committed entries, answer read indexes, advance.
+    public mutating func persisted(now: UInt64) {
+        guard let rd = readyInFlight else { return }
+        readyInFlight = nil
+        if !rd.messagesAfterPersist.isEmpty { effects.append(.send(rd.messagesAfterPersist)) }
+        if let s = rd.snapshot {
+            do {
+                registry = try LeaseRegistry(snapshot: s.data)
+                effects.append(.installedSnapshot(s.metadata))
+            } catch {
+                effects.append(.fatal("the leader's snapshot does not decode: \(error)"))
+                return
+            }
+        }
+        for e in rd.committedEntries { apply(e, now: now) }
+        for rs in rd.readStates {
+            let id = rs.requestID.rawValue
+            if id == catchUpRead && catchUpIndex == nil { catchUpIndex = rs.index }
+            if reads[id] != nil {
+                reads[id]!.index = rs.index
+                reads[id]!.sentAt = nil
+            }
+        }
+        node.advance(rd)
+        answerReads()
+        afterInput(now: now)
+    }
+
+    // MARK: Inside
+
+    private mutating func newRequest(now: UInt64) -> UInt64 {
+        nextRequestID += 1
+        deadlines.append((nextRequestID, now + config.requestTimeoutNanos))
+        return nextRequestID
+    }
+
+    private mutating func enqueue(_ commands: [[UInt8]], now: UInt64) {
+        for c in commands { outbox.append((c, now)) }
+    }
+
+    private mutating func afterInput(now: UInt64) {
+        updateCaughtUp(now: now)
+        noteRoleChanges(now: now)
+        // As leader, commands wait for the pump, so that every command that arrived meanwhile
+        // goes into one append (one entry batch, one message per follower, one fsync).
+        if node.role != .leader { flushOutbox(now: now) }
+    }
+
+    private mutating func flushOutbox(now: UInt64) {
+        guard !outbox.isEmpty else { return }
+        let oldest = now >= config.requestTimeoutNanos ? now - config.requestTimeoutNanos : 0
+        if outbox[0].at < oldest {
+            outbox.removeFirst(outbox.firstIndex { $0.at >= oldest } ?? outbox.count)
+            if outbox.isEmpty { return }
+        }
+        if node.role == .leader {
+            do {
+                _ = try node.propose(batch: outbox.map(\.data))
+                outbox = []
+            } catch {
+                // A leadership transfer is under way: try again on the next tick.
+            }
+        } else if let leader = node.leader {
+            for item in outbox { effects.append(.forward(item.data, to: leader, queuedAt: item.at)) }
+            outbox = []
+        }
+        // No leader known: they wait for one (their requests time out meanwhile).
+    }
+
+    private mutating func apply(_ e: Entry, now: UInt64) {
+        if node.role == .leader && expiry.isLeader && !expiry.isReady && e.term == node.term {
+            // Our own first entry committed: now we know every lease and restart their clocks.
+            let start = config.breakFailoverReset ? (now > 3_600_000_000_000 ? now - 3_600_000_000_000 : 0) : now
+            expiry.leaderReady(now: start, registry: registry)
+        }
+        guard e.kind == .normal else {
+            effects.append(.applied(e, nil, reusedID: false))
+            return
+        }
+        guard let timed = TimedCommand(decoding: e.data) else {
+            let applied = registry.applied(entry: e.data, index: e.index.rawValue)
+            effects.append(.applied(e, applied, reusedID: false))
+            return
+        }
+        var reuses = false
+        var countBefore = 0
+        if case .acquire(let hostname, _, _, _) = timed.command {
+            reuses = (try? Validation.hostname(hostname)).map { registry.node(hostname: $0) == nil } ?? false
+            countBefore = registry.count
+        }
+        let applied = registry.apply(timed, index: e.index.rawValue)
+        if expiry.isReady, !applied.replayed, case .success(let reply) = applied.result {
+            switch reply {
+            case .lease(let l): if let r = registry.node(l.nodeID) { expiry.applied(r, now: now) }
+            case .node(let n): expiry.applied(registry.node(n.nodeID) ?? n, now: now)
+            case .replica, .idempotency: break
+            }
+        }
+        let reusedID: Bool
+        if reuses, !applied.replayed, case .success = applied.result { reusedID = registry.count == countBefore } else { reusedID = false }
+        effects.append(.applied(e, applied, reusedID: reusedID))
+        if timed.requestID != 0, writes.removeValue(forKey: timed.requestID) != nil {
+            effects.append(
+                .writeDone(
+                    timed.requestID,
+                    WriteResult(result: applied.result, index: LogIndex(applied.index), leader: node.leader, replayed: applied.replayed)))
+        }
+    }
+
+    private mutating func answerReads() {
+        let applied = node.appliedIndex
+        for id in reads.keys.sorted() {
+            if let index = reads[id]!.index, index <= applied {
+                reads[id] = nil
+                effects.append(.readDone(id, index))
+            }
+        }
+    }
+
+    /// Asks the leader (or, as leader, the core) for a read index; without a known leader the
+    /// request waits until one is known.
+    private mutating func sendRead(_ id: UInt64, now: UInt64) {
+        let isCatchUp = id == catchUpRead
+        guard reads[id] != nil || isCatchUp else { return }
+        do {
+            try node.readIndex(ReadRequestID(id))
+            if isCatchUp { catchUpSentAt = now } else { reads[id]!.sentAt = now }
+        } catch {
+            if isCatchUp { catchUpSentAt = nil } else { reads[id]!.sentAt = nil }
+        }
+    }
+    private var catchUpSentAt: UInt64?
+
+    /// Sends again every read-index request unanswered for `readResendNanos` (its message or
+    /// the answer may be lost: no connection yet, a leader change), and those that waited for
+    /// a leader once one is known.
+    private mutating func resendReads(now: UInt64) {
+        let before = now >= config.readResendNanos ? now - config.readResendNanos : 0
+        for id in reads.keys.sorted() {
+            let r = reads[id]!
+            guard r.index == nil else { continue }
+            if r.sentAt.map({ $0 <= before }) ?? (node.leader != nil) { sendRead(id, now: now) }
+        }
+        if let id = catchUpRead, catchUpIndex == nil, catchUpSentAt.map({ $0 <= before }) ?? (node.leader != nil) {
+            sendRead(id, now: now)
+        }
+    }
+
+    private mutating func updateCaughtUp(now: UInt64) {
+        guard !caughtUp else { return }
+        if let target = catchUpIndex {
+            if node.appliedIndex >= target { caughtUp = true }
+            return
+        }
+        guard catchUpRead == nil, node.leader != nil else { return }
+        nextRequestID += 1
+        catchUpRead = nextRequestID
+        sendRead(nextRequestID, now: now)
+    }
+
+    private mutating func noteRoleChanges(now: UInt64) {
+        let isLeader = node.role == .leader
+        if isLeader != wasLeader {
+            wasLeader = isLeader
+            if isLeader { expiry.becameLeader() } else { expiry.lostLeadership() }
+        }
+        if node.role != lastRole || node.term != lastTerm {
+            lastRole = node.role
+            lastTerm = node.term
+            effects.append(.roleChanged(node.role, node.term))
+        }
+        guard node.leader != knownLeader else { return }
+        let hadLeader = knownLeader != nil
+        knownLeader = node.leader
+        effects.append(.leaderChanged(node.leader))
+        guard node.leader != nil else { return }
+        if hadLeader || !writes.isEmpty {
+            // Requests sent to the previous leader may be lost with it: send them again
+            // (those still in the outbox go anyway).
+            let queued = Set(outbox.map(\.data))
+            for id in writes.keys.sorted() where !queued.contains(writes[id]!) { outbox.append((writes[id]!, now)) }
+        }
+        // Reads that found no leader, or went to the old one, go (again) now.
+        for id in reads.keys.sorted() where reads[id]!.index == nil { sendRead(id, now: now) }
+        if let id = catchUpRead, catchUpIndex == nil { sendRead(id, now: now) }
+    }
+
+    /// Answers `timedOut` to every request whose deadline has passed.
+    private mutating func expireOverdue(now: UInt64) {
+        while deadlinesHead < deadlines.count && deadlines[deadlinesHead].at <= now {
+            let id = deadlines[deadlinesHead].id
+            deadlinesHead += 1
+            if writes.removeValue(forKey: id) != nil || reads.removeValue(forKey: id) != nil {
+                effects.append(.timedOut(id))
+            }
+        }
+        if deadlinesHead > 1024 && deadlinesHead * 2 > deadlines.count {
+            deadlines.removeFirst(deadlinesHead)
+            deadlinesHead = 0
+        }
+    }
+
+    /// Records in the log which data directory each replica takes part with: ourselves, and
+    /// every peer that is connected and has acknowledged entries.
+    private mutating func registerReplicas(now: UInt64, wall: UInt64, peerDirectories: [ReplicaID: UInt64]) {
+        var candidates: [(UInt64, UInt64)] = []
+        if config.dataDirectoryID != 0 { candidates.append((config.replicaID.rawValue, config.dataDirectoryID)) }
+        for p in node.status.peers where p.id != config.replicaID && p.match > 0 {
+            if let d = peerDirectories[p.id], d != 0 { candidates.append((p.id.rawValue, d)) }
+        }
+        for (replica, dir) in candidates where registry.replicaDirectories[replica] == nil {
+            if let last = registrationAttempts[replica], now < last + config.leaderCommandRetryNanos { continue }
+            registrationAttempts[replica] = now
+            enqueue([TimedCommand(.registerReplica(replica: replica, dataDirectoryID: dir), now: wall).encoded()], now: now)
+        }
+    }
+
+    /// Writes the configured idempotency window into the log when the registry's differs.
+    private mutating func configureIdempotency(now: UInt64, wall: UInt64) {
+        let want = config.idempotencyWindow
+        guard registry.idempotencyWindow != want else { return }
+        if let last = idempotencyConfiguredAt, now < last + config.leaderCommandRetryNanos { return }
+        idempotencyConfiguredAt = now
+        let command = LeaseCommand.configureIdempotency(windowSeconds: want.seconds, maxKeys: UInt32(want.maxKeys))
+        enqueue([TimedCommand(command, now: wall).encoded()], now: now)
+    }
+}

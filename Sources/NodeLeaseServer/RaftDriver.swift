@@ -222,7 +222,7 @@ actor RaftDriver {
             case .timedOut(let id):
                 if let c = writeWaiters.removeValue(forKey: id) { c.resume(throwing: DriverError.noLeader) }
                 if let c = readWaiters.removeValue(forKey: id) { c.resume(throwing: DriverError.noLeader) }
-            case .applied(let e, let applied, _):
+            case .applied(let e, let applied, _, _):
                 if let applied, case .success(.node(let n)) = applied.result, let timed = TimedCommand(decoding: e.data),
                     case .expire = timed.command
                 {

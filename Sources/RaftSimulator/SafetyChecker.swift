@@ -17,6 +17,7 @@ public struct Violation: Sendable, Hashable, CustomStringConvertible {
         case fencingToken = "fencing tokens increase"
         case idHostnameMapping = "one ID per hostname, one hostname per ID"
         case earlyExpiry = "no early expiry"
+        case exactlyOnce = "exactly once: every answer matches one application"
     }
     public var rule: Rule
     public var detail: String

@@ -1,5 +1,6 @@
 import LeaseRegistry
 import Raft
+import ReplicaCore
 
 /// The lease workload: mail nodes that acquire a node ID for their hostname, renew it (on
 /// time, late, or after a pause past their TTL), release it, and share hostnames on purpose;
@@ -12,6 +13,9 @@ extension Simulation {
         /// Its clock runs at this rate against true time.
         var rate: Double
         var op: UInt64?
+        /// The op's idempotency key and command, the same on every attempt.
+        var key = ""
+        var command: LeaseCommand?
         var opKind: OpKind = .acquire
         var submitted = false
         var sentLocal: UInt64 = 0
@@ -68,35 +72,28 @@ extension Simulation {
                 }
             }
             mailNodes[c].sentLocal = mailLocal(c)
-            queue.push(.clientTimeout(c, op: nextOp), at: now + micros(ms: 400))
+            mailNodes[c].key = "op-\(nextOp)"
+            switch mailNodes[c].opKind {
+            case .acquire:
+                mailNodes[c].command = .acquire(
+                    hostname: mailNodes[c].hostname, holder: mailNodes[c].holder, ttlSeconds: knobs.leaseTTL, idRange: 1...4)
+            case .renew:
+                mailNodes[c].command = .renew(leaseID: mailNodes[c].opLease!.leaseID)
+            case .release:
+                mailNodes[c].command = .release(leaseID: mailNodes[c].opLease!.leaseID)
+            }
+            // The op's own deadline; each attempt also has the replica's request timeout.
+            queue.push(.clientTimeout(c, op: nextOp), at: now + micros(ms: 1500))
         }
         let op = mailNodes[c].op!
-        guard let target = pickReplica(hint: mailNodes[c].leaderHint) else { return retry(c) }
-        guard replicas[target].node!.role == .leader else {
-            mailNodes[c].leaderHint = replicas[target].node!.leader.map { Int($0.rawValue) - 1 }
-            return retry(c)
-        }
-        let command: LeaseCommand
-        switch mailNodes[c].opKind {
-        case .acquire:
-            command = .acquire(hostname: mailNodes[c].hostname, holder: mailNodes[c].holder, ttlSeconds: knobs.leaseTTL, idRange: 1...4)
-        case .renew:
-            command = .renew(leaseID: mailNodes[c].opLease!.leaseID)
-        case .release:
-            command = .release(leaseID: mailNodes[c].opLease!.leaseID)
-        }
-        let data = TimedCommand(command, now: wallSeconds(target)).encoded()
-        do {
-            let p = try replicas[target].node!.propose(data)
-            replicas[target].waiters.append(Waiter(index: p.index, term: p.term, client: c, op: op, command: data))
-            mailNodes[c].submitted = true
-            mailNodes[c].leaderHint = target
-            trace("mail \(c) (\(mailNodes[c].hostname)) op \(op) \(mailNodes[c].opKind) at \(target + 1): \(p.term)/\(p.index)")
-        } catch {
-            mailNodes[c].leaderHint = nil
-            return retry(c)
-        }
-        afterInput(target)
+        // Any replica: followers forward to the leader. A retry goes to a random one.
+        guard let target = pickReplica(hint: nil), replicas[target].core != nil else { return retry(c) }
+        let key = IdempotencyKey(origin: .client, value: mailNodes[c].key)
+        let id = replicas[target].core!.submit(mailNodes[c].command!, key: key, now: localNanos(target), wall: wallSeconds(target))
+        replicas[target].requests[id] = (c, op)
+        mailNodes[c].submitted = true
+        trace("mail \(c) (\(mailNodes[c].hostname)) op \(op) \(mailNodes[c].opKind) key \(mailNodes[c].key) at \(target + 1)")
+        coreCarryOut(target)
     }
 
     /// An operation ended: `reply` is the registry's answer when it committed.
@@ -140,37 +137,21 @@ extension Simulation {
 
     // MARK: Replica side
 
-    /// Called for every entry a replica applies in the lease workload.
-    func leaseApplied(_ i: Int, entry e: Entry, before: LeaseRegistry?, reply: (any Sendable)?) {
-        guard let node = replicas[i].node, let machine = replicas[i].machine as? LeaseMachine else { return }
-        let registry = machine.registry
+    /// Called for every entry a replica applies in the lease workload. `reusedID`: an acquire
+    /// gave a new hostname an ID another hostname had.
+    func leaseApplied(_ i: Int, entry e: Entry, registry: LeaseRegistry, reusedID: Bool, reply: Result<LeaseReply, LeaseError>?) {
         let firstApply = e.index > highestApplied
         if firstApply { highestApplied = e.index }
         if e.index.rawValue % 8 == 0 {
-            leaseChecker.observeDigest(index: e.index.rawValue, digest: machine.digest, replica: replicas[i].id)
+            leaseChecker.observeDigest(index: e.index.rawValue, digest: FNV1a.hash(registry.snapshot()), replica: replicas[i].id)
         }
-        // The leader's expiry: its own first entry of the term makes it ready.
-        if node.role == .leader {
-            if !replicas[i].expiry.isLeader { replicas[i].expiry.becameLeader() }
-            if !replicas[i].expiry.isReady && e.term == node.term {
-                var start = localNanos(i)
-                if options.leaseFaults.contains(.noFailoverReset) {
-                    // Broken on purpose: as if every countdown had already run out.
-                    start = start > 3_600_000_000_000 ? start - 3_600_000_000_000 : 0
-                }
-                replicas[i].expiry.leaderReady(now: start, registry: registry)
-            }
-        }
-        guard e.kind == .normal, let timed = TimedCommand(decoding: e.data),
-            case .success(let outcome)? = reply as? Result<LeaseReply, LeaseError>
-        else { return }
+        guard e.kind == .normal, let timed = TimedCommand(decoding: e.data), case .success(let outcome)? = reply else { return }
         let record: NodeRecord?
         switch outcome {
         case .lease(let l): record = registry.node(l.nodeID)
         case .node(let n): record = registry.node(n.nodeID) ?? n
         case .replica, .idempotency: record = nil
         }
-        if let record, node.role == .leader { replicas[i].expiry.applied(record, now: localNanos(i)) }
         guard let record else { return }
         // When each renewal first applied (the leader applies a committed entry first).
         if record.status == .active {
@@ -181,7 +162,7 @@ extension Simulation {
         switch timed.command {
         case .acquire:
             if record.renewalIndex == record.leaseID && record.leaseID == e.index.rawValue {
-                if let old = before?.node(record.nodeID), old.hostname != record.hostname { leaseChecker.unbind(nodeID: record.nodeID) }
+                if reusedID { leaseChecker.unbind(nodeID: record.nodeID) }
                 leaseChecker.observeGrant(nodeID: record.nodeID, hostname: record.hostname, token: record.leaseID)
             }
         case .expire(let lease, let renewal):
@@ -194,22 +175,6 @@ extension Simulation {
         default:
             break
         }
-    }
-
-    /// Leader-side expiry, run on every tick of a leader.
-    func leaseTick(_ i: Int) {
-        guard let node = replicas[i].node else { return }
-        if node.role != .leader {
-            if replicas[i].expiry.isLeader { replicas[i].expiry.lostLeadership() }
-            return
-        }
-        if !replicas[i].expiry.isLeader { replicas[i].expiry.becameLeader() }
-        guard let machine = replicas[i].machine as? LeaseMachine else { return }
-        let due = replicas[i].expiry.due(
-            now: localNanos(i), wallSeconds: wallSeconds(i), registry: machine.registry, hasQuorum: node.hasQuorumContact)
-        guard !due.isEmpty else { return }
-        trace("replica \(node.id) proposes \(due.count) expiry commands")
-        _ = try? replicas[i].node!.propose(batch: due.map { $0.encoded() })
     }
 }
 

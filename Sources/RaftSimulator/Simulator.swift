@@ -1,5 +1,6 @@
 import LeaseRegistry
 import Raft
+import ReplicaCore
 
 /// A seeded, single-threaded world that runs real `RaftNode`s: virtual time, a network that
 /// delays, drops, duplicates, reorders and partitions messages, disks whose in-flight writes
@@ -23,6 +24,10 @@ public final class Simulation {
         case persisted(Int, epoch: Int)
         case client(Int)
         case clientTimeout(Int, op: UInt64)
+        /// A forwarded client command reaches replica `Int`.
+        case forwarded(Int, [UInt8], epoch: Int)
+        /// Replica `Int` hears that its dial to `peer` was refused.
+        case peerUnreachable(Int, peer: Int, epoch: Int)
         case nemesis
         case restart(Int)
         case heal
@@ -48,7 +53,14 @@ public final class Simulation {
     struct Replica {
         let id: ReplicaID
         let disk: SimDisk
+        /// The register workload drives the Raft core itself...
         var node: RaftNode?
+        /// ...the lease workload runs the server's `ReplicaCore`.
+        var core: ReplicaCore?
+        /// Requests waiting at this replica's core: request id → mail node and op.
+        var requests: [UInt64: (client: Int, op: UInt64)] = [:]
+        /// The entry a request of this replica's just applied at, for its acknowledgement.
+        var justApplied: [UInt64: Entry] = [:]
         var machine: any SimStateMachine
         var appliedIndex: LogIndex = 0
         var epoch = 0
@@ -57,10 +69,11 @@ public final class Simulation {
         var waiters: [Waiter] = []
         var reads: [ReadWaiter] = []
         var ledTerm: Term = 0
-        var expiry = LeaseExpiry(config: .init(retentionSeconds: 2))
         /// A paused process does nothing until then; its input waits.
         var pausedUntil: UInt64 = 0
-        var up: Bool { node != nil }
+        var up: Bool { node != nil || core != nil }
+        /// The Raft core, whichever workload runs it.
+        var raft: RaftNode? { core?.node ?? node }
     }
 
     struct Client {
@@ -89,11 +102,13 @@ public final class Simulation {
     var acknowledged: [Waiter] = []
     var highestAcknowledged: LogIndex = 0
     var progressAfterHeal = false
-    public private(set) var checker = SafetyChecker()
+    public internal(set) var checker = SafetyChecker()
     var leaseChecker = LeaseChecker()
     var mailNodes: [MailNode] = []
     var highestApplied: LogIndex = 0
     var renewalApplied: [RenewalKey: UInt64] = [:]
+    /// The first application of every client key (lease workload): index and outcome.
+    var applications: [String: (index: LogIndex, result: Result<LeaseReply, LeaseError>)] = [:]
     var result: SimulationResult
     var traceLines: [String] = []
 
@@ -180,9 +195,12 @@ public final class Simulation {
         case .tick(let i, let epoch):
             guard replicas[i].epoch == epoch, replicas[i].up else { return }
             if deferIfPaused(i, event) { return }
-            replicas[i].node!.tick()
-            if options.workload == .leases { leaseTick(i) }
-            afterInput(i)
+            if replicas[i].core != nil {
+                coreTick(i)
+            } else {
+                replicas[i].node!.tick()
+                afterInput(i)
+            }
             scheduleTick(i)
         case .deliver(let envelope):
             let m = envelope.message
@@ -190,17 +208,32 @@ public final class Simulation {
             guard replicas[i].up else { return }
             if deferIfPaused(i, event) { return }
             if options.trace { trace("deliver \(m)") }
-            replicas[i].node!.step(m)
-            afterInput(i)
+            if replicas[i].core != nil {
+                coreDeliver(i, m)
+            } else {
+                replicas[i].node!.step(m)
+                afterInput(i)
+            }
         case .persisted(let i, let epoch):
             guard replicas[i].epoch == epoch else { return }
             if deferIfPaused(i, event) { return }
-            finishReady(i)
+            if replicas[i].core != nil { corePersisted(i) } else { finishReady(i) }
+        case .forwarded(let i, let data, let epoch):
+            guard replicas[i].epoch == epoch, replicas[i].core != nil else { return }
+            if deferIfPaused(i, event) { return }
+            replicas[i].core!.forwarded(data, now: localNanos(i), wall: wallSeconds(i))
+            coreCarryOut(i)
+        case .peerUnreachable(let i, let peer, let epoch):
+            guard replicas[i].epoch == epoch, replicas[i].core != nil, !replicas[peer].up else { return }
+            if deferIfPaused(i, event) { return }
+            replicas[i].core!.peerUnreachable(replicas[peer].id, now: localNanos(i))
+            coreCarryOut(i)
         case .client(let c):
             if options.workload == .leases { mailStep(c) } else { clientStep(c) }
         case .clientTimeout(let c, let op):
             if options.workload == .leases {
-                for i in replicas.indices { replicas[i].waiters.removeAll { $0.op == op } }
+                // The op's own deadline: the mail node gives up on it (its attempts may still
+                // apply, once: their key is the same).
                 mailDone(c, op: op, outcome: .indeterminate, reply: nil)
                 return
             }
@@ -272,9 +305,12 @@ public final class Simulation {
         }
         r.inFlight = nil
         r.ledTerm = 0
-        r.expiry = LeaseExpiry(config: r.expiry.config)
         replicas[i] = r
-        trace("replica \(r.id) starts: \(r.disk.hardState) last=\(r.node?.lastIndex ?? 0)")
+        if options.workload == .leases, let node = replicas[i].node, let machine = replicas[i].machine as? LeaseMachine {
+            replicas[i].node = nil
+            startCore(i, node: node, registry: machine.registry)
+        }
+        trace("replica \(r.id) starts: \(r.disk.hardState) last=\(replicas[i].raft?.lastIndex ?? 0)")
         scheduleTick(i)
     }
 
@@ -295,16 +331,24 @@ public final class Simulation {
         if let hs = lost.hardState { checker.observeHardState(replicas[i].id, hs) }
         trace("replica \(replicas[i].id) crashes; \(lost.note)")
         replicas[i].node = nil
+        replicas[i].core = nil
         replicas[i].inFlight = nil
         replicas[i].epoch += 1
         for w in replicas[i].waiters { finishOp(w.client, op: w.op, outcome: .indeterminate) }
         for r in replicas[i].reads { finishOp(r.client, op: r.op, outcome: .indeterminate) }
         replicas[i].waiters = []
         replicas[i].reads = []
+        // Requests at a crashed replica get no answer: their mail nodes try another one.
+        let orphaned = replicas[i].requests.values.sorted { $0.op < $1.op }
+        replicas[i].requests = [:]
+        replicas[i].justApplied = [:]
+        for r in orphaned { mailRetry(r.client, op: r.op) }
+        if options.workload == .leases { reportUnreachable(crashed: i) }
     }
 
     func afterInput(_ i: Int) {
         guard replicas[i].up else { return }
+        if replicas[i].core != nil { return coreCarryOut(i) }
         if replicas[i].node!.role == .leader && replicas[i].ledTerm != replicas[i].node!.term {
             observeNewLeader(i)
         }
@@ -312,7 +356,7 @@ public final class Simulation {
     }
 
     func observeNewLeader(_ i: Int) {
-        let node = replicas[i].node!
+        let node = replicas[i].raft!
         replicas[i].ledTerm = node.term
         result.elections += 1
         trace("replica \(node.id) leads term \(node.term) last=\(node.lastIndex) commit=\(node.commitIndex)")
@@ -330,20 +374,28 @@ public final class Simulation {
         queue.push(.persisted(i, epoch: replicas[i].epoch), at: now + latency)
     }
 
-    func finishReady(_ i: Int) {
-        guard let rd = replicas[i].inFlight else { return }
+    /// Writes a Ready to the simulated disk and tells the checker what is now durable; false
+    /// if the disk refused.
+    func persistInFlight(_ i: Int, _ rd: Ready) -> Bool {
         let id = replicas[i].id
         let disk = replicas[i].disk
         do {
             try disk.save(hardState: rd.hardState, entries: rd.entries, snapshot: rd.snapshot, sync: rd.mustSync)
         } catch {
             checker.recordFailure(.acknowledgedWriteLost, "replica \(id) cannot write: \(error)")
-            return
+            return false
         }
         if let first = rd.entries.first {
             checker.observePersist(id, entries: rd.entries, previousTerm: try? disk.storage.term(first.index - 1))
         }
         if let hs = rd.hardState, rd.mustSync || !disk.isDurable { checker.observeHardState(id, hs) }
+        return true
+    }
+
+    func finishReady(_ i: Int) {
+        guard let rd = replicas[i].inFlight else { return }
+        let id = replicas[i].id
+        guard persistInFlight(i, rd) else { return }
         send(rd.messagesAfterPersist)
         if let s = rd.snapshot {
             result.snapshotsInstalled += 1
@@ -372,12 +424,9 @@ public final class Simulation {
 
     func apply(_ i: Int, _ e: Entry) {
         checker.observeApply(replicas[i].id, entry: e, currentTerm: replicas[i].node!.term)
-        let leases = options.workload == .leases
-        let before = leases ? (replicas[i].machine as? LeaseMachine)?.registry : nil
         var reply: (any Sendable)?
         if e.kind == .normal { reply = replicas[i].machine.apply(e.data, index: e.index) }
         replicas[i].appliedIndex = e.index
-        if leases { leaseApplied(i, entry: e, before: before, reply: reply) }
         // Resolve proposals: ours if the term matches; lost if a newer term got there first
         // (terms never decrease along a log, so every waiter at or after it is lost too).
         var k = 0
@@ -422,12 +471,20 @@ public final class Simulation {
         guard applied >= snapIndex + knobs.snapshotEvery else { return }
         // Entries the state machine applied were persisted first, so they are in storage.
         do {
-            try disk.createSnapshot(at: applied, data: replicas[i].machine.snapshot())
+            try disk.createSnapshot(at: applied, data: stateSnapshot(i))
             let keep = LogIndex(UInt64(knobs.keepAfterSnapshot))
             if applied > keep { try disk.compact(through: applied - Int(keep.rawValue)) }
         } catch {
             checker.recordFailure(.divergentState, "replica \(replicas[i].id) cannot snapshot at \(applied): \(error)")
         }
+    }
+
+    /// The replicated state's snapshot and digest, whichever workload holds it.
+    func stateSnapshot(_ i: Int) -> [UInt8] { replicas[i].core?.registry.snapshot() ?? replicas[i].machine.snapshot() }
+
+    func digest(_ i: Int) -> UInt64 {
+        if let core = replicas[i].core { return FNV1a.hash(core.registry.snapshot()) }
+        return replicas[i].machine.digest
     }
 
     // MARK: Network
@@ -455,8 +512,8 @@ public final class Simulation {
     func currentLeader() -> Int? {
         var best: Int?
         for i in replicas.indices {
-            guard let n = replicas[i].node, n.role == .leader else { continue }
-            if best == nil || n.term > replicas[best!].node!.term { best = i }
+            guard let n = replicas[i].raft, n.role == .leader else { continue }
+            if best == nil || n.term > replicas[best!].raft!.term { best = i }
         }
         return best
     }
@@ -508,7 +565,11 @@ public final class Simulation {
             guard let l = currentLeader() else { return }
             let target = ReplicaID(UInt64(1 + random.next() % UInt64(n)))
             trace("nemesis: transfer leadership \(l + 1) -> \(target)")
-            try? replicas[l].node!.transferLeadership(to: target)
+            if replicas[l].core != nil {
+                try? replicas[l].core!.transferLeadership(to: target, now: localNanos(l))
+            } else {
+                try? replicas[l].node!.transferLeadership(to: target)
+            }
             afterInput(l)
         default:
             // Pause a process (SIGSTOP): it keeps its memory, its timers stop and its input
@@ -535,7 +596,7 @@ public final class Simulation {
 
     func livenessCheck() {
         clientsStopped = true
-        let ups = replicas.compactMap(\.node)
+        let ups = replicas.compactMap(\.raft)
         let leaders = ups.filter { $0.role == .leader }
         guard let leader = leaders.max(by: { $0.term < $1.term }) else {
             checker.recordFailure(.liveness, "no leader \(options.livenessMillis)ms after healing")
@@ -563,18 +624,18 @@ public final class Simulation {
             handle(event)
             converged = isConverged()
         }
-        let pending = replicas.reduce(0) { $0 + $1.waiters.count }
+        let pending = replicas.reduce(0) { $0 + $1.waiters.count + $1.requests.count }
         if pending > 0 {
             checker.recordFailure(.liveness, "\(pending) proposals unresolved after healing")
         }
-        let commit = replicas.compactMap(\.node).map(\.commitIndex).max() ?? 0
+        let commit = replicas.compactMap(\.raft).map(\.commitIndex).max() ?? 0
         for r in replicas where r.appliedIndex != commit {
             checker.recordFailure(
                 .liveness, "replica \(r.id) applied \(r.appliedIndex), the cluster committed \(commit)")
         }
-        let atCommit = replicas.filter { $0.appliedIndex == commit }
-        if Set(atCommit.map { $0.machine.digest }).count > 1 {
-            let detail = atCommit.map { "\($0.id): digest \($0.machine.digest)" }
+        let atCommit = replicas.indices.filter { replicas[$0].appliedIndex == commit }
+        if Set(atCommit.map { digest($0) }).count > 1 {
+            let detail = atCommit.map { "\(replicas[$0].id): digest \(digest($0))" }
             checker.recordFailure(
                 .divergentState, "replicas at index \(commit) have different states (\(detail.joined(separator: ", ")))")
         }
@@ -585,10 +646,10 @@ public final class Simulation {
     }
 
     func isConverged() -> Bool {
-        guard replicas.allSatisfy({ $0.waiters.isEmpty && $0.inFlight == nil }) else { return false }
-        let nodes = replicas.compactMap(\.node)
+        guard replicas.allSatisfy({ $0.waiters.isEmpty && $0.requests.isEmpty && $0.inFlight == nil }) else { return false }
+        let nodes = replicas.compactMap(\.raft)
         guard nodes.count == replicas.count, let commit = nodes.map(\.commitIndex).max() else { return false }
-        return replicas.allSatisfy { $0.appliedIndex == commit && $0.node!.lastIndex == commit }
+        return replicas.allSatisfy { $0.appliedIndex == commit && $0.raft!.lastIndex == commit }
     }
 
     // MARK: Clients

@@ -33,6 +33,9 @@ public struct ReplicaCore {
         /// Broken on purpose (simulator mutants only): a new leader does not restart every
         /// lease's countdown, as if they had all run out.
         public var breakFailoverReset = false
+        /// `.applied` carries the registry right after each entry (observers in the
+        /// simulator; a copy per entry, so off in the server).
+        public var reportRegistryWithEntries = false
 
         public init(replicaID: ReplicaID) { self.replicaID = replicaID }
     }
@@ -62,8 +65,9 @@ public struct ReplicaCore {
         /// A request's deadline passed: answer 503 `no_leader`.
         case timedOut(UInt64)
         /// An entry was applied (`applied` is nil for configuration entries). `reusedID`: an
-        /// acquire gave a new hostname an ID another hostname had.
-        case applied(Entry, Applied?, reusedID: Bool)
+        /// acquire gave a new hostname an ID another hostname had. `registry`: the state right
+        /// after it, when `reportRegistryWithEntries` is set.
+        case applied(Entry, Applied?, reusedID: Bool, registry: LeaseRegistry?)
         /// A snapshot from the leader replaced the registry.
         case installedSnapshot(SnapshotMetadata)
         case leaderChanged(ReplicaID?)
@@ -82,7 +86,7 @@ public struct ReplicaCore {
     /// Writes waiting here, by request id: their entries, sent again when the leader changes
     /// (the old leader may have died with them, or committed them already: each carries an
     /// idempotency key, so a command that commits twice applies once).
-    private var writes: [UInt64: [UInt8]] = [:]
+    private var writes: [UInt64: (data: [UInt8], key: IdempotencyKey, submittedAt: UInt64)] = [:]
     /// Commands to propose (as leader) or forward, with the instant they were queued: one
     /// whose request timed out is dropped instead of being proposed late.
     private var outbox: [(data: [UInt8], at: UInt64)] = []
@@ -193,7 +197,7 @@ public struct ReplicaCore {
         let id = newRequest(now: now)
         let key = key ?? IdempotencyKey(origin: .replica, value: "\(config.replicaID)-\(String(id, radix: 16))")
         let data = TimedCommand(command, now: wall, requestID: id, key: key).encoded()
-        writes[id] = data
+        writes[id] = (data, key, now)
         enqueue([data], now: now)
         afterInput(now: now)
         return id
@@ -316,12 +320,12 @@ public struct ReplicaCore {
             expiry.leaderReady(now: start, registry: registry)
         }
         guard e.kind == .normal else {
-            effects.append(.applied(e, nil, reusedID: false))
+            effects.append(.applied(e, nil, reusedID: false, registry: observed))
             return
         }
         guard let timed = TimedCommand(decoding: e.data) else {
             let applied = registry.applied(entry: e.data, index: e.index.rawValue)
-            effects.append(.applied(e, applied, reusedID: false))
+            effects.append(.applied(e, applied, reusedID: false, registry: observed))
             return
         }
         var reuses = false
@@ -340,14 +344,19 @@ public struct ReplicaCore {
         }
         let reusedID: Bool
         if reuses, !applied.replayed, case .success = applied.result { reusedID = registry.count == countBefore } else { reusedID = false }
-        effects.append(.applied(e, applied, reusedID: reusedID))
-        if timed.requestID != 0, writes.removeValue(forKey: timed.requestID) != nil {
+        effects.append(.applied(e, applied, reusedID: reusedID, registry: observed))
+        // Ours if both the request id and the key match (another replica's request may carry
+        // the same id).
+        if timed.requestID != 0, let w = writes[timed.requestID], w.key == timed.key {
+            writes[timed.requestID] = nil
             effects.append(
                 .writeDone(
                     timed.requestID,
                     WriteResult(result: applied.result, index: LogIndex(applied.index), leader: node.leader, replayed: applied.replayed)))
         }
     }
+
+    private var observed: LeaseRegistry? { config.reportRegistryWithEntries ? registry : nil }
 
     private mutating func answerReads() {
         let applied = node.appliedIndex
@@ -419,8 +428,11 @@ public struct ReplicaCore {
         if hadLeader || !writes.isEmpty {
             // Requests sent to the previous leader may be lost with it: send them again
             // (those still in the outbox go anyway).
+            // They keep their submission time, so none is proposed after its request's deadline.
             let queued = Set(outbox.map(\.data))
-            for id in writes.keys.sorted() where !queued.contains(writes[id]!) { outbox.append((writes[id]!, now)) }
+            for id in writes.keys.sorted() where !queued.contains(writes[id]!.data) {
+                outbox.append((writes[id]!.data, writes[id]!.submittedAt))
+            }
         }
         // Reads that found no leader, or went to the old one, go (again) now.
         for id in reads.keys.sorted() where reads[id]!.index == nil { sendRead(id, now: now) }

@@ -1,0 +1,176 @@
+import LeaseRegistry
+import Raft
+import ReplicaCore
+
+/// The lease workload's replicas run `ReplicaCore`, the same value the server's actor runs:
+/// this is the simulator's shell around it (the server's is `RaftDriver`). It feeds the core
+/// each replica's drifting clocks, delivers its messages and forwards through the faulty
+/// network, persists its Readies on the simulated disk after a random fsync latency, and
+/// answers the mail nodes' requests with what the core decided.
+extension Simulation {
+    func coreConfig(_ i: Int) -> ReplicaCore.Config {
+        var c = ReplicaCore.Config(replicaID: replicas[i].id)
+        c.requestTimeoutNanos = 400_000_000
+        c.readResendNanos = UInt64(knobs.heartbeatTicks) * knobs.tickMicros * 3000
+        c.expiry = .init(retentionSeconds: 2)
+        c.dataDirectoryID = UInt64(i + 1) << 32 | UInt64(replicas[i].epoch)
+        c.requestIDBase = UInt64(i + 1) << 56 | UInt64(replicas[i].epoch) << 40
+        c.breakFailoverReset = options.leaseFaults.contains(.noFailoverReset)
+        c.reportRegistryWithEntries = true
+        return c
+    }
+
+    func startCore(_ i: Int, node: RaftNode, registry: LeaseRegistry) {
+        replicas[i].core = ReplicaCore(config: coreConfig(i), node: node, registry: registry)
+        replicas[i].requests = [:]
+    }
+
+    func coreTick(_ i: Int) {
+        replicas[i].core!.tick(now: localNanos(i), wall: wallSeconds(i))
+        coreCarryOut(i)
+    }
+
+    func coreDeliver(_ i: Int, _ m: Message) {
+        replicas[i].core!.step([m], now: localNanos(i))
+        coreCarryOut(i)
+    }
+
+    func corePersisted(_ i: Int) {
+        guard let rd = replicas[i].inFlight else { return }
+        guard persistInFlight(i, rd) else { return }
+        replicas[i].inFlight = nil
+        replicas[i].core!.persisted(now: localNanos(i))
+        coreCarryOut(i)
+        maybeSnapshot(i)
+        coreCarryOut(i)
+    }
+
+    /// Carries out the core's effects, then starts its next Ready when none is in flight.
+    func coreCarryOut(_ i: Int) {
+        guard replicas[i].core != nil else { return }
+        observeLeadership(i)
+        var rounds = 0
+        while replicas[i].core != nil {
+            if replicas[i].inFlight == nil && replicas[i].core!.needsPump { replicas[i].core!.pump(now: localNanos(i)) }
+            let effects = replicas[i].core!.takeEffects()
+            if effects.isEmpty { break }
+            for effect in effects { carryOut(i, effect) }
+            rounds += 1
+            if rounds > 1000 {
+                checker.recordFailure(.liveness, "replica \(replicas[i].id)'s core keeps producing effects without input")
+                break
+            }
+        }
+        observeLeadership(i)
+    }
+
+    private func observeLeadership(_ i: Int) {
+        guard let node = replicas[i].core?.node, node.role == .leader, replicas[i].ledTerm != node.term else { return }
+        observeNewLeader(i)
+    }
+
+    private func carryOut(_ i: Int, _ effect: ReplicaCore.Effect) {
+        switch effect {
+        case .send(let messages):
+            send(messages)
+        case .persist(let rd):
+            replicas[i].inFlight = rd
+            let writes = rd.hardState != nil || !rd.entries.isEmpty || rd.snapshot != nil
+            let latency = writes && rd.mustSync ? 1 + random.next() % knobs.maxFsyncMicros : 0
+            queue.push(.persisted(i, epoch: replicas[i].epoch), at: now + latency)
+        case .forward(let data, let to, let queuedAt):
+            let j = Int(to.rawValue) - 1
+            if blocked.contains(i * 16 + j) || !replicas[j].up {
+                // No connection to the leader: the shell gives it back, as the server's does.
+                replicas[i].core!.forwardFailed(data, queuedAt: queuedAt)
+            } else if !random.chance(dropRate) {
+                let delay = knobs.minDelayMicros + random.next() % (knobs.maxDelayMicros - knobs.minDelayMicros + 1)
+                queue.push(.forwarded(j, data, epoch: replicas[j].epoch), at: now + delay)
+            }
+        case .writeDone(let id, let w):
+            let entry = replicas[i].justApplied.removeValue(forKey: id)
+            guard let owner = replicas[i].requests.removeValue(forKey: id) else { return }
+            answered(i, client: owner.client, op: owner.op, w, entry: entry)
+        case .readDone:
+            break
+        case .timedOut(let id):
+            guard let owner = replicas[i].requests.removeValue(forKey: id) else { return }
+            trace("mail \(owner.client) op \(owner.op): request timed out at replica \(i + 1)")
+            mailRetry(owner.client, op: owner.op)
+        case .applied(let e, let applied, let reusedID, let registry):
+            coreApplied(i, e, applied, reusedID: reusedID, registry: registry!)
+        case .installedSnapshot(let m):
+            result.snapshotsInstalled += 1
+            replicas[i].appliedIndex = m.index
+            trace("replica \(replicas[i].id) installs snapshot \(m.term)/\(m.index)")
+        case .leaderChanged(let l):
+            trace("replica \(replicas[i].id) learns leader \(l.map(\.description) ?? "none")")
+        case .roleChanged(let role, let term):
+            trace("replica \(replicas[i].id) is \(role.rawValue) in term \(term)")
+        case .proposedExpiry(let n):
+            trace("replica \(replicas[i].id) proposes \(n) expiry commands")
+        case .fatal(let why):
+            checker.recordFailure(.divergentState, "replica \(replicas[i].id): \(why)")
+        }
+    }
+
+    private func coreApplied(_ i: Int, _ e: Entry, _ applied: Applied?, reusedID: Bool, registry: LeaseRegistry) {
+        let node = replicas[i].core!.node
+        checker.observeApply(replicas[i].id, entry: e, currentTerm: node.term)
+        replicas[i].appliedIndex = e.index
+        let firstApply = e.index > highestApplied
+        let timed = TimedCommand(decoding: e.data)
+        if let timed, timed.requestID != 0, replicas[i].requests[timed.requestID] != nil { replicas[i].justApplied[timed.requestID] = e }
+        if let applied, firstApply, let timed, let key = timed.key, key.origin == .client {
+            // Exactly once: a key's command changes the registry at most once.
+            if !applied.replayed, applied.result != .failure(.idempotencyKeyMismatch) {
+                if let first = applications[key.value] {
+                    checker.recordFailure(
+                        .exactlyOnce, "request \(key.value) applied twice: at index \(first.index) and again at \(e.index)")
+                } else {
+                    applications[key.value] = (e.index, applied.result)
+                }
+            }
+        }
+        leaseApplied(i, entry: e, registry: registry, reusedID: reusedID, reply: applied?.result)
+    }
+
+    /// A mail node's request was answered (200 or an API error): it must match exactly one
+    /// application of its key, with that application's outcome.
+    private func answered(_ i: Int, client c: Int, op: UInt64, _ w: ReplicaCore.WriteResult, entry: Entry?) {
+        guard mailNodes[c].op == op else { return }
+        let key = mailNodes[c].key
+        if let first = applications[key] {
+            if first.result != w.result || first.index != w.index {
+                checker.recordFailure(
+                    .exactlyOnce,
+                    "request \(key) was answered \(w.result) at index \(w.index), but it applied as \(first.result) at \(first.index)")
+            }
+        } else {
+            checker.recordFailure(.exactlyOnce, "request \(key) was answered at replica \(i + 1) but never applied")
+        }
+        if !w.replayed, let entry, entry.index == w.index {
+            acknowledged.append(Waiter(index: entry.index, term: entry.term, client: c, op: op, command: entry.data))
+            highestAcknowledged = max(highestAcknowledged, w.index)
+        }
+        if faultsOver { progressAfterHeal = true }
+        mailDone(c, op: op, outcome: .ok, reply: w.result)
+    }
+
+    /// The request's attempt ended without an answer (timeout, crash): the mail node sends
+    /// the same request, with the same key, to another replica while the op's deadline allows.
+    func mailRetry(_ c: Int, op: UInt64) {
+        guard mailNodes[c].op == op else { return }
+        mailNodes[c].submitted = false
+        retry(c)
+    }
+
+    /// A dial to a crashed replica is refused: its followers hear of it soon, as the server's
+    /// transport reports it.
+    func reportUnreachable(crashed i: Int) {
+        for j in replicas.indices where j != i && replicas[j].up {
+            guard let node = replicas[j].core?.node, node.leader == replicas[i].id else { continue }
+            queue.push(.peerUnreachable(j, peer: i, epoch: replicas[j].epoch), at: now + micros(ms: 1 + random.next() % 50))
+        }
+    }
+}

@@ -114,6 +114,7 @@ let package = Package(
             exclude: ["testdata"]
         ),
         .testTarget(name: "RaftSimulatorTests", dependencies: ["Raft", "RaftSimulator"]),
+        .testTarget(name: "ReplicaCoreTests", dependencies: ["Raft", "LeaseRegistry", "ReplicaCore"]),
         .testTarget(name: "RaftStorageTests", dependencies: ["Raft", "RaftStorage", "nodelease-microbench"]),
         .testTarget(name: "LeaseRegistryTests", dependencies: ["Raft", "LeaseRegistry"]),
         .testTarget(name: "JepsenCheckersTests", dependencies: ["JepsenCheckers"]),

@@ -42,23 +42,29 @@ public struct TimedCommand: Sendable, Hashable {
     /// or one the accepting replica chose; nil for the leader's own commands. The registry
     /// answers a repeated key with the first outcome instead of applying it again.
     public var key: IdempotencyKey?
+    /// The proposing leader's monotonic clock (nanoseconds; 0: not stamped). Consecutive
+    /// entries of one term measure the leader time that idempotency keys are remembered for,
+    /// unaffected by wall-clock steps.
+    public var leaderNanos: UInt64
 
-    public init(_ command: LeaseCommand, now: UInt64, requestID: UInt64 = 0, key: IdempotencyKey? = nil) {
+    public init(_ command: LeaseCommand, now: UInt64, requestID: UInt64 = 0, key: IdempotencyKey? = nil, leaderNanos: UInt64 = 0) {
         self.command = command
         self.now = now
         self.requestID = requestID
         self.key = key
+        self.leaderNanos = leaderNanos
     }
 
     /// Version 1 entries (written before idempotency keys) still decode.
     static let version: UInt8 = 2
 
-    /// The entry payload: version, request id, key (flag, then the key), type, time, fields
-    /// (little-endian).
+    /// The entry payload: version, request id, leader nanoseconds, key (flag, then the key),
+    /// type, time, fields (little-endian).
     public func encoded() -> [UInt8] {
         var w = ByteWriter(capacity: 96)
         w.u8(Self.version)
         w.u64(requestID)
+        w.u64(leaderNanos)
         if let key {
             w.u8(key.origin.rawValue)
             w.string(key.value)
@@ -77,7 +83,9 @@ public struct TimedCommand: Sendable, Hashable {
             guard version == 1 || version == Self.version else { return nil }
             requestID = try r.u64()
             key = nil
+            leaderNanos = 0
             if version >= 2 {
+                leaderNanos = try r.u64()
                 let flag = try r.u8()
                 if flag != 0 {
                     guard let origin = IdempotencyKey.Origin(rawValue: flag) else { return nil }

@@ -34,10 +34,6 @@ public struct IdempotencyWindow: Sendable, Hashable {
         self.seconds = seconds
         self.maxKeys = maxKeys
     }
-
-    /// The registry's clock moves by at most this much per entry, so a leader whose wall clock
-    /// jumps ahead cannot evict keys early (a pause only keeps keys longer, which is safe).
-    public static let maxClockStep: UInt64 = 60
 }
 
 /// The first outcome of a keyed command.
@@ -45,7 +41,7 @@ struct Remembered: Sendable, Hashable {
     var fingerprint: UInt64
     var result: Result<LeaseReply, LeaseError>
     var index: UInt64
-    /// The registry clock when it applied.
+    /// The registry clock (nanoseconds) when it applied.
     var at: UInt64
 }
 
@@ -70,9 +66,13 @@ public struct LeaseRegistry: Sendable {
     private var rememberedOrder: [IdempotencyKey] = []
     private var rememberedHead = 0
     public private(set) var idempotencyWindow = IdempotencyWindow()
-    /// Leader seconds as the log tells them: the first entry's time, then never backwards and
-    /// at most `IdempotencyWindow.maxClockStep` forward per entry.
+    /// Leader time as the log tells it, in nanoseconds: 0 until the first
+    /// `configureIdempotency` entry (so every replica starts it at the same index), then
+    /// moved by the monotonic time between consecutive stamped entries of one term (one
+    /// leader). A new leader's first entry does not move it, and wall-clock steps never do:
+    /// keys may be kept longer than the window, never shorter.
     public private(set) var clock: UInt64 = 0
+    private var lastStamp: (term: UInt64, nanos: UInt64) = (0, 0)
 
     public init() {}
 
@@ -118,24 +118,26 @@ public struct LeaseRegistry: Sendable {
         applied(entry: data, index: index).result
     }
 
-    /// Applies the entry payload at log `index`, with what a client's answer needs.
-    public mutating func applied(entry data: [UInt8], index: UInt64) -> Applied {
+    /// Applies the entry payload at log `index` (of `term`), with what a client's answer needs.
+    public mutating func applied(entry data: [UInt8], index: UInt64, term: UInt64 = 0) -> Applied {
         guard let timed = TimedCommand(decoding: data) else {
             appliedIndex = max(appliedIndex, index)
             return Applied(result: .failure(.invalid(field: "command", message: "the log entry does not decode")), replayed: false, index: index)
         }
-        return apply(timed, index: index)
+        return apply(timed, index: index, term: term)
     }
 
     /// Applies a decoded entry. A client write whose key was applied before is not applied
     /// again: the answer is the first outcome (or `idempotencyKeyMismatch` if the key came
     /// with a different request).
-    public mutating func apply(_ timed: TimedCommand, index: UInt64) -> Applied {
-        if clock == 0 {
-            clock = timed.now
-        } else if timed.now > clock {
-            clock += min(timed.now - clock, IdempotencyWindow.maxClockStep)
+    public mutating func apply(_ timed: TimedCommand, index: UInt64, term: UInt64 = 0) -> Applied {
+        if timed.leaderNanos != 0 {
+            if clock != 0 && term == lastStamp.term && timed.leaderNanos > lastStamp.nanos {
+                clock += timed.leaderNanos - lastStamp.nanos
+            }
+            if term != lastStamp.term || timed.leaderNanos > lastStamp.nanos { lastStamp = (term, timed.leaderNanos) }
         }
+        if case .configureIdempotency = timed.command, clock == 0 { clock = 1 }
         forgetExpiredKeys()
         guard let key = timed.key, timed.command.isClientWrite else {
             return Applied(result: apply(timed.command, now: timed.now, index: index), replayed: false, index: index)
@@ -164,7 +166,9 @@ public struct LeaseRegistry: Sendable {
         while rememberedHead < rememberedOrder.count {
             let key = rememberedOrder[rememberedHead]
             let at = remembered[key]!.at
-            guard remembered.count > idempotencyWindow.maxKeys || at + idempotencyWindow.seconds < clock else { break }
+            let (span, overflow) = idempotencyWindow.seconds.multipliedReportingOverflow(by: 1_000_000_000)
+            let expired = clock != 0 && !overflow && at < clock && clock - at > span
+            guard remembered.count > idempotencyWindow.maxKeys || expired else { break }
             remembered[key] = nil
             rememberedHead += 1
         }
@@ -359,7 +363,7 @@ extension LeaseRegistry: Equatable {
     public static func == (a: LeaseRegistry, b: LeaseRegistry) -> Bool {
         a.appliedIndex == b.appliedIndex && a.order == b.order && a.order.allSatisfy { a.nodes[$0] == b.nodes[$0] }
             && a.replicaDirectories == b.replicaDirectories && a.idempotencyWindow == b.idempotencyWindow
-            && a.clock == b.clock && a.rememberedInOrder.elementsEqual(b.rememberedInOrder) { $0.0 == $1.0 && $0.1 == $1.1 }
+            && a.clock == b.clock && a.lastStamp == b.lastStamp && a.rememberedInOrder.elementsEqual(b.rememberedInOrder) { $0.0 == $1.0 && $0.1 == $1.1 }
     }
 
     /// The remembered outcomes, oldest first.
@@ -391,6 +395,8 @@ extension LeaseRegistry {
         w.u64(idempotencyWindow.seconds)
         w.u32(UInt32(idempotencyWindow.maxKeys))
         w.u64(clock)
+        w.u64(lastStamp.term)
+        w.u64(lastStamp.nanos)
         w.u32(UInt32(remembered.count))
         for key in rememberedOrder[rememberedHead...] {
             let m = remembered[key]!
@@ -447,6 +453,7 @@ extension LeaseRegistry {
                 guard seconds >= 1, maxKeys >= 1 else { throw SnapshotError.malformed("idempotency window") }
                 idempotencyWindow = IdempotencyWindow(seconds: seconds, maxKeys: Int(maxKeys))
                 clock = try r.u64()
+                lastStamp = (try r.u64(), try r.u64())
                 let keys = Int(try r.u32())
                 var lastAt: UInt64 = 0
                 for _ in 0..<keys {

@@ -112,9 +112,10 @@ public final class NodeLeaseClient: Sendable {
     // MARK: Transport
 
     private func call<T: Decodable>(_ method: String, _ path: String, body: [String: Any]?, timeout: Duration? = nil) async throws(NodeLeaseError) -> T {
-        let deadline = ContinuousClock.now + (timeout ?? self.timeout)
-        // One key for the logical request, the same on every retry.
+        // One key for the logical request, the same on every retry; its retries end well inside
+        // the servers' idempotency window (10 minutes), or a late one could apply again.
         let key = method == "GET" ? nil : UUID().uuidString
+        let deadline = ContinuousClock.now + min(timeout ?? self.timeout, key == nil ? .seconds(3600) : Self.maxWriteCall)
         var attempt = 0
         while true {
             let i = pickEndpoint(attempt: attempt)
@@ -147,6 +148,9 @@ public final class NodeLeaseClient: Sendable {
             try? await Task.sleep(for: backoff)
         }
     }
+
+    /// The longest a write is retried under one idempotency key.
+    public static let maxWriteCall: Duration = .seconds(60)
 
     private func pickEndpoint(attempt: Int) -> Int {
         state.withLockedValue { s in

@@ -136,6 +136,9 @@ struct HTTPAPI: Sendable {
     /// the outcome: the first one, marked `Idempotent-Replayed`, when the key applied before.
     private func write(_ command: LeaseCommand, _ request: Request) async -> Response {
         var key: IdempotencyKey?
+        if request.headers[values: Self.idempotencyKeyHeader].count > 1 {
+            return self.error(.badRequest, .invalid(field: "Idempotency-Key", message: "must be given once"))
+        }
         if let raw = request.headers[Self.idempotencyKeyHeader] {
             do throws(LeaseError) { key = try IdempotencyKey.client(raw) } catch { return self.error(.badRequest, error) }
         }

@@ -114,9 +114,11 @@ public final class NodeLeaseReplica: Service, Sendable {
                 // The HTTP server returns when a graceful shutdown begins (it stops accepting
                 // first). The driver then hands leadership over while the timers and the
                 // message loop still run (the transfer needs them), and only then do they end.
-                try await app.run()
+                var failure: (any Error)?
+                do { try await app.run() } catch { failure = error }
                 await driver.shutdown()
                 group.cancelAll()
+                if let failure { throw failure }
             }
             inbox.finish()
             await transport.shutdown()

@@ -78,6 +78,7 @@ actor RaftDriver {
         var coreConfig = ReplicaCore.Config(replicaID: config.replicaID)
         coreConfig.requestTimeoutNanos = UInt64(config.requestTimeoutMillis) * 1_000_000
         coreConfig.readResendNanos = UInt64(max(50, 3 * config.tickMillis * config.heartbeatTicks)) * 1_000_000
+        coreConfig.writeResendNanos = UInt64(max(500, config.tickMillis * config.electionTicks)) * 1_000_000
         coreConfig.idempotencyWindow = config.idempotencyWindow
         coreConfig.expiry = .init(retentionSeconds: config.retentionSeconds)
         coreConfig.dataDirectoryID = storage.directoryID
@@ -183,9 +184,10 @@ actor RaftDriver {
 
     /// Stops taking work; as leader, hands leadership to the most caught-up peer first.
     func shutdown() async {
-        if core.node.role == .leader,
-            let target = core.node.status.peers.filter({ $0.id != config.replicaID }).max(by: { $0.match < $1.match })?.id
-        {
+        // The most caught-up peer we are connected to (a transfer to an unreachable one would
+        // only delay the shutdown).
+        let peers = core.node.status.peers.filter { $0.id != config.replicaID && transport.isConnected($0.id) }
+        if core.node.role == .leader, let target = peers.max(by: { $0.match < $1.match })?.id {
             logger.info("shutting down: transferring leadership to replica \(target)")
             try? core.transferLeadership(to: target, now: now)
             carryOut()

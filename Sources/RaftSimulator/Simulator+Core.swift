@@ -12,6 +12,7 @@ extension Simulation {
         var c = ReplicaCore.Config(replicaID: replicas[i].id)
         c.requestTimeoutNanos = 400_000_000
         c.readResendNanos = UInt64(knobs.heartbeatTicks) * knobs.tickMicros * 3000
+        c.writeResendNanos = 150_000_000
         c.expiry = .init(retentionSeconds: 2)
         c.dataDirectoryID = UInt64(i + 1) << 32 | UInt64(replicas[i].epoch)
         c.requestIDBase = UInt64(i + 1) << 56 | UInt64(replicas[i].epoch) << 40

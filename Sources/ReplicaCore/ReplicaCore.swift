@@ -21,6 +21,9 @@ public struct ReplicaCore {
         public var requestTimeoutNanos: UInt64 = 5_000_000_000
         /// A read-index request unanswered for this long is sent again.
         public var readResendNanos: UInt64 = 300_000_000
+        /// A follower sends a write unanswered for this long to the leader again (the first
+        /// copy may have been lost with a connection; the key makes a repeat harmless).
+        public var writeResendNanos: UInt64 = 1_000_000_000
         /// How often the leader may retry a registration or configuration command.
         public var leaderCommandRetryNanos: UInt64 = 2_000_000_000
         public var idempotencyWindow = IdempotencyWindow()
@@ -86,7 +89,7 @@ public struct ReplicaCore {
     /// Writes waiting here, by request id: their entries, sent again when the leader changes
     /// (the old leader may have died with them, or committed them already: each carries an
     /// idempotency key, so a command that commits twice applies once).
-    private var writes: [UInt64: (data: [UInt8], key: IdempotencyKey, submittedAt: UInt64)] = [:]
+    private var writes: [UInt64: (data: [UInt8], key: IdempotencyKey, submittedAt: UInt64, lastSent: UInt64)] = [:]
     /// Commands to propose (as leader) or forward, with the instant they were queued: one
     /// whose request timed out is dropped instead of being proposed late.
     private var outbox: [(data: [UInt8], at: UInt64)] = []
@@ -157,10 +160,15 @@ public struct ReplicaCore {
             let due = expiry.due(now: now, wallSeconds: wall, registry: registry, hasQuorum: node.hasQuorumContact)
             if !due.isEmpty {
                 effects.append(.proposedExpiry(due.count))
-                enqueue(due.map { $0.encoded() }, now: now)
+                enqueue(due.map { d in
+                    var stamped = d
+                    stamped.leaderNanos = now
+                    return stamped.encoded()
+                }, now: now)
             }
         }
         resendReads(now: now)
+        resendWrites(now: now)
         afterInput(now: now)
     }
 
@@ -180,6 +188,7 @@ public struct ReplicaCore {
     public mutating func forwarded(_ data: [UInt8], now: UInt64, wall: UInt64) {
         guard node.role == .leader, var timed = TimedCommand(decoding: data) else { return }
         timed.now = wall
+        timed.leaderNanos = now
         enqueue([timed.encoded()], now: now)
         afterInput(now: now)
     }
@@ -196,8 +205,8 @@ public struct ReplicaCore {
     public mutating func submit(_ command: LeaseCommand, key: IdempotencyKey?, now: UInt64, wall: UInt64) -> UInt64 {
         let id = newRequest(now: now)
         let key = key ?? IdempotencyKey(origin: .replica, value: "\(config.replicaID)-\(String(id, radix: 16))")
-        let data = TimedCommand(command, now: wall, requestID: id, key: key).encoded()
-        writes[id] = (data, key, now)
+        let data = TimedCommand(command, now: wall, requestID: id, key: key, leaderNanos: now).encoded()
+        writes[id] = (data, key, now, now)
         enqueue([data], now: now)
         afterInput(now: now)
         return id
@@ -334,7 +343,7 @@ public struct ReplicaCore {
             reuses = (try? Validation.hostname(hostname)).map { registry.node(hostname: $0) == nil } ?? false
             countBefore = registry.count
         }
-        let applied = registry.apply(timed, index: e.index.rawValue)
+        let applied = registry.apply(timed, index: e.index.rawValue, term: e.term.rawValue)
         if expiry.isReady, !applied.replayed, case .success(let reply) = applied.result {
             switch reply {
             case .lease(let l): if let r = registry.node(l.nodeID) { expiry.applied(r, now: now) }
@@ -386,6 +395,8 @@ public struct ReplicaCore {
     /// the answer may be lost: no connection yet, a leader change), and those that waited for
     /// a leader once one is known.
     private mutating func resendReads(now: UInt64) {
+        // A leader's own read requests are not lost on the way (they go through its core).
+        guard node.role != .leader else { return }
         let before = now >= config.readResendNanos ? now - config.readResendNanos : 0
         for id in reads.keys.sorted() {
             let r = reads[id]!
@@ -394,6 +405,19 @@ public struct ReplicaCore {
         }
         if let id = catchUpRead, catchUpIndex == nil, catchUpSentAt.map({ $0 <= before }) ?? (node.leader != nil) {
             sendRead(id, now: now)
+        }
+    }
+
+    /// As a follower, sends again the writes unanswered for `writeResendNanos` (the leader
+    /// proposes its own; those are lost only with its leadership, and then all are re-sent).
+    private mutating func resendWrites(now: UInt64) {
+        guard node.role != .leader, node.leader != nil, !writes.isEmpty else { return }
+        let queued = Set(outbox.map(\.data))
+        for id in writes.keys.sorted() {
+            let w = writes[id]!
+            guard w.lastSent + config.writeResendNanos <= now, !queued.contains(w.data) else { continue }
+            writes[id]!.lastSent = now
+            outbox.append((w.data, w.submittedAt))
         }
     }
 
@@ -465,17 +489,17 @@ public struct ReplicaCore {
         for (replica, dir) in candidates where registry.replicaDirectories[replica] == nil {
             if let last = registrationAttempts[replica], now < last + config.leaderCommandRetryNanos { continue }
             registrationAttempts[replica] = now
-            enqueue([TimedCommand(.registerReplica(replica: replica, dataDirectoryID: dir), now: wall).encoded()], now: now)
+            enqueue([TimedCommand(.registerReplica(replica: replica, dataDirectoryID: dir), now: wall, leaderNanos: now).encoded()], now: now)
         }
     }
 
     /// Writes the configured idempotency window into the log when the registry's differs.
     private mutating func configureIdempotency(now: UInt64, wall: UInt64) {
         let want = config.idempotencyWindow
-        guard registry.idempotencyWindow != want else { return }
+        guard registry.idempotencyWindow != want || registry.clock == 0 else { return }
         if let last = idempotencyConfiguredAt, now < last + config.leaderCommandRetryNanos { return }
         idempotencyConfiguredAt = now
         let command = LeaseCommand.configureIdempotency(windowSeconds: want.seconds, maxKeys: UInt32(want.maxKeys))
-        enqueue([TimedCommand(command, now: wall).encoded()], now: now)
+        enqueue([TimedCommand(command, now: wall, leaderNanos: now).encoded()], now: now)
     }
 }

@@ -45,9 +45,11 @@ struct Hold: AsyncParsableCommand {
             succeeds in time, CMD gets SIGTERM --grace plus a margin (1 s, or a tenth of the TTL)
             before the lease's holder-side deadline and SIGKILL the margin before it, so it is
             gone before any other node can be given its ID; hold then exits with 75. SIGTERM,
-            SIGINT and SIGHUP sent to hold go to CMD. When CMD exits, the lease is released and
-            hold exits with CMD's status (128+N if signal N ended it). On Linux CMD dies with
-            hold: killing hold, even with SIGKILL, kills CMD.
+            SIGINT and SIGHUP sent to hold go to CMD's process group (CMD runs in a group of its
+            own, so it should not read from the terminal). When CMD exits, the lease is released
+            and hold exits with CMD's status (128+N if signal N ended it). On Linux CMD dies with
+            hold: killing hold, even with SIGKILL, kills CMD (CMD itself: a wrapper script should
+            `exec` the server).
             """)
     @Option(help: "TTL in seconds.") var ttl: Int = 30
     @Option(help: "Seconds between SIGTERM and SIGKILL when the lease is lost: at most a third of the TTL (default 10, or a third of the TTL if less).")
@@ -117,8 +119,22 @@ actor HoldSupervisor {
     /// returns its pid.
     func start(_ command: [String], environment: [String: String]) async throws -> pid_t? {
         guard child == nil, !stoppingForLoss, signalBeforeStart == nil else { return nil }
-        deadline = await keeper.validUntil
-        let c = try HeldCommand.spawn(command, environment: environment)
+        let valid = await keeper.validUntil
+        // Checked again after the wait: a signal may have arrived meanwhile, and a lease
+        // already too close to its deadline is not worth starting the command for.
+        guard child == nil, !stoppingForLoss, signalBeforeStart == nil, let valid, ContinuousClock.now < timing.terminateAt(valid) else {
+            return nil
+        }
+        deadline = valid
+        let c: HeldCommand
+        do {
+            c = try HeldCommand.spawn(command, environment: environment)
+        } catch {
+            holdSays("\(error)")
+            exitCode = 127
+            await keeper.stop()
+            return nil
+        }
         child = c
         Task { await self.watch() }
         Task.detached { [keeper] in
@@ -151,11 +167,11 @@ actor HoldSupervisor {
         }
     }
 
-    /// The keeper reports the lease lost (a 404, or its own deadline).
+    /// The keeper reports the lease lost (a 404: the lease is gone, or its own deadline): the
+    /// command must stop at once, SIGKILL after the margin.
     func lost(_ reason: String) async {
-        guard let c = child else { return }
-        let killAt = min(ContinuousClock.now + timing.grace, deadline.map(timing.killAt) ?? ContinuousClock.now)
-        await stop(c, killAt: killAt, reason: reason)
+        guard let c = child, c.isRunning else { return }
+        await stop(c, killAt: ContinuousClock.now + timing.margin, reason: reason)
     }
 
     private func stop(_ c: HeldCommand, killAt: ContinuousClock.Instant, reason: String) async {
@@ -228,15 +244,18 @@ final class HeldCommand: Sendable {
             var pid: pid_t = 0
             var attr = posix_spawnattr_t()
             posix_spawnattr_init(&attr)
+            // A process group of its own, so that hold's signals reach everything the command
+            // starts, and a terminal's Ctrl-C reaches it once (through hold).
+            posix_spawnattr_setpgroup(&attr, 0)
             // hold ignores the signals it forwards; the command gets them as usual.
             var defaults = sigset_t()
             sigemptyset(&defaults)
-            for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&defaults, s) }
+            for s in [SIGTERM, SIGINT, SIGHUP, SIGPIPE] { sigaddset(&defaults, s) }
             posix_spawnattr_setsigdefault(&attr, &defaults)
             var empty = sigset_t()
             sigemptyset(&empty)
             posix_spawnattr_setsigmask(&attr, &empty)
-            posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+            posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP))
             var argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
             var envp: [UnsafeMutablePointer<CChar>?] = env.map { strdup($0) } + [nil]
             let rc = posix_spawn(&pid, exe, nil, &attr, &argv, &envp)
@@ -254,19 +273,25 @@ final class HeldCommand: Sendable {
         thread.start()
         started.wait()
         guard let pid = result.pid else {
-            throw ValidationError("cannot start \(command[0]): \(String(cString: strerror(result.error)))")
+            throw HoldError(message: "cannot start \(command[0]): \(String(cString: strerror(result.error)))")
         }
         return HeldCommand(pid: pid, status: box)
     }
 
     var isRunning: Bool { !status.done }
 
+    /// Signals the command's process group (the command and what it started).
     func signal(_ sig: Int32) {
-        if isRunning { kill(pid, sig) }
+        if isRunning { kill(-pid, sig) }
     }
 
     /// The command's exit status, or 128+N if signal N ended it.
     func exitCode() async -> Int32 { await status.wait() }
+}
+
+struct HoldError: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
 }
 
 /// The spawning thread's answer.

@@ -11,11 +11,11 @@ struct IdempotencyTests {
         var index: UInt64 = 0
 
         @discardableResult
-        mutating func run(_ c: LeaseCommand, key: String? = nil, at now: UInt64 = 1000) -> Applied {
+        mutating func run(_ c: LeaseCommand, key: String? = nil, at now: UInt64 = 1000, nanos: UInt64 = 0, term: UInt64 = 1) -> Applied {
             index += 1
-            let timed = TimedCommand(c, now: now, requestID: index, key: key.map { IdempotencyKey(origin: .client, value: $0) })
+            let timed = TimedCommand(c, now: now, requestID: index, key: key.map { IdempotencyKey(origin: .client, value: $0) }, leaderNanos: nanos)
             // Through the encoding, as every replica sees it.
-            return registry.applied(entry: timed.encoded(), index: index)
+            return registry.applied(entry: timed.encoded(), index: index, term: term)
         }
 
         @discardableResult
@@ -123,21 +123,33 @@ struct IdempotencyTests {
         #expect(log.run(.renew(leaseID: 999), key: "k1").replayed == false)
         #expect(log.run(.renew(leaseID: 999), key: "k4").replayed)
 
+        // Leader time: the monotonic nanoseconds between entries of one term, counted from the
+        // first configuration entry.
+        let second: UInt64 = 1_000_000_000
         var timed = Log()
-        timed.run(.configureIdempotency(windowSeconds: 600, maxKeys: 100))
-        timed.run(.renew(leaseID: 999), key: "early", at: 1000)
-        // A leader whose wall clock jumps an hour ahead moves the registry clock one step only.
-        timed.run(.renew(leaseID: 999), key: "late", at: 4600)
-        #expect(timed.registry.clock == 1000 + IdempotencyWindow.maxClockStep)
-        #expect(timed.run(.renew(leaseID: 999), key: "early", at: 4600).replayed)
-        // Time that passes entry by entry does count: past the window the key is gone.
-        var t: UInt64 = 4600
-        for _ in 0..<12 {
-            t += 60
-            timed.run(.renew(leaseID: 999), at: t)
+        timed.run(.renew(leaseID: 999), key: "before", at: 1000, nanos: 5 * second)
+        #expect(timed.registry.clock == 0)
+        timed.run(.configureIdempotency(windowSeconds: 600, maxKeys: 100), nanos: 10 * second)
+        timed.run(.renew(leaseID: 999), key: "early", at: 1000, nanos: 11 * second)
+        // The leader's wall clock jumps an hour ahead: leader time moves one second.
+        timed.run(.renew(leaseID: 999), key: "late", at: 4600, nanos: 12 * second)
+        #expect(timed.registry.clock == 1 + 2 * second)
+        #expect(timed.run(.renew(leaseID: 999), key: "early", at: 4600, nanos: 12 * second).replayed)
+        // A new leader (term 2) starts its own clock: its first entry does not move the time.
+        timed.run(.renew(leaseID: 999), at: 4600, nanos: 3 * second, term: 2)
+        #expect(timed.registry.clock == 1 + 2 * second)
+        // Ten minutes of its time later the early keys are gone; a later one is not.
+        var t = 3 * second
+        for _ in 0..<10 {
+            t += 60 * second
+            timed.run(.renew(leaseID: 999), at: 4600, nanos: t, term: 2)
         }
-        #expect(timed.registry.clock > 1000 + 600)
-        #expect(timed.run(.renew(leaseID: 999), key: "early", at: t).replayed == false)
+        timed.run(.renew(leaseID: 999), key: "recent", at: 4600, nanos: t, term: 2)
+        t += 2 * second
+        timed.run(.renew(leaseID: 999), at: 4600, nanos: t, term: 2)
+        #expect(timed.run(.renew(leaseID: 999), key: "early", at: 4600, nanos: t, term: 2).replayed == false)
+        #expect(timed.run(.renew(leaseID: 999), key: "before", at: 4600, nanos: t, term: 2).replayed == false)
+        #expect(timed.run(.renew(leaseID: 999), key: "recent", at: 4600, nanos: t, term: 2).replayed)
     }
 
     @Test func rememberedOutcomesSurviveASnapshot() throws {

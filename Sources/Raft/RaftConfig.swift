@@ -72,6 +72,11 @@ public struct FaultInjection: OptionSet, Sendable, Hashable {
     public static let forgetVoteOnRestart = FaultInjection(rawValue: 1 << 3)
     /// Count the leader's own unpersisted entries toward commitment.
     public static let countUnpersistedLeaderEntries = FaultInjection(rawValue: 1 << 4)
+    /// Send vote answers before the vote is durable (a crash then forgets a vote it gave).
+    public static let sendVoteBeforePersist = FaultInjection(rawValue: 1 << 5)
+    /// Acknowledge appends before the entries are durable (a crash then loses entries the
+    /// leader counted toward commitment).
+    public static let ackAppendBeforePersist = FaultInjection(rawValue: 1 << 6)
 
     /// Command-line names of the faults.
     public static let names: [String: FaultInjection] = [
@@ -80,5 +85,7 @@ public struct FaultInjection: OptionSet, Sendable, Hashable {
         "read-without-quorum": .readIndexWithoutQuorum,
         "forget-vote": .forgetVoteOnRestart,
         "count-unpersisted": .countUnpersistedLeaderEntries,
+        "vote-before-persist": .sendVoteBeforePersist,
+        "ack-before-persist": .ackAppendBeforePersist,
     ]
 }

@@ -21,6 +21,8 @@ public struct Ready: Sendable {
     public var readStates: [ReadState]
     /// Whether the write must be made durable (fsync) before anything depending on it.
     public var mustSync: Bool
+    /// Broken on purpose (checker tests): kinds of messages let out before the write.
+    public var unsafeEarly: FaultInjection = []
 
     public var isEmpty: Bool {
         hardState == nil && entries.isEmpty && snapshot == nil && committedEntries.isEmpty
@@ -249,7 +251,8 @@ public struct RaftNode {
             committedEntries: log.nextCommittedEntries(),
             messages: messages,
             readStates: readStates,
-            mustSync: mustSync)
+            mustSync: mustSync,
+            unsafeEarly: config.faults.intersection([.sendVoteBeforePersist, .ackAppendBeforePersist]))
         messages = []
         readStates = []
         return rd
@@ -343,7 +346,17 @@ public protocol ReadyDriver {
 
 extension Ready {
     /// Messages that may be sent while the write of this `Ready` is in progress.
-    public var messagesBeforePersist: [Message] { messages.filter(\.maySendBeforePersist) }
+    public var messagesBeforePersist: [Message] { messages.filter(mayGoEarly) }
     /// Messages that may be sent only once the write of this `Ready` is durable.
-    public var messagesAfterPersist: [Message] { messages.filter { !$0.maySendBeforePersist } }
+    public var messagesAfterPersist: [Message] { messages.filter { !mayGoEarly($0) } }
+
+    private func mayGoEarly(_ m: Message) -> Bool {
+        if m.maySendBeforePersist { return true }
+        if unsafeEarly.isEmpty { return false }
+        switch m.kind {
+        case .voteResponse, .preVoteResponse: return unsafeEarly.contains(.sendVoteBeforePersist)
+        case .appendResponse: return unsafeEarly.contains(.ackAppendBeforePersist)
+        default: return false
+        }
+    }
 }

@@ -18,6 +18,7 @@ public struct Violation: Sendable, Hashable, CustomStringConvertible {
         case idHostnameMapping = "one ID per hostname, one hostname per ID"
         case earlyExpiry = "no early expiry"
         case exactlyOnce = "exactly once: every answer matches one application"
+        case indexesMonotonic = "commit and applied indexes never go backwards"
     }
     public var rule: Rule
     public var detail: String
@@ -42,6 +43,10 @@ public struct SafetyChecker: Sendable {
     private var created: [EntryKey: EntryFacts] = [:]
     private var committed: [LogIndex: Committed] = [:]
     public private(set) var highestCommitted: LogIndex = 0
+    /// Entries some replica knew committed (its commit index covered them), applied or not:
+    /// their term, and the observer's term then (an upper bound on the term they committed in).
+    private var knownCommitted: [LogIndex: (term: Term, by: Term)] = [:]
+    private var commitFrontier: LogIndex = 0
     private var hardStates: [ReplicaID: HardState] = [:]
     public private(set) var violations: [Violation] = []
 
@@ -112,6 +117,24 @@ public struct SafetyChecker: Sendable {
         }
     }
 
+    /// A replica at `currentTerm` has commit index `commit`: every index up to it is committed
+    /// with the term its log has there (compacted indexes, `termAt` nil, are skipped). Leader
+    /// completeness then covers committed entries nobody has applied yet.
+    public mutating func observeCommitIndex(_ replica: ReplicaID, commit: LogIndex, currentTerm: Term, termAt: (LogIndex) -> Term?) {
+        guard commit > commitFrontier else { return }
+        var i = commitFrontier + 1
+        while i <= commit {
+            if let t = termAt(i) {
+                if let c = committed[i], c.term != t {
+                    fail(.stateMachineSafety, "replica \(replica) committed \(t)/\(i), but \(c.term)/\(i) was applied")
+                }
+                knownCommitted[i] = (t, currentTerm)
+            }
+            i = i + 1
+        }
+        commitFrontier = commit
+    }
+
     /// A replica became leader with this log: it must hold every entry committed in an
     /// earlier term (§5.4.1). A leader of an old term that only now learns of its victory
     /// (say, after a pause) need not hold entries committed in later terms.
@@ -121,9 +144,19 @@ public struct SafetyChecker: Sendable {
         termAt: (LogIndex) -> Term?
     ) {
         observeLeader(replica, term: term)
-        guard highestCommitted > 0 else { return }
+        guard highestCommitted > 0 || commitFrontier > 0 else { return }
         var i = max(firstIndex, 1)
-        while i <= highestCommitted {
+        while i <= max(highestCommitted, commitFrontier) {
+            if committed[i] == nil, let k = knownCommitted[i], k.by < term {
+                if i > lastIndex {
+                    fail(.leaderCompleteness, "leader \(replica) of term \(term) lacks committed (not yet applied) entry \(k.term)/\(i)")
+                    return
+                }
+                if let t = termAt(i), t != k.term {
+                    fail(.leaderCompleteness, "leader \(replica) of term \(term) has \(t)/\(i) where \(k.term)/\(i) was committed")
+                    return
+                }
+            }
             if let c = committed[i], c.committedBy < term {
                 if i > lastIndex {
                     fail(.leaderCompleteness, "leader \(replica) of term \(term) lacks committed entry \(c.term)/\(i)")

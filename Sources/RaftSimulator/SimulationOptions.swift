@@ -65,6 +65,10 @@ public struct Knobs: Sendable, CustomStringConvertible {
     public var maxInflight: Int
     public var maxMessageBytes: Int
     public var preVote: Bool
+    public var checkQuorum: Bool
+    /// The chance that a replica crashes inside the fsync window of a write (losing what
+    /// was not synced), each time it starts one during the faults.
+    public var fsyncCrashRate: Double
     /// Replicas write through the real `DurableLog` (on a file system that tears unsynced
     /// writes on a crash) rather than the in-memory storage.
     public var durableDisk: Bool
@@ -74,7 +78,7 @@ public struct Knobs: Sendable, CustomStringConvertible {
     init(seed: UInt64, replicas: Int?) {
         var g = DeterministicGenerator(seed: seed ^ 0x6b6e_6f62_7321)
         func pick<T>(_ xs: [T]) -> T { xs[Int(g.next() % UInt64(xs.count))] }
-        self.replicas = replicas ?? pick([3, 3, 5])
+        self.replicas = replicas ?? pick([1, 3, 3, 3, 3, 5, 5, 5])
         tickMicros = 10_000
         electionTicks = pick([10, 10, 15])
         heartbeatTicks = pick([1, 2, 3])
@@ -82,7 +86,8 @@ public struct Knobs: Sendable, CustomStringConvertible {
         maxDelayMicros = minDelayMicros + pick([1000, 5000, 20_000, 40_000])
         dropRate = pick([0, 0.01, 0.05, 0.1])
         duplicateRate = pick([0, 0.01, 0.05])
-        drift = pick([0, 0.001, 0.004])
+        // Up to just under the lease margin (1 %): holders must still stop first.
+        drift = pick([0, 0.001, 0.004, 0.009])
         maxFsyncMicros = pick([100, 2000, 8000])
         nemesisMinMillis = pick([50, 150, 300])
         nemesisMaxMillis = nemesisMinMillis + pick([200, 600])
@@ -91,6 +96,8 @@ public struct Knobs: Sendable, CustomStringConvertible {
         maxInflight = pick([1, 4, 64])
         maxMessageBytes = pick([64, 1024, 1 << 20])
         preVote = pick([true, true, true, false])
+        checkQuorum = pick([true, true, true, false])
+        fsyncCrashRate = pick([0, 0.01, 0.04])
         durableDisk = pick([false, true])
         leaseTTL = pick([1, 1, 2])
     }
@@ -100,7 +107,7 @@ public struct Knobs: Sendable, CustomStringConvertible {
             + "delay=\(minDelayMicros)-\(maxDelayMicros)us drop=\(dropRate) dup=\(duplicateRate) "
             + "drift=\(drift) fsync<=\(maxFsyncMicros)us nemesis=\(nemesisMinMillis)-\(nemesisMaxMillis)ms "
             + "snapshot-every=\(snapshotEvery) keep=\(keepAfterSnapshot) inflight=\(maxInflight) "
-            + "msg-bytes=\(maxMessageBytes) prevote=\(preVote) disk=\(durableDisk ? "wal" : "memory") ttl=\(leaseTTL)s"
+            + "msg-bytes=\(maxMessageBytes) prevote=\(preVote) checkquorum=\(checkQuorum) fsync-crash=\(fsyncCrashRate) disk=\(durableDisk ? "wal" : "memory") ttl=\(leaseTTL)s"
     }
 }
 

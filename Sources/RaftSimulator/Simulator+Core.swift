@@ -18,6 +18,7 @@ extension Simulation {
         c.requestIDBase = UInt64(i + 1) << 56 | UInt64(replicas[i].epoch) << 40
         c.breakFailoverReset = options.leaseFaults.contains(.noFailoverReset)
         c.reportRegistryWithEntries = true
+        c.breakExactlyOnce = options.leaseFaults.contains(.ignoreIdempotencyKeys)
         return c
     }
 
@@ -63,6 +64,7 @@ extension Simulation {
             }
         }
         observeLeadership(i)
+        watchIndexes(i)
     }
 
     private func observeLeadership(_ i: Int) {
@@ -79,6 +81,7 @@ extension Simulation {
             let writes = rd.hardState != nil || !rd.entries.isEmpty || rd.snapshot != nil
             let latency = writes && rd.mustSync ? 1 + random.next() % knobs.maxFsyncMicros : 0
             queue.push(.persisted(i, epoch: replicas[i].epoch), at: now + latency)
+            maybeCrashInFsync(i, latency: latency)
         case .forward(let data, let to, let queuedAt):
             let j = Int(to.rawValue) - 1
             if blocked.contains(i * 16 + j) || !replicas[j].up {

@@ -191,4 +191,6 @@ public struct LeaseFaults: OptionSet, Sendable, Hashable {
     public static let holderIgnoresDeadline = LeaseFaults(rawValue: 1 << 0)
     /// A new leader does not restart lease countdowns: it expires every lease at once.
     public static let noFailoverReset = LeaseFaults(rawValue: 1 << 1)
+    /// The registry ignores idempotency keys: a re-sent or retried write applies again.
+    public static let ignoreIdempotencyKeys = LeaseFaults(rawValue: 1 << 2)
 }

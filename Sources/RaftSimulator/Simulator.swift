@@ -30,6 +30,10 @@ public final class Simulation {
         case peerUnreachable(Int, peer: Int, epoch: Int)
         case nemesis
         case restart(Int)
+        /// A crash inside the fsync window of the write in flight (epoch: that write's).
+        case crashInFsync(Int, epoch: Int)
+        /// A crash of that epoch's process, whatever it is doing.
+        case crashNow(Int, epoch: Int)
         case heal
         case livenessDeadline
         case finish
@@ -71,6 +75,10 @@ public final class Simulation {
         var ledTerm: Term = 0
         /// A paused process does nothing until then; its input waits.
         var pausedUntil: UInt64 = 0
+        /// The highest commit and applied index seen in this epoch (they never go back while a
+        /// process lives).
+        var seenCommit: LogIndex = 0
+        var seenApplied: LogIndex = 0
         var up: Bool { node != nil || core != nil }
         /// The Raft core, whichever workload runs it.
         var raft: RaftNode? { core?.node ?? node }
@@ -147,13 +155,20 @@ public final class Simulation {
         queue.push(.nemesis, at: micros(ms: nemesisDelay()))
         queue.push(.heal, at: micros(ms: options.faultMillis))
         queue.push(.livenessDeadline, at: micros(ms: options.faultMillis + options.livenessMillis))
-        let eventLimit = 5_000_000
+        // Budgets: a run that exceeds one fails (with its replay command), never hangs.
+        let eventLimit = 1_500_000
+        let queueLimit = 50_000
+        let logLimit = 200_000
         while let (t, event) = queue.pop() {
             now = t
             result.events += 1
             if case .finish = event { break }
             handle(event)
             if !checker.ok || !leaseChecker.ok || result.events > eventLimit { break }
+            if queue.count > queueLimit || (result.events % 4096 == 0 && replicas.contains { ($0.raft?.lastIndex.rawValue ?? 0) > UInt64(logLimit) }) {
+                checker.recordFailure(.liveness, "over budget: \(queue.count) events queued, logs up to \(replicas.compactMap { $0.raft?.lastIndex.rawValue }.max() ?? 0) entries")
+                break
+            }
         }
         if result.events > eventLimit {
             checker.recordFailure(.liveness, "more than \(eventLimit) events: the run does not settle")
@@ -253,6 +268,16 @@ public final class Simulation {
             queue.push(.nemesis, at: now + micros(ms: nemesisDelay()))
         case .restart(let i):
             if !replicas[i].up { start(i) }
+        case .crashInFsync(let i, let epoch):
+            guard replicas[i].epoch == epoch, replicas[i].inFlight != nil, !faultsOver else { return }
+            trace("nemesis: replica \(replicas[i].id) crashes inside its fsync")
+            crash(i)
+            queue.push(.restart(i), at: now + micros(ms: 10 + random.next() % 300))
+        case .crashNow(let i, let epoch):
+            guard replicas[i].epoch == epoch, replicas[i].up, !faultsOver else { return }
+            trace("nemesis: new leader \(replicas[i].id) crashes right after replicating earlier terms' entries")
+            crash(i)
+            queue.push(.restart(i), at: now + micros(ms: 10 + random.next() % 300))
         case .heal:
             heal()
         case .livenessDeadline:
@@ -297,7 +322,7 @@ public final class Simulation {
         let config = RaftConfig(
             id: r.id, electionTicks: knobs.electionTicks, heartbeatTicks: knobs.heartbeatTicks,
             maxMessageBytes: knobs.maxMessageBytes, maxInflightMessages: knobs.maxInflight,
-            preVote: knobs.preVote, checkQuorum: true, faults: options.faults)
+            preVote: knobs.preVote, checkQuorum: knobs.checkQuorum, faults: options.faults)
         do {
             r.node = try RaftNode(config: config, storage: r.disk.storage, random: random.fork())
         } catch {
@@ -305,6 +330,8 @@ public final class Simulation {
         }
         r.inFlight = nil
         r.ledTerm = 0
+        r.seenCommit = 0
+        r.seenApplied = 0
         replicas[i] = r
         if options.workload == .leases, let node = replicas[i].node, let machine = replicas[i].machine as? LeaseMachine {
             replicas[i].node = nil
@@ -349,15 +376,45 @@ public final class Simulation {
     func afterInput(_ i: Int) {
         guard replicas[i].up else { return }
         if replicas[i].core != nil { return coreCarryOut(i) }
+        defer { watchIndexes(i) }
         if replicas[i].node!.role == .leader && replicas[i].ledTerm != replicas[i].node!.term {
             observeNewLeader(i)
         }
         if replicas[i].inFlight == nil && replicas[i].node!.hasReady { startReady(i) }
     }
 
+    /// Commit and applied indexes never go back within a process's life; every index up to a
+    /// commit index is committed (leader completeness covers it before anyone applies it).
+    func watchIndexes(_ i: Int) {
+        // Read through the stored properties: `raft` would copy the whole replica per event.
+        guard let commit = replicas[i].core?.node.commitIndex ?? replicas[i].node?.commitIndex else { return }
+        let applied = replicas[i].appliedIndex
+        if commit < replicas[i].seenCommit || applied < replicas[i].seenApplied {
+            checker.recordFailure(
+                .indexesMonotonic,
+                "replica \(replicas[i].id): commit \(replicas[i].seenCommit) -> \(commit), applied \(replicas[i].seenApplied) -> \(applied)")
+        }
+        if commit > replicas[i].seenCommit, let node = replicas[i].raft {
+            checker.observeCommitIndex(replicas[i].id, commit: commit, currentTerm: node.term, termAt: { node.term(at: $0) })
+        }
+        replicas[i].seenCommit = max(replicas[i].seenCommit, commit)
+        replicas[i].seenApplied = max(replicas[i].seenApplied, applied)
+    }
+
+    /// During the faults, a write may be cut short by a crash inside its fsync window.
+    func maybeCrashInFsync(_ i: Int, latency: UInt64) {
+        guard !faultsOver, latency > 1, random.chance(knobs.fsyncCrashRate) else { return }
+        queue.push(.crashInFsync(i, epoch: replicas[i].epoch), at: now + random.next() % latency)
+    }
+
     func observeNewLeader(_ i: Int) {
         let node = replicas[i].raft!
         replicas[i].ledTerm = node.term
+        // Figure 8: a new leader with entries of earlier terms not known committed sometimes
+        // crashes right after replicating them.
+        if !faultsOver && node.lastIndex > node.commitIndex && random.chance(0.4) {
+            queue.push(.crashNow(i, epoch: replicas[i].epoch), at: now + knobs.minDelayMicros + random.next() % (2 * knobs.maxDelayMicros + 1))
+        }
         result.elections += 1
         trace("replica \(node.id) leads term \(node.term) last=\(node.lastIndex) commit=\(node.commitIndex)")
         checker.observeNewLeader(
@@ -372,6 +429,7 @@ public final class Simulation {
         let writes = rd.hardState != nil || !rd.entries.isEmpty || rd.snapshot != nil
         let latency = writes && rd.mustSync ? 1 + random.next() % knobs.maxFsyncMicros : 0
         queue.push(.persisted(i, epoch: replicas[i].epoch), at: now + latency)
+        maybeCrashInFsync(i, latency: latency)
     }
 
     /// Writes a Ready to the simulated disk and tells the checker what is now durable; false
@@ -571,6 +629,13 @@ public final class Simulation {
                 try? replicas[l].node!.transferLeadership(to: target)
             }
             afterInput(l)
+        case 92..<94:
+            // Power loss: every replica at once, each losing what it had not synced.
+            trace("nemesis: power loss")
+            for victim in replicas.indices where replicas[victim].up {
+                crash(victim)
+                queue.push(.restart(victim), at: now + micros(ms: 20 + random.next() % 500))
+            }
         default:
             // Pause a process (SIGSTOP): it keeps its memory, its timers stop and its input
             // waits; on resume it acts on stale beliefs. Often the leader, often for longer

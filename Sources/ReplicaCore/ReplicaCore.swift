@@ -36,6 +36,9 @@ public struct ReplicaCore {
         /// Broken on purpose (simulator mutants only): a new leader does not restart every
         /// lease's countdown, as if they had all run out.
         public var breakFailoverReset = false
+        /// Broken on purpose (simulator mutants only): entries apply as if they carried no
+        /// idempotency key, so a repeated write applies again.
+        public var breakExactlyOnce = false
         /// `.applied` carries the registry right after each entry (observers in the
         /// simulator; a copy per entry, so off in the server).
         public var reportRegistryWithEntries = false
@@ -332,7 +335,7 @@ public struct ReplicaCore {
             effects.append(.applied(e, nil, reusedID: false, registry: observed))
             return
         }
-        guard let timed = TimedCommand(decoding: e.data) else {
+        guard var timed = TimedCommand(decoding: e.data) else {
             let applied = registry.applied(entry: e.data, index: e.index.rawValue)
             effects.append(.applied(e, applied, reusedID: false, registry: observed))
             return
@@ -343,7 +346,10 @@ public struct ReplicaCore {
             reuses = (try? Validation.hostname(hostname)).map { registry.node(hostname: $0) == nil } ?? false
             countBefore = registry.count
         }
+        let key = timed.key
+        if config.breakExactlyOnce { timed.key = nil }
         let applied = registry.apply(timed, index: e.index.rawValue, term: e.term.rawValue)
+        timed.key = key
         if expiry.isReady, !applied.replayed, case .success(let reply) = applied.result {
             switch reply {
             case .lease(let l): if let r = registry.node(l.nodeID) { expiry.applied(r, now: now) }

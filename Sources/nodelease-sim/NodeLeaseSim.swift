@@ -50,7 +50,7 @@ struct NodeLeaseSim: AsyncParsableCommand {
 
     @Option(
         name: .customLong("break-lease"),
-        help: "Run deliberately broken lease behaviour: holder-ignores-deadline, no-failover-reset.")
+        help: "Run deliberately broken lease behaviour: holder-ignores-deadline, no-failover-reset, ignore-idempotency-keys.")
     var breakLease: [String] = []
 
     @Option(help: "Seeds run in parallel (default: one per core). Output stays in seed order.")
@@ -90,6 +90,7 @@ struct NodeLeaseSim: AsyncParsableCommand {
         var failed = 0
         let clock = ContinuousClock()
         let started = clock.now
+        CrashReport.install()
         var next = 0
         while next < list.count {
             let chunk = Array(list[next..<min(list.count, next + parallel * 8)])
@@ -101,7 +102,12 @@ struct NodeLeaseSim: AsyncParsableCommand {
                     let options = SimulationOptions(
                         seed: s, replicas: replicas, faultMillis: faultMillis, livenessMillis: livenessMillis,
                         trace: trace, faults: faults, workload: workload, leaseFaults: leaseFaults)
-                    group.addTask { Simulation(options: options).run() }
+                    let line = "seed \(s) FAILED: it was running when the simulator crashed (a trap in the core or a checker, in this seed or another listed); replay: \(replayCommand(s))\n"
+                    group.addTask {
+                        let slot = CrashReport.running(line)
+                        defer { CrashReport.done(slot) }
+                        return Simulation(options: options).run()
+                    }
                 }
                 for _ in 0..<parallel { if let s = pending.popFirst() { add(s) } }
                 while let r = await group.next() {
@@ -131,6 +137,7 @@ struct NodeLeaseSim: AsyncParsableCommand {
     static let leaseFaultNames: [String: LeaseFaults] = [
         "holder-ignores-deadline": .holderIgnoresDeadline,
         "no-failover-reset": .noFailoverReset,
+        "ignore-idempotency-keys": .ignoreIdempotencyKeys,
     ]
 
     func replayCommand(_ s: UInt64) -> String {
@@ -142,5 +149,68 @@ struct NodeLeaseSim: AsyncParsableCommand {
         for name in breakLease { replay += " --break-lease \(name)" }
         if workload != "leases" { replay += " --workload \(workload)" }
         return replay
+    }
+}
+
+/// If a seed traps (a precondition in the core, a checker, an overflow), the process dies: the
+/// seeds running then are printed as failing, with their replay commands, before it does. The
+/// lines are written at each seed's start into fixed slots, so the signal handler only calls
+/// write(2).
+enum CrashReport {
+    static let slots = 64
+    static let slotBytes = 512
+    nonisolated(unsafe) static let buffer: UnsafeMutablePointer<CChar> = {
+        let b = UnsafeMutablePointer<CChar>.allocate(capacity: slots * slotBytes)
+        b.initialize(repeating: 0, count: slots * slotBytes)
+        return b
+    }()
+    nonisolated(unsafe) static let busy: UnsafeMutablePointer<Int32> = {
+        let b = UnsafeMutablePointer<Int32>.allocate(capacity: slots)
+        b.initialize(repeating: 0, count: slots)
+        return b
+    }()
+    static let lock = NSLockLike()
+
+    static func install() {
+        for sig in [SIGILL, SIGTRAP, SIGSEGV, SIGBUS, SIGABRT, SIGFPE] {
+            signal(sig) { sig in
+                for i in 0..<CrashReport.slots where CrashReport.busy[i] != 0 {
+                    let line = CrashReport.buffer + i * CrashReport.slotBytes
+                    _ = write(1, line, strlen(line))
+                }
+                signal(sig, SIG_DFL)
+                raise(sig)
+            }
+        }
+    }
+
+    /// Notes a seed's failure line; returns its slot.
+    static func running(_ line: String) -> Int {
+        lock.withLock {
+            let slot = (0..<slots).first { busy[$0] == 0 } ?? 0
+            let bytes = Array(line.utf8.prefix(slotBytes - 1))
+            let start = buffer + slot * slotBytes
+            for (k, b) in bytes.enumerated() { start[k] = CChar(bitPattern: b) }
+            start[bytes.count] = 0
+            busy[slot] = 1
+            return slot
+        }
+    }
+
+    static func done(_ slot: Int) { lock.withLock { busy[slot] = 0 } }
+}
+
+/// A mutex from pthreads (no Foundation here).
+final class NSLockLike: @unchecked Sendable {
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t> = {
+        let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        pthread_mutex_init(m, nil)
+        return m
+    }()
+
+    func withLock<T>(_ body: () -> T) -> T {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return body()
     }
 }

@@ -209,6 +209,8 @@ actor RaftDriver {
 
     /// Carries out what the core decided, and schedules a pump when it has work for one.
     private func carryOut() {
+        var unsent: [(data: [UInt8], queuedAt: UInt64)] = []
+        defer { core.forwardFailed(unsent) }
         for effect in core.takeEffects() {
             switch effect {
             case .send(let messages):
@@ -216,7 +218,8 @@ actor RaftDriver {
             case .persist:
                 break  // pump() persists the Ready it started
             case .forward(let data, let leader, let queuedAt):
-                if !transport.forward(data, to: leader) { core.forwardFailed(data, queuedAt: queuedAt) }
+                // After one fails, the rest stay in order for a later flush.
+                if !unsent.isEmpty || !transport.forward(data, to: leader) { unsent.append((data, queuedAt)) }
             case .writeDone(let id, let result):
                 writeWaiters.removeValue(forKey: id)?.resume(returning: result)
             case .readDone(let id, let index):
@@ -263,7 +266,7 @@ actor RaftDriver {
         persisting = true
         defer { persisting = false }
         while !stopped {
-            core.pump(now: now)
+            core.pump(now: now, wall: wall)
             guard let rd = core.readyInFlight else {
                 carryOut()
                 return

@@ -86,8 +86,9 @@ public struct Knobs: Sendable, CustomStringConvertible {
         maxDelayMicros = minDelayMicros + pick([1000, 5000, 20_000, 40_000])
         dropRate = pick([0, 0.01, 0.05, 0.1])
         duplicateRate = pick([0, 0.01, 0.05])
-        // Up to just under the lease margin (1 %): holders must still stop first.
-        drift = pick([0, 0.001, 0.004, 0.009])
+        // Every clock within `drift` of true time, so two rates differ by up to 2 x drift:
+        // up to 0.98 %, just under the lease margin (1 %). Holders must still stop first.
+        drift = pick([0, 0.001, 0.004, 0.0049])
         maxFsyncMicros = pick([100, 2000, 8000])
         nemesisMinMillis = pick([50, 150, 300])
         nemesisMaxMillis = nemesisMinMillis + pick([200, 600])

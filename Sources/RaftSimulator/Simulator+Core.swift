@@ -53,10 +53,12 @@ extension Simulation {
         observeLeadership(i)
         var rounds = 0
         while replicas[i].core != nil {
-            if replicas[i].inFlight == nil && replicas[i].core!.needsPump { replicas[i].core!.pump(now: localNanos(i)) }
+            if replicas[i].inFlight == nil && replicas[i].core!.needsPump { replicas[i].core!.pump(now: localNanos(i), wall: wallSeconds(i)) }
             let effects = replicas[i].core!.takeEffects()
             if effects.isEmpty { break }
-            for effect in effects { carryOut(i, effect) }
+            var unsent: [(data: [UInt8], queuedAt: UInt64)] = []
+            for effect in effects { carryOut(i, effect, unsent: &unsent) }
+            replicas[i].core?.forwardFailed(unsent)
             rounds += 1
             if rounds > 1000 {
                 checker.recordFailure(.liveness, "replica \(replicas[i].id)'s core keeps producing effects without input")
@@ -72,7 +74,7 @@ extension Simulation {
         observeNewLeader(i)
     }
 
-    private func carryOut(_ i: Int, _ effect: ReplicaCore.Effect) {
+    private func carryOut(_ i: Int, _ effect: ReplicaCore.Effect, unsent: inout [(data: [UInt8], queuedAt: UInt64)]) {
         switch effect {
         case .send(let messages):
             send(messages)
@@ -84,9 +86,9 @@ extension Simulation {
             maybeCrashInFsync(i, latency: latency)
         case .forward(let data, let to, let queuedAt):
             let j = Int(to.rawValue) - 1
-            if blocked.contains(i * 16 + j) || !replicas[j].up {
+            if !unsent.isEmpty || blocked.contains(i * 16 + j) || !replicas[j].up {
                 // No connection to the leader: the shell gives it back, as the server's does.
-                replicas[i].core!.forwardFailed(data, queuedAt: queuedAt)
+                unsent.append((data, queuedAt))
             } else if !random.chance(dropRate) {
                 let delay = knobs.minDelayMicros + random.next() % (knobs.maxDelayMicros - knobs.minDelayMicros + 1)
                 queue.push(.forwarded(j, data, epoch: replicas[j].epoch), at: now + delay)
@@ -142,8 +144,10 @@ extension Simulation {
     /// A mail node's request was answered (200 or an API error): it must match exactly one
     /// application of its key, with that application's outcome.
     private func answered(_ i: Int, client c: Int, op: UInt64, _ w: ReplicaCore.WriteResult, entry: Entry?) {
-        guard mailNodes[c].op == op else { return }
-        let key = mailNodes[c].key
+        // Every answer is checked, also one that comes after the op ended (through another
+        // replica, or past the op's deadline).
+        let key = "op-\(op)"
+        trace("mail \(c) op \(op) answered at replica \(i + 1): \(w.result) index \(w.index)\(w.replayed ? " (replayed)" : "")")
         if let first = applications[key] {
             if first.result != w.result || first.index != w.index {
                 checker.recordFailure(
@@ -158,6 +162,7 @@ extension Simulation {
             highestAcknowledged = max(highestAcknowledged, w.index)
         }
         if faultsOver { progressAfterHeal = true }
+        guard mailNodes[c].op == op else { return }
         mailDone(c, op: op, outcome: .ok, reply: w.result)
     }
 

@@ -25,6 +25,11 @@ extension Simulation {
         var deadlineLocal: UInt64 = 0
         /// The lease the current renew or release is about.
         var opLease: Lease?
+        /// Leases this node asked to release: never trusted again, even when an acquire hands
+        /// one back (the release, if its outcome was unknown, may still land later).
+        var released: Set<UInt64> = []
+        /// A lease an acquire handed back although it was released: released again first.
+        var releaseAgain: Lease?
 
         enum OpKind { case acquire, renew, release }
     }
@@ -61,6 +66,11 @@ extension Simulation {
                 if let l = mailNodes[c].lease { leaseChecker.stopBelieving(l.nodeID, holder: mailNodes[c].holder, at: now) }
                 mailNodes[c].lease = nil
                 mailNodes[c].opKind = .acquire
+                if let l = mailNodes[c].releaseAgain {
+                    mailNodes[c].opKind = .release
+                    mailNodes[c].opLease = l
+                    mailNodes[c].releaseAgain = nil
+                }
             } else {
                 mailNodes[c].opKind = random.chance(0.08) ? .release : .renew
                 mailNodes[c].opLease = mailNodes[c].lease
@@ -71,6 +81,7 @@ extension Simulation {
                     mailNodes[c].lease = nil
                 }
             }
+            if mailNodes[c].opKind == .release { mailNodes[c].released.insert(mailNodes[c].opLease!.leaseID) }
             mailNodes[c].sentLocal = mailLocal(c)
             mailNodes[c].key = "op-\(nextOp)"
             switch mailNodes[c].opKind {
@@ -104,6 +115,10 @@ extension Simulation {
         mailNodes[c].op = nil
         mailNodes[c].submitted = false
         switch (outcome, reply as? Result<LeaseReply, LeaseError>) {
+        case (.ok, .success(.lease(let l))?) where mailNodes[c].released.contains(l.leaseID):
+            // A lease it asked to release came back: not trusted; released again, then a new
+            // acquire gets a new lease.
+            mailNodes[c].releaseAgain = l
         case (.ok, .success(.lease(let l))?):
             // Valid until the send instant plus the TTL, by the node's own clock.
             let sent = mailNodes[c].sentLocal

@@ -115,6 +115,8 @@ public struct ReplicaCore {
     /// Set once the catch-up read is applied; before that, local reads are refused.
     public private(set) var caughtUp = false
     private var wasLeader = false
+    /// When this replica last became leader (its monotonic nanoseconds).
+    private var leaderSince: UInt64 = 0
     private var knownLeader: ReplicaID?
     private var lastRole: Role
     private var lastTerm: Term
@@ -196,11 +198,17 @@ public struct ReplicaCore {
         afterInput(now: now)
     }
 
-    /// A forward the shell could not send (no connection to the leader yet): kept, and sent
-    /// on a later flush within its request's deadline.
-    public mutating func forwardFailed(_ data: [UInt8], queuedAt: UInt64) {
-        outbox.insert((data, queuedAt), at: 0)
+    /// Forwards the shell could not send (no connection to the leader yet), in the order they
+    /// were emitted: kept, ahead of what came later, and sent on a later flush within their
+    /// requests' deadlines.
+    public mutating func forwardFailed(_ items: [(data: [UInt8], queuedAt: UInt64)]) {
+        guard !items.isEmpty else { return }
+        outbox.insert(contentsOf: items.map { ($0.data, $0.queuedAt) }, at: 0)
     }
+
+    /// The most commands waiting to be proposed or forwarded; past it the oldest are dropped
+    /// (their requests time out), so a replica cut off from its leader holds bounded memory.
+    public static let maxOutbox = 65_536
 
     /// A client's write: answered by `.writeDone` when its entry applies here, or `.timedOut`.
     /// Without the client's key, the command gets one of this replica's, so its own re-sends
@@ -246,8 +254,8 @@ public struct ReplicaCore {
     // MARK: The Ready steps
 
     /// Proposes or forwards what waits, then starts the next Ready if none is in flight.
-    public mutating func pump(now: UInt64) {
-        flushOutbox(now: now)
+    public mutating func pump(now: UInt64, wall: UInt64) {
+        flushOutbox(now: now, wall: wall)
         guard readyInFlight == nil, node.hasReady else { return }
         let rd = node.ready()
         readyInFlight = rd
@@ -304,16 +312,25 @@ public struct ReplicaCore {
         if node.role != .leader { flushOutbox(now: now) }
     }
 
-    private mutating func flushOutbox(now: UInt64) {
+    private mutating func flushOutbox(now: UInt64, wall: UInt64? = nil) {
         guard !outbox.isEmpty else { return }
+        // Re-sends keep their submission time, so the outbox is not in time order: look at all.
         let oldest = now >= config.requestTimeoutNanos ? now - config.requestTimeoutNanos : 0
-        if outbox[0].at < oldest {
-            outbox.removeFirst(outbox.firstIndex { $0.at >= oldest } ?? outbox.count)
-            if outbox.isEmpty { return }
-        }
+        outbox.removeAll { $0.at < oldest }
+        if outbox.count > Self.maxOutbox { outbox.removeFirst(outbox.count - Self.maxOutbox) }
+        if outbox.isEmpty { return }
         if node.role == .leader {
+            // Commands queued before this replica led carry another time (a follower's, or its
+            // own from before): stamped anew, so the registry's leader time only counts time
+            // this leader led.
+            let batch = outbox.map { item -> [UInt8] in
+                guard item.at < leaderSince, var timed = TimedCommand(decoding: item.data) else { return item.data }
+                timed.leaderNanos = now
+                if let wall { timed.now = wall }
+                return timed.encoded()
+            }
             do {
-                _ = try node.propose(batch: outbox.map(\.data))
+                _ = try node.propose(batch: batch)
                 outbox = []
             } catch {
                 // A leadership transfer is under way: try again on the next tick.
@@ -443,7 +460,12 @@ public struct ReplicaCore {
         let isLeader = node.role == .leader
         if isLeader != wasLeader {
             wasLeader = isLeader
-            if isLeader { expiry.becameLeader() } else { expiry.lostLeadership() }
+            if isLeader {
+                expiry.becameLeader()
+                leaderSince = now
+            } else {
+                expiry.lostLeadership()
+            }
         }
         if node.role != lastRole || node.term != lastTerm {
             lastRole = node.role

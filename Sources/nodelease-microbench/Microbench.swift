@@ -13,7 +13,7 @@ struct Microbench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "nodelease-microbench",
         abstract: "Benchmarks of the write-ahead log and the lease registry.",
-        subcommands: [StorageBench.self, RegistryBench.self, StorageWriter.self])
+        subcommands: [StorageBench.self, RegistryBench.self, IdempotencyBench.self, StorageWriter.self])
 }
 
 /// Prints what the write-ahead log sustains on this machine's disk, beside the raw fsync
@@ -168,6 +168,58 @@ struct RegistryBench: ParsableCommand {
 
     func us(_ d: Duration) -> Double { StorageBench.micros(d) }
     func ms(_ d: Duration) -> Double { (StorageBench.micros(d) / 100).rounded() / 10 }
+}
+
+/// How much memory the remembered idempotency keys take, and what they cost per write.
+struct IdempotencyBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "idempotency",
+        abstract: "Fills the registry's idempotency window (renewals under UUID keys) and prints memory and time per key.")
+
+    @Option(help: "Keys to remember (the default window holds at most 100000).")
+    var keys: Int = 100_000
+
+    @Option(help: "Registered nodes the renewals go to.")
+    var nodes: Int = 511
+
+    func run() throws {
+        var registry = LeaseRegistry()
+        var index: UInt64 = 0
+        for i in 0..<nodes {
+            index += 1
+            _ = registry.apply(.acquire(hostname: "mx\(i).mail.example.org", holder: "holder-\(i)-3b2f0c1e", ttlSeconds: 30, idRange: 1...UInt32(nodes)), now: 1_767_225_600, index: index)
+        }
+        index += 1
+        _ = registry.apply(TimedCommand(.configureIdempotency(windowSeconds: 600, maxKeys: UInt32(keys)), now: 1_767_225_600, leaderNanos: 1), index: index)
+        let before = residentBytes()
+        let clock = ContinuousClock()
+        let t0 = clock.now
+        for k in 0..<keys {
+            index += 1
+            // A UUID-shaped key, as the client library sends.
+            let key = IdempotencyKey(origin: .client, value: "3b2f0c1e-\(String(k, radix: 16))-4f1a-9c2e-7d1b6a5e\(k % 10_000)")
+            let timed = TimedCommand(.renew(leaseID: UInt64(k % nodes) + 1), now: 1_767_225_600, key: key, leaderNanos: UInt64(k + 2))
+            _ = registry.apply(timed, index: index, term: 1)
+        }
+        let elapsed = clock.now - t0
+        let after = residentBytes()
+        let snapshot = registry.snapshot()
+        print("\(registry.rememberedKeys) keys remembered (renew outcomes, 45-character keys)")
+        print("  resident memory: +\((after - before) / 1_048_576) MiB (\((after - before) / max(1, keys)) bytes per key)")
+        print("  snapshot: \(snapshot.count / 1024) KiB (\(snapshot.count / max(1, keys)) bytes per key)")
+        print("  apply with a new key: \(StorageBench.micros(elapsed) / Double(keys)) us per write")
+    }
+
+    /// Resident set size from /proc/self/statm (0 where there is none).
+    func residentBytes() -> Int {
+        guard let f = fopen("/proc/self/statm", "r") else { return 0 }
+        defer { fclose(f) }
+        var buffer = [CChar](repeating: 0, count: 128)
+        guard fgets(&buffer, 128, f) != nil else { return 0 }
+        let text = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let fields = text.split(separator: " ").compactMap { Int($0) }
+        return fields.count >= 2 ? fields[1] * Int(sysconf(Int32(_SC_PAGESIZE))) : 0
+    }
 }
 
 /// Appends to a write-ahead log until killed, printing `acked N` after every batch whose

@@ -50,9 +50,11 @@ final class CoreCluster {
     /// Carries out a replica's effects (persisting at once) until it has none.
     func carry(_ id: ReplicaID) {
         for _ in 0..<100 {
-            if cores[id]!.needsPump { cores[id]!.pump(now: now) }
+            if cores[id]!.needsPump { cores[id]!.pump(now: now, wall: wall) }
             let effects = cores[id]!.takeEffects()
             if effects.isEmpty { return }
+            var unsent: [(data: [UInt8], queuedAt: UInt64)] = []
+            defer { cores[id]!.forwardFailed(unsent) }
             for e in effects {
                 switch e {
                 case .send(let ms): messages.append(contentsOf: ms)
@@ -63,7 +65,7 @@ final class CoreCluster {
                     s.append(rd.entries)
                     cores[id]!.persisted(now: now)
                 case .forward(let data, let to, let at):
-                    if noLinkTo.contains(to) { cores[id]!.forwardFailed(data, queuedAt: at) } else { forwards.append((to, data)) }
+                    if noLinkTo.contains(to) { unsent.append((data, at)) } else { forwards.append((to, data)) }
                 case .writeDone(let r, let w): writes[id, default: [:]][r] = w
                 case .readDone(let r, let index): reads[id, default: [:]][r] = index
                 case .timedOut(let r): timedOut[id, default: []].append(r)

@@ -167,22 +167,24 @@ struct ClientTests {
         let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("nodelease")
         let endpoints = c.endpoints().map(\.absoluteString).joined(separator: ",")
         let pidFile = c.base + "/child.pid"
+        /// `nodelease hold` for hostname "held" (holder "h") with `flags`, running `sh -c script`.
+        func hold(_ flags: [String], _ script: String) throws -> Process {
+            let p = Process()
+            p.executableURL = binary
+            p.arguments = ["hold", "--endpoints", endpoints, "--hostname", "held", "--holder", "h"] + flags + ["--", "sh", "-c", script]
+            try p.run()
+            return p
+        }
 
         // 1. The command exits: hold releases the lease and exits with its status.
-        let quick = Process()
-        quick.executableURL = binary
-        quick.arguments = ["hold", "--endpoints", endpoints, "--hostname", "held", "--holder", "h", "--ttl", "5", "--", "sh", "-c", "test -n \"$NODELEASE_NODE_ID\" && exit 7"]
-        try quick.run()
+        let quick = try hold(["--ttl", "5"], "test -n \"$NODELEASE_NODE_ID\" && exit 7")
         quick.waitUntilExit()
         #expect(quick.terminationStatus == 7)
         #expect(try await c.get(1, "/v1/cluster/nodes/1").json["status"] as? String == "inactive")
 
         // 2. A signal to hold goes to the command; its exit ends hold with its status, and the
         // lease is released.
-        let signalled = Process()
-        signalled.executableURL = binary
-        signalled.arguments = ["hold", "--endpoints", endpoints, "--hostname", "held", "--holder", "h", "--ttl", "5", "--", "sh", "-c", "trap 'exit 9' TERM; echo $$ > \(pidFile); while :; do sleep 0.05; done"]
-        try signalled.run()
+        let signalled = try hold(["--ttl", "5"], "trap 'exit 9' TERM; echo $$ > \(pidFile); while :; do sleep 0.05; done")
         let first = try await childPID(pidFile)
         kill(signalled.processIdentifier, SIGTERM)
         #expect(await eventually(5) { !signalled.isRunning })
@@ -192,10 +194,7 @@ struct ClientTests {
 
         // 3. hold is killed with SIGKILL: the command dies with it.
         try? FileManager.default.removeItem(atPath: pidFile)
-        let killed = Process()
-        killed.executableURL = binary
-        killed.arguments = ["hold", "--endpoints", endpoints, "--hostname", "held", "--holder", "h", "--ttl", "5", "--", "sh", "-c", "echo $$ > \(pidFile); exec sleep 60"]
-        try killed.run()
+        let killed = try hold(["--ttl", "5"], "echo $$ > \(pidFile); exec sleep 60")
         let orphan = try await childPID(pidFile)
         kill(killed.processIdentifier, SIGKILL)
         #expect(await eventually(2) { processGone(orphan) }, "the command outlived hold")
@@ -204,10 +203,7 @@ struct ClientTests {
         // killed before the holder-side deadline, which is at most a TTL after the cluster
         // stopped answering (the last renewal was sent before that), and hold exits 75.
         try? FileManager.default.removeItem(atPath: pidFile)
-        let long = Process()
-        long.executableURL = binary
-        long.arguments = ["hold", "--endpoints", endpoints, "--hostname", "held", "--holder", "h", "--ttl", "3", "--grace", "1", "--", "sh", "-c", "trap '' TERM; echo $$ > \(pidFile); while :; do sleep 0.05; done"]
-        try long.run()
+        let long = try hold(["--ttl", "3", "--grace", "1"], "trap '' TERM; echo $$ > \(pidFile); while :; do sleep 0.05; done")
         let stubborn = try await childPID(pidFile)
         await c.stopAll()
         let stopped = ContinuousClock.now

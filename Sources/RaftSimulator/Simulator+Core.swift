@@ -97,9 +97,14 @@ extension Simulation {
             let entry = replicas[i].justApplied.removeValue(forKey: id)
             guard let owner = replicas[i].requests.removeValue(forKey: id) else { return }
             answered(i, client: owner.client, op: owner.op, w, entry: entry)
-        case .readDone:
-            break
+        case .readDone(let id, let index):
+            guard let required = replicas[i].coreReads.removeValue(forKey: id) else { return }
+            result.reads += 1
+            checker.observeRead(
+                replica: replicas[i].id, index: replicas[i].core!.node.appliedIndex, requiredIndex: required,
+                detail: "linearizable read \(id) at read index \(index), \(now / 1000)ms")
         case .timedOut(let id):
+            if replicas[i].coreReads.removeValue(forKey: id) != nil { return }
             guard let owner = replicas[i].requests.removeValue(forKey: id) else { return }
             trace("mail \(owner.client) op \(owner.op): request timed out at replica \(i + 1)")
             mailRetry(owner.client, op: owner.op)
@@ -159,8 +164,9 @@ extension Simulation {
         }
         if !w.replayed, let entry, entry.index == w.index {
             acknowledged.append(Waiter(index: entry.index, term: entry.term, client: c, op: op, command: entry.data))
-            highestAcknowledged = max(highestAcknowledged, w.index)
         }
+        // A later read, anywhere, must reflect what an answer acknowledged (a replay too).
+        highestAcknowledged = max(highestAcknowledged, w.index)
         if faultsOver { progressAfterHeal = true }
         guard mailNodes[c].op == op else { return }
         mailDone(c, op: op, outcome: .ok, reply: w.result)
@@ -172,6 +178,29 @@ extension Simulation {
         guard mailNodes[c].op == op else { return }
         mailNodes[c].submitted = false
         retry(c)
+    }
+
+    /// A mail node reads the registry at a random replica, as a node or an operator would: half
+    /// the time a linearizable read through the core (it must reflect every write acknowledged
+    /// before it began), half the time a local read, which a replica serves only once caught up
+    /// after a start and which must never be older than one it served before.
+    func leaseRead(_ c: Int) {
+        guard !clientsStopped else { return }
+        defer { queue.push(.leaseRead(c), at: now + micros(ms: 30 + random.next() % 120)) }
+        guard let i = pickReplica(hint: nil), replicas[i].core != nil else { return }
+        if random.chance(0.5) {
+            let id = replicas[i].core!.read(now: localNanos(i))
+            replicas[i].coreReads[id] = highestAcknowledged
+            coreCarryOut(i)
+        } else if replicas[i].core!.mayServeLocalRead(confirmed: false) {
+            let index = replicas[i].core!.node.appliedIndex
+            if index < replicas[i].servedLocal {
+                checker.recordFailure(
+                    .linearizableRead,
+                    "replica \(replicas[i].id) served a local read at index \(index) after serving one at \(replicas[i].servedLocal) (a restart must catch up first)")
+            }
+            replicas[i].servedLocal = max(replicas[i].servedLocal, index)
+        }
     }
 
     /// A dial to a crashed replica is refused: its followers hear of it soon, as the server's

@@ -23,6 +23,8 @@ public final class Simulation {
         case deliver(Envelope)
         case persisted(Int, epoch: Int)
         case client(Int)
+        /// Mail node `Int` reads the registry (lease workload).
+        case leaseRead(Int)
         case clientTimeout(Int, op: UInt64)
         /// A forwarded client command reaches replica `Int`.
         case forwarded(Int, [UInt8], epoch: Int)
@@ -65,6 +67,12 @@ public final class Simulation {
         var requests: [UInt64: (client: Int, op: UInt64)] = [:]
         /// The entry a request of this replica's just applied at, for its acknowledgement.
         var justApplied: [UInt64: Entry] = [:]
+        /// Linearizable reads waiting at this replica's core: the index acknowledged before
+        /// each began, which it must reflect.
+        var coreReads: [UInt64: LogIndex] = [:]
+        /// The highest index this replica served a local read at, over all its restarts: a
+        /// restarted replica must never serve an older registry than it served before.
+        var servedLocal: LogIndex = 0
         var machine: any SimStateMachine
         var appliedIndex: LogIndex = 0
         var epoch = 0
@@ -152,6 +160,9 @@ public final class Simulation {
         trace("knobs \(knobs)")
         for i in replicas.indices { start(i) }
         for c in 0..<options.clients { queue.push(.client(c), at: micros(ms: random.next() % 50)) }
+        if options.workload == .leases {
+            for c in 0..<options.clients { queue.push(.leaseRead(c), at: micros(ms: 20 + random.next() % 100)) }
+        }
         queue.push(.nemesis, at: micros(ms: nemesisDelay()))
         queue.push(.heal, at: micros(ms: options.faultMillis))
         queue.push(.livenessDeadline, at: micros(ms: options.faultMillis + options.livenessMillis))
@@ -243,6 +254,8 @@ public final class Simulation {
             if deferIfPaused(i, event) { return }
             replicas[i].core!.peerUnreachable(replicas[peer].id, now: localNanos(i))
             coreCarryOut(i)
+        case .leaseRead(let c):
+            leaseRead(c)
         case .client(let c):
             if options.workload == .leases { mailStep(c) } else { clientStep(c) }
         case .clientTimeout(let c, let op):
@@ -369,6 +382,7 @@ public final class Simulation {
         let orphaned = replicas[i].requests.values.sorted { $0.op < $1.op }
         replicas[i].requests = [:]
         replicas[i].justApplied = [:]
+        replicas[i].coreReads = [:]
         for r in orphaned { mailRetry(r.client, op: r.op) }
         if options.workload == .leases { reportUnreachable(crashed: i) }
     }

@@ -327,6 +327,12 @@ struct BrokenDurabilityTests {
         }
     }
 
+    @Test("reads through the request path served without confirming leadership are caught")
+    func readWithoutQuorumThroughTheCore() throws {
+        let r = try #require(firstFailure(.readIndexWithoutQuorum, .leases, seeds: 1...1000))
+        #expect(r.violations.contains { $0.rule == .linearizableRead })
+    }
+
     @Test("a vote sent before it is durable lets two leaders share a term")
     func voteBeforePersist() throws {
         let r = try #require(firstFailure(.sendVoteBeforePersist, .leases, seeds: 1...1000))

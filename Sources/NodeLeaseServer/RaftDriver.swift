@@ -169,8 +169,6 @@ actor RaftDriver {
 
     var isReady: Bool { core.isReady }
 
-    var caughtUp: Bool { core.caughtUp }
-
     /// A consistent local read: the nodes and the index they reflect, taken together; nil
     /// before this replica caught up with a leader since it started (its applied state may be
     /// older than what it served before a restart). `confirmed`: a linearizable barrier just

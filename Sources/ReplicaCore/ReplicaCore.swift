@@ -144,14 +144,9 @@ public struct ReplicaCore {
         return effects
     }
 
-    public var hasEffects: Bool { !effects.isEmpty }
-
     /// The shell should call `pump` (soon: a leader waits a moment so that requests arriving
     /// together share one append).
     public var needsPump: Bool { readyInFlight == nil && (node.hasReady || (!outbox.isEmpty && node.role == .leader)) }
-
-    /// Requests waiting, for metrics.
-    public var waitingRequests: Int { writes.count + reads.count }
 
     // MARK: Inputs
 
@@ -357,9 +352,10 @@ public struct ReplicaCore {
             effects.append(.applied(e, applied, reusedID: false, registry: observed))
             return
         }
+        // Only the simulator's observers want `reusedID`: the server skips the lookups.
         var reuses = false
         var countBefore = 0
-        if case .acquire(let hostname, _, _, _) = timed.command {
+        if config.reportRegistryWithEntries, case .acquire(let hostname, _, _, _) = timed.command {
             reuses = (try? Validation.hostname(hostname)).map { registry.node(hostname: $0) == nil } ?? false
             countBefore = registry.count
         }
@@ -435,12 +431,12 @@ public struct ReplicaCore {
     /// proposes its own; those are lost only with its leadership, and then all are re-sent).
     private mutating func resendWrites(now: UInt64) {
         guard node.role != .leader, node.leader != nil, !writes.isEmpty else { return }
+        let due = writes.keys.filter { writes[$0]!.lastSent + config.writeResendNanos <= now }
+        guard !due.isEmpty else { return }
         let queued = Set(outbox.map(\.data))
-        for id in writes.keys.sorted() {
-            let w = writes[id]!
-            guard w.lastSent + config.writeResendNanos <= now, !queued.contains(w.data) else { continue }
+        for id in due.sorted() where !queued.contains(writes[id]!.data) {
             writes[id]!.lastSent = now
-            outbox.append((w.data, w.submittedAt))
+            outbox.append((writes[id]!.data, writes[id]!.submittedAt))
         }
     }
 

@@ -4,9 +4,10 @@ import Raft
 import Testing
 
 /// shared/API.md, "Exactly once", against real replicas: retries through any replica, with the
-/// `Idempotency-Key` header, apply once and answer with the first outcome.
-@Suite(.serialized)
-struct ExactlyOnceTests {
+/// `Idempotency-Key` header, apply once and answer with the first outcome. Part of
+/// `ClusterTests`, so these clusters start one at a time with the others: clusters started
+/// side by side can draw the same free port (`freePort` binds and releases) and talk across.
+extension ClusterTests {
     @Test func retriesWithTheSameKeyGetTheFirstOutcomeThroughAnyReplica() async throws {
         let c = try LocalCluster()
         try await c.startAll()

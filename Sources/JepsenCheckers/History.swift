@@ -5,6 +5,9 @@ import Foundation
 public struct HistoryOp: Codable, Sendable, Hashable {
     public enum Kind: String, Codable, Sendable {
         case acquire, renew, release, read
+        /// Forget a node (`DELETE /v1/cluster/nodes/{nodeId}`); `hostname` is the one the
+        /// answer named (or the one the client believed, when it has no answer).
+        case forget
     }
     public enum Outcome: String, Codable, Sendable {
         /// Succeeded (2xx).
@@ -34,6 +37,10 @@ public struct HistoryOp: Codable, Sendable, Hashable {
     public var linearizable: Bool?
     public var status: String?
     public var error: String?
+    /// For reads that recorded the whole registry: every entry, in the answer's order.
+    public var registry: [RegistryEntry]?
+    /// A write's idempotency key (shared by a retry of the same request).
+    public var key: String?
 
     public init(process: Int, kind: Kind, hostname: String, holder: String, invoke: UInt64, complete: UInt64, outcome: Outcome) {
         self.process = process
@@ -43,6 +50,22 @@ public struct HistoryOp: Codable, Sendable, Hashable {
         self.invoke = invoke
         self.complete = complete
         self.outcome = outcome
+    }
+}
+
+/// One ClusterNode as a read saw it.
+public struct RegistryEntry: Codable, Sendable, Hashable {
+    public var nodeId: UInt32
+    public var hostname: String
+    public var status: String
+    public var holder: String?
+    public var fencingToken: UInt64?
+    public init(nodeId: UInt32, hostname: String, status: String, holder: String? = nil, fencingToken: UInt64? = nil) {
+        self.nodeId = nodeId
+        self.hostname = hostname
+        self.status = status
+        self.holder = holder
+        self.fencingToken = fencingToken
     }
 }
 
@@ -119,14 +142,30 @@ public enum LeaseCheckers {
         return out
     }
 
-    /// One node ID per hostname and one hostname per node ID across every acknowledged grant
-    /// (the test's ID range is large enough that IDs are never reused).
-    public static func mapping(_ history: [HistoryOp]) -> [Anomaly] {
+    /// A lease belongs to one hostname and one node ID for good, and carries one fencing token
+    /// in every answer (grant, renewal). Without ID reuse or forgets, also one node ID per
+    /// hostname and one hostname per node ID across every acknowledged grant.
+    public static func mapping(_ history: [HistoryOp], fixedIDs: Bool = true) -> [Anomaly] {
         var idOf: [String: UInt32] = [:]
         var hostOf: [UInt32: String] = [:]
+        var lease: [String: (host: String, node: UInt32?, token: UInt64?)] = [:]
         var out: [Anomaly] = []
         for op in history where (op.kind == .acquire || op.kind == .renew) && op.outcome == .ok {
             guard let node = op.nodeId else { continue }
+            if let l = op.leaseId {
+                if let known = lease[l] {
+                    if known.host != op.hostname || (known.node != nil && known.node != node) {
+                        out.append(Anomaly(checker: "mapping", detail: "lease \(l) was \(known.host) node \(known.node ?? 0), then \(op.hostname) node \(node)"))
+                    }
+                    if let t = op.fencingToken, let k = known.token, t != k {
+                        out.append(Anomaly(checker: "mapping", detail: "lease \(l) answered fencing token \(k), then \(t)"))
+                    }
+                    if known.token == nil, let t = op.fencingToken { lease[l]!.token = t }
+                } else {
+                    lease[l] = (op.hostname, node, op.fencingToken)
+                }
+            }
+            guard fixedIDs else { continue }
             if let other = idOf[op.hostname], other != node {
                 out.append(Anomaly(checker: "mapping", detail: "\(op.hostname) had node \(other) and then \(node)"))
             }
@@ -135,6 +174,56 @@ public enum LeaseCheckers {
             }
             idOf[op.hostname] = node
             hostOf[node] = op.hostname
+            if out.count > 50 { break }
+        }
+        return out
+    }
+
+    /// Reads at one log index show one registry, whichever replica answered: every replica
+    /// applies the same entries in the same order, status changes included.
+    public static func sameIndexReads(_ history: [HistoryOp]) -> [Anomaly] {
+        var seen: [UInt64: (registry: [RegistryEntry], replica: Int)] = [:]
+        var out: [Anomaly] = []
+        for op in history where op.kind == .read && op.outcome == .ok {
+            guard let i = op.index, let r = op.registry else { continue }
+            let shown = r.map { RegistryEntry(nodeId: $0.nodeId, hostname: $0.hostname, status: $0.status) }
+            if let first = seen[i] {
+                if first.registry != shown {
+                    out.append(
+                        Anomaly(
+                            checker: "same-index-reads",
+                            detail: "index \(i): replica \(first.replica) showed \(describe(first.registry)), replica \(op.replica ?? 0) \(describe(shown))"))
+                    if out.count > 20 { break }
+                }
+            } else {
+                seen[i] = (shown, op.replica ?? 0)
+            }
+        }
+        return out
+    }
+
+    static func describe(_ r: [RegistryEntry]) -> String {
+        "[" + r.map { "\($0.nodeId) \($0.hostname) \($0.status)" }.joined(separator: ", ") + "]"
+    }
+
+    /// A linearizable read reflects every write acknowledged before it began: its index is at
+    /// least the index of each such write's entry.
+    public static func readsSeeAcknowledgedWrites(_ history: [HistoryOp]) -> [Anomaly] {
+        let writes = history.filter { $0.kind != .read && $0.outcome == .ok && $0.index != nil }.sorted { $0.complete < $1.complete }
+        var out: [Anomaly] = []
+        var k = 0
+        var highest: (index: UInt64, op: HistoryOp?) = (0, nil)
+        for op in history.filter({ $0.kind == .read && $0.linearizable == true && $0.outcome == .ok }).sorted(by: { $0.invoke < $1.invoke }) {
+            while k < writes.count && writes[k].complete < op.invoke {
+                if writes[k].index! > highest.index { highest = (writes[k].index!, writes[k]) }
+                k += 1
+            }
+            guard let i = op.index, let w = highest.op, i < highest.index else { continue }
+            out.append(
+                Anomaly(
+                    checker: "read-after-write",
+                    detail: "linearizable read on replica \(op.replica ?? 0) at \(op.invoke)ns answered index \(i), but \(w.kind.rawValue) by process \(w.process) was acknowledged at index \(highest.index) (\(w.complete)ns) before it began"))
+            if out.count > 20 { break }
         }
         return out
     }
@@ -175,77 +264,118 @@ public enum LeaseCheckers {
 }
 
 extension LeaseCheckers {
-    /// Every read that answered with an index (follower or linearizable) shows, for the reading
-    /// client's hostname, a state the registry really had at that index: stale is allowed,
-    /// wrong is not. The writes' own indexes (each write's answer carries the index of the entry
-    /// that applied it) place the known changes on the log; expiries and unknown-outcome writes
-    /// have no known index, so the rules only use what they cannot change:
+    /// Every read that answered with an index (follower or linearizable) shows, for each
+    /// hostname, a state the registry really had at that index: stale is allowed, wrong is not.
+    /// The writes' own indexes (each write's answer carries the index of the entry that applied
+    /// it) place the known changes on the log; expiries, retirements, IDs moving to another
+    /// hostname and unknown-outcome writes have no known index, so the rules only use what
+    /// they cannot change:
     ///
-    /// - the node ID is the hostname's one, and a hostname is absent only before its first
-    ///   known change;
     /// - between two successful operations on one lease (grant, renewal, or the entry just
-    ///   before its release) the lease was live, so the status is `active`;
+    ///   before its release) the lease was live: the hostname is there, `active`, with the
+    ///   lease's node ID;
     /// - right after a release, with no acquire of unknown outcome that could have come
-    ///   between, the status is `inactive`; after a grant or renewal, `inactive` needs a
-    ///   release of unknown outcome that could have come between.
-    public static func indexedReads(_ history: [HistoryOp]) -> [Anomaly] {
-        struct Event { var index: UInt64; var lease: String; var live: Bool }
+    ///   between, the status is `inactive` (or, when IDs can move, the hostname is absent);
+    /// - after a grant or renewal, `inactive` needs a release of unknown outcome that could have
+    ///   come between, or a retirement (when the run's retention allows one);
+    /// - without ID reuse or forgets, the node ID is the hostname's one, and a hostname is
+    ///   absent only before its first known change.
+    public static func indexedReads(_ history: [HistoryOp], options: Linearizability.Options = .init()) -> [Anomaly] {
+        enum Change { case live, released, forgotten }
+        struct Event { var index: UInt64; var lease: String; var node: UInt32?; var change: Change }
         var events: [String: [Event]] = [:]
         var nodeOf: [String: UInt32] = [:]
         var unknownAcquires: [String: [UInt64]] = [:]
         var unknownReleases: [String: [UInt64]] = [:]
+        let forgets = history.contains { $0.kind == .forget && $0.outcome != .fail }
+        let fixedIDs = !options.idReuse && !forgets
         for op in history where op.kind != .read {
             if op.outcome == .info {
                 if op.kind == .acquire { unknownAcquires[op.hostname, default: []].append(op.invoke) }
                 if op.kind == .release { unknownReleases[op.hostname, default: []].append(op.invoke) }
                 continue
             }
-            guard op.outcome == .ok, let i = op.index, let l = op.leaseId else { continue }
-            if let n = op.nodeId { nodeOf[op.hostname] = n }
-            switch op.kind {
-            case .acquire, .renew: events[op.hostname, default: []].append(Event(index: i, lease: l, live: true))
-            case .release:
-                // Live just before the release applied, inactive from its entry on.
-                if i > 0 { events[op.hostname, default: []].append(Event(index: i - 1, lease: l, live: true)) }
-                events[op.hostname, default: []].append(Event(index: i, lease: l, live: false))
-            case .read: break
-            }
-        }
-        for k in events.keys { events[k]!.sort { ($0.index, $0.live ? 0 : 1) < ($1.index, $1.live ? 0 : 1) } }
-        var out: [Anomaly] = []
-        for op in history where op.kind == .read && op.outcome == .ok {
-            guard let i = op.index else { continue }
-            let es = events[op.hostname] ?? []
-            let prev = es.last { $0.index <= i }
-            let next = es.first { $0.index > i }
-            let unknownAcquireBefore = (unknownAcquires[op.hostname] ?? []).contains { $0 < op.complete }
-            let unknownReleaseBefore = (unknownReleases[op.hostname] ?? []).contains { $0 < op.complete }
-            let kind = op.linearizable == true ? "linearizable" : "follower"
-            let at = "\(kind) read of \(op.hostname) at index \(i) on replica \(op.replica ?? 0)"
-            guard let n = op.nodeId, let status = op.status else {
-                if let p = prev {
-                    out.append(Anomaly(checker: "indexed-reads", detail: "\(at): absent, but lease \(p.lease) was known at index \(p.index)"))
-                }
+            guard op.outcome == .ok, let i = op.index else { continue }
+            if op.kind == .forget {
+                events[op.hostname, default: []].append(Event(index: i, lease: "-", node: op.nodeId, change: .forgotten))
                 continue
             }
-            if let known = nodeOf[op.hostname], known != n {
-                out.append(Anomaly(checker: "indexed-reads", detail: "\(at): node \(n), but the hostname's node is \(known)"))
+            guard let l = op.leaseId else { continue }
+            if let n = op.nodeId { nodeOf[op.hostname] = n }
+            switch op.kind {
+            case .acquire, .renew: events[op.hostname, default: []].append(Event(index: i, lease: l, node: op.nodeId, change: .live))
+            case .release:
+                // Live just before the release applied, inactive from its entry on.
+                if i > 0 { events[op.hostname, default: []].append(Event(index: i - 1, lease: l, node: op.nodeId, change: .live)) }
+                events[op.hostname, default: []].append(Event(index: i, lease: l, node: op.nodeId, change: .released))
+            case .read, .forget: break
             }
-            guard let p = prev else { continue }
-            if p.live, let q = next, q.live, q.lease == p.lease, status != "active" {
-                out.append(
-                    Anomaly(
-                        checker: "indexed-reads",
-                        detail: "\(at): \(status), but lease \(p.lease) was live at indexes \(p.index) and \(q.index)"))
-            } else if !p.live, status != "inactive", !unknownAcquireBefore {
-                out.append(Anomaly(checker: "indexed-reads", detail: "\(at): \(status), but lease \(p.lease) was released at index \(p.index)"))
-            } else if p.live, status == "inactive", !unknownReleaseBefore {
-                out.append(
-                    Anomaly(
-                        checker: "indexed-reads",
-                        detail: "\(at): inactive, but lease \(p.lease) was live at index \(p.index) and no release could have come between"))
+        }
+        for k in events.keys { events[k]!.sort { ($0.index, $0.change == .live ? 0 : 1) < ($1.index, $1.change == .live ? 0 : 1) } }
+        var out: [Anomaly] = []
+        for read in history where read.kind == .read && read.outcome == .ok {
+            guard let i = read.index else { continue }
+            for op in Self.perHostname(read, hostnames: Array(events.keys)) {
+                let es = events[op.hostname] ?? []
+                let prev = es.last { $0.index <= i }
+                let next = es.first { $0.index > i }
+                let unknownAcquireBefore = (unknownAcquires[op.hostname] ?? []).contains { $0 < op.complete }
+                let unknownReleaseBefore = (unknownReleases[op.hostname] ?? []).contains { $0 < op.complete }
+                let kind = op.linearizable == true ? "linearizable" : "follower"
+                let at = "\(kind) read of \(op.hostname) at index \(i) on replica \(op.replica ?? 0)"
+                let liveThroughout = prev.map { p in p.change == .live && next.map { $0.change == .live && $0.lease == p.lease } == true } ?? false
+                guard let n = op.nodeId, let status = op.status else {
+                    if let p = prev, liveThroughout || (fixedIDs && p.change != .forgotten) || (p.change == .released && !options.idReuse && !forgets) {
+                        out.append(Anomaly(checker: "indexed-reads", detail: "\(at): absent, but lease \(p.lease) was known at index \(p.index)"))
+                    }
+                    continue
+                }
+                if fixedIDs, let known = nodeOf[op.hostname], known != n {
+                    out.append(Anomaly(checker: "indexed-reads", detail: "\(at): node \(n), but the hostname's node is \(known)"))
+                }
+                guard let p = prev else { continue }
+                if liveThroughout, status != "active" || (!fixedIDs && p.node != nil && p.node != n) {
+                    out.append(
+                        Anomaly(
+                            checker: "indexed-reads",
+                            detail: "\(at): \(status) node \(n), but lease \(p.lease) of node \(p.node.map(String.init) ?? "?") was live at indexes \(p.index) and \(next!.index)"))
+                } else if p.change == .released, status != "inactive", !unknownAcquireBefore {
+                    out.append(Anomaly(checker: "indexed-reads", detail: "\(at): \(status), but lease \(p.lease) was released at index \(p.index)"))
+                } else if p.change == .live, status == "inactive", !unknownReleaseBefore, options.retentionNanos == nil {
+                    out.append(
+                        Anomaly(
+                            checker: "indexed-reads",
+                            detail: "\(at): inactive, but lease \(p.lease) was live at index \(p.index) and no release could have come between"))
+                }
+                if out.count > 50 { return out }
             }
-            if out.count > 50 { break }
+        }
+        return out
+    }
+
+    /// A read as one read per hostname: those in its registry (when it recorded the whole
+    /// registry), and `hostnames` it did not show as absent; a read that recorded only its own
+    /// hostname stays as it is.
+    public static func perHostname(_ read: HistoryOp, hostnames: [String]) -> [HistoryOp] {
+        guard let registry = read.registry else { return [read] }
+        var out: [HistoryOp] = []
+        var seen: Set<String> = []
+        for e in registry {
+            var o = read
+            o.registry = nil
+            o.hostname = e.hostname
+            o.nodeId = e.nodeId
+            o.status = e.status
+            out.append(o)
+            seen.insert(e.hostname)
+        }
+        for h in hostnames.sorted() where !seen.contains(h) {
+            var o = read
+            o.registry = nil
+            o.hostname = h
+            o.nodeId = nil
+            o.status = nil
+            out.append(o)
         }
         return out
     }

@@ -18,6 +18,24 @@
 /// model states (the power-set construction Porcupine uses), which keeps the nondeterminism
 /// out of the search tree.
 public enum Linearizability {
+    /// What the run allowed that the model must know about.
+    public struct Options: Sendable {
+        /// How long a node stays stale before the leader may retire it (make it inactive),
+        /// already shortened by any slack (wall-clock faults, whole-second rounding). nil: it
+        /// is never retired within the run.
+        public var retentionNanos: UInt64?
+        /// IDs can move between hostnames (a small range: an inactive hostname's ID may go to
+        /// another hostname, which leaves the first one absent).
+        public var idReuse: Bool
+        /// Some forget has an unknown outcome: any stale or inactive entry may vanish.
+        public var unknownForgets: Bool
+        public init(retentionNanos: UInt64? = nil, idReuse: Bool = false, unknownForgets: Bool = false) {
+            self.retentionNanos = retentionNanos
+            self.idReuse = idReuse
+            self.unknownForgets = unknownForgets
+        }
+    }
+
     /// Per-hostname results of one check.
     public struct Report: Sendable {
         public var anomalies: [Anomaly] = []
@@ -32,14 +50,23 @@ public enum Linearizability {
 
     /// Checks acquire, renew, release and linearizable reads. `budget` bounds the search steps
     /// per hostname; running out is reported as an anomaly (unknown is not valid).
-    public static func check(_ history: [HistoryOp], budget: Int = 20_000_000) -> Report {
+    public static func check(_ history: [HistoryOp], options: Options = Options(), budget: Int = 20_000_000) -> Report {
         var report = Report()
         var byHost: [String: [HistoryOp]] = [:]
-        for op in history where relevant(op) { byHost[op.hostname, default: []].append(op) }
+        var hostnames = Set(history.map(\.hostname))
+        for op in history { for e in op.registry ?? [] { hostnames.insert(e.hostname) } }
+        let all = hostnames.sorted()
+        for op in history {
+            // A read of the whole registry is one read per hostname (linearizability is local:
+            // checking each hostname's reads on their own is weaker, never stronger).
+            for o in op.kind == .read ? LeaseCheckers.perHostname(op, hostnames: all) : [op] where relevant(o) {
+                byHost[o.hostname, default: []].append(o)
+            }
+        }
         for host in byHost.keys.sorted() {
             let ops = byHost[host]!
             report.operations[host] = ops.count
-            var search = Search(ops: ops, budget: budget)
+            var search = Search(ops: ops, options: options, budget: budget)
             let result = search.run()
             report.steps += search.steps
             switch result {
@@ -63,6 +90,12 @@ public enum Linearizability {
     static func relevant(_ op: HistoryOp) -> Bool {
         switch op.kind {
         case .read: return op.linearizable == true && op.outcome == .ok
+        case .forget:
+            // A forget that removed a node names its hostname in the answer; one of unknown
+            // outcome may remove whichever hostname had the ID (the model lets any stale or
+            // inactive entry vanish when the run has unknown forgets); a refused one changed
+            // nothing.
+            return op.outcome == .ok
         case .acquire, .renew, .release:
             switch op.outcome {
             case .ok: return op.leaseId != nil
@@ -70,7 +103,8 @@ public enum Linearizability {
             case .fail:
                 // Failures the model gives a meaning to; others (a malformed request) are
                 // definite no-ops with nothing to check.
-                return (op.kind == .acquire && op.error == "hostname_in_use") || (op.kind != .acquire && op.error == "lease_not_found")
+                return (op.kind == .acquire && (op.error == "hostname_in_use" || op.error == "node_ids_exhausted"))
+                    || (op.kind != .acquire && op.error == "lease_not_found")
             }
         }
     }
@@ -98,11 +132,14 @@ struct EntryState: Hashable, Sendable, CustomStringConvertible {
     /// The last known fencing token: a lower bound for the next grant's.
     var token: UInt64 = 0
     var live = false
-    /// The last lease ended by a release (inactive) rather than by expiry (stale).
+    /// The last lease ended by a release, or the node was retired after staying stale
+    /// (inactive), rather than by expiry (stale).
     var released = false
     /// The earliest time the last grant or renewal can have applied, and the lease's TTL.
     var renewedAt: UInt64 = 0
     var ttl: UInt64 = 0
+    /// The earliest instant the entry can have become stale (when it is stale).
+    var staleSince: UInt64 = 0
 
     var status: String { live ? "active" : (released ? "inactive" : "stale") }
 
@@ -113,22 +150,52 @@ struct EntryState: Hashable, Sendable, CustomStringConvertible {
 }
 
 extension EntryState {
-    /// The states this operation can lead to from `self`, with the lease possibly expiring
-    /// just before it. Empty: the operation's observed result is impossible here.
-    func after(_ op: HistoryOp) -> [EntryState] {
+    /// The states this operation can lead to from `self`, with the leader's own changes
+    /// (expiry, retirement, the ID going to another hostname) possibly happening just before
+    /// it. `horizon` is the latest instant the operation can take effect at: the earliest
+    /// completion among the operations not yet linearized (itself included; infinite when all
+    /// of them have unknown outcomes). A change that needs time to have passed may only come
+    /// before the operation if the horizon is late enough. Empty: the operation's observed
+    /// result is impossible here.
+    func after(_ op: HistoryOp, horizon: UInt64, options: Linearizability.Options) -> [EntryState] {
         var starts = [self]
-        if live {
-            // Expiry is possible before an operation that completed after the lease's earliest
-            // deadline; an operation with an unknown outcome may take effect any time later.
-            if op.outcome == .info || op.complete >= renewedAt &+ ttl {
-                var e = self
-                e.live = false
-                e.released = false
-                starts.append(e)
-            }
+        var i = 0
+        while i < starts.count {
+            for t in starts[i].spontaneous(horizon: horizon, options: options) where !starts.contains(t) { starts.append(t) }
+            i += 1
         }
         var out: [EntryState] = []
         for s in starts { s.apply(op, into: &out) }
+        return out
+    }
+
+    /// The changes the leader may make on its own, one step from `self`, before `horizon`.
+    private func spontaneous(horizon: UInt64, options: Linearizability.Options) -> [EntryState] {
+        var out: [EntryState] = []
+        if live {
+            // Expiry: not before the lease's earliest deadline (the leader waits at least the
+            // TTL after applying the last grant or renewal, which cannot precede its call).
+            if horizon >= renewedAt &+ ttl {
+                var e = self
+                e.live = false
+                e.released = false
+                e.staleSince = renewedAt &+ ttl
+                out.append(e)
+            }
+            return out
+        }
+        guard exists else { return out }
+        if !released, let r = options.retentionNanos, horizon >= staleSince &+ r {
+            // Retirement: stale for the retention period, then inactive.
+            var e = self
+            e.released = true
+            out.append(e)
+        }
+        if (released && options.idReuse) || options.unknownForgets {
+            // An inactive entry's ID may go to another hostname, or a forget of unknown outcome
+            // may remove a stale or inactive node: this hostname is then absent.
+            out.append(EntryState(token: token))
+        }
         return out
     }
 
@@ -163,8 +230,20 @@ extension EntryState {
                         renewedAt: op.invoke, ttl: ttlNanos))
             }
         case (.acquire, .fail):
-            // hostname_in_use: another holder's lease was live.
-            if live && holder != op.holder { out.append(self) }
+            if op.error == "node_ids_exhausted" {
+                // Only a hostname without an ID can find none free.
+                if !exists { out.append(self) }
+            } else if live && holder != op.holder {
+                // hostname_in_use: another holder's lease was live.
+                out.append(self)
+            }
+        case (.forget, .ok):
+            // The node was registered, not active, and is gone with its hostname.
+            guard exists, !live else { return }
+            if let n = op.nodeId, let known = node, known != n { return }
+            out.append(EntryState(token: token))
+        case (.forget, _):
+            out.append(self)
         case (.acquire, .info):
             out.append(self)
             if live {
@@ -246,6 +325,7 @@ struct Search {
     typealias States = [EntryState]
 
     private let ops: [HistoryOp]
+    private let options: Linearizability.Options
     private let budget: Int
     private(set) var steps = 0
 
@@ -255,10 +335,12 @@ struct Search {
     private var prev: [Int]
     private var opOf: [Int]
     private var isCall: [Bool]
+    private var time: [UInt64]
     private var returnEntry: [Int]
 
-    init(ops: [HistoryOp], budget: Int) {
+    init(ops: [HistoryOp], options: Linearizability.Options, budget: Int) {
         self.ops = ops
+        self.options = options
         self.budget = budget
         struct Event { var time: UInt64; var call: Bool; var op: Int }
         var events: [Event] = []
@@ -279,6 +361,7 @@ struct Search {
         prev = Array(-1..<n)
         opOf = [-1] + events.map(\.op)
         isCall = [false] + events.map(\.call)
+        time = [0] + events.map(\.time)
         returnEntry = Array(repeating: 0, count: ops.count)
         for (k, e) in events.enumerated() where !e.call { returnEntry[e.op] = k + 1 }
     }
@@ -296,6 +379,17 @@ struct Search {
             if next[e] >= 0 { prev[next[e]] = e }
             next[prev[e]] = e
         }
+    }
+
+    /// The earliest completion among the operations not linearized yet: the first return
+    /// event left in the list (an unknown outcome's return is at infinity).
+    private func horizon() -> UInt64 {
+        var e = next[0]
+        while e >= 0 {
+            if !isCall[e] { return time[e] }
+            e = next[e]
+        }
+        return UInt64.max
     }
 
     struct Key: Hashable {
@@ -316,9 +410,10 @@ struct Search {
             if steps > budget { return .gaveUp }
             if isCall[entry] {
                 let op = ops[opOf[entry]]
+                let h = horizon()
                 var after: States = []
                 for s in states {
-                    for t in s.after(op) where !after.contains(t) { after.append(t) }
+                    for t in s.after(op, horizon: h, options: options) where !after.contains(t) { after.append(t) }
                 }
                 if !after.isEmpty {
                     after.sort { $0.description < $1.description || ($0.description == $1.description && $0.renewedAt < $1.renewedAt) }

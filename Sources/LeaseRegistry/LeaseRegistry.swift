@@ -74,6 +74,10 @@ public struct LeaseRegistry: Sendable {
     public private(set) var clock: UInt64 = 0
     private var lastStamp: (term: UInt64, nanos: UInt64) = (0, 0)
 
+    /// Rules broken on purpose (simulator mutants and the fault build's planted bugs; never set
+    /// in a normal server). Not part of snapshots.
+    public var faults: RegistryFaults = []
+
     public init() {}
 
     /// How many idempotency keys are remembered now.
@@ -195,7 +199,7 @@ public struct LeaseRegistry: Sendable {
                 setStatus(id, .inactive, now: now, index: index)
                 return .success(.node(nodes[id]!))
             case .expire(let leaseID, let renewalIndex):
-                guard let id = byLease[leaseID], nodes[id]!.renewalIndex == renewalIndex else {
+                guard let id = byLease[leaseID], nodes[id]!.renewalIndex == renewalIndex || faults.contains(.expireIgnoresRenewal) else {
                     throw LeaseError.leaseNotFound
                 }
                 setStatus(id, .stale, now: now, index: index)
@@ -242,6 +246,13 @@ public struct LeaseRegistry: Sendable {
                     throw LeaseError.hostnameInUse(nodeID: id, holder: r.holder, expiresInSeconds: end > now ? end - now : 0)
                 }
                 // The same installation asks again (a restart, a retry): the same lease, renewed.
+                if faults.contains(.reacquireGrantsNewLease) {
+                    byLease[r.leaseID] = nil
+                    grant(&r, holder: holder, ttl: ttl, now: now, index: index)
+                    nodes[id] = r
+                    byLease[r.leaseID] = id
+                    return r.lease
+                }
                 r.lastRenewal = max(r.lastRenewal, now)
                 r.ttlSeconds = ttl
                 r.renewalIndex = index
@@ -572,4 +583,14 @@ extension ByteReader {
         default: throw LeaseRegistry.SnapshotError.malformed("outcome")
         }
     }
+}
+
+/// Registry rules that can be broken on purpose, to show that the checkers notice.
+public struct RegistryFaults: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// An expiry applies even if the lease was renewed after the expiry was decided.
+    public static let expireIgnoresRenewal = RegistryFaults(rawValue: 1 << 0)
+    /// The same holder acquiring its live lease again gets a new lease instead of the same one.
+    public static let reacquireGrantsNewLease = RegistryFaults(rawValue: 1 << 1)
 }

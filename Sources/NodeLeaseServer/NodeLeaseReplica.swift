@@ -22,6 +22,8 @@ public final class NodeLeaseReplica: Service, Sendable {
         onFatal: @escaping @Sendable (String) -> Void = { _ in exit(1) }) throws
     {
         try config.validate()
+        var config = config
+        config.faults.apply(to: &config)
         self.config = config
         var logger = logger
         logger[metadataKey: "replica"] = "\(config.replicaID)"
@@ -30,9 +32,16 @@ public final class NodeLeaseReplica: Service, Sendable {
         let previous = logger.handler.metadataProvider
         logger.handler.metadataProvider = .multiplex([previous, raftState.provider].compactMap { $0 })
         self.logger = logger
+        if let f = config.faults.planted { logger.critical("PLANTED FAULT \(f.rawValue): \(f.summary); this replica is broken on purpose (test build)") }
+        if config.faults.lazyDisk { logger.warning("fault build: unsynced writes are kept in memory (lost on a crash, as in a power cut)") }
+        if let f = config.faults.clockRateFile { logger.warning("fault build: the monotonic clock runs at the rate in \(f)") }
         let storageLogger = logger
+        var fileSystem: any StorageFileSystem = PosixFileSystem()
+        #if NODELEASE_FAULTS
+            if config.faults.lazyDisk { fileSystem = LazyFileSystem() }
+        #endif
         let storage = try DurableLog(
-            directory: config.dataDir, membership: config.membership, options: .init(fsync: config.fsync),
+            directory: config.dataDir, fileSystem: fileSystem, membership: config.membership, options: .init(fsync: config.fsync),
             log: { storageLogger.warning("\($0)") })
         // Until membership changes exist, the replicas a data directory was made with are the
         // cluster's for good: a different --peers would start a replica that never joins, or

@@ -54,6 +54,10 @@ actor RaftDriver {
     private var snapshotting = false
     private let snapshotQueue = DispatchQueue(label: "nodelease.snapshot", qos: .utility)
     private let started = ContinuousClock.now
+    #if NODELEASE_FAULTS
+        /// The fault build's clock nemesis: this replica's monotonic clock at another rate.
+        private let faultClock: FaultClock?
+    #endif
     private var stopped = false
     /// The data directory each replica took part with, as the registry records it; read by the
     /// transport's admission check on event-loop threads.
@@ -72,8 +76,9 @@ actor RaftDriver {
         self.onFatal = onFatal
         let snap = try storage.snapshot()
         let registry = snap.isEmpty ? LeaseRegistry() : try LeaseRegistry(snapshot: snap.data)
-        let raftConfig = RaftConfig(
+        var raftConfig = RaftConfig(
             id: config.replicaID, electionTicks: config.electionTicks, heartbeatTicks: config.heartbeatTicks)
+        config.faults.apply(to: &raftConfig)
         let node = try RaftNode(config: raftConfig, storage: storage, random: SystemRandomNumberGenerator())
         var coreConfig = ReplicaCore.Config(replicaID: config.replicaID)
         coreConfig.requestTimeoutNanos = UInt64(config.requestTimeoutMillis) * 1_000_000
@@ -82,6 +87,10 @@ actor RaftDriver {
         coreConfig.idempotencyWindow = config.idempotencyWindow
         coreConfig.expiry = .init(retentionSeconds: config.retentionSeconds)
         coreConfig.dataDirectoryID = storage.directoryID
+        config.faults.apply(to: &coreConfig)
+        #if NODELEASE_FAULTS
+            faultClock = config.faults.clockRateFile.map(FaultClock.init(path:))
+        #endif
         coreConfig.requestIDBase = UInt64.random(in: 0...(UInt64.max >> 16)) << 16
         self.core = ReplicaCore(config: coreConfig, node: node, registry: registry)
         raftState.set(term: node.term, role: node.role)
@@ -94,7 +103,11 @@ actor RaftDriver {
     /// Monotonic nanoseconds since this process started.
     private var now: UInt64 {
         let d = ContinuousClock.now - started
-        return UInt64(d.components.seconds) * 1_000_000_000 + UInt64(d.components.attoseconds / 1_000_000_000)
+        let raw = UInt64(d.components.seconds) * 1_000_000_000 + UInt64(d.components.attoseconds / 1_000_000_000)
+        #if NODELEASE_FAULTS
+            if let faultClock { return faultClock.now(raw: raw) }
+        #endif
+        return raw
     }
 
     private var wall: UInt64 { UInt64(Date().timeIntervalSince1970) }

@@ -29,6 +29,8 @@ public struct ServerConfig: Sendable {
     public var keepAfterSnapshot: UInt64 = 5_000
     /// How long and how many idempotency keys the registry remembers (shared/API.md).
     public var idempotencyWindow = IdempotencyWindow()
+    /// The fault build's planted bug and test facilities (empty in a normal build).
+    public var faults = FaultOptions()
 
     public init(replicaID: ReplicaID, peers: [ReplicaID: PeerAddress], clientListen: PeerAddress, dataDir: String) {
         self.replicaID = replicaID

@@ -39,6 +39,13 @@ public struct ReplicaCore {
         /// Broken on purpose (simulator mutants only): entries apply as if they carried no
         /// idempotency key, so a repeated write applies again.
         public var breakExactlyOnce = false
+        /// Broken on purpose: a linearizable read is answered from this replica's applied
+        /// state at once, without a read index confirmed by a quorum.
+        public var breakReadBarrier = false
+        /// Broken on purpose: local reads are served before the catch-up read after a start.
+        public var breakCatchUp = false
+        /// Registry rules broken on purpose (see `RegistryFaults`).
+        public var registryFaults: RegistryFaults = []
         /// `.applied` carries the registry right after each entry (observers in the
         /// simulator; a copy per entry, so off in the server).
         public var reportRegistryWithEntries = false
@@ -132,6 +139,7 @@ public struct ReplicaCore {
         self.config = config
         self.node = node
         self.registry = registry
+        self.registry.faults = config.registryFaults
         self.expiry = LeaseExpiry(config: config.expiry)
         self.nextRequestID = config.requestIDBase
         self.lastRole = node.role
@@ -222,6 +230,10 @@ public struct ReplicaCore {
     /// index the leader confirmed with a quorum after the request arrived, or `.timedOut`.
     public mutating func read(now: UInt64) -> UInt64 {
         let id = newRequest(now: now)
+        if config.breakReadBarrier {
+            effects.append(.readDone(id, node.appliedIndex))
+            return id
+        }
         reads[id] = Read()
         sendRead(id, now: now)
         afterInput(now: now)
@@ -229,7 +241,7 @@ public struct ReplicaCore {
     }
 
     /// Whether a local (serializable) read may be served: not before catching up after a start.
-    public func mayServeLocalRead(confirmed: Bool) -> Bool { caughtUp || confirmed }
+    public func mayServeLocalRead(confirmed: Bool) -> Bool { caughtUp || confirmed || config.breakCatchUp }
 
     /// Ready for clients: knows a leader, caught up, and applied its commit index.
     public var isReady: Bool { caughtUp && node.leader != nil && node.appliedIndex >= node.commitIndex }
@@ -267,6 +279,7 @@ public struct ReplicaCore {
         if let s = rd.snapshot {
             do {
                 registry = try LeaseRegistry(snapshot: s.data)
+                registry.faults = config.registryFaults
                 effects.append(.installedSnapshot(s.metadata))
             } catch {
                 effects.append(.fatal("the leader's snapshot does not decode: \(error)"))

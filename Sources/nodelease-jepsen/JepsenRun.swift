@@ -17,7 +17,8 @@ struct JepsenRun: AsyncParsableCommand {
 
     @Option(help: "Replicas: 3 or 5.") var replicas: Int = 3
     @Option(help: "Seconds of workload under faults.") var timeLimit: Int = 60
-    @Option(help: "Faults: any of partition, kill, pause, clock, all, none (comma-separated).") var nemesis: String = "partition,kill,pause"
+    @Option(help: "Faults: any of partition, kill, pause, clock, power, drift, all, none (comma-separated); drift needs the fault build.")
+    var nemesis: String?
     @Option(help: "Client processes (mail nodes).") var concurrency: Int = 6
     @Option(help: "Seed for the fault and workload schedule.") var seed: UInt64 = UInt64(Date().timeIntervalSince1970)
     @Option(help: "Target operations per second, over all clients.") var rate: Int = 50
@@ -25,17 +26,49 @@ struct JepsenRun: AsyncParsableCommand {
     @Option(help: "Store folder for this run.") var store: String = ""
     @Option(help: "Re-run the checkers on a stored run's folder instead of testing.") var check: String = ""
     @Flag(help: "The runner is inside a network namespace of its own (partitions with nftables).") var netns = false
+    @Option(help: "Hostnames the clients use (default: half the clients).") var hostnames: Int?
+    @Option(help: "Node IDs the replicas hand out, LOW-HIGH (default: one fewer than the hostnames, so IDs are exhausted, retired and reused).")
+    var idRange: String?
+    @Option(help: "Seconds a stale node keeps its ID.") var retention: Int = 6
+    @Flag(help: "The nodelease binary is a fault build (-DNODELEASE_FAULTS): lazy disk and clock-rate files on.") var faultBuild = false
+    @Option(help: "Plant this bug in every replica (needs --fault-build); the run passes only if a checker meant for it reports it.")
+    var planted: String?
+    @Flag(help: "Print the names of the bugs the fault build can plant, one a line.") var listPlanted = false
 
     func validate() throws {
         guard replicas == 3 || replicas == 5 else { throw ValidationError("--replicas must be 3 or 5") }
         guard timeLimit >= 5 else { throw ValidationError("--time-limit must be at least 5 seconds") }
-        let known: Set<String> = ["partition", "kill", "pause", "clock", "all", "none"]
-        for n in nemesis.split(separator: ",") where !known.contains(String(n)) {
+        let known: Set<String> = ["partition", "kill", "pause", "clock", "power", "drift", "all", "none"]
+        for n in (nemesis ?? "").split(separator: ",") where !known.contains(String(n)) {
             throw ValidationError("unknown nemesis \(n)")
         }
+        if let planted {
+            guard PlantedBug.named(planted) != nil else {
+                throw ValidationError("unknown planted bug \(planted); known: \(PlantedBug.all.map(\.name).joined(separator: ", "))")
+            }
+            guard faultBuild else { throw ValidationError("--planted needs --fault-build (Jepsen/run --planted builds it)") }
+        }
+        if (nemesis ?? "").contains("drift") && !faultBuild { throw ValidationError("nemesis drift needs --fault-build") }
+    }
+
+    /// The faults of this run: --nemesis, else the planted bug's, else partition,kill,pause.
+    var faultNames: Set<String> {
+        let spec = nemesis ?? planted.flatMap(PlantedBug.named)?.nemesis ?? "partition,kill,pause"
+        var faults = Set(spec.split(separator: ",").map(String.init))
+        if faults.contains("all") {
+            faults.remove("all")
+            faults.formUnion(["partition", "kill", "pause", "clock", "power"])
+            if faultBuild { faults.insert("drift") }
+        }
+        faults.remove("none")
+        return faults
     }
 
     func run() async throws {
+        if listPlanted {
+            for b in PlantedBug.all { say(b.name) }
+            return
+        }
         if !check.isEmpty {
             // Re-check a stored run: its history, nemesis log and final read.
             var (ops, events, final) = try Report.loadInputs(dir: check)
@@ -46,12 +79,12 @@ struct JepsenRun: AsyncParsableCommand {
                 ops += Checks.finalReadOps(
                     hostnames: Set(ops.map(\.hostname)).sorted(), final: final, invoke: after, complete: after + 60_000_000_000)
             }
-            let checked = Checks.run(ops: ops, final: final, nemesis: events)
-            try checked.printVerdict()
+            let info = Report.loadRunInfo(dir: check)
+            let checked = Checks.run(ops: ops, final: final, nemesis: events, info: info)
+            try checked.printVerdict(info: info)
             return
         }
-        var faults = Set(nemesis.split(separator: ",").map(String.init))
-        if faults.contains("all") { faults = ["partition", "kill", "pause", "clock"] }
+        var faults = faultNames
         var clockLibrary: String?
         if faults.contains("clock") {
             clockLibrary = TestCluster.findFaketime()
@@ -61,14 +94,25 @@ struct JepsenRun: AsyncParsableCommand {
             }
         }
         if faults.contains("partition") && !netns {
-            say("nemesis partition: not run (needs the network namespace that Jepsen/run creates)")
-            faults.remove("partition")
+            // A run asked to partition that cannot is not a pass.
+            say("nemesis partition: cannot run (needs root, iproute2 and nftables for the network namespace that Jepsen/run creates); "
+                + "leave partition out of --nemesis to run without it")
+            throw ExitCode(2)
         }
         let dir = store.isEmpty ? "Jepsen/store/nodelease/\(Int(Date().timeIntervalSince1970))" : store
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        say("store: \(dir)  seed: \(seed)  replicas: \(replicas)  nemesis: \(faults.sorted().joined(separator: ",")))")
+        say("store: \(dir)  seed: \(seed)  replicas: \(replicas)  nemesis: \(faults.isEmpty ? "none" : faults.sorted().joined(separator: ","))")
 
-        let cluster = TestCluster(size: replicas, binary: binary, dir: dir, distinctAddresses: netns, clockLibrary: clockLibrary)
+        let hostCount = hostnames ?? max(2, concurrency / 2)
+        let range = idRange ?? "1-\(max(1, hostCount - 1))"
+        let info = RunInfo(
+            seed: seed, replicas: replicas, faults: faults.sorted(), hostnames: hostCount, idRange: range, retentionSeconds: retention,
+            planted: planted, faultBuild: faultBuild)
+        try Report.saveRunInfo(dir: dir, info)
+        if let planted { say("planted bug: \(planted) (expected to be caught by \(PlantedBug.named(planted)!.checkers.joined(separator: " or ")))") }
+        let cluster = TestCluster(
+            size: replicas, binary: binary, dir: dir, distinctAddresses: netns, clockLibrary: clockLibrary, idRange: range,
+            retentionSeconds: retention, planted: planted, faultBuild: faultBuild)
         defer { cluster.stopAll() }
         try cluster.startAll()
         guard await cluster.waitForLeader(seconds: 30) else {
@@ -82,21 +126,25 @@ struct JepsenRun: AsyncParsableCommand {
         let nemesisLog = NemesisLog()
         let end = start + .seconds(timeLimit)
         var random = SplitMix(seed: seed)
-        let hostnames = max(1, concurrency / 2)
         let ttl: UInt32 = 4
         let activeFaults = faults
+        let leaders = LeaderLog()
+        let forgets = info.idReuse
 
         await withTaskGroup(of: Void.self) { group in
             for p in 0..<concurrency {
                 let worker = Worker(
-                    process: p, hostname: "mx\(p % hostnames).jepsen.test", holder: "holder-\(p)", ttl: ttl, cluster: cluster,
-                    history: history, end: end, seed: random.next(), interval: Duration.milliseconds(max(1, 1000 * concurrency / max(1, rate))))
+                    process: p, hostname: "mx\(p % hostCount).jepsen.test", holder: "holder-\(p)", ttl: ttl, cluster: cluster,
+                    history: history, end: end, seed: random.next(), interval: Duration.milliseconds(max(1, 1000 * concurrency / max(1, rate))),
+                    forgets: forgets)
                 group.addTask { await worker.run() }
             }
             let nemesisSeed = random.next()
             group.addTask {
                 await Nemesis(cluster: cluster, faults: activeFaults, seed: nemesisSeed, log: nemesisLog, start: start).run(until: end - .seconds(5))
             }
+            // Who claims to lead, in which term: two leaders of one term break election safety.
+            group.addTask { await leaders.poll(cluster, history: history, until: end) }
         }
         // Heal, let the cluster settle, and take the final linearizable read.
         cluster.healAll()
@@ -112,11 +160,83 @@ struct JepsenRun: AsyncParsableCommand {
 
         let ops = history.all
         let events = nemesisLog.all
+        var stored = info
+        stored.leaders = leaders.all
+        try Report.saveRunInfo(dir: dir, stored)
         try Report.saveInputs(dir: dir, ops: ops, nemesis: events, final: final)
-        let checked = Checks.run(ops: ops, final: final, nemesis: events)
+        let checked = Checks.run(ops: ops, final: final, nemesis: events, info: stored)
         try Report.write(dir: dir, ops: ops, nemesis: events, checked: checked, seed: seed, faults: faults.sorted())
-        try checked.printVerdict()
+        say("replay: Jepsen/run \(replayArguments)")
+        try checked.printVerdict(info: stored)
     }
+}
+
+extension JepsenRun {
+    /// The command line that runs this test again with the same schedule.
+    var replayArguments: String {
+        var a = "--replicas \(replicas) --time-limit \(timeLimit) --concurrency \(concurrency) --rate \(rate) --seed \(seed)"
+        a += " --nemesis \(faultNames.isEmpty ? "none" : faultNames.sorted().joined(separator: ","))"
+        if let hostnames { a += " --hostnames \(hostnames)" }
+        if let idRange { a += " --id-range \(idRange)" }
+        if retention != 6 { a += " --retention \(retention)" }
+        if let planted { a += " --planted \(planted)" } else if faultBuild { a += " --fault-build" }
+        return a
+    }
+}
+
+/// What a run was configured with (and the leaders it saw), stored as `run.json`.
+struct RunInfo: Codable, Sendable {
+    var seed: UInt64
+    var replicas: Int
+    var faults: [String]
+    var hostnames: Int
+    var idRange: String
+    var retentionSeconds: Int
+    var planted: String?
+    var faultBuild: Bool
+    var leaders: [LeaderClaim] = []
+
+    /// Fewer IDs than hostnames: IDs move between hostnames.
+    var idReuse: Bool {
+        let parts = idRange.split(separator: "-").compactMap { Int($0) }
+        guard parts.count == 2 else { return false }
+        return parts[1] - parts[0] + 1 < hostnames
+    }
+}
+
+/// A replica that said it was the leader of a term, and when.
+struct LeaderClaim: Codable, Sendable, Hashable {
+    var time: UInt64
+    var replica: Int
+    var term: UInt64
+}
+
+/// Polls every replica's status a few times a second and keeps each leadership claim.
+final class LeaderLog: Sendable {
+    private let claims = NIOLockedValueBox<Set<LeaderClaim>>([])
+    private let firstSeen = NIOLockedValueBox<[String: UInt64]>([:])
+
+    func poll(_ cluster: TestCluster, history: HistoryLog, until end: ContinuousClock.Instant) async {
+        while ContinuousClock.now < end {
+            for i in 1...cluster.size {
+                if let (status, json, _) = await cluster.request(i, "GET", "/v1/status", timeout: 0.3), status == 200,
+                    json["role"] as? String == "leader", let term = json["term"] as? Int
+                {
+                    let key = "\(i)/\(term)"
+                    let t = history.now()
+                    let fresh = firstSeen.withLockedValue { seen in
+                        if seen[key] != nil { return false }
+                        seen[key] = t
+                        return true
+                    }
+                    if fresh { claims.withLockedValue { _ = $0.insert(LeaderClaim(time: t, replica: i, term: UInt64(term))) } }
+                }
+            }
+            try? await Task.sleep(for: .milliseconds(150))
+        }
+    }
+
+    var all: [LeaderClaim] { claims.withLockedValue { $0 }.sorted { ($0.term, $0.time) < ($1.term, $1.time) } }
 }
 
 func say(_ s: String) {
@@ -130,7 +250,7 @@ func nanoseconds(since start: ContinuousClock.Instant) -> UInt64 {
 }
 
 /// SplitMix64, for the test's schedule.
-struct SplitMix {
+struct SplitMix: RandomNumberGenerator {
     var state: UInt64
     init(seed: UInt64) { state = seed }
     mutating func next() -> UInt64 {

@@ -31,6 +31,18 @@ enum Report {
         return (ops.sorted { $0.invoke < $1.invoke }, nemesis, final)
     }
 
+    static func saveRunInfo(dir: String, _ info: RunInfo) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        try encoder.encode(info).write(to: URL(fileURLWithPath: dir + "/run.json"))
+    }
+
+    /// The stored run's configuration (nil for runs stored before run.json existed).
+    static func loadRunInfo(dir: String) -> RunInfo? {
+        guard let data = try? Data(contentsOf: URL(fileURLWithPath: dir + "/run.json")) else { return nil }
+        return try? JSONDecoder().decode(RunInfo.self, from: data)
+    }
+
     struct FinalRow: Codable {
         var hostname: String
         var nodeId: UInt32

@@ -1,4 +1,5 @@
 import Foundation
+import JepsenCheckers
 import NIOConcurrencyHelpers
 
 #if canImport(FoundationNetworking)
@@ -19,6 +20,13 @@ final class TestCluster: Sendable {
 
     /// libfaketime, when the clock nemesis is on.
     let clockLibrary: String?
+    /// The replicas' workload settings: node IDs to hand out, retention of stale nodes.
+    let idRange: String
+    let retentionSeconds: Int
+    /// The fault build's switches: the planted bug (if any); with `faultBuild`, the lazy disk
+    /// and a monotonic-clock rate file per replica are always on.
+    let planted: String?
+    let faultBuild: Bool
 
     /// Where Debian's `faketime` package puts the library, if it is installed.
     static func findFaketime() -> String? {
@@ -29,8 +37,15 @@ final class TestCluster: Sendable {
         return nil
     }
 
-    init(size: Int, binary: String, dir: String, distinctAddresses: Bool, clockLibrary: String?) {
+    init(
+        size: Int, binary: String, dir: String, distinctAddresses: Bool, clockLibrary: String?, idRange: String, retentionSeconds: Int,
+        planted: String?, faultBuild: Bool
+    ) {
         self.clockLibrary = clockLibrary
+        self.idRange = idRange
+        self.retentionSeconds = retentionSeconds
+        self.planted = planted
+        self.faultBuild = faultBuild
         self.size = size
         self.binary = binary
         self.dir = dir
@@ -56,13 +71,25 @@ final class TestCluster: Sendable {
             "--heartbeat-interval", "60", "--request-timeout", "2000", "--min-ttl", "1",
             // Snapshots, compaction and catch-up by snapshot every few seconds, under faults.
             "--snapshot-every", "200", "--snapshot-keep", "10",
+            "--node-id-range", idRange, "--retention", "\(retentionSeconds)",
         ]
+        var env = ProcessInfo.processInfo.environment
+        for k in env.keys where k.hasPrefix("NODELEASE_") { env[k] = nil }
+        if faultBuild {
+            // The fault build: a disk that loses unsynced writes on a crash, a monotonic clock
+            // whose rate the drift nemesis sets, and the planted bug if there is one.
+            env["NODELEASE_FAULT_LAZY_DISK"] = "1"
+            let rate = rateFile(i)
+            if !FileManager.default.fileExists(atPath: rate) { try "1.0\n".write(toFile: rate, atomically: true, encoding: .utf8) }
+            env["NODELEASE_FAULT_CLOCK_FILE"] = rate
+            if let planted { env["NODELEASE_FAULT"] = planted }
+        }
+        p.environment = env
         if let lib = clockLibrary {
             // Each replica's wall clock follows its own faketime file (re-read every second);
             // the monotonic clock, which lease timing uses, is left alone.
             let file = "\(dir)/replica-\(i).faketime"
             if !FileManager.default.fileExists(atPath: file) { try "+0 x1\n".write(toFile: file, atomically: true, encoding: .utf8) }
-            var env = ProcessInfo.processInfo.environment
             env["LD_PRELOAD"] = lib
             env["FAKETIME_TIMESTAMP_FILE"] = file
             env["FAKETIME_CACHE_DURATION"] = "1"
@@ -85,6 +112,18 @@ final class TestCluster: Sendable {
     }
 
     func startAll() throws { for i in 1...size { try start(i) } }
+
+    func rateFile(_ i: Int) -> String { "\(dir)/replica-\(i).rate" }
+
+    /// Sets replica i's monotonic clock rate (fault build only; 1.0 is true time).
+    func setRate(_ i: Int, _ rate: Double) {
+        guard faultBuild else { return }
+        try? String(format: "%.4f\n", rate).write(toFile: rateFile(i), atomically: true, encoding: .utf8)
+    }
+
+    /// Kills every replica at once: a power cut of the whole cluster (in the fault build, with
+    /// its lazy disk, each loses what it had not synced).
+    func killAll() { for i in 1...size { kill9(i) } }
 
     func isRunning(_ i: Int) -> Bool { processes.withLockedValue { $0[i]?.isRunning ?? false } }
 
@@ -158,7 +197,10 @@ final class TestCluster: Sendable {
     }
 
     func healClocks() {
-        for i in 1...size { setClock(i, "+0 x1") }
+        for i in 1...size {
+            setClock(i, "+0 x1")
+            setRate(i, 1.0)
+        }
     }
 
     /// The replica that a majority of replicas names as leader, if any answers.
@@ -189,9 +231,12 @@ final class TestCluster: Sendable {
         }
     }
 
-    func request(_ i: Int, _ method: String, _ path: String, body: String? = nil, timeout: Double = 2) async -> (Int, [String: Any], [String: String])? {
+    func request(
+        _ i: Int, _ method: String, _ path: String, body: String? = nil, headers extra: [String: String] = [:], timeout: Double = 2
+    ) async -> (Int, [String: Any], [String: String])? {
         var r = URLRequest(url: url(i, path))
         r.httpMethod = method
+        for (k, v) in extra { r.setValue(v, forHTTPHeaderField: k) }
         r.timeoutInterval = timeout
         if let body { r.httpBody = Data(body.utf8) }
         guard let (data, response) = try? await session.data(for: r), let http = response as? HTTPURLResponse else { return nil }
@@ -216,6 +261,13 @@ final class TestCluster: Sendable {
             try? await Task.sleep(for: .milliseconds(200))
         }
         return false
+    }
+
+    static func registry(_ list: [[String: Any]]) -> [RegistryEntry] {
+        list.compactMap { n in
+            guard let h = n["hostname"] as? String, let id = n["nodeId"] as? Int, let s = n["status"] as? String else { return nil }
+            return RegistryEntry(nodeId: UInt32(id), hostname: h, status: s)
+        }
     }
 
     /// The registry by linearizable read, hostname → (node, status).

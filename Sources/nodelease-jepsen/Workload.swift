@@ -1,9 +1,16 @@
 import Foundation
 import JepsenCheckers
 
-/// One client process: a mail node that acquires its hostname's node ID, renews it (sometimes
-/// late), releases it now and then, and reads the registry from random replicas. Every
-/// operation is recorded with its outcome; a timeout is recorded as unknown (`info`).
+/// One client process: a mail node that acquires its hostname's node ID, renews it, releases
+/// it now and then, acquires again as the same holder (a restart), reads the whole registry
+/// from random replicas, and forgets stale or inactive nodes now and then. Every operation is
+/// recorded with its outcome; a timeout, a dropped connection or a 503 is unknown (`info`).
+///
+/// Renewals are planned once per lease period: most at a third of the TTL, some near the
+/// holder-side deadline, and some after it (the holder no longer trusts the lease by then, but
+/// the leader may not have expired it yet: such a renewal races the leader's expiry, which is
+/// where the expiry rules are tested). A write with an unknown outcome is sometimes retried
+/// once through another replica under the same `Idempotency-Key`; the pair is one operation.
 struct Worker: Sendable {
     let process: Int
     let hostname: String
@@ -14,61 +21,142 @@ struct Worker: Sendable {
     let end: ContinuousClock.Instant
     let seed: UInt64
     let interval: Duration
+    /// Forget stale or inactive nodes now and then (the small-ID-range workload).
+    let forgets: Bool
+
+    struct Held {
+        var id: String
+        var node: UInt32
+        var sentAt: UInt64
+        /// When the next renewal (or release) is planned.
+        var due: UInt64
+    }
+
+    var ttlNanos: UInt64 { UInt64(ttl) * 1_000_000_000 }
+
+    /// When to renew a lease whose last successful renewal was sent at `sent`.
+    func plan(_ sent: UInt64, _ random: inout SplitMix) -> UInt64 {
+        let roll = random.below(100)
+        if roll < 80 { return sent + ttlNanos / 3 }
+        if roll < 90 { return sent + ttlNanos * UInt64(850 + random.below(140)) / 1000 }
+        // Late: at or past the holder-side deadline, within 3 % of the TTL after it.
+        return sent + ttlNanos * UInt64(1000 + random.below(31)) / 1000
+    }
 
     func run() async {
         var random = SplitMix(seed: seed)
-        var lease: (id: String, node: UInt32, sentAt: UInt64)?
+        var held: Held?
         // Leases this holder asked to release: never trusted again, since the release may
         // still land even if an acquire hands the same lease back.
         var released: Set<String> = []
         var target = 1 + random.below(cluster.size)
+        var lastSeen: [RegistryEntry] = []
+        // A node that shut down or crashed does nothing but read until then.
+        var downUntil: UInt64 = 0
         while ContinuousClock.now < end {
-            try? await Task.sleep(for: interval)
-            // The holder-side deadline: past it, this node stops believing it holds the ID.
-            if let l = lease, history.now() >= l.sentAt + UInt64(ttl) * 1_000_000_000 { lease = nil }
+            var pause = interval
+            if let h = held {
+                let now = history.now()
+                if h.due > now, h.due - now < UInt64(interval.components.seconds) * 1_000_000_000 + UInt64(interval.components.attoseconds / 1_000_000_000) {
+                    pause = .nanoseconds(Int64(h.due - now))
+                }
+            }
+            try? await Task.sleep(for: pause)
+            let now = history.now()
+            // Long past the deadline (a late renewal that never came): acquire afresh.
+            if let h = held, now > h.sentAt + ttlNanos + ttlNanos / 20 { held = nil }
             let roll = random.below(100)
-            if roll < 25 {
-                await read(&random)
+            if roll < 25 && (held == nil || held!.due > now + 50_000_000) {
+                if let r = await read(&random) { lastSeen = r }
+                continue
+            }
+            if forgets && roll < 27, let victim = lastSeen.filter({ $0.status != "active" && $0.hostname != hostname }).randomElement(using: &random) {
+                await forget(victim, target)
                 continue
             }
             if random.below(4) == 0 { target = 1 + random.below(cluster.size) }
-            if let l = lease {
-                // Renew at a third of the TTL after the last send, now and then late.
-                let due = l.sentAt + UInt64(ttl) * 1_000_000_000 / (random.below(10) == 0 ? 1 : 3)
-                if history.now() < due { continue }
-                if random.below(12) == 0 {
-                    released.insert(l.id)
-                    lease = nil
-                    await op(.release, "DELETE", "/v1/leases/\(l.id)", nil, target, lease: l.id)
+            if now < downUntil { continue }
+            if let h = held {
+                if now < h.due { continue }
+                let action = random.below(100)
+                if action < 10 {
+                    // A clean shutdown: release, stay down for a while.
+                    released.insert(h.id)
+                    held = nil
+                    await write(.release, "DELETE", "/v1/leases/\(h.id)", nil, target, lease: h.id, &random)
+                    downUntil = history.now() + UInt64(1 + random.below(4)) * 1_000_000_000
+                    continue
+                }
+                if action < 14 {
+                    // A crash: the lease is left to expire; back after a while.
+                    held = nil
+                    downUntil = now + UInt64(2 + random.below(10)) * 1_000_000_000
                     continue
                 }
                 let sent = history.now()
-                if let r = await op(.renew, "POST", "/v1/leases/\(l.id)/renew", "{}", target, lease: l.id) {
-                    if r.outcome == .ok { lease = (l.id, l.node, sent) }
-                    if r.outcome == .fail { lease = nil }
+                let r: HistoryOp?
+                if action < 24 {
+                    // A restart: the same holder acquires again and must get its lease back
+                    // while it is live.
+                    r = await write(.acquire, "POST", "/v1/leases", acquireBody, target, lease: nil, &random)
+                } else {
+                    r = await write(.renew, "POST", "/v1/leases/\(h.id)/renew", "{}", target, lease: h.id, &random)
                 }
+                guard let r else { continue }
+                if r.outcome == .ok, let id = r.leaseId, !released.contains(id) {
+                    held = Held(id: id, node: r.nodeId ?? h.node, sentAt: r.invoke, due: plan(r.invoke, &random))
+                } else if r.outcome == .fail {
+                    held = nil
+                } else if r.outcome == .ok {
+                    held = nil
+                }
+                _ = sent
             } else {
-                let sent = history.now()
-                let body = "{\"hostname\":\"\(hostname)\",\"holder\":\"\(holder)\",\"ttlSeconds\":\(ttl)}"
-                if let r = await op(.acquire, "POST", "/v1/leases", body, target, lease: nil), r.outcome == .ok, let id = r.leaseId, let node = r.nodeId {
+                let r = await write(.acquire, "POST", "/v1/leases", acquireBody, target, lease: nil, &random)
+                if r?.outcome == .fail {
+                    // Refused (another holder has the hostname, or no ID is free): back off.
+                    downUntil = history.now() + UInt64(300 + random.below(1200)) * 1_000_000
+                }
+                if let r, r.outcome == .ok, let id = r.leaseId, let node = r.nodeId {
                     if released.contains(id) {
                         // Our own earlier release of this very lease may still take effect:
                         // release it again and wait for a new grant.
-                        await op(.release, "DELETE", "/v1/leases/\(id)", nil, target, lease: id)
+                        await write(.release, "DELETE", "/v1/leases/\(id)", nil, target, lease: id, &random)
                     } else {
-                        lease = (id, node, sent)
+                        held = Held(id: id, node: node, sentAt: r.invoke, due: plan(r.invoke, &random))
                     }
                 }
             }
         }
     }
 
+    var acquireBody: String { "{\"hostname\":\"\(hostname)\",\"holder\":\"\(holder)\",\"ttlSeconds\":\(ttl)}" }
+
+    /// A write; an unknown outcome is retried once (half the time) through another replica
+    /// under the same idempotency key, and the two attempts are recorded as one operation.
     @discardableResult
-    func op(_ kind: HistoryOp.Kind, _ method: String, _ path: String, _ body: String?, _ replica: Int, lease: String?) async -> HistoryOp? {
+    func write(
+        _ kind: HistoryOp.Kind, _ method: String, _ path: String, _ body: String?, _ replica: Int, lease: String?, _ random: inout SplitMix
+    ) async -> HistoryOp? {
+        let key = "j\(process)-\(random.next() & 0xFFFF_FFFF_FFFF)"
+        var o = await attempt(kind, method, path, body, replica, lease: lease, key: key)
+        if o.outcome == .info && random.below(2) == 0 {
+            try? await Task.sleep(for: .milliseconds(100))
+            let again = await attempt(kind, method, path, body, 1 + (replica % cluster.size), lease: lease, key: key)
+            let invoke = o.invoke
+            o = again
+            o.invoke = invoke
+        }
+        history.add(o)
+        return o
+    }
+
+    private func attempt(_ kind: HistoryOp.Kind, _ method: String, _ path: String, _ body: String?, _ replica: Int, lease: String?, key: String) async -> HistoryOp {
         var o = HistoryOp(process: process, kind: kind, hostname: hostname, holder: holder, invoke: history.now(), complete: 0, outcome: .info)
         o.leaseId = lease
         o.replica = replica
-        let answer = await cluster.request(replica, method, path, body: body, timeout: 2.5)
+        o.key = key
+        let answer = await cluster.request(replica, method, path, body: body, headers: ["Idempotency-Key": key], timeout: 2.5)
         o.complete = history.now()
         if let (status, json, headers) = answer {
             // The index of the entry that applied this write (or refused it).
@@ -90,11 +178,36 @@ struct Worker: Sendable {
                 o.error = json["error"] as? String
             }
         }
-        history.add(o)
         return o
     }
 
-    func read(_ random: inout SplitMix) async {
+    /// Forgets a node the last read showed stale or inactive. A success names the hostname it
+    /// removed (the ID may have moved since the read); otherwise the op carries the one the
+    /// read showed.
+    func forget(_ victim: RegistryEntry, _ replica: Int) async {
+        var o = HistoryOp(process: process, kind: .forget, hostname: victim.hostname, holder: holder, invoke: history.now(), complete: 0, outcome: .info)
+        o.replica = replica
+        o.nodeId = victim.nodeId
+        let answer = await cluster.request(replica, "DELETE", "/v1/cluster/nodes/\(victim.nodeId)", timeout: 2.5)
+        o.complete = history.now()
+        if let (status, json, headers) = answer {
+            o.index = headers["x-nodelease-index"].flatMap(UInt64.init)
+            switch status {
+            case 200:
+                o.outcome = .ok
+                if let h = json["hostname"] as? String { o.hostname = h }
+                if let s = json["status"] as? String { o.status = s }
+            case 503: o.outcome = .info
+            default:
+                o.outcome = .fail
+                o.error = json["error"] as? String
+            }
+        }
+        history.add(o)
+    }
+
+    /// Reads the whole registry from a random replica (a third of the reads linearizable).
+    func read(_ random: inout SplitMix) async -> [RegistryEntry]? {
         let replica = 1 + random.below(cluster.size)
         let linearizable = random.below(3) == 0
         var o = HistoryOp(process: process, kind: .read, hostname: hostname, holder: holder, invoke: history.now(), complete: 0, outcome: .info)
@@ -105,12 +218,16 @@ struct Worker: Sendable {
         if let (status, json, headers) = answer {
             o.outcome = status == 200 ? .ok : (status == 503 ? .info : .fail)
             o.index = headers["x-nodelease-index"].flatMap(UInt64.init)
-            if let list = json["_array"] as? [[String: Any]], let me = list.first(where: { $0["hostname"] as? String == hostname }) {
-                o.nodeId = (me["nodeId"] as? Int).map(UInt32.init)
-                o.status = me["status"] as? String
+            if status == 200, let list = json["_array"] as? [[String: Any]] {
+                o.registry = TestCluster.registry(list)
+                if let me = o.registry!.first(where: { $0.hostname == hostname }) {
+                    o.nodeId = me.nodeId
+                    o.status = me.status
+                }
             }
         }
         history.add(o)
+        return o.registry
     }
 }
 
@@ -144,12 +261,49 @@ struct Nemesis: Sendable {
                     if !victims.contains(v) { victims.append(v) }
                 }
                 for v in victims { cluster.kill9(v) }
-                log.add(NemesisEvent(time: now(), fault: "kill", target: victims.map(String.init).joined(separator: ","), phase: "start"))
+                let names = victims.map(String.init).joined(separator: ",")
+                log.add(NemesisEvent(time: now(), fault: "kill", target: names, phase: "start"))
                 try? await Task.sleep(for: hold)
+                // Combined with a partition a third of the time (when partitions are on): the
+                // victims come back cut off from the others, so they restart behind and stay
+                // there for a while.
+                let isolate = faults.contains("partition") && random.below(3) == 0
+                if isolate {
+                    let rest = Array(1...n).filter { !victims.contains($0) }
+                    cluster.partition([victims, rest])
+                    log.add(NemesisEvent(time: now(), fault: "partition", target: "restarted \(names) isolated", phase: "start"))
+                }
                 for v in victims { try? cluster.start(v) }
-                log.add(NemesisEvent(time: now(), fault: "kill", target: victims.map(String.init).joined(separator: ","), phase: "end"))
+                log.add(NemesisEvent(time: now(), fault: "kill", target: names, phase: "end"))
+                if isolate {
+                    try? await Task.sleep(for: hold)
+                    cluster.healNetwork()
+                    log.add(NemesisEvent(time: now(), fault: "partition", target: "restarted \(names) isolated", phase: "end"))
+                }
+            case "power":
+                // A power cut of the whole cluster: every replica killed at once, all restarted
+                // together (the fault build's lazy disk then loses what was not synced).
+                cluster.killAll()
+                log.add(NemesisEvent(time: now(), fault: "power", target: "all", phase: "start"))
+                try? await Task.sleep(for: .milliseconds(300 + random.below(1200)))
+                for v in 1...n { try? cluster.start(v) }
+                log.add(NemesisEvent(time: now(), fault: "power", target: "all", phase: "end"))
+            case "drift":
+                // Monotonic clocks that run at different rates, within the 1 % margin the leader
+                // adds (fault build only): the leader half the time, up to 0.9 % fast or slow.
+                var v = 1 + random.below(n)
+                if random.below(2) == 0, let leader = await cluster.currentLeader() { v = leader }
+                let rate = 1.0 + Double(random.below(19) - 9) / 1000
+                cluster.setRate(v, rate)
+                let spec = String(format: "%d: x%.3f", v, rate)
+                log.add(NemesisEvent(time: now(), fault: "drift", target: spec, phase: "start"))
+                try? await Task.sleep(for: hold * 3)
+                cluster.setRate(v, 1.0)
+                log.add(NemesisEvent(time: now(), fault: "drift", target: spec, phase: "end"))
             case "pause":
-                let v = 1 + random.below(n)
+                // The leader half the time.
+                var v = 1 + random.below(n)
+                if random.below(2) == 0, let leader = await cluster.currentLeader() { v = leader }
                 cluster.pause(v)
                 log.add(NemesisEvent(time: now(), fault: "pause", target: "\(v)", phase: "start"))
                 try? await Task.sleep(for: hold)

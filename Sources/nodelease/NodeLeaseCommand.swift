@@ -117,6 +117,8 @@ struct ReplicaOptions: ParsableArguments {
         c.idempotencyWindow.seconds = try number(idempotencyWindow, "--idempotency-window", default: c.idempotencyWindow.seconds)
         c.idempotencyWindow.maxKeys = try number(idempotencyKeys, "--idempotency-keys", default: c.idempotencyWindow.maxKeys)
         if noFsync || Self.env("--no-fsync") == "1" { c.fsync = false }
+        // Planted bugs: only in a fault build; a normal build refuses to start with them set.
+        c.faults = try FaultOptions.fromEnvironment()
         try c.validate()
     }
 

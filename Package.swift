@@ -69,7 +69,7 @@ let package = Package(
         .executableTarget(
             name: "nodelease-jepsen",
             dependencies: [
-                "JepsenCheckers",
+                "JepsenCheckers", "NodeLeaseClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
@@ -121,7 +121,7 @@ let package = Package(
         .testTarget(
             name: "NodeLeaseServerTests",
             dependencies: [
-                "NodeLeaseServer", "NodeLeaseClient", "Raft", "RaftTransport", "nodelease",
+                "NodeLeaseServer", "NodeLeaseClient", "Raft", "RaftTransport", "nodelease", "JepsenCheckers",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -3,7 +3,7 @@ import Foundation
 /// One client operation as the Jepsen workload saw it. Times are monotonic nanoseconds since
 /// the test started, on the one clock every process of the test shares.
 public struct HistoryOp: Codable, Sendable, Hashable {
-    public enum Kind: String, Codable, Sendable {
+    public enum Kind: String, Codable, Sendable, CaseIterable {
         case acquire, renew, release, read
         /// Forget a node (`DELETE /v1/cluster/nodes/{nodeId}`); `hostname` is the one the
         /// answer named (or the one the client believed, when it has no answer).
@@ -200,6 +200,17 @@ public enum LeaseCheckers {
             }
         }
         return out
+    }
+
+    /// Election safety: at most one replica leads each term (from the leadership claims the
+    /// replicas' status showed during the run).
+    public static func electionSafety(_ claims: [(term: UInt64, replica: Int)]) -> [Anomaly] {
+        var byTerm: [UInt64: Set<Int>] = [:]
+        for c in claims { byTerm[c.term, default: []].insert(c.replica) }
+        return byTerm.keys.sorted().compactMap { t in
+            let rs = byTerm[t]!
+            return rs.count > 1 ? Anomaly(checker: "election", detail: "term \(t) had leaders \(rs.sorted())") : nil
+        }
     }
 
     static func describe(_ r: [RegistryEntry]) -> String {

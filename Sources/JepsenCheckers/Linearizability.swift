@@ -50,7 +50,11 @@ public enum Linearizability {
 
     /// Checks acquire, renew, release and linearizable reads. `budget` bounds the search steps
     /// per hostname; running out is reported as an anomaly (unknown is not valid).
-    public static func check(_ history: [HistoryOp], options: Options = Options(), budget: Int = 20_000_000) -> Report {
+    /// `budget` nil: 100 steps per operation of the hostname, at least 100,000 (a valid history
+    /// needs about one step per operation; invalid ones with many unknown outcomes can need
+    /// exponentially many). The search's memory is bounded too: past `maxCached` explored
+    /// configurations (a few KB each) it gives up the same way.
+    public static func check(_ history: [HistoryOp], options: Options = Options(), budget: Int? = nil, maxCached: Int = 200_000) -> Report {
         var report = Report()
         var byHost: [String: [HistoryOp]] = [:]
         var hostnames = Set(history.map(\.hostname))
@@ -66,15 +70,17 @@ public enum Linearizability {
         for host in byHost.keys.sorted() {
             let ops = byHost[host]!
             report.operations[host] = ops.count
-            var search = Search(ops: ops, options: options, budget: budget)
+            var search = Search(ops: ops, options: options, budget: budget ?? max(100_000, 100 * ops.count), maxCached: maxCached)
             let result = search.run()
             report.steps += search.steps
             switch result {
             case .linearizable: break
-            case .gaveUp:
+            case .gaveUp(let op, let depth):
                 report.gaveUp.append(host)
                 report.anomalies.append(
-                    Anomaly(checker: "linearizability", detail: "\(host): search gave up after \(search.steps) steps (verdict unknown)"))
+                    Anomaly(
+                        checker: "linearizability",
+                        detail: "\(host): search gave up after \(search.steps) steps (verdict unknown); stuck at \(describe(op)) with \(depth) of \(ops.count) operations linearized"))
             case .notLinearizable(let op, let states):
                 report.anomalies.append(
                     Anomaly(
@@ -318,7 +324,9 @@ struct Search {
     enum Result {
         case linearizable
         case notLinearizable(HistoryOp, [EntryState])
-        case gaveUp
+        /// The budget ran out; the operation the search was stuck at (its deepest point), and
+        /// how many operations it had linearized there.
+        case gaveUp(HistoryOp, depth: Int)
     }
 
     /// A set of model states, kept sorted by description so equal sets compare equal.
@@ -327,6 +335,7 @@ struct Search {
     private let ops: [HistoryOp]
     private let options: Linearizability.Options
     private let budget: Int
+    private let maxCached: Int
     private(set) var steps = 0
 
     // The event list: 2 entries per operation (call, return), doubly linked, in time order.
@@ -338,10 +347,11 @@ struct Search {
     private var time: [UInt64]
     private var returnEntry: [Int]
 
-    init(ops: [HistoryOp], options: Linearizability.Options, budget: Int) {
+    init(ops: [HistoryOp], options: Linearizability.Options, budget: Int, maxCached: Int = 1_000_000) {
         self.ops = ops
         self.options = options
         self.budget = budget
+        self.maxCached = maxCached
         struct Event { var time: UInt64; var call: Bool; var op: Int }
         var events: [Event] = []
         for (i, op) in ops.enumerated() {
@@ -407,7 +417,10 @@ struct Search {
         var deepest = (depth: -1, op: 0, states: states)
         while next[0] >= 0 {
             steps += 1
-            if steps > budget { return .gaveUp }
+            if steps > budget || cache.count > maxCached {
+                let at = deepest.depth >= 0 ? ops[deepest.op] : ops[max(0, opOf[entry])]
+                return .gaveUp(at, depth: max(deepest.depth, stack.count))
+            }
             if isCall[entry] {
                 let op = ops[opOf[entry]]
                 let h = horizon()

@@ -12,7 +12,7 @@ public struct PlantedBug: Sendable, Hashable {
     public static let all: [PlantedBug] = [
         PlantedBug(name: "skip-read-barrier", nemesis: "partition,pause", checkers: ["read-after-write", "linearizability", "indexed-reads"]),
         PlantedBug(name: "read-before-catch-up", nemesis: "kill,power", checkers: ["read-index", "indexed-reads"]),
-        PlantedBug(name: "vote-before-persist", nemesis: "kill,power", checkers: ["election", "same-index-reads", "linearizability", "final-state"]),
+        PlantedBug(name: "vote-before-persist", nemesis: "election-crash", checkers: ["election", "same-index-reads", "linearizability", "final-state"]),
         PlantedBug(name: "no-fsync", nemesis: "power", checkers: ["linearizability", "final-state", "read-index", "election", "same-index-reads"]),
         PlantedBug(name: "no-expiry-margin", nemesis: "drift", checkers: ["linearizability", "lease-safety"]),
         PlantedBug(name: "expire-ignores-renewal", nemesis: "none", checkers: ["linearizability", "lease-safety"]),

@@ -7,10 +7,33 @@
     /// as if in a page cache that a power cut empties, so a SIGKILL loses exactly what a power
     /// loss would. Reads see the unsynced writes. A file with many unsynced writes is written
     /// back without a sync now and then, as a kernel's writeback would. Directory operations
-    /// (create, rename, remove) are durable at once.
+    /// (create, rename, remove) are durable at once. A control file lets the disk nemesis make
+    /// fsyncs slow or fail.
     final class LazyFileSystem: StorageFileSystem, @unchecked Sendable {
         private let real = PosixFileSystem()
         private let lock = NSLock()
+        /// The disk nemesis's control file (`NODELEASE_FAULT_DISK_FILE`): empty for a healthy
+        /// disk, `slow MILLIS` for fsyncs that take that long, `fail` for fsyncs that fail.
+        private let control: String?
+        private var controlText = ""
+        private var controlRead = ContinuousClock.now - .seconds(1)
+
+        init(control: String?) { self.control = control }
+
+        /// What the disk nemesis asks of the next fsync (re-read at most every 100 ms).
+        func condition() -> (delayMillis: Int, fail: Bool) {
+            guard let control else { return (0, false) }
+            let text: String = locked {
+                if ContinuousClock.now - controlRead > .milliseconds(100) {
+                    controlRead = ContinuousClock.now
+                    controlText = ((try? String(contentsOfFile: control, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+                }
+                return controlText
+            }
+            if text == "fail" { return (0, true) }
+            if text.hasPrefix("slow "), let ms = Int(text.dropFirst(5)) { return (min(ms, 10_000), false) }
+            return (0, false)
+        }
         /// Unsynced writes per path, in the order they were made.
         private var pending: [String: [(offset: UInt64, bytes: [UInt8])]] = [:]
         /// Past this many unsynced writes a file is written back (still without an fsync).
@@ -108,6 +131,9 @@
         }
 
         func sync() throws {
+            let c = fs.condition()
+            if c.fail { throw StorageFailure.failed("fsync of \(path) failed (planted by the disk nemesis)") }
+            if c.delayMillis > 0 { usleep(UInt32(c.delayMillis) * 1000) }
             try fs.locked { try fs.writeBack(path, real: real) }
             try real.sync()
         }

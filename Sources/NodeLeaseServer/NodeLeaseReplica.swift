@@ -38,7 +38,7 @@ public final class NodeLeaseReplica: Service, Sendable {
         let storageLogger = logger
         var fileSystem: any StorageFileSystem = PosixFileSystem()
         #if NODELEASE_FAULTS
-            if config.faults.lazyDisk { fileSystem = LazyFileSystem() }
+            if config.faults.lazyDisk { fileSystem = LazyFileSystem(control: config.faults.diskControlFile) }
         #endif
         let storage = try DurableLog(
             directory: config.dataDir, fileSystem: fileSystem, membership: config.membership, options: .init(fsync: config.fsync),

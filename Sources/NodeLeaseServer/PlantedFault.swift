@@ -13,7 +13,8 @@ import ReplicaCore
 /// `NODELEASE_FAULT_LAZY_DISK=1` keeps every write since the last fsync in memory (so a
 /// SIGKILL loses exactly what a power cut would), and `NODELEASE_FAULT_CLOCK_FILE=PATH` makes
 /// the replica's monotonic clock run at the rate written in that file (re-read every 200 ms;
-/// a rate change never makes the clock jump).
+/// a rate change never makes the clock jump); with the lazy disk, `NODELEASE_FAULT_DISK_FILE=PATH`
+/// makes fsyncs slow or fail while that file says so.
 public enum PlantedFault: String, CaseIterable, Sendable {
     case skipReadBarrier = "skip-read-barrier"
     case readBeforeCatchUp = "read-before-catch-up"
@@ -57,13 +58,15 @@ public struct FaultOptions: Sendable, Equatable {
     public var planted: PlantedFault?
     public var lazyDisk = false
     public var clockRateFile: String?
+    /// With the lazy disk: a file whose content makes fsyncs slow (`slow MILLIS`) or fail (`fail`).
+    public var diskControlFile: String?
 
     public init() {}
 
-    public var isEmpty: Bool { planted == nil && !lazyDisk && clockRateFile == nil }
+    public var isEmpty: Bool { planted == nil && !lazyDisk && clockRateFile == nil && diskControlFile == nil }
 
     /// The variables this reads.
-    public static let variables = ["NODELEASE_FAULT", "NODELEASE_FAULT_LAZY_DISK", "NODELEASE_FAULT_CLOCK_FILE"]
+    public static let variables = ["NODELEASE_FAULT", "NODELEASE_FAULT_LAZY_DISK", "NODELEASE_FAULT_CLOCK_FILE", "NODELEASE_FAULT_DISK_FILE"]
 
     /// Reads `NODELEASE_FAULT*`. In a normal build any of them set is an error (the replica
     /// must not start); an unknown fault name is an error in either build.
@@ -86,6 +89,7 @@ public struct FaultOptions: Sendable, Equatable {
         }
         o.lazyDisk = env["NODELEASE_FAULT_LAZY_DISK"] == "1"
         if let f = env["NODELEASE_FAULT_CLOCK_FILE"], !f.isEmpty { o.clockRateFile = f }
+        if let f = env["NODELEASE_FAULT_DISK_FILE"], !f.isEmpty { o.diskControlFile = f }
         return o
     }
 

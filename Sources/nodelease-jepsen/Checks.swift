@@ -11,6 +11,8 @@ struct Checks {
     var checkSeconds = 0.0
     var operations = 0
     var ok = 0
+    /// Writes to the fenced resource: accepted, refused (a stale token, fenced off).
+    var fencedWrites = (accepted: 0, refused: 0)
 
     /// The process id of the final linearizable read in the history.
     static let finalProcess = -1
@@ -40,17 +42,9 @@ struct Checks {
             retentionNanos: retention, idReuse: info.idReuse, unknownForgets: ops.contains { $0.kind == .forget && $0.outcome == .info })
     }
 
-    /// Election safety: at most one replica claims leadership of a term.
-    static func elections(_ claims: [LeaderClaim]) -> [Anomaly] {
-        var byTerm: [UInt64: Set<Int>] = [:]
-        for c in claims { byTerm[c.term, default: []].insert(c.replica) }
-        return byTerm.keys.sorted().compactMap { t in
-            let rs = byTerm[t]!
-            return rs.count > 1 ? Anomaly(checker: "election", detail: "term \(t) had leaders \(rs.sorted())") : nil
-        }
-    }
-
-    static func run(ops: [HistoryOp], final: [String: (nodeId: UInt32, status: String)]?, nemesis: [NemesisEvent], info: RunInfo?) -> Checks {
+    static func run(
+        ops: [HistoryOp], final: [String: (nodeId: UInt32, status: String)]?, nemesis: [NemesisEvent], info: RunInfo?, fenced: [FencedWrite] = []
+    ) -> Checks {
         var c = Checks()
         let started = ContinuousClock.now
         let options = modelOptions(ops, info: info)
@@ -71,7 +65,9 @@ struct Checks {
         c.anomalies += LeaseCheckers.indexedReads(ops, options: options)
         c.anomalies += LeaseCheckers.sameIndexReads(ops)
         c.anomalies += LeaseCheckers.readsSeeAcknowledgedWrites(ops)
-        c.anomalies += elections(info?.leaders ?? [])
+        c.anomalies += FencedStore.check(fenced)
+        c.fencedWrites = (fenced.filter(\.accepted).count, fenced.filter { !$0.accepted }.count)
+        c.anomalies += LeaseCheckers.electionSafety((info?.leaders ?? []).map { ($0.term, $0.replica) })
         c.linearizability = Linearizability.check(ops, options: options)
         c.anomalies += c.linearizability.anomalies
         let ends = nemesis.filter { $0.phase == "end" }
@@ -110,6 +106,7 @@ struct Checks {
         let opsChecked = lin.operations.values.reduce(0, +)
         let healMs = heals.compactMap(\.ms).sorted()
         var s = "\(operations) operations (\(ok) ok), \(heals.count) faults healed, \(anomalies.count) anomalies\n"
+        s += "fenced resource: \(fencedWrites.accepted) writes accepted, \(fencedWrites.refused) refused (stale tokens)\n"
         s += "linearizability: \(opsChecked) operations over \(lin.operations.count) hostnames, \(lin.steps) search steps"
         s += String(format: ", checks took %.1f s", checkSeconds)
         if !healMs.isEmpty {

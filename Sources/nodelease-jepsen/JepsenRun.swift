@@ -17,7 +17,7 @@ struct JepsenRun: AsyncParsableCommand {
 
     @Option(help: "Replicas: 3 or 5.") var replicas: Int = 3
     @Option(help: "Seconds of workload under faults.") var timeLimit: Int = 60
-    @Option(help: "Faults: any of partition, kill, pause, clock, power, drift, all, none (comma-separated); drift needs the fault build.")
+    @Option(help: "Faults: any of partition, kill, pause, clock, power, drift, disk, election-crash, all, none (comma-separated); drift, disk and election-crash need the fault build.")
     var nemesis: String?
     @Option(help: "Client processes (mail nodes).") var concurrency: Int = 6
     @Option(help: "Seed for the fault and workload schedule.") var seed: UInt64 = UInt64(Date().timeIntervalSince1970)
@@ -34,11 +34,18 @@ struct JepsenRun: AsyncParsableCommand {
     @Option(help: "Plant this bug in every replica (needs --fault-build); the run passes only if a checker meant for it reports it.")
     var planted: String?
     @Flag(help: "Print the names of the bugs the fault build can plant, one a line.") var listPlanted = false
+    @Option(help: "Holders that are real LeaseKeepers in processes of their own (paused by the pause nemesis).") var keepers: Int = 2
+    // A keeper process (started by the runner): its hostname, holder, the replicas, the store.
+    @Option(help: .hidden) var keeper: String?
+    @Option(help: .hidden) var keeperHolder: String = "keeper"
+    @Option(help: .hidden) var endpoints: String = ""
+    @Option(help: .hidden) var fencedStore: String = ""
+    @Option(help: .hidden) var keeperTtl: Int = 4
 
     func validate() throws {
         guard replicas == 3 || replicas == 5 else { throw ValidationError("--replicas must be 3 or 5") }
         guard timeLimit >= 5 else { throw ValidationError("--time-limit must be at least 5 seconds") }
-        let known: Set<String> = ["partition", "kill", "pause", "clock", "power", "drift", "all", "none"]
+        let known: Set<String> = ["partition", "kill", "pause", "clock", "power", "drift", "disk", "election-crash", "all", "none"]
         for n in (nemesis ?? "").split(separator: ",") where !known.contains(String(n)) {
             throw ValidationError("unknown nemesis \(n)")
         }
@@ -48,7 +55,9 @@ struct JepsenRun: AsyncParsableCommand {
             }
             guard faultBuild else { throw ValidationError("--planted needs --fault-build (Jepsen/run --planted builds it)") }
         }
-        if (nemesis ?? "").contains("drift") && !faultBuild { throw ValidationError("nemesis drift needs --fault-build") }
+        for f in ["drift", "disk", "election-crash"] where (nemesis ?? "").split(separator: ",").contains(Substring(f)) && !faultBuild {
+            throw ValidationError("nemesis \(f) needs --fault-build")
+        }
     }
 
     /// The faults of this run: --nemesis, else the planted bug's, else partition,kill,pause.
@@ -58,7 +67,7 @@ struct JepsenRun: AsyncParsableCommand {
         if faults.contains("all") {
             faults.remove("all")
             faults.formUnion(["partition", "kill", "pause", "clock", "power"])
-            if faultBuild { faults.insert("drift") }
+            if faultBuild { faults.formUnion(["drift", "disk"]) }
         }
         faults.remove("none")
         return faults
@@ -67,6 +76,11 @@ struct JepsenRun: AsyncParsableCommand {
     func run() async throws {
         if listPlanted {
             for b in PlantedBug.all { say(b.name) }
+            return
+        }
+        if let keeper {
+            let urls = endpoints.split(separator: ",").compactMap { URL(string: String($0)) }
+            await KeeperProcess(hostname: keeper, holder: keeperHolder, endpoints: urls, store: FencedStore(path: fencedStore), ttl: keeperTtl).run()
             return
         }
         if !check.isEmpty {
@@ -80,7 +94,7 @@ struct JepsenRun: AsyncParsableCommand {
                     hostnames: Set(ops.map(\.hostname)).sorted(), final: final, invoke: after, complete: after + 60_000_000_000)
             }
             let info = Report.loadRunInfo(dir: check)
-            let checked = Checks.run(ops: ops, final: final, nemesis: events, info: info)
+            let checked = Checks.run(ops: ops, final: final, nemesis: events, info: info, fenced: FencedStore.load(path: check + "/fenced.jsonl"))
             try checked.printVerdict(info: info)
             return
         }
@@ -104,7 +118,8 @@ struct JepsenRun: AsyncParsableCommand {
         say("store: \(dir)  seed: \(seed)  replicas: \(replicas)  nemesis: \(faults.isEmpty ? "none" : faults.sorted().joined(separator: ","))")
 
         let hostCount = hostnames ?? max(2, concurrency / 2)
-        let range = idRange ?? "1-\(max(1, hostCount - 1))"
+        // One fewer ID than hostnames (the keepers share one more hostname).
+        let range = idRange ?? "1-\(max(1, hostCount + (keepers > 0 ? 1 : 0) - 1))"
         let info = RunInfo(
             seed: seed, replicas: replicas, faults: faults.sorted(), hostnames: hostCount, idRange: range, retentionSeconds: retention,
             planted: planted, faultBuild: faultBuild)
@@ -118,6 +133,15 @@ struct JepsenRun: AsyncParsableCommand {
         guard await cluster.waitForLeader(seconds: 30) else {
             say("no leader elected; see \(dir)/replica-*.log")
             throw ExitCode(2)
+        }
+
+        let fenced = FencedStore(path: dir + "/fenced.jsonl")
+        let keeperProcesses = Keepers()
+        defer { keeperProcesses.stopAll() }
+        if keepers > 0 {
+            let me = URL(fileURLWithPath: CommandLine.arguments[0]).standardizedFileURL.path
+            try keeperProcesses.start(
+                count: keepers, binary: me, endpoints: (1...replicas).map { cluster.url($0, "") }, store: fenced.path, dir: dir, ttl: 4)
         }
 
         let clock = ContinuousClock()
@@ -136,18 +160,20 @@ struct JepsenRun: AsyncParsableCommand {
                 let worker = Worker(
                     process: p, hostname: "mx\(p % hostCount).jepsen.test", holder: "holder-\(p)", ttl: ttl, cluster: cluster,
                     history: history, end: end, seed: random.next(), interval: Duration.milliseconds(max(1, 1000 * concurrency / max(1, rate))),
-                    forgets: forgets)
+                    forgets: forgets, fenced: fenced)
                 group.addTask { await worker.run() }
             }
             let nemesisSeed = random.next()
             group.addTask {
-                await Nemesis(cluster: cluster, faults: activeFaults, seed: nemesisSeed, log: nemesisLog, start: start).run(until: end - .seconds(5))
+                await Nemesis(cluster: cluster, keepers: keeperProcesses, faults: activeFaults, seed: nemesisSeed, log: nemesisLog, start: start)
+                    .run(until: end - .seconds(5))
             }
             // Who claims to lead, in which term: two leaders of one term break election safety.
             group.addTask { await leaders.poll(cluster, history: history, until: end) }
         }
         // Heal, let the cluster settle, and take the final linearizable read.
         cluster.healAll()
+        for k in 0..<keeperProcesses.count { keeperProcesses.resume(k) }
         _ = await cluster.waitForLeader(seconds: 30)
         let finalInvoke = history.now()
         let final = await cluster.finalRead()
@@ -164,7 +190,8 @@ struct JepsenRun: AsyncParsableCommand {
         stored.leaders = leaders.all
         try Report.saveRunInfo(dir: dir, stored)
         try Report.saveInputs(dir: dir, ops: ops, nemesis: events, final: final)
-        let checked = Checks.run(ops: ops, final: final, nemesis: events, info: stored)
+        keeperProcesses.stopAll()
+        let checked = Checks.run(ops: ops, final: final, nemesis: events, info: stored, fenced: FencedStore.load(path: fenced.path))
         try Report.write(dir: dir, ops: ops, nemesis: events, checked: checked, seed: seed, faults: faults.sorted())
         say("replay: Jepsen/run \(replayArguments)")
         try checked.printVerdict(info: stored)

@@ -82,6 +82,7 @@ final class TestCluster: Sendable {
             let rate = rateFile(i)
             if !FileManager.default.fileExists(atPath: rate) { try "1.0\n".write(toFile: rate, atomically: true, encoding: .utf8) }
             env["NODELEASE_FAULT_CLOCK_FILE"] = rate
+            env["NODELEASE_FAULT_DISK_FILE"] = diskFile(i)
             if let planted { env["NODELEASE_FAULT"] = planted }
         }
         p.environment = env
@@ -119,6 +120,24 @@ final class TestCluster: Sendable {
     func setRate(_ i: Int, _ rate: Double) {
         guard faultBuild else { return }
         try? String(format: "%.4f\n", rate).write(toFile: rateFile(i), atomically: true, encoding: .utf8)
+    }
+
+    func diskFile(_ i: Int) -> String { "\(dir)/replica-\(i).disk" }
+
+    /// Sets replica i's disk condition (fault build only): "" healthy, "slow MILLIS", "fail".
+    func setDisk(_ i: Int, _ condition: String) {
+        guard faultBuild else { return }
+        try? (condition + "\n").write(toFile: diskFile(i), atomically: true, encoding: .utf8)
+    }
+
+    /// Waits until replica i's process has exited (true) or `seconds` passed.
+    func waitForExit(_ i: Int, seconds: Double) async -> Bool {
+        let end = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        while ContinuousClock.now < end {
+            if !isRunning(i) { return true }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        return !isRunning(i)
     }
 
     /// Kills every replica at once: a power cut of the whole cluster (in the fault build, with
@@ -200,6 +219,7 @@ final class TestCluster: Sendable {
         for i in 1...size {
             setClock(i, "+0 x1")
             setRate(i, 1.0)
+            setDisk(i, "")
         }
     }
 
@@ -239,7 +259,18 @@ final class TestCluster: Sendable {
         for (k, v) in extra { r.setValue(v, forHTTPHeaderField: k) }
         r.timeoutInterval = timeout
         if let body { r.httpBody = Data(body.utf8) }
-        guard let (data, response) = try? await session.data(for: r), let http = response as? HTTPURLResponse else { return nil }
+        let data: Data
+        let response: URLResponse
+        do {
+            (data, response) = try await session.data(for: r)
+        } catch let e as URLError where e.code == .cannotConnectToHost {
+            // The connection was refused: the request never left this process, a definite
+            // no-op (status -1), unlike a timeout or a connection lost after sending.
+            return (-1, ["error": "not_delivered"], [:])
+        } catch {
+            return nil
+        }
+        guard let http = response as? HTTPURLResponse else { return nil }
         var headers: [String: String] = [:]
         for (k, v) in http.allHeaderFields { headers[String(describing: k).lowercased()] = String(describing: v) }
         let json = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? ["_array": (try? JSONSerialization.jsonObject(with: data)) ?? []]

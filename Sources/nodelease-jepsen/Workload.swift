@@ -23,10 +23,13 @@ struct Worker: Sendable {
     let interval: Duration
     /// Forget stale or inactive nodes now and then (the small-ID-range workload).
     let forgets: Bool
+    /// The fenced resource, written while this holder believes it holds its ID.
+    let fenced: FencedStore
 
     struct Held {
         var id: String
         var node: UInt32
+        var token: UInt64?
         var sentAt: UInt64
         /// When the next renewal (or release) is planned.
         var due: UInt64
@@ -76,6 +79,10 @@ struct Worker: Sendable {
             }
             if random.below(4) == 0 { target = 1 + random.below(cluster.size) }
             if now < downUntil { continue }
+            if let h = held, let token = h.token, now < h.sentAt + ttlNanos {
+                // The resource this node ID guards, written while the lease is believed held.
+                fenced.write(node: h.node, token: token, writer: holder, believedUntil: FencedStore.now() + (h.sentAt + ttlNanos - now))
+            }
             if let h = held {
                 if now < h.due { continue }
                 let action = random.below(100)
@@ -104,10 +111,9 @@ struct Worker: Sendable {
                 }
                 guard let r else { continue }
                 if r.outcome == .ok, let id = r.leaseId, !released.contains(id) {
-                    held = Held(id: id, node: r.nodeId ?? h.node, sentAt: r.invoke, due: plan(r.invoke, &random))
-                } else if r.outcome == .fail {
-                    held = nil
-                } else if r.outcome == .ok {
+                    held = Held(id: id, node: r.nodeId ?? h.node, token: r.fencingToken ?? (id == h.id ? h.token : nil), sentAt: r.invoke, due: plan(r.invoke, &random))
+                } else if r.outcome == .ok || (r.outcome == .fail && r.error != "not_delivered") {
+                    // Refused (lease_not_found), or a lease this holder asked to release.
                     held = nil
                 }
                 _ = sent
@@ -123,7 +129,7 @@ struct Worker: Sendable {
                         // release it again and wait for a new grant.
                         await write(.release, "DELETE", "/v1/leases/\(id)", nil, target, lease: id, &random)
                     } else {
-                        held = Held(id: id, node: node, sentAt: r.invoke, due: plan(r.invoke, &random))
+                        held = Held(id: id, node: node, token: r.fencingToken, sentAt: r.invoke, due: plan(r.invoke, &random))
                     }
                 }
             }
@@ -173,6 +179,11 @@ struct Worker: Sendable {
                 // no_leader never reports success, but the change may still commit later.
                 o.outcome = .info
                 o.error = json["error"] as? String
+            case -1:
+                // Never delivered (connection refused): nothing happened.
+                o.outcome = .fail
+                o.error = "not_delivered"
+                o.index = nil
             default:
                 o.outcome = .fail
                 o.error = json["error"] as? String
@@ -198,6 +209,9 @@ struct Worker: Sendable {
                 if let h = json["hostname"] as? String { o.hostname = h }
                 if let s = json["status"] as? String { o.status = s }
             case 503: o.outcome = .info
+            case -1:
+                o.outcome = .fail
+                o.error = "not_delivered"
             default:
                 o.outcome = .fail
                 o.error = json["error"] as? String
@@ -217,6 +231,7 @@ struct Worker: Sendable {
         o.complete = history.now()
         if let (status, json, headers) = answer {
             o.outcome = status == 200 ? .ok : (status == 503 ? .info : .fail)
+            if status == -1 { o.error = "not_delivered" }
             o.index = headers["x-nodelease-index"].flatMap(UInt64.init)
             if status == 200, let list = json["_array"] as? [[String: Any]] {
                 o.registry = TestCluster.registry(list)
@@ -234,6 +249,7 @@ struct Worker: Sendable {
 /// Schedules faults from the seed, and heals each one before the next.
 struct Nemesis: Sendable {
     let cluster: TestCluster
+    let keepers: Keepers
     let faults: Set<String>
     let seed: UInt64
     let log: NemesisLog
@@ -288,6 +304,37 @@ struct Nemesis: Sendable {
                 try? await Task.sleep(for: .milliseconds(300 + random.below(1200)))
                 for v in 1...n { try? cluster.start(v) }
                 log.add(NemesisEvent(time: now(), fault: "power", target: "all", phase: "end"))
+            case "disk":
+                // A disk whose fsync fails (fault build): the replica must stop at once (it cannot
+                // know what reached the disk), the others go on, and nothing acknowledged is lost.
+                var v = 1 + random.below(n)
+                if random.below(2) == 0, let leader = await cluster.currentLeader() { v = leader }
+                cluster.setDisk(v, "fail")
+                log.add(NemesisEvent(time: now(), fault: "disk", target: "\(v): fsync fails", phase: "start"))
+                let stopped = await cluster.waitForExit(v, seconds: Double(hold.components.seconds) + 1)
+                cluster.setDisk(v, "")
+                if stopped { try? cluster.start(v) }
+                log.add(NemesisEvent(time: now(), fault: "disk", target: "\(v): fsync fails, " + (stopped ? "replica stopped" : "REPLICA DID NOT STOP"), phase: "end"))
+                if !stopped { cluster.kill9(v); try? cluster.start(v) }
+            case "election-crash":
+                // Slow disks everywhere, the leader killed, and the whole cluster powered off
+                // shortly after the next leader is elected: votes and the first entries of the
+                // new term are then still in flight to the disks (fault build).
+                for v in 1...n { cluster.setDisk(v, "slow 1500") }
+                log.add(NemesisEvent(time: now(), fault: "election-crash", target: "all", phase: "start"))
+                let old = await cluster.currentLeader()
+                if let old { cluster.kill9(old) }
+                let until = ContinuousClock.now + .seconds(4)
+                while ContinuousClock.now < until {
+                    if let l = await cluster.currentLeader(), l != old { break }
+                    try? await Task.sleep(for: .milliseconds(50))
+                }
+                try? await Task.sleep(for: .milliseconds(200 + random.below(400)))
+                cluster.killAll()
+                for v in 1...n { cluster.setDisk(v, "") }
+                try? await Task.sleep(for: .milliseconds(200))
+                for v in 1...n { try? cluster.start(v) }
+                log.add(NemesisEvent(time: now(), fault: "election-crash", target: "all", phase: "end"))
             case "drift":
                 // Monotonic clocks that run at different rates, within the 1 % margin the leader
                 // adds (fault build only): the leader half the time, up to 0.9 % fast or slow.
@@ -300,6 +347,15 @@ struct Nemesis: Sendable {
                 try? await Task.sleep(for: hold * 3)
                 cluster.setRate(v, 1.0)
                 log.add(NemesisEvent(time: now(), fault: "drift", target: spec, phase: "end"))
+            case "pause" where keepers.count > 0 && random.below(3) == 0:
+                // A holder's process (a LeaseKeeper) stops for a while: it must stop trusting its
+                // lease in time, and a write it had decided on before the pause must be fenced.
+                let k = random.below(keepers.count)
+                keepers.pause(k)
+                log.add(NemesisEvent(time: now(), fault: "pause", target: "keeper-\(k)", phase: "start"))
+                try? await Task.sleep(for: hold + .seconds(2))
+                keepers.resume(k)
+                log.add(NemesisEvent(time: now(), fault: "pause", target: "keeper-\(k)", phase: "end"))
             case "pause":
                 // The leader half the time.
                 var v = 1 + random.below(n)

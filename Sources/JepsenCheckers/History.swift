@@ -300,6 +300,7 @@ extension LeaseCheckers {
         var unknownReleases: [String: [UInt64]] = [:]
         let forgets = history.contains { $0.kind == .forget && $0.outcome != .fail }
         let fixedIDs = !options.idReuse && !forgets
+        let writtenHostnames = Set(history.filter { $0.kind != .read }.map(\.hostname)).sorted()
         for op in history where op.kind != .read {
             if op.outcome == .info {
                 if op.kind == .acquire { unknownAcquires[op.hostname, default: []].append(op.invoke) }
@@ -326,7 +327,7 @@ extension LeaseCheckers {
         var out: [Anomaly] = []
         for read in history where read.kind == .read && read.outcome == .ok {
             guard let i = read.index else { continue }
-            for op in Self.perHostname(read, hostnames: Array(events.keys)) {
+            for op in Self.perHostname(read, hostnames: writtenHostnames) {
                 let es = events[op.hostname] ?? []
                 let prev = es.last { $0.index <= i }
                 let next = es.first { $0.index > i }
@@ -364,14 +365,15 @@ extension LeaseCheckers {
         return out
     }
 
-    /// A read as one read per hostname: those in its registry (when it recorded the whole
-    /// registry), and `hostnames` it did not show as absent; a read that recorded only its own
+    /// A read as one read per hostname of `hostnames`: as its registry shows it (when it
+    /// recorded the whole registry), absent if not there; a read that recorded only its own
     /// hostname stays as it is.
     public static func perHostname(_ read: HistoryOp, hostnames: [String]) -> [HistoryOp] {
         guard let registry = read.registry else { return [read] }
         var out: [HistoryOp] = []
         var seen: Set<String> = []
-        for e in registry {
+        let wanted = Set(hostnames)
+        for e in registry where wanted.contains(e.hostname) {
             var o = read
             o.registry = nil
             o.hostname = e.hostname

@@ -122,7 +122,7 @@ struct JepsenRun: AsyncParsableCommand {
         let range = idRange ?? "1-\(max(1, hostCount + (keepers > 0 ? 1 : 0) - 1))"
         let info = RunInfo(
             seed: seed, replicas: replicas, faults: faults.sorted(), hostnames: hostCount, idRange: range, retentionSeconds: retention,
-            planted: planted, faultBuild: faultBuild)
+            planted: planted, faultBuild: faultBuild, keepers: keepers)
         try Report.saveRunInfo(dir: dir, info)
         if let planted { say("planted bug: \(planted) (expected to be caught by \(PlantedBug.named(planted)!.checkers.joined(separator: " or ")))") }
         let cluster = TestCluster(
@@ -221,13 +221,15 @@ struct RunInfo: Codable, Sendable {
     var retentionSeconds: Int
     var planted: String?
     var faultBuild: Bool
+    /// Keeper processes (they share one more hostname).
+    var keepers: Int
     var leaders: [LeaderClaim] = []
 
     /// Fewer IDs than hostnames: IDs move between hostnames.
     var idReuse: Bool {
         let parts = idRange.split(separator: "-").compactMap { Int($0) }
         guard parts.count == 2 else { return false }
-        return parts[1] - parts[0] + 1 < hostnames
+        return parts[1] - parts[0] + 1 < hostnames + (keepers > 0 ? 1 : 0)
     }
 }
 

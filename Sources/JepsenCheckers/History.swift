@@ -41,6 +41,9 @@ public struct HistoryOp: Codable, Sendable, Hashable {
     public var registry: [RegistryEntry]?
     /// A write's idempotency key (shared by a retry of the same request).
     public var key: String?
+    /// The second copy of a hedged write (same request, same key, sent to another replica at
+    /// the same time): only the idempotency check reads it.
+    public var hedge: Bool?
 
     public init(process: Int, kind: Kind, hostname: String, holder: String, invoke: UInt64, complete: UInt64, outcome: Outcome) {
         self.process = process
@@ -215,6 +218,28 @@ public enum LeaseCheckers {
 
     static func describe(_ r: [RegistryEntry]) -> String {
         "[" + r.map { "\($0.nodeId) \($0.hostname) \($0.status)" }.joined(separator: ", ") + "]"
+    }
+
+    /// Copies of one request (same idempotency key) that both got a definite answer got the
+    /// same one: a repeat is answered with the first outcome, never applied again.
+    public static func idempotency(_ history: [HistoryOp]) -> [Anomaly] {
+        var byKey: [String: [HistoryOp]] = [:]
+        for op in history where op.kind != .read && op.outcome != .info && op.error != "not_delivered" {
+            if let k = op.key { byKey[k, default: []].append(op) }
+        }
+        var out: [Anomaly] = []
+        for k in byKey.keys.sorted() {
+            let ops = byKey[k]!
+            guard let first = ops.first else { continue }
+            for o in ops.dropFirst() where o.outcome != first.outcome || o.error != first.error || o.leaseId != first.leaseId || o.nodeId != first.nodeId {
+                out.append(
+                    Anomaly(
+                        checker: "idempotency",
+                        detail: "key \(k): \(first.kind.rawValue) answered \(first.outcome.rawValue) \(first.error ?? first.leaseId ?? "") on replica \(first.replica ?? 0), and \(o.outcome.rawValue) \(o.error ?? o.leaseId ?? "") on replica \(o.replica ?? 0)"))
+            }
+            if out.count > 20 { break }
+        }
+        return out
     }
 
     /// A linearizable read reflects every write acknowledged before it began: its index is at

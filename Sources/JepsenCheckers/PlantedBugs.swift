@@ -15,9 +15,9 @@ public struct PlantedBug: Sendable, Hashable {
         PlantedBug(name: "vote-before-persist", nemesis: "election-crash", checkers: ["election", "same-index-reads", "linearizability", "final-state"]),
         PlantedBug(name: "no-fsync", nemesis: "power", checkers: ["linearizability", "final-state", "read-index", "election", "same-index-reads"]),
         PlantedBug(name: "no-expiry-margin", nemesis: "drift", checkers: ["linearizability", "lease-safety"]),
-        PlantedBug(name: "expire-ignores-renewal", nemesis: "none", checkers: ["linearizability", "lease-safety"]),
+        PlantedBug(name: "expire-ignores-renewal", nemesis: "slow-disk", checkers: ["linearizability", "lease-safety"]),
         PlantedBug(name: "no-failover-reset", nemesis: "kill", checkers: ["linearizability", "lease-safety"]),
-        PlantedBug(name: "no-dedup", nemesis: "kill,partition", checkers: ["linearizability", "lease-safety", "indexed-reads"]),
+        PlantedBug(name: "no-dedup", nemesis: "kill,partition", checkers: ["idempotency", "linearizability", "lease-safety", "indexed-reads"]),
         PlantedBug(name: "reacquire-new-lease", nemesis: "none", checkers: ["linearizability"]),
         PlantedBug(name: "retire-at-once", nemesis: "none", checkers: ["linearizability"]),
     ]

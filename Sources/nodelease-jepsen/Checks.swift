@@ -47,6 +47,10 @@ struct Checks {
     ) -> Checks {
         var c = Checks()
         let started = ContinuousClock.now
+        // Hedged copies only count for the idempotency check.
+        let all = ops
+        c.anomalies += LeaseCheckers.idempotency(all)
+        let ops = all.filter { $0.hedge != true }
         let options = modelOptions(ops, info: info)
         let fixedIDs = !options.idReuse && !ops.contains { $0.kind == .forget && $0.outcome != .fail }
         c.operations = ops.count

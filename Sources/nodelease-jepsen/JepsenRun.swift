@@ -17,7 +17,7 @@ struct JepsenRun: AsyncParsableCommand {
 
     @Option(help: "Replicas: 3 or 5.") var replicas: Int = 3
     @Option(help: "Seconds of workload under faults.") var timeLimit: Int = 60
-    @Option(help: "Faults: any of partition, kill, pause, clock, power, drift, disk, election-crash, all, none (comma-separated); drift, disk and election-crash need the fault build.")
+    @Option(help: "Faults: any of partition, kill, pause, clock, power, drift, disk, slow-disk, election-crash, all, none (comma-separated); the last four need the fault build.")
     var nemesis: String?
     @Option(help: "Client processes (mail nodes).") var concurrency: Int = 6
     @Option(help: "Seed for the fault and workload schedule.") var seed: UInt64 = UInt64(Date().timeIntervalSince1970)
@@ -45,7 +45,7 @@ struct JepsenRun: AsyncParsableCommand {
     func validate() throws {
         guard replicas == 3 || replicas == 5 else { throw ValidationError("--replicas must be 3 or 5") }
         guard timeLimit >= 5 else { throw ValidationError("--time-limit must be at least 5 seconds") }
-        let known: Set<String> = ["partition", "kill", "pause", "clock", "power", "drift", "disk", "election-crash", "all", "none"]
+        let known: Set<String> = ["partition", "kill", "pause", "clock", "power", "drift", "disk", "slow-disk", "election-crash", "all", "none"]
         for n in (nemesis ?? "").split(separator: ",") where !known.contains(String(n)) {
             throw ValidationError("unknown nemesis \(n)")
         }
@@ -55,7 +55,7 @@ struct JepsenRun: AsyncParsableCommand {
             }
             guard faultBuild else { throw ValidationError("--planted needs --fault-build (Jepsen/run --planted builds it)") }
         }
-        for f in ["drift", "disk", "election-crash"] where (nemesis ?? "").split(separator: ",").contains(Substring(f)) && !faultBuild {
+        for f in ["drift", "disk", "slow-disk", "election-crash"] where (nemesis ?? "").split(separator: ",").contains(Substring(f)) && !faultBuild {
             throw ValidationError("nemesis \(f) needs --fault-build")
         }
     }
@@ -67,7 +67,7 @@ struct JepsenRun: AsyncParsableCommand {
         if faults.contains("all") {
             faults.remove("all")
             faults.formUnion(["partition", "kill", "pause", "clock", "power"])
-            if faultBuild { faults.formUnion(["drift", "disk"]) }
+            if faultBuild { faults.formUnion(["drift", "disk", "slow-disk"]) }
         }
         faults.remove("none")
         return faults
@@ -165,7 +165,8 @@ struct JepsenRun: AsyncParsableCommand {
             }
             let nemesisSeed = random.next()
             group.addTask {
-                await Nemesis(cluster: cluster, keepers: keeperProcesses, faults: activeFaults, seed: nemesisSeed, log: nemesisLog, start: start)
+                await Nemesis(
+                    cluster: cluster, keepers: keeperProcesses, leaders: leaders, faults: activeFaults, seed: nemesisSeed, log: nemesisLog, start: start)
                     .run(until: end - .seconds(5))
             }
             // Who claims to lead, in which term: two leaders of one term break election safety.
@@ -251,18 +252,22 @@ final class LeaderLog: Sendable {
                 if let (status, json, _) = await cluster.request(i, "GET", "/v1/status", timeout: 0.3), status == 200,
                     json["role"] as? String == "leader", let term = json["term"] as? Int
                 {
-                    let key = "\(i)/\(term)"
-                    let t = history.now()
-                    let fresh = firstSeen.withLockedValue { seen in
-                        if seen[key] != nil { return false }
-                        seen[key] = t
-                        return true
-                    }
-                    if fresh { claims.withLockedValue { _ = $0.insert(LeaderClaim(time: t, replica: i, term: UInt64(term))) } }
+                    record(replica: i, term: UInt64(term), at: history.now())
                 }
             }
             try? await Task.sleep(for: .milliseconds(150))
         }
+    }
+
+    /// Keeps the first time a replica was seen leading a term.
+    func record(replica: Int, term: UInt64, at t: UInt64) {
+        let key = "\(replica)/\(term)"
+        let fresh = firstSeen.withLockedValue { seen in
+            if seen[key] != nil { return false }
+            seen[key] = t
+            return true
+        }
+        if fresh { claims.withLockedValue { _ = $0.insert(LeaderClaim(time: t, replica: replica, term: term)) } }
     }
 
     var all: [LeaderClaim] { claims.withLockedValue { $0 }.sorted { ($0.term, $0.time) < ($1.term, $1.time) } }

@@ -68,7 +68,7 @@ final class TestCluster: Sendable {
         p.arguments = [
             "serve", "--replica-id", "\(i)", "--peers", peers, "--client-addr", "\(host(i)):\(clientPort(i))",
             "--data-dir", "\(dir)/replica-\(i)", "--cluster-id", "jepsen", "--election-timeout", "600",
-            "--heartbeat-interval", "60", "--request-timeout", "2000", "--min-ttl", "1",
+            "--heartbeat-interval", "20", "--request-timeout", "2000", "--min-ttl", "1",
             // Snapshots, compaction and catch-up by snapshot every few seconds, under faults.
             "--snapshot-every", "200", "--snapshot-keep", "10",
             "--node-id-range", idRange, "--retention", "\(retentionSeconds)",

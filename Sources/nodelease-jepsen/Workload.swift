@@ -40,8 +40,12 @@ struct Worker: Sendable {
     /// When to renew a lease whose last successful renewal was sent at `sent`.
     func plan(_ sent: UInt64, _ random: inout SplitMix) -> UInt64 {
         let roll = random.below(100)
-        if roll < 80 { return sent + ttlNanos / 3 }
-        if roll < 90 { return sent + ttlNanos * UInt64(850 + random.below(140)) / 1000 }
+        if roll < 65 { return sent + ttlNanos / 3 }
+        if roll < 75 { return sent + ttlNanos * UInt64(850 + random.below(135)) / 1000 }
+        // In the last 1.5 % of the TTL before the holder-side deadline: the leader must not
+        // have expired the lease yet (it waits 1 % longer than the TTL, on a clock that may run
+        // up to 0.9 % fast in the drift nemesis).
+        if roll < 90 { return sent + ttlNanos * UInt64(9850 + random.below(150)) / 10000 }
         // Late: at or past the holder-side deadline, within 3 % of the TTL after it.
         return sent + ttlNanos * UInt64(1000 + random.below(31)) / 1000
     }
@@ -138,14 +142,28 @@ struct Worker: Sendable {
 
     var acquireBody: String { "{\"hostname\":\"\(hostname)\",\"holder\":\"\(holder)\",\"ttlSeconds\":\(ttl)}" }
 
-    /// A write; an unknown outcome is retried once (half the time) through another replica
-    /// under the same idempotency key, and the two attempts are recorded as one operation.
+    /// A write. A fifth of them are hedged: the same request, under the same idempotency key,
+    /// goes to two replicas at once (both answers must be the same: the second copy gets the
+    /// first one's outcome); the other copy is kept, marked, for the idempotency check. An
+    /// unknown outcome is retried once (half the time) through another replica under the
+    /// same key, and the attempts are recorded as one operation.
     @discardableResult
     func write(
         _ kind: HistoryOp.Kind, _ method: String, _ path: String, _ body: String?, _ replica: Int, lease: String?, _ random: inout SplitMix
     ) async -> HistoryOp? {
         let key = "j\(process)-\(random.next() & 0xFFFF_FFFF_FFFF)"
-        var o = await attempt(kind, method, path, body, replica, lease: lease, key: key)
+        var o: HistoryOp
+        if random.below(5) == 0 {
+            async let a = attempt(kind, method, path, body, replica, lease: lease, key: key)
+            async let b = attempt(kind, method, path, body, 1 + (replica % cluster.size), lease: lease, key: key)
+            var (first, second) = await (a, b)
+            if first.outcome == .info || first.error == "not_delivered" { swap(&first, &second) }
+            o = first
+            second.hedge = true
+            history.add(second)
+        } else {
+            o = await attempt(kind, method, path, body, replica, lease: lease, key: key)
+        }
         if o.outcome == .info && random.below(2) == 0 {
             try? await Task.sleep(for: .milliseconds(100))
             let again = await attempt(kind, method, path, body, 1 + (replica % cluster.size), lease: lease, key: key)
@@ -250,6 +268,7 @@ struct Worker: Sendable {
 struct Nemesis: Sendable {
     let cluster: TestCluster
     let keepers: Keepers
+    let leaders: LeaderLog
     let faults: Set<String>
     let seed: UInt64
     let log: NemesisLog
@@ -316,20 +335,41 @@ struct Nemesis: Sendable {
                 if stopped { try? cluster.start(v) }
                 log.add(NemesisEvent(time: now(), fault: "disk", target: "\(v): fsync fails, " + (stopped ? "replica stopped" : "REPLICA DID NOT STOP"), phase: "end"))
                 if !stopped { cluster.kill9(v); try? cluster.start(v) }
+            case "slow-disk":
+                // Slow fsyncs (fault build): on every replica, or on the leader alone, 30 to
+                // 150 ms each for a while. Commits then take that long, so renewals are still
+                // in flight when the leader's countdowns run out: the expiry must not end a
+                // lease renewed after it was decided.
+                let ms = 30 + random.below(121)
+                var slow = Array(1...n)
+                if random.below(3) == 0, let leader = await cluster.currentLeader() { slow = [leader] }
+                for v in slow { cluster.setDisk(v, "slow \(ms)") }
+                let spec = "\(slow.count == n ? "all" : "\(slow[0])"): fsync +\(ms) ms"
+                log.add(NemesisEvent(time: now(), fault: "slow-disk", target: spec, phase: "start"))
+                try? await Task.sleep(for: hold * 3)
+                for v in slow { cluster.setDisk(v, "") }
+                log.add(NemesisEvent(time: now(), fault: "slow-disk", target: spec, phase: "end"))
             case "election-crash":
                 // Slow disks everywhere, the leader killed, and the whole cluster powered off
-                // shortly after the next leader is elected: votes and the first entries of the
-                // new term are then still in flight to the disks (fault build).
-                for v in 1...n { cluster.setDisk(v, "slow 1500") }
+                // right after a new leader shows itself: its voters' votes and the new term's
+                // first entries are then still on their way to the disks (fault build).
+                for v in 1...n { cluster.setDisk(v, "slow 1000") }
                 log.add(NemesisEvent(time: now(), fault: "election-crash", target: "all", phase: "start"))
                 let old = await cluster.currentLeader()
                 if let old { cluster.kill9(old) }
-                let until = ContinuousClock.now + .seconds(4)
-                while ContinuousClock.now < until {
-                    if let l = await cluster.currentLeader(), l != old { break }
-                    try? await Task.sleep(for: .milliseconds(50))
+                let until = ContinuousClock.now + .seconds(8)
+                search: while ContinuousClock.now < until {
+                    for v in 1...n where v != old {
+                        if let (status, json, _) = await cluster.request(v, "GET", "/v1/status", timeout: 0.2), status == 200,
+                            json["role"] as? String == "leader", let term = json["term"] as? Int
+                        {
+                            leaders.record(replica: v, term: UInt64(term), at: now())
+                            break search
+                        }
+                    }
+                    try? await Task.sleep(for: .milliseconds(20))
                 }
-                try? await Task.sleep(for: .milliseconds(200 + random.below(400)))
+                try? await Task.sleep(for: .milliseconds(random.below(300)))
                 cluster.killAll()
                 for v in 1...n { cluster.setDisk(v, "") }
                 try? await Task.sleep(for: .milliseconds(200))
@@ -338,14 +378,26 @@ struct Nemesis: Sendable {
             case "drift":
                 // Monotonic clocks that run at different rates, within the 1 % margin the leader
                 // adds (fault build only): the leader half the time, up to 0.9 % fast or slow.
-                var v = 1 + random.below(n)
-                if random.below(2) == 0, let leader = await cluster.currentLeader() { v = leader }
-                let rate = 1.0 + Double(random.below(19) - 9) / 1000
-                cluster.setRate(v, rate)
-                let spec = String(format: "%d: x%.3f", v, rate)
+                // Two times in three every replica runs 0.7-0.9 % fast (the dangerous way: the
+                // leader's countdown ends sooner than the holders'), else one replica at any rate.
+                var spec: String
+                var drifted: [Int]
+                if random.below(3) < 2 {
+                    let rate = 1.0 + Double(7 + random.below(3)) / 1000
+                    drifted = Array(1...n)
+                    for v in drifted { cluster.setRate(v, rate) }
+                    spec = String(format: "all: x%.3f", rate)
+                } else {
+                    var v = 1 + random.below(n)
+                    if random.below(2) == 0, let leader = await cluster.currentLeader() { v = leader }
+                    let rate = 1.0 + Double(random.below(19) - 9) / 1000
+                    drifted = [v]
+                    cluster.setRate(v, rate)
+                    spec = String(format: "%d: x%.3f", v, rate)
+                }
                 log.add(NemesisEvent(time: now(), fault: "drift", target: spec, phase: "start"))
                 try? await Task.sleep(for: hold * 3)
-                cluster.setRate(v, 1.0)
+                for v in drifted { cluster.setRate(v, 1.0) }
                 log.add(NemesisEvent(time: now(), fault: "drift", target: spec, phase: "end"))
             case "pause" where keepers.count > 0 && random.below(3) == 0:
                 // A holder's process (a LeaseKeeper) stops for a while: it must stop trusting its

@@ -190,3 +190,22 @@ struct SearchBudgetTests {
         #expect(!Linearizability.check(h).anomalies.isEmpty)
     }
 }
+
+struct IdempotencyCheckTests {
+    @Test func copiesOfOneRequestGetOneAnswer() {
+        var a = op(0, .release, "a", lease: "5", at: 0, done: 1 * s)
+        a.key = "k1"
+        var b = a
+        b.hedge = true
+        b.replica = 2
+        #expect(LeaseCheckers.idempotency([a, b]).isEmpty)
+        // The copy applied again instead of getting the first outcome.
+        b.outcome = .fail
+        b.error = "lease_not_found"
+        #expect(LeaseCheckers.idempotency([a, b]).count == 1)
+        // Unknown outcomes and undelivered copies say nothing.
+        b.outcome = .info
+        b.error = nil
+        #expect(LeaseCheckers.idempotency([a, b]).isEmpty)
+    }
+}

@@ -313,19 +313,27 @@ extension LeaseCheckers {
     /// - right after a release, with no acquire of unknown outcome that could have come
     ///   between, the status is `inactive` (or, when IDs can move, the hostname is absent);
     /// - after a grant or renewal, `inactive` needs a release of unknown outcome that could have
-    ///   come between, or a retirement (when the run's retention allows one);
+    ///   come between, or a retirement (not before the TTL and the retention have passed since
+    ///   that grant or renewal was invoked);
     /// - without ID reuse or forgets, the node ID is the hostname's one, and a hostname is
     ///   absent only before its first known change.
     public static func indexedReads(_ history: [HistoryOp], options: Linearizability.Options = .init()) -> [Anomaly] {
         enum Change { case live, released, forgotten }
-        struct Event { var index: UInt64; var lease: String; var node: UInt32?; var change: Change }
+        struct Event {
+            var index: UInt64
+            var lease: String
+            var node: UInt32?
+            var change: Change
+            /// When the lease could have been retired at the earliest (grants and renewals).
+            var retireAfter: UInt64 = .max
+        }
         var events: [String: [Event]] = [:]
         var nodeOf: [String: UInt32] = [:]
         var unknownAcquires: [String: [UInt64]] = [:]
         var unknownReleases: [String: [UInt64]] = [:]
         let forgets = history.contains { $0.kind == .forget && $0.outcome != .fail }
         let fixedIDs = !options.idReuse && !forgets
-        let writtenHostnames = Set(history.filter { $0.kind != .read }.map(\.hostname)).sorted()
+        let writtenHostnames = leaseHostnames(history)
         for op in history where op.kind != .read {
             if op.outcome == .info {
                 if op.kind == .acquire { unknownAcquires[op.hostname, default: []].append(op.invoke) }
@@ -340,7 +348,9 @@ extension LeaseCheckers {
             guard let l = op.leaseId else { continue }
             if let n = op.nodeId { nodeOf[op.hostname] = n }
             switch op.kind {
-            case .acquire, .renew: events[op.hostname, default: []].append(Event(index: i, lease: l, node: op.nodeId, change: .live))
+            case .acquire, .renew:
+                let retire = options.retentionNanos.map { op.invoke &+ UInt64(op.ttlSeconds ?? 0) * 1_000_000_000 &+ $0 } ?? .max
+                events[op.hostname, default: []].append(Event(index: i, lease: l, node: op.nodeId, change: .live, retireAfter: retire))
             case .release:
                 // Live just before the release applied, inactive from its entry on.
                 if i > 0 { events[op.hostname, default: []].append(Event(index: i - 1, lease: l, node: op.nodeId, change: .live)) }
@@ -378,7 +388,7 @@ extension LeaseCheckers {
                             detail: "\(at): \(status) node \(n), but lease \(p.lease) of node \(p.node.map(String.init) ?? "?") was live at indexes \(p.index) and \(next!.index)"))
                 } else if p.change == .released, status != "inactive", !unknownAcquireBefore {
                     out.append(Anomaly(checker: "indexed-reads", detail: "\(at): \(status), but lease \(p.lease) was released at index \(p.index)"))
-                } else if p.change == .live, status == "inactive", !unknownReleaseBefore, options.retentionNanos == nil {
+                } else if p.change == .live, status == "inactive", !unknownReleaseBefore, op.complete < p.retireAfter {
                     out.append(
                         Anomaly(
                             checker: "indexed-reads",
@@ -388,6 +398,12 @@ extension LeaseCheckers {
             }
         }
         return out
+    }
+
+    /// The hostnames whose leases the history acquires, renews or releases: the ones the
+    /// model and the indexed reads follow (a forget's answer may name another).
+    public static func leaseHostnames(_ history: [HistoryOp]) -> [String] {
+        Set(history.filter { $0.kind == .acquire || $0.kind == .renew || $0.kind == .release }.map(\.hostname)).sorted()
     }
 
     /// A read as one read per hostname of `hostnames`: as its registry shows it (when it

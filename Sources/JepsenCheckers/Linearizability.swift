@@ -27,9 +27,10 @@ public enum Linearizability {
         /// IDs can move between hostnames (a small range: an inactive hostname's ID may go to
         /// another hostname, which leaves the first one absent).
         public var idReuse: Bool
-        /// Some forget has an unknown outcome: any stale or inactive entry may vanish.
-        public var unknownForgets: Bool
-        public init(retentionNanos: UInt64? = nil, idReuse: Bool = false, unknownForgets: Bool = false) {
+        /// Forgets of unknown outcome (the node ID, and when they were invoked): after one is
+        /// invoked, a stale or inactive entry with that ID (or an unknown one) may vanish.
+        public var unknownForgets: [(node: UInt32, invoke: UInt64)]
+        public init(retentionNanos: UInt64? = nil, idReuse: Bool = false, unknownForgets: [(node: UInt32, invoke: UInt64)] = []) {
             self.retentionNanos = retentionNanos
             self.idReuse = idReuse
             self.unknownForgets = unknownForgets
@@ -59,11 +60,12 @@ public enum Linearizability {
         var byHost: [String: [HistoryOp]] = [:]
         // The hostnames the history writes: others in a registry read (holders outside the
         // history, such as the keepers) have no model here.
-        let all = Set(history.filter { $0.kind != .read }.map(\.hostname)).sorted()
+        let all = LeaseCheckers.leaseHostnames(history)
+        let followed = Set(all)
         for op in history {
             // A read of the whole registry is one read per hostname (linearizability is local:
             // checking each hostname's reads on their own is weaker, never stronger).
-            for o in op.kind == .read ? LeaseCheckers.perHostname(op, hostnames: all) : [op] where relevant(o) {
+            for o in op.kind == .read ? LeaseCheckers.perHostname(op, hostnames: all) : [op] where relevant(o) && followed.contains(o.hostname) {
                 byHost[o.hostname, default: []].append(o)
             }
         }
@@ -197,7 +199,8 @@ extension EntryState {
             e.released = true
             out.append(e)
         }
-        if (released && options.idReuse) || options.unknownForgets {
+        let forgotten = options.unknownForgets.contains { f in horizon >= f.invoke && (node == nil || node == f.node) }
+        if (released && options.idReuse) || forgotten {
             // An inactive entry's ID may go to another hostname, or a forget of unknown outcome
             // may remove a stale or inactive node: this hostname is then absent.
             out.append(EntryState(token: token))

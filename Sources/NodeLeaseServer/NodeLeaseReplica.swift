@@ -23,7 +23,14 @@ public final class NodeLeaseReplica: Service, Sendable {
     {
         try config.validate()
         var config = config
-        config.faults.apply(to: &config)
+        #if NODELEASE_FAULTS
+            config.faults.apply(to: &config)
+        #else
+            // Planted faults exist only in the fault build.
+            if !config.faults.isEmpty {
+                throw ConfigError("NODELEASE_FAULT", "planted faults need the fault build (-Xswiftc -DNODELEASE_FAULTS); refusing to start")
+            }
+        #endif
         self.config = config
         var logger = logger
         logger[metadataKey: "replica"] = "\(config.replicaID)"

@@ -68,17 +68,20 @@ public struct FaultOptions: Sendable, Equatable {
     /// The variables this reads.
     public static let variables = ["NODELEASE_FAULT", "NODELEASE_FAULT_LAZY_DISK", "NODELEASE_FAULT_CLOCK_FILE", "NODELEASE_FAULT_DISK_FILE"]
 
-    /// Reads `NODELEASE_FAULT*`. In a normal build any of them set is an error (the replica
-    /// must not start); an unknown fault name is an error in either build.
+    /// Reads `NODELEASE_FAULT*`. In a normal build any such variable set is an error (the
+    /// replica must not start); an unknown fault or variable name is an error in the fault build.
     public static func fromEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigError) -> FaultOptions {
         var o = FaultOptions()
-        let set = variables.filter { !(env[$0] ?? "").isEmpty }
+        let set = env.keys.filter { $0.hasPrefix("NODELEASE_FAULT") && !(env[$0] ?? "").isEmpty }.sorted()
         guard !set.isEmpty else { return o }
         guard PlantedFault.available else {
             throw ConfigError(
                 set[0],
                 "is set, but this is a normal build without planted faults; refusing to start (planted faults exist only in a test build: "
                     + "swift build -Xswiftc -DNODELEASE_FAULTS)")
+        }
+        if let unknown = set.first(where: { !variables.contains($0) }) {
+            throw ConfigError(unknown, "is not a variable of the fault build (known: \(variables.joined(separator: ", ")))")
         }
         if let name = env["NODELEASE_FAULT"], !name.isEmpty {
             guard let f = PlantedFault(rawValue: name) else {
@@ -92,34 +95,38 @@ public struct FaultOptions: Sendable, Equatable {
         if let f = env["NODELEASE_FAULT_DISK_FILE"], !f.isEmpty { o.diskControlFile = f }
         return o
     }
-
-    /// Applies the planted fault to the replica's configuration.
-    func apply(to server: inout ServerConfig) {
-        switch planted {
-        case .noFsync: server.fsync = false
-        case .retireAtOnce: server.retentionSeconds = 0
-        default: break
-        }
-    }
-
-    func apply(to raft: inout RaftConfig) {
-        if planted == .voteBeforePersist { raft.faults.insert(.sendVoteBeforePersist) }
-    }
-
-    func apply(to core: inout ReplicaCore.Config) {
-        switch planted {
-        case .skipReadBarrier: core.breakReadBarrier = true
-        case .readBeforeCatchUp: core.breakCatchUp = true
-        case .noExpiryMargin: core.expiry.clockRateMargin = 0
-        case .expireIgnoresRenewal: core.registryFaults.insert(.expireIgnoresRenewal)
-        case .noFailoverReset: core.breakFailoverReset = true
-        case .noDeduplication: core.breakExactlyOnce = true
-        case .reacquireNewLease: core.registryFaults.insert(.reacquireGrantsNewLease)
-        case .retireAtOnce: core.expiry.retentionSeconds = 0
-        case .voteBeforePersist, .noFsync, nil: break
-        }
-    }
 }
+
+#if NODELEASE_FAULTS
+    extension FaultOptions {
+        /// Applies the planted fault to the replica's configuration.
+        func apply(to server: inout ServerConfig) {
+            switch planted {
+            case .noFsync: server.fsync = false
+            case .retireAtOnce: server.retentionSeconds = 0
+            default: break
+            }
+        }
+
+        func apply(to raft: inout RaftConfig) {
+            if planted == .voteBeforePersist { raft.faults.insert(.sendVoteBeforePersist) }
+        }
+
+        func apply(to core: inout ReplicaCore.Config) {
+            switch planted {
+            case .skipReadBarrier: core.breakReadBarrier = true
+            case .readBeforeCatchUp: core.breakCatchUp = true
+            case .noExpiryMargin: core.expiry.clockRateMargin = 0
+            case .expireIgnoresRenewal: core.registryFaults.insert(.expireIgnoresRenewal)
+            case .noFailoverReset: core.breakFailoverReset = true
+            case .noDeduplication: core.breakExactlyOnce = true
+            case .reacquireNewLease: core.registryFaults.insert(.reacquireGrantsNewLease)
+            case .retireAtOnce: core.expiry.retentionSeconds = 0
+            case .voteBeforePersist, .noFsync, nil: break
+            }
+        }
+    }
+#endif
 
 #if NODELEASE_FAULTS
     /// A monotonic clock whose rate comes from a file (the fault build's clock nemesis): the

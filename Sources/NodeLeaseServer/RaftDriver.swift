@@ -78,7 +78,9 @@ actor RaftDriver {
         let registry = snap.isEmpty ? LeaseRegistry() : try LeaseRegistry(snapshot: snap.data)
         var raftConfig = RaftConfig(
             id: config.replicaID, electionTicks: config.electionTicks, heartbeatTicks: config.heartbeatTicks)
-        config.faults.apply(to: &raftConfig)
+        #if NODELEASE_FAULTS
+            config.faults.apply(to: &raftConfig)
+        #endif
         let node = try RaftNode(config: raftConfig, storage: storage, random: SystemRandomNumberGenerator())
         var coreConfig = ReplicaCore.Config(replicaID: config.replicaID)
         coreConfig.requestTimeoutNanos = UInt64(config.requestTimeoutMillis) * 1_000_000
@@ -87,8 +89,8 @@ actor RaftDriver {
         coreConfig.idempotencyWindow = config.idempotencyWindow
         coreConfig.expiry = .init(retentionSeconds: config.retentionSeconds)
         coreConfig.dataDirectoryID = storage.directoryID
-        config.faults.apply(to: &coreConfig)
         #if NODELEASE_FAULTS
+            config.faults.apply(to: &coreConfig)
             faultClock = config.faults.clockRateFile.map(FaultClock.init(path:))
         #endif
         coreConfig.requestIDBase = UInt64.random(in: 0...(UInt64.max >> 16)) << 16

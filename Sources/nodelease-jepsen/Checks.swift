@@ -38,8 +38,8 @@ struct Checks {
         guard let info else { return .init() }
         let retention: UInt64? =
             info.faults.contains("clock") ? 0 : UInt64(max(0, info.retentionSeconds - 1)) * 1_000_000_000
-        return Linearizability.Options(
-            retentionNanos: retention, idReuse: info.idReuse, unknownForgets: ops.contains { $0.kind == .forget && $0.outcome == .info })
+        let forgets = ops.filter { $0.kind == .forget && $0.outcome == .info }.compactMap { o in o.nodeId.map { (node: $0, invoke: o.invoke) } }
+        return Linearizability.Options(retentionNanos: retention, idReuse: info.idReuse, unknownForgets: forgets)
     }
 
     static func run(
@@ -70,6 +70,10 @@ struct Checks {
         c.anomalies += LeaseCheckers.sameIndexReads(ops)
         c.anomalies += LeaseCheckers.readsSeeAcknowledgedWrites(ops)
         c.anomalies += FencedStore.check(fenced)
+        // A replica whose fsync failed must stop (fail-stop): the disk nemesis says when one did not.
+        for e in nemesis where e.fault == "disk" && e.phase == "end" && e.target.contains("DID NOT STOP") {
+            c.anomalies.append(Anomaly(checker: "fail-stop", detail: "replica \(e.target)"))
+        }
         c.fencedWrites = (fenced.filter(\.accepted).count, fenced.filter { !$0.accepted }.count)
         c.anomalies += LeaseCheckers.electionSafety((info?.leaders ?? []).map { ($0.term, $0.replica) })
         c.linearizability = Linearizability.check(ops, options: options)

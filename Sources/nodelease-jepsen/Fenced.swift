@@ -30,19 +30,23 @@ struct FencedStore: Sendable {
         defer { Glibc.close(fd) }
         flock(fd, LOCK_EX)
         defer { flock(fd, LOCK_UN) }
-        let highest = Self.highest(path: path)[node] ?? 0
-        let accepted = token >= highest
+        // The highest accepted token per node lives in a small side file (read and written
+        // under the same lock), so a write costs the same at the end of a run as at its start.
+        var highest = Self.readHighest(path + ".max")
+        let accepted = token >= (highest[node] ?? 0)
+        if accepted && token > (highest[node] ?? 0) {
+            highest[node] = token
+            if let data = try? JSONEncoder().encode(highest) { try? data.write(to: URL(fileURLWithPath: path + ".max")) }
+        }
         let w = FencedWrite(time: Self.now(), node: node, token: token, writer: writer, believedUntil: believedUntil, accepted: accepted)
         let line = (try? JSONEncoder().encode(w)).map { String(decoding: $0, as: UTF8.self) + "\n" } ?? ""
         _ = line.withCString { Glibc.write(fd, $0, strlen($0)) }
         return accepted
     }
 
-    /// The highest accepted token per node (read from the log under the lock).
-    static func highest(path: String) -> [UInt32: UInt64] {
-        var out: [UInt32: UInt64] = [:]
-        for w in load(path: path) where w.accepted { out[w.node] = max(out[w.node] ?? 0, w.token) }
-        return out
+    static func readHighest(_ path: String) -> [UInt32: UInt64] {
+        guard let data = try? Data(contentsOf: URL(fileURLWithPath: path)) else { return [:] }
+        return (try? JSONDecoder().decode([UInt32: UInt64].self, from: data)) ?? [:]
     }
 
     static func load(path: String) -> [FencedWrite] {

@@ -134,7 +134,28 @@ enum Report {
             events.append(Event(time: max(op.complete, op.invoke), invoke: false, op: op))
         }
         events.sort { ($0.time, $0.invoke ? 0 : 1) < ($1.time, $1.invoke ? 0 : 1) }
+        // Jepsen's rules for process ids: one operation outstanding per process, and a process
+        // whose operation ended `:info` is never used again. So a hedged copy and each final
+        // read get a process of their own, and a worker moves to a fresh process after each
+        // unknown outcome (ids above 1000 are such fresh ones).
+        var pid: [Int: Int] = [:]
         var edn = ""
+        var nextFresh = 1000
+        var current: [Int: Int] = [:]
+        for e in events where e.invoke {
+            let op = e.op
+            let key = op.hashValue
+            if op.hedge == true || op.process < 0 {
+                pid[key] = nextFresh
+                nextFresh += 1
+            } else {
+                pid[key] = current[op.process] ?? op.process
+            }
+            if op.outcome == .info && op.hedge != true && op.process >= 0 {
+                current[op.process] = nextFresh
+                nextFresh += 1
+            }
+        }
         for (i, e) in events.enumerated() {
             let op = e.op
             var value = "{:hostname \"\(op.hostname)\" :holder \"\(op.holder)\""
@@ -151,7 +172,7 @@ enum Report {
             if !e.invoke, let x = op.index { value += " :log-index \(x)" }
             value += "}"
             let type = e.invoke ? "invoke" : op.outcome.rawValue
-            edn += "{:index \(i), :time \(e.time), :process \(op.process), :type :\(type), :f :\(op.kind.rawValue), :value \(value)}\n"
+            edn += "{:index \(i), :time \(e.time), :process \(pid[op.hashValue] ?? op.process), :type :\(type), :f :\(op.kind.rawValue), :value \(value)}\n"
         }
         return edn
     }

@@ -209,3 +209,32 @@ struct IdempotencyCheckTests {
         #expect(LeaseCheckers.idempotency([a, b]).isEmpty)
     }
 }
+
+struct ForgetAndForeignHostnameTests {
+    @Test func anUnknownForgetOnlyRemovesItsNodeAfterItWasInvoked() {
+        let acquire = op(0, .acquire, "a", lease: "5", at: 0, done: 1 * s)
+        let release = op(0, .release, "a", lease: "5", at: 2 * s, done: 2 * s + 1)
+        let absent = read(9, at: 4 * s, done: 4 * s + 1, nil)
+        #expect(!valid([acquire, release, absent]))
+        func forget(_ node: UInt32, at t: UInt64) -> Linearizability.Options { .init(unknownForgets: [(node: node, invoke: t)]) }
+        // An unknown forget of node 1 invoked at 3 s explains the absent read...
+        #expect(valid([acquire, release, absent], forget(1, at: 3 * s)))
+        // ... but not one of another node, nor one invoked after the read.
+        #expect(!valid([acquire, release, absent], forget(2, at: 3 * s)))
+        #expect(!valid([acquire, release, absent], forget(1, at: 5 * s)))
+    }
+
+    @Test func hostnamesWithoutLeaseOperationsAreNotModelled() {
+        // A registry read shows a hostname the history never acquired (a keeper's), and a
+        // forget names it: neither is checked against a model with no history for it.
+        var forget = op(5, .forget, "f", lease: nil, at: 3 * s, done: 3 * s + 1, node: 2, host: "keeper")
+        forget.nodeId = 2
+        let h = [
+            op(0, .acquire, "a", lease: "5", at: 0, done: 1 * s, host: "a"),
+            registryRead(1, at: 2 * s, done: 2 * s + 1, [RegistryEntry(nodeId: 1, hostname: "a", status: "active"), RegistryEntry(nodeId: 2, hostname: "keeper", status: "active")], index: 6, replica: 1, linearizable: true),
+            forget,
+        ]
+        #expect(valid(h))
+        #expect(LeaseCheckers.indexedReads(h).isEmpty)
+    }
+}

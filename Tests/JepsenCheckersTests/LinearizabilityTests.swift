@@ -3,28 +3,6 @@ import Testing
 
 /// Hand-made histories for the linearizability search and the indexed-read check. Times are in
 /// seconds (`s`); leases use a 4 s TTL unless said otherwise.
-private func op(
-    _ p: Int, _ kind: HistoryOp.Kind, _ holder: String, lease: String?, at invoke: UInt64, done: UInt64, _ outcome: HistoryOp.Outcome = .ok,
-    node: UInt32? = 1, status: String? = nil, index: UInt64? = nil, error: String? = nil, host: String = "mx"
-) -> HistoryOp {
-    var o = HistoryOp(process: p, kind: kind, hostname: host, holder: holder, invoke: invoke, complete: done, outcome: outcome)
-    o.leaseId = lease
-    if outcome == .ok { o.nodeId = node }
-    if kind == .acquire, outcome == .ok, let l = lease { o.fencingToken = UInt64(l) }
-    o.ttlSeconds = 4
-    o.status = status
-    o.index = index
-    o.error = error
-    return o
-}
-
-private func read(_ p: Int, at invoke: UInt64, done: UInt64, node: UInt32? = 1, _ status: String?, index: UInt64? = nil, linearizable: Bool = true) -> HistoryOp {
-    var o = op(p, .read, "r\(p)", lease: nil, at: invoke, done: done, node: node, status: status, index: index)
-    if status == nil { o.nodeId = nil }
-    o.linearizable = linearizable
-    return o
-}
-
 private func linearizable(_ h: [HistoryOp]) -> Bool {
     let r = Linearizability.check(h)
     return r.anomalies.isEmpty

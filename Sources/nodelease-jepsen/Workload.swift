@@ -131,8 +131,10 @@ struct Worker: Sendable {
             } else {
                 let r = await write(.acquire, "POST", "/v1/leases", acquireBody, target, lease: nil, &random)
                 if r?.outcome == .fail {
-                    // Refused (another holder has the hostname, or no ID is free): back off.
-                    downUntil = history.now() + UInt64(300 + random.below(1200)) * 1_000_000
+                    // Refused (another holder has the hostname, or no ID is free): back off for
+                    // 0.3-3 s, so a lease that ran out often stays stale for a while before the
+                    // hostname's other holder takes it back.
+                    downUntil = history.now() + UInt64(300 + random.below(2700)) * 1_000_000
                 }
                 if let r, r.outcome == .ok, let id = r.leaseId, let node = r.nodeId {
                     if released.contains(id) {

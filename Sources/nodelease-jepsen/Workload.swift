@@ -205,32 +205,37 @@ struct Worker: Sendable {
         // connection, and a refusal of that replay says nothing about the first send).
         let answer = await cluster.request(replica, method, path, body: body, headers: ["Idempotency-Key": key, "Connection": "close"], timeout: 2.5)
         o.complete = history.now()
-        if let (status, json, headers) = answer {
-            // The index of the entry that applied this write (or refused it).
-            o.index = headers["x-nodelease-index"].flatMap(UInt64.init)
-            switch status {
-            case 200:
-                o.outcome = .ok
-                if let id = json["leaseId"] as? String { o.leaseId = id }
-                if let n = json["nodeId"] as? Int { o.nodeId = UInt32(n) }
-                if let t = json["fencingToken"] as? Int { o.fencingToken = UInt64(t) }
-                if let t = json["ttlSeconds"] as? Int { o.ttlSeconds = UInt32(t) }
-                if let s = json["status"] as? String { o.status = s }
-            case 503:
-                // no_leader never reports success, but the change may still commit later.
-                o.outcome = .info
-                o.error = json["error"] as? String
-            case -1:
-                // Never delivered (connection refused): nothing happened.
-                o.outcome = .fail
-                o.error = "not_delivered"
-                o.index = nil
-            default:
-                o.outcome = .fail
-                o.error = json["error"] as? String
-            }
-        }
+        Self.record(answer, into: &o)
         return o
+    }
+
+    /// A write's answer into its operation: the fields a 200 carries (a forget's names the
+    /// hostname it removed), the index of the entry that applied or refused it, and the outcome:
+    /// 503 `no_leader` is unknown (the change may still commit), a refused connection (-1) a
+    /// definite no-op, other statuses definite refusals; no answer leaves it unknown.
+    static func record(_ answer: (Int, [String: Any], [String: String])?, into o: inout HistoryOp) {
+        guard let (status, json, headers) = answer else { return }
+        o.index = headers["x-nodelease-index"].flatMap(UInt64.init)
+        switch status {
+        case 200:
+            o.outcome = .ok
+            if let id = json["leaseId"] as? String { o.leaseId = id }
+            if let n = json["nodeId"] as? Int { o.nodeId = UInt32(n) }
+            if let h = json["hostname"] as? String { o.hostname = h }
+            if let t = json["fencingToken"] as? Int { o.fencingToken = UInt64(t) }
+            if let t = json["ttlSeconds"] as? Int { o.ttlSeconds = UInt32(t) }
+            if let s = json["status"] as? String { o.status = s }
+        case 503:
+            o.outcome = .info
+            o.error = json["error"] as? String
+        case -1:
+            o.outcome = .fail
+            o.error = "not_delivered"
+            o.index = nil
+        default:
+            o.outcome = .fail
+            o.error = json["error"] as? String
+        }
     }
 
     /// Forgets a node the last read showed stale or inactive. A success names the hostname it
@@ -242,22 +247,7 @@ struct Worker: Sendable {
         o.nodeId = victim.nodeId
         let answer = await cluster.request(replica, "DELETE", "/v1/cluster/nodes/\(victim.nodeId)", headers: ["Connection": "close"], timeout: 2.5)
         o.complete = history.now()
-        if let (status, json, headers) = answer {
-            o.index = headers["x-nodelease-index"].flatMap(UInt64.init)
-            switch status {
-            case 200:
-                o.outcome = .ok
-                if let h = json["hostname"] as? String { o.hostname = h }
-                if let s = json["status"] as? String { o.status = s }
-            case 503: o.outcome = .info
-            case -1:
-                o.outcome = .fail
-                o.error = "not_delivered"
-            default:
-                o.outcome = .fail
-                o.error = json["error"] as? String
-            }
-        }
+        Self.record(answer, into: &o)
         history.add(o)
     }
 

@@ -170,9 +170,11 @@ public struct LeaseRegistry: Sendable {
         while rememberedHead < rememberedOrder.count {
             let key = rememberedOrder[rememberedHead]
             let at = remembered[key]!.at
-            let (span, overflow) = idempotencyWindow.seconds.multipliedReportingOverflow(by: 1_000_000_000)
+            var window = idempotencyWindow
+            if faults.contains(.forgetKeysEarly) { window = IdempotencyWindow(seconds: window.seconds / 2, maxKeys: window.maxKeys / 2) }
+            let (span, overflow) = window.seconds.multipliedReportingOverflow(by: 1_000_000_000)
             let expired = clock != 0 && !overflow && at < clock && clock - at > span
-            guard remembered.count > idempotencyWindow.maxKeys || expired else { break }
+            guard remembered.count > window.maxKeys || expired else { break }
             remembered[key] = nil
             rememberedHead += 1
         }
@@ -593,4 +595,6 @@ public struct RegistryFaults: OptionSet, Sendable, Hashable {
     public static let expireIgnoresRenewal = RegistryFaults(rawValue: 1 << 0)
     /// The same holder acquiring its live lease again gets a new lease instead of the same one.
     public static let reacquireGrantsNewLease = RegistryFaults(rawValue: 1 << 1)
+    /// Idempotency keys are forgotten at half the window's time and half its key limit.
+    public static let forgetKeysEarly = RegistryFaults(rawValue: 1 << 2)
 }

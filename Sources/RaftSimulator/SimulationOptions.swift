@@ -1,3 +1,4 @@
+import LeaseRegistry
 import Raft
 
 /// What a simulation run is asked to do. Everything not given here is derived from the seed
@@ -74,6 +75,9 @@ public struct Knobs: Sendable, CustomStringConvertible {
     public var durableDisk: Bool
     /// The TTL mail nodes ask for, in seconds.
     public var leaseTTL: UInt32
+    /// How long and how many idempotency keys the registry remembers: often small enough
+    /// that keys leave the window while mail nodes still retry them.
+    public var idempotencyWindow: IdempotencyWindow
 
     init(seed: UInt64, replicas: Int?) {
         var g = DeterministicGenerator(seed: seed ^ 0x6b6e_6f62_7321)
@@ -101,6 +105,8 @@ public struct Knobs: Sendable, CustomStringConvertible {
         fsyncCrashRate = pick([0, 0.01, 0.04])
         durableDisk = pick([false, true])
         leaseTTL = pick([1, 1, 2])
+        // Drawn last, so the knobs above keep their values for a seed.
+        idempotencyWindow = IdempotencyWindow(seconds: pick([600, 600, 1, 2]), maxKeys: pick([100_000, 100_000, 3, 16]))
     }
 
     public var description: String {
@@ -108,7 +114,8 @@ public struct Knobs: Sendable, CustomStringConvertible {
             + "delay=\(minDelayMicros)-\(maxDelayMicros)us drop=\(dropRate) dup=\(duplicateRate) "
             + "drift=\(drift) fsync<=\(maxFsyncMicros)us nemesis=\(nemesisMinMillis)-\(nemesisMaxMillis)ms "
             + "snapshot-every=\(snapshotEvery) keep=\(keepAfterSnapshot) inflight=\(maxInflight) "
-            + "msg-bytes=\(maxMessageBytes) prevote=\(preVote) checkquorum=\(checkQuorum) fsync-crash=\(fsyncCrashRate) disk=\(durableDisk ? "wal" : "memory") ttl=\(leaseTTL)s"
+            + "msg-bytes=\(maxMessageBytes) prevote=\(preVote) checkquorum=\(checkQuorum) fsync-crash=\(fsyncCrashRate) disk=\(durableDisk ? "wal" : "memory") ttl=\(leaseTTL)s "
+            + "keys=\(idempotencyWindow.seconds)s/\(idempotencyWindow.maxKeys)"
     }
 }
 
@@ -126,6 +133,8 @@ public struct SimulationResult: Sendable {
     public var elections: Int
     public var crashes: Int
     public var snapshotsInstalled: Int
+    /// Client keys that applied again after they left the idempotency window (allowed).
+    public var keysReapplied: Int = 0
     public var trace: [String]
 
     public var ok: Bool { violations.isEmpty }
@@ -134,5 +143,6 @@ public struct SimulationResult: Sendable {
         "seed \(seed): \(ok ? "ok" : "FAILED") events=\(events) time=\(virtualMillis)ms "
             + "acked=\(acknowledgedWrites) failed=\(failedWrites) unknown=\(indeterminateOperations) "
             + "reads=\(reads) leaders=\(elections) crashes=\(crashes) snapshots-installed=\(snapshotsInstalled)"
+            + (keysReapplied > 0 ? " keys-reapplied=\(keysReapplied)" : "")
     }
 }

@@ -14,11 +14,13 @@ extension Simulation {
         c.readResendNanos = UInt64(knobs.heartbeatTicks) * knobs.tickMicros * 3000
         c.writeResendNanos = 150_000_000
         c.expiry = .init(retentionSeconds: 2)
+        c.idempotencyWindow = knobs.idempotencyWindow
         c.dataDirectoryID = UInt64(i + 1) << 32 | UInt64(replicas[i].epoch)
         c.requestIDBase = UInt64(i + 1) << 56 | UInt64(replicas[i].epoch) << 40
         c.breakFailoverReset = options.leaseFaults.contains(.noFailoverReset)
         c.reportRegistryWithEntries = true
         c.breakExactlyOnce = options.leaseFaults.contains(.ignoreIdempotencyKeys)
+        if options.leaseFaults.contains(.forgetKeysEarly) { c.registryFaults.insert(.forgetKeysEarly) }
         return c
     }
 
@@ -132,15 +134,35 @@ extension Simulation {
         let firstApply = e.index > highestApplied
         let timed = TimedCommand(decoding: e.data)
         if let timed, timed.requestID != 0, replicas[i].requests[timed.requestID] != nil { replicas[i].justApplied[timed.requestID] = e }
+        if let applied, firstApply, let timed, let key = timed.key, key.origin != .client, !applied.replayed {
+            keyedApplications += 1  // remembered too, so it counts toward the key limit
+        }
         if let applied, firstApply, let timed, let key = timed.key, key.origin == .client {
-            // Exactly once: a key's command changes the registry at most once.
+            // Exactly once: a key's command changes the registry at most once while the key is
+            // remembered (API.md: for the window's time, and while fewer than the key limit of
+            // newer keys applied).
             if !applied.replayed, applied.result != .failure(.idempotencyKeyMismatch) {
-                if let first = applications[key.value] {
-                    checker.recordFailure(
-                        .exactlyOnce, "request \(key.value) applied twice: at index \(first.index) and again at \(e.index)")
-                } else {
-                    applications[key.value] = (e.index, applied.result)
+                if let last = applications[key.value]?.last {
+                    let newer = keyedApplications - last.sequence
+                    let window = knobs.idempotencyWindow
+                    // The window runs in leader time from the entry's proposal, which can be
+                    // long before it applies, but never before the mail node first sent it; and
+                    // leader time runs at most `drift` fast against true time.
+                    let since = keySubmittedAt[key.value] ?? last.at
+                    let age = (now - min(now, since)) * 1000
+                    let evicted = newer >= window.maxKeys || Double(age) * (1 + 2 * knobs.drift) >= Double(window.seconds) * 1e9
+                    if !evicted {
+                        checker.recordFailure(
+                            .exactlyOnce,
+                            "request \(key.value) applied twice: at index \(last.index) and again at \(e.index) (\(newer) newer keys, \(age / 1_000_000)ms after it was first sent; window \(window.seconds)s, \(window.maxKeys) keys)")
+                    } else {
+                        result.keysReapplied += 1
+                        trace("key \(key.value) applied again at \(e.index) after it left the window")
+                    }
                 }
+                keyedApplications += 1
+                applications[key.value, default: []].append(
+                    Application(index: e.index, result: applied.result, at: now, sequence: keyedApplications))
             }
         }
         leaseApplied(i, entry: e, registry: registry, reusedID: reusedID, reply: applied?.result)
@@ -153,8 +175,9 @@ extension Simulation {
         // replica, or past the op's deadline).
         let key = "op-\(op)"
         trace("mail \(c) op \(op) answered at replica \(i + 1): \(w.result) index \(w.index)\(w.replayed ? " (replayed)" : "")")
-        if let first = applications[key] {
-            if first.result != w.result || first.index != w.index {
+        if let all = applications[key] {
+            if !all.contains(where: { $0.result == w.result && $0.index == w.index }) {
+                let first = all[0]
                 checker.recordFailure(
                     .exactlyOnce,
                     "request \(key) was answered \(w.result) at index \(w.index), but it applied as \(first.result) at \(first.index)")

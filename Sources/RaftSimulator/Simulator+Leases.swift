@@ -84,6 +84,7 @@ extension Simulation {
             if mailNodes[c].opKind == .release { mailNodes[c].released.insert(mailNodes[c].opLease!.leaseID) }
             mailNodes[c].sentLocal = mailLocal(c)
             mailNodes[c].key = "op-\(nextOp)"
+            keySubmittedAt[mailNodes[c].key] = now
             switch mailNodes[c].opKind {
             case .acquire:
                 mailNodes[c].command = .acquire(
@@ -208,4 +209,6 @@ public struct LeaseFaults: OptionSet, Sendable, Hashable {
     public static let noFailoverReset = LeaseFaults(rawValue: 1 << 1)
     /// The registry ignores idempotency keys: a re-sent or retried write applies again.
     public static let ignoreIdempotencyKeys = LeaseFaults(rawValue: 1 << 2)
+    /// The registry forgets idempotency keys at half the window (time and key limit).
+    public static let forgetKeysEarly = LeaseFaults(rawValue: 1 << 3)
 }

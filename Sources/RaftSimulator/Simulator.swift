@@ -41,6 +41,15 @@ public final class Simulation {
         case finish
     }
 
+    /// One application of a client key: its index and outcome, when (true time) and the count
+    /// of keyed applications then.
+    struct Application {
+        var index: LogIndex
+        var result: Result<LeaseReply, LeaseError>
+        var at: UInt64
+        var sequence: Int
+    }
+
     struct Waiter {
         var index: LogIndex
         var term: Term
@@ -124,7 +133,11 @@ public final class Simulation {
     var highestApplied: LogIndex = 0
     var renewalApplied: [RenewalKey: UInt64] = [:]
     /// The first application of every client key (lease workload): index and outcome.
-    var applications: [String: (index: LogIndex, result: Result<LeaseReply, LeaseError>)] = [:]
+    var applications: [String: [Application]] = [:]
+    /// When each client key was first sent (true time).
+    var keySubmittedAt: [String: UInt64] = [:]
+    /// How many client keys have applied (each key's first application counts once).
+    var keyedApplications = 0
     var result: SimulationResult
     var traceLines: [String] = []
 

@@ -50,7 +50,7 @@ struct NodeLeaseSim: AsyncParsableCommand {
 
     @Option(
         name: .customLong("break-lease"),
-        help: "Run deliberately broken lease behaviour: holder-ignores-deadline, no-failover-reset, ignore-idempotency-keys.")
+        help: "Run deliberately broken lease behaviour: holder-ignores-deadline, no-failover-reset, ignore-idempotency-keys, forget-keys-early.")
     var breakLease: [String] = []
 
     @Option(help: "Seeds run in parallel (default: one per core). Output stays in seed order.")
@@ -138,6 +138,7 @@ struct NodeLeaseSim: AsyncParsableCommand {
         "holder-ignores-deadline": .holderIgnoresDeadline,
         "no-failover-reset": .noFailoverReset,
         "ignore-idempotency-keys": .ignoreIdempotencyKeys,
+        "forget-keys-early": .forgetKeysEarly,
     ]
 
     func replayCommand(_ s: UInt64) -> String {

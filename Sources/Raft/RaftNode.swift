@@ -279,13 +279,16 @@ public struct RaftNode {
     public mutating func handleReady(_ driver: inout some ReadyDriver) throws {
         let rd = ready()
         let early = rd.messagesBeforePersist
-        let late = rd.messagesAfterPersist
         if !early.isEmpty { driver.send(early) }
         try driver.persist(hardState: rd.hardState, entries: rd.entries, snapshot: rd.snapshot, sync: rd.mustSync)
-        if !late.isEmpty { driver.send(late) }
-        if let s = rd.snapshot { try driver.restore(s) }
-        if !rd.committedEntries.isEmpty { try driver.apply(rd.committedEntries) }
-        if !rd.readStates.isEmpty { driver.readsReady(rd.readStates) }
+        try rd.forEachStepAfterPersist { step in
+            switch step {
+            case .send(let messages): driver.send(messages)
+            case .installSnapshot(let s): try driver.restore(s)
+            case .apply(let entries): try driver.apply(entries)
+            case .readStates(let states): driver.readsReady(states)
+            }
+        }
         advance(rd)
     }
 
@@ -344,7 +347,35 @@ public protocol ReadyDriver {
     mutating func readsReady(_ states: [ReadState])
 }
 
+/// One step of carrying out a `Ready` whose write is durable.
+public enum ReadyStep: Sendable {
+    /// Send the messages that had to wait for the write.
+    case send([Message])
+    /// Replace the state machine with the snapshot's.
+    case installSnapshot(Snapshot)
+    /// Apply these committed entries, in log order.
+    case apply([Entry])
+    /// Answer these read-index requests.
+    case readStates([ReadState])
+}
+
 extension Ready {
+    /// Whether carrying it out writes anything (hard state, entries or a snapshot).
+    public var writes: Bool { hardState != nil || !entries.isEmpty || snapshot != nil }
+
+    /// The Ready steps after the write, written once for every shell (the server's
+    /// `ReplicaCore`, the simulator's register workload, `handleReady`): the messages that
+    /// waited for the write, the snapshot, the committed entries, the read states, in this
+    /// order, each only when present. The shell calls `RaftNode.advance` after the last; a
+    /// step that throws stops the rest (and the shell does not advance).
+    public func forEachStepAfterPersist(_ body: (ReadyStep) throws -> Void) rethrows {
+        let late = messagesAfterPersist
+        if !late.isEmpty { try body(.send(late)) }
+        if let snapshot { try body(.installSnapshot(snapshot)) }
+        if !committedEntries.isEmpty { try body(.apply(committedEntries)) }
+        if !readStates.isEmpty { try body(.readStates(readStates)) }
+    }
+
     /// Messages that may be sent while the write of this `Ready` is in progress.
     public var messagesBeforePersist: [Message] { messages.filter(mayGoEarly) }
     /// Messages that may be sent only once the write of this `Ready` is durable.

@@ -81,11 +81,7 @@ extension Simulation {
         case .send(let messages):
             send(messages)
         case .persist(let rd):
-            replicas[i].inFlight = rd
-            let writes = rd.hardState != nil || !rd.entries.isEmpty || rd.snapshot != nil
-            let latency = writes && rd.mustSync ? 1 + random.next() % knobs.maxFsyncMicros : 0
-            queue.push(.persisted(i, epoch: replicas[i].epoch), at: now + latency)
-            maybeCrashInFsync(i, latency: latency)
+            schedulePersist(i, rd)
         case .forward(let data, let to, let queuedAt):
             let j = Int(to.rawValue) - 1
             if !unsent.isEmpty || blocked.contains(i * 16 + j) || !replicas[j].up {

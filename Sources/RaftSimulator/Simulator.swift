@@ -451,10 +451,15 @@ public final class Simulation {
 
     func startReady(_ i: Int) {
         let rd = replicas[i].node!.ready()
-        replicas[i].inFlight = rd
         send(rd.messagesBeforePersist)
-        let writes = rd.hardState != nil || !rd.entries.isEmpty || rd.snapshot != nil
-        let latency = writes && rd.mustSync ? 1 + random.next() % knobs.maxFsyncMicros : 0
+        schedulePersist(i, rd)
+    }
+
+    /// The Ready is being written: it becomes durable after a random fsync latency (when it
+    /// writes and must sync), unless the replica crashes inside that window.
+    func schedulePersist(_ i: Int, _ rd: Ready) {
+        replicas[i].inFlight = rd
+        let latency = rd.writes && rd.mustSync ? 1 + random.next() % knobs.maxFsyncMicros : 0
         queue.push(.persisted(i, epoch: replicas[i].epoch), at: now + latency)
         maybeCrashInFsync(i, latency: latency)
     }
@@ -481,23 +486,29 @@ public final class Simulation {
         guard let rd = replicas[i].inFlight else { return }
         let id = replicas[i].id
         guard persistInFlight(i, rd) else { return }
-        send(rd.messagesAfterPersist)
-        if let s = rd.snapshot {
-            result.snapshotsInstalled += 1
-            trace("replica \(id) installs snapshot \(s.metadata.term)/\(s.metadata.index)")
-            do { try replicas[i].machine.restore(s.data) } catch {
-                checker.recordFailure(.divergentState, "replica \(id) cannot restore a snapshot")
-            }
-            replicas[i].appliedIndex = s.metadata.index
-            // Proposals covered by the snapshot: this replica never sees their entries.
-            let covered = replicas[i].waiters.filter { $0.index <= s.metadata.index }
-            replicas[i].waiters.removeAll { $0.index <= s.metadata.index }
-            for w in covered { finishOp(w.client, op: w.op, outcome: .indeterminate) }
-        }
-        for e in rd.committedEntries { apply(i, e) }
-        for rs in rd.readStates {
-            if let k = replicas[i].reads.firstIndex(where: { $0.op == rs.requestID.rawValue }) {
-                replicas[i].reads[k].state = rs
+        rd.forEachStepAfterPersist { step in
+            switch step {
+            case .send(let messages):
+                send(messages)
+            case .installSnapshot(let s):
+                result.snapshotsInstalled += 1
+                trace("replica \(id) installs snapshot \(s.metadata.term)/\(s.metadata.index)")
+                do { try replicas[i].machine.restore(s.data) } catch {
+                    checker.recordFailure(.divergentState, "replica \(id) cannot restore a snapshot")
+                }
+                replicas[i].appliedIndex = s.metadata.index
+                // Proposals covered by the snapshot: this replica never sees their entries.
+                let covered = replicas[i].waiters.filter { $0.index <= s.metadata.index }
+                replicas[i].waiters.removeAll { $0.index <= s.metadata.index }
+                for w in covered { finishOp(w.client, op: w.op, outcome: .indeterminate) }
+            case .apply(let entries):
+                for e in entries { apply(i, e) }
+            case .readStates(let states):
+                for rs in states {
+                    if let k = replicas[i].reads.firstIndex(where: { $0.op == rs.requestID.rawValue }) {
+                        replicas[i].reads[k].state = rs
+                    }
+                }
             }
         }
         replicas[i].node!.advance(rd)

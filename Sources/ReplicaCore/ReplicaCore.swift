@@ -275,25 +275,32 @@ public struct ReplicaCore {
     public mutating func persisted(now: UInt64) {
         guard let rd = readyInFlight else { return }
         readyInFlight = nil
-        if !rd.messagesAfterPersist.isEmpty { effects.append(.send(rd.messagesAfterPersist)) }
-        if let s = rd.snapshot {
-            do {
-                registry = try LeaseRegistry(snapshot: s.data)
-                registry.faults = config.registryFaults
-                effects.append(.installedSnapshot(s.metadata))
-            } catch {
-                effects.append(.fatal("the leader's snapshot does not decode: \(error)"))
-                return
+        do {
+            try rd.forEachStepAfterPersist { step in
+                switch step {
+                case .send(let messages):
+                    effects.append(.send(messages))
+                case .installSnapshot(let s):
+                    // The only step that can fail: nothing after it runs, nor `advance`.
+                    registry = try LeaseRegistry(snapshot: s.data)
+                    registry.faults = config.registryFaults
+                    effects.append(.installedSnapshot(s.metadata))
+                case .apply(let entries):
+                    for e in entries { apply(e, now: now) }
+                case .readStates(let states):
+                    for rs in states {
+                        let id = rs.requestID.rawValue
+                        if id == catchUpRead && catchUpIndex == nil { catchUpIndex = rs.index }
+                        if reads[id] != nil {
+                            reads[id]!.index = rs.index
+                            reads[id]!.sentAt = nil
+                        }
+                    }
+                }
             }
-        }
-        for e in rd.committedEntries { apply(e, now: now) }
-        for rs in rd.readStates {
-            let id = rs.requestID.rawValue
-            if id == catchUpRead && catchUpIndex == nil { catchUpIndex = rs.index }
-            if reads[id] != nil {
-                reads[id]!.index = rs.index
-                reads[id]!.sentAt = nil
-            }
+        } catch {
+            effects.append(.fatal("the leader's snapshot does not decode: \(error)"))
+            return
         }
         node.advance(rd)
         answerReads()

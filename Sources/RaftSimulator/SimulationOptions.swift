@@ -78,6 +78,8 @@ public struct Knobs: Sendable, CustomStringConvertible {
     /// How long and how many idempotency keys the registry remembers: often small enough
     /// that keys leave the window while mail nodes still retry them.
     public var idempotencyWindow: IdempotencyWindow
+    /// The run may play the Figure 8 schedule once (see `Simulation.Figure8`).
+    public var figure8: Bool
 
     init(seed: UInt64, replicas: Int?) {
         var g = DeterministicGenerator(seed: seed ^ 0x6b6e_6f62_7321)
@@ -107,6 +109,7 @@ public struct Knobs: Sendable, CustomStringConvertible {
         leaseTTL = pick([1, 1, 2])
         // Drawn last, so the knobs above keep their values for a seed.
         idempotencyWindow = IdempotencyWindow(seconds: pick([600, 600, 1, 2]), maxKeys: pick([100_000, 100_000, 3, 16]))
+        figure8 = pick([false, true])
     }
 
     public var description: String {
@@ -115,7 +118,7 @@ public struct Knobs: Sendable, CustomStringConvertible {
             + "drift=\(drift) fsync<=\(maxFsyncMicros)us nemesis=\(nemesisMinMillis)-\(nemesisMaxMillis)ms "
             + "snapshot-every=\(snapshotEvery) keep=\(keepAfterSnapshot) inflight=\(maxInflight) "
             + "msg-bytes=\(maxMessageBytes) prevote=\(preVote) checkquorum=\(checkQuorum) fsync-crash=\(fsyncCrashRate) disk=\(durableDisk ? "wal" : "memory") ttl=\(leaseTTL)s "
-            + "keys=\(idempotencyWindow.seconds)s/\(idempotencyWindow.maxKeys)"
+            + "keys=\(idempotencyWindow.seconds)s/\(idempotencyWindow.maxKeys) figure8=\(figure8)"
     }
 }
 

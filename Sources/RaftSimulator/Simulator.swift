@@ -36,6 +36,9 @@ public final class Simulation {
         case crashInFsync(Int, epoch: Int)
         /// A crash of that epoch's process, whatever it is doing.
         case crashNow(Int, epoch: Int)
+        /// The Figure 8 schedule's next step, or its deadline for the step numbered.
+        case figure8Step
+        case figure8Timeout(step: Int)
         case heal
         case livenessDeadline
         case finish
@@ -140,6 +143,7 @@ public final class Simulation {
     var keyedApplications = 0
     var result: SimulationResult
     var traceLines: [String] = []
+    var figure8 = Figure8.idle
 
     /// A run of `options`, replicating `machine` (by default the one its workload uses).
     public init(options: SimulationOptions, machine: (any SimStateMachine.Type)? = nil) {
@@ -304,6 +308,10 @@ public final class Simulation {
             trace("nemesis: new leader \(replicas[i].id) crashes right after replicating earlier terms' entries")
             crash(i)
             queue.push(.restart(i), at: now + micros(ms: 10 + random.next() % 300))
+        case .figure8Step:
+            figure8Step()
+        case .figure8Timeout(let step):
+            figure8Timeout(step: step)
         case .heal:
             heal()
         case .livenessDeadline:
@@ -321,7 +329,9 @@ public final class Simulation {
 
     // MARK: Replicas
 
-    func start(_ i: Int) {
+    /// Starts (or restarts) replica `i` from its disk; `maxMessageBytes` overrides the knob for
+    /// this incarnation.
+    func start(_ i: Int, maxMessageBytes: Int? = nil) {
         var r = replicas[i]
         r.epoch += 1
         r.machine = makeMachine()
@@ -347,7 +357,7 @@ public final class Simulation {
         }
         let config = RaftConfig(
             id: r.id, electionTicks: knobs.electionTicks, heartbeatTicks: knobs.heartbeatTicks,
-            maxMessageBytes: knobs.maxMessageBytes, maxInflightMessages: knobs.maxInflight,
+            maxMessageBytes: maxMessageBytes ?? knobs.maxMessageBytes, maxInflightMessages: knobs.maxInflight,
             preVote: knobs.preVote, checkQuorum: knobs.checkQuorum, faults: options.faults)
         do {
             r.node = try RaftNode(config: config, storage: r.disk.storage, random: random.fork())
@@ -439,7 +449,8 @@ public final class Simulation {
         replicas[i].ledTerm = node.term
         // Figure 8: a new leader with entries of earlier terms not known committed sometimes
         // crashes right after replicating them.
-        if !faultsOver && node.lastIndex > node.commitIndex && random.chance(0.4) {
+        if figure8Running { figure8NewLeader(i) }
+        if !faultsOver && !figure8Running && node.lastIndex > node.commitIndex && random.chance(0.4) {
             queue.push(.crashNow(i, epoch: replicas[i].epoch), at: now + knobs.minDelayMicros + random.next() % (2 * knobs.maxDelayMicros + 1))
         }
         result.elections += 1
@@ -589,7 +600,7 @@ public final class Simulation {
         for m in messages {
             let from = Int(m.from.rawValue) - 1
             let to = Int(m.to.rawValue) - 1
-            if blocked.contains(from * 16 + to) || random.chance(dropRate) {
+            if blocked.contains(from * 16 + to) || random.chance(dropRate) || figure8Drops(m) {
                 if options.trace { trace("drop \(m)") }
                 continue
             }
@@ -625,6 +636,8 @@ public final class Simulation {
 
     func nemesis() {
         let n = replicas.count
+        if figure8Running { return }
+        if knobs.figure8, case .idle = figure8, random.chance(0.3), startFigure8() { return }
         let roll = random.next() % 100
         switch roll {
         case 0..<20:
@@ -692,6 +705,7 @@ public final class Simulation {
         healedAt = now
         blocked = []
         dropRate = 0
+        if figure8Running { figure8 = .done }
         for i in replicas.indices { replicas[i].pausedUntil = min(replicas[i].pausedUntil, now) }
         trace("heal: network healed, every replica up")
         for i in replicas.indices where !replicas[i].up { start(i) }

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NodeLeaseServer
@@ -11,13 +12,29 @@ import Testing
     import FoundationNetworking
 #endif
 
-/// A free loopback port (bound then released).
+/// A loopback port for a test's server: each handed out once per test process, counting up
+/// from a per-process start in 20000-31999 (below the kernel's ephemeral ports, 32768-60999 on
+/// Linux, and apart from the other test target's range), so that neither another test's port
+/// nor an outgoing connection's local port can take it between this check and the test's bind.
+/// A port that does not bind now is skipped.
+private let nextTestPort = NIOLockedValueBox<Int>(20000 + Int(getpid() % 100) * 119)
+
 func freePort() throws -> Int {
-    let channel = try ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: 0).wait()
-    let port = channel.localAddress!.port!
-    try channel.close().wait()
-    return port
+    for _ in 0..<11999 {
+        let port = nextTestPort.withLockedValue { next -> Int in
+            defer { next = next >= 31999 ? 20000 : next + 1 }
+            return next
+        }
+        guard let channel = try? ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: port).wait() else {
+            continue
+        }
+        try channel.close().wait()
+        return port
+    }
+    throw NoFreePort()
 }
+
+struct NoFreePort: Error {}
 
 struct HTTPResult {
     var status: Int

@@ -318,7 +318,8 @@ public final class DurableLog: RaftLogStorage {
     }
 
     private func fail(_ e: StorageFailure) -> StorageFailure {
-        let why = e.description
+        var why = e.description
+        if case .failed(let inner) = e { why = inner }
         if failure == nil {
             failure = why
             log("storage failed, refusing further writes: \(why)")

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
 /// The seam between the storage and the disk. Everything `DurableLog` does to files goes
 /// through these two protocols, so tests can substitute a file system that loses unsynced
 /// writes, tears them, or fails fsync.
@@ -50,7 +56,7 @@ public enum StorageFailure: Error, CustomStringConvertible, Equatable {
         case .locked(let p): "the data directory is locked by another process (\(p))"
         case .corrupt(let f, let o, let r): "corrupt data in \(f) at offset \(o): \(r); refusing to start"
         case .failed(let why): "storage failed and stopped: \(why)"
-        case .io(let what, let e): "\(what) failed (errno \(e))"
+        case .io(let what, let e): "\(what) failed: \(String(cString: strerror(e))) (errno \(e))"
         case .invalid(let why): why
         }
     }

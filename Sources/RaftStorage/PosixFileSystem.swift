@@ -51,7 +51,7 @@ public final class PosixFileSystem: StorageFileSystem {
         let fd = Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if fd < 0 { throw StorageFailure.io("open directory \(directory)", errno: errno) }
         defer { Glibc.close(fd) }
-        if fsync(fd) != 0 { throw StorageFailure.failed("fsync of directory \(directory) failed (errno \(errno))") }
+        if fsync(fd) != 0 { throw StorageFailure.failed(StorageFailure.io("fsync of directory \(directory)", errno: errno).description) }
     }
 
     public func lock(_ path: String) throws -> any StorageLock {
@@ -123,7 +123,7 @@ final class PosixFile: StorageFile {
             }
             if n < 0 {
                 if errno == EINTR { continue }
-                throw StorageFailure.failed("write to \(path) failed (errno \(errno))")
+                throw StorageFailure.failed(StorageFailure.io("write to \(path)", errno: errno).description)
             }
             done += n
         }

@@ -17,7 +17,7 @@ struct JepsenRun: AsyncParsableCommand {
 
     @Option(help: "Replicas: 3 or 5.") var replicas: Int = 3
     @Option(help: "Seconds of workload under faults.") var timeLimit: Int = 60
-    @Option(help: "Faults: any of partition, kill, pause, clock, power, drift, disk, slow-disk, election-crash, all, none (comma-separated); the last four need the fault build.")
+    @Option(help: "Faults: any of partition, kill, pause, clock, power, disk-full, drift, disk, slow-disk, election-crash, all, none (comma-separated); disk-full needs root (it mounts a small tmpfs per replica), the last four need the fault build.")
     var nemesis: String?
     @Option(help: "Client processes (mail nodes).") var concurrency: Int = 6
     @Option(help: "Seed for the fault and workload schedule.") var seed: UInt64 = UInt64(Date().timeIntervalSince1970)
@@ -45,7 +45,7 @@ struct JepsenRun: AsyncParsableCommand {
     func validate() throws {
         guard replicas == 3 || replicas == 5 else { throw ValidationError("--replicas must be 3 or 5") }
         guard timeLimit >= 5 else { throw ValidationError("--time-limit must be at least 5 seconds") }
-        let known: Set<String> = ["partition", "kill", "pause", "clock", "power", "drift", "disk", "slow-disk", "election-crash", "all", "none"]
+        let known: Set<String> = ["partition", "kill", "pause", "clock", "power", "drift", "disk", "disk-full", "slow-disk", "election-crash", "all", "none"]
         for n in (nemesis ?? "").split(separator: ",") where !known.contains(String(n)) {
             throw ValidationError("unknown nemesis \(n)")
         }
@@ -67,6 +67,7 @@ struct JepsenRun: AsyncParsableCommand {
         if faults.contains("all") {
             faults.remove("all")
             faults.formUnion(["partition", "kill", "pause", "clock", "power"])
+            if geteuid() == 0 { faults.insert("disk-full") }
             if faultBuild { faults.formUnion(["drift", "disk", "slow-disk", "election-crash"]) }
         }
         faults.remove("none")
@@ -129,6 +130,15 @@ struct JepsenRun: AsyncParsableCommand {
         let cluster = TestCluster(
             size: replicas, binary: binary, dir: dir, distinctAddresses: netns, clockLibrary: clockLibrary, idRange: range,
             retentionSeconds: retention, planted: planted, faultBuild: faultBuild)
+        if faults.contains("disk-full") {
+            guard geteuid() == 0 else {
+                say("nemesis disk-full: cannot run (needs root to mount a small tmpfs per replica); leave it out of --nemesis to run without it")
+                throw ExitCode(2)
+            }
+            try cluster.mountSmallDisks()
+        }
+        // Runs after stopAll (defers run last first).
+        defer { if faults.contains("disk-full") { cluster.unmountSmallDisks() } }
         defer { cluster.stopAll() }
         try cluster.startAll()
         guard await cluster.waitForLeader(seconds: 30) else {

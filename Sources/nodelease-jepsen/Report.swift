@@ -208,7 +208,7 @@ enum Report {
 
     /// Shading per kind of fault (and the legend's order).
     static let faultColors: [(fault: String, color: String)] = [
-        ("partition", "#fbd5d5"), ("kill", "#d5e0fb"), ("pause", "#fbf0c8"), ("clock", "#d8f3d0"), ("power", "#dddddd"), ("drift", "#ead8fb"), ("disk", "#fbe0c8"), ("slow-disk", "#f5e6b3"),
+        ("partition", "#fbd5d5"), ("kill", "#d5e0fb"), ("pause", "#fbf0c8"), ("clock", "#d8f3d0"), ("power", "#dddddd"), ("drift", "#ead8fb"), ("disk", "#fbe0c8"), ("disk-full", "#f3c8b0"), ("slow-disk", "#f5e6b3"),
         ("election-crash", "#c8f0fb"),
     ]
 

@@ -6,6 +6,11 @@ import NIOConcurrencyHelpers
     import FoundationNetworking
 #endif
 
+struct JepsenSetupError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
 /// The replicas under test: real `nodelease serve` processes. Replica i binds 127.0.0.(10+i)
 /// inside the test's namespace (127.0.0.1 with distinct ports otherwise). Only the processes
 /// started here are ever signalled, by PID.
@@ -129,6 +134,53 @@ final class TestCluster: Sendable {
         guard faultBuild else { return }
         try? (condition + "\n").write(toFile: diskFile(i), atomically: true, encoding: .utf8)
     }
+
+    // MARK: Full disks
+
+    /// Bytes of the size-limited file system under each replica's data directory.
+    static let smallDiskBytes = 32 << 20
+
+    func dataDir(_ i: Int) -> String { "\(dir)/replica-\(i)" }
+
+    /// Mounts a tmpfs of `smallDiskBytes` on every replica's data directory (root only), so the
+    /// disk-full nemesis can fill one. Inside the run's network namespace the mounts belong to
+    /// its own mount namespace and vanish with it; `unmountSmallDisks` removes them anyway.
+    func mountSmallDisks() throws {
+        for i in 1...size {
+            let path = URL(fileURLWithPath: dataDir(i)).standardizedFileURL.path
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+            guard mount("nodelease-jepsen", path, "tmpfs", 0, "size=\(Self.smallDiskBytes),mode=0700") == 0 else {
+                throw JepsenSetupError("cannot mount a tmpfs on \(path): \(String(cString: strerror(errno))) (the disk-full nemesis needs root)")
+            }
+        }
+    }
+
+    func unmountSmallDisks() {
+        for i in 1...size { _ = umount2(URL(fileURLWithPath: dataDir(i)).standardizedFileURL.path, Int32(MNT_DETACH)) }
+    }
+
+    func ballast(_ i: Int) -> String { dataDir(i) + "/ballast" }
+
+    /// Fills replica i's disk: a ballast file takes every free block. Returns the bytes taken.
+    func fillDisk(_ i: Int) -> Int {
+        let fd = open(ballast(i), O_CREAT | O_WRONLY, 0o600)
+        guard fd >= 0 else { return 0 }
+        defer { close(fd) }
+        var taken = 0
+        // tmpfs allocates pages as they are reserved; a second pass takes what the first's
+        // rounding left.
+        for _ in 0..<2 {
+            var st = statvfs()
+            guard statvfs(dataDir(i), &st) == 0 else { break }
+            let free = Int(st.f_bavail) * Int(st.f_frsize)
+            if free <= 0 { break }
+            if posix_fallocate(fd, off_t(taken), off_t(free)) == 0 { taken += free }
+        }
+        return taken
+    }
+
+    /// Gives replica i's disk its space back.
+    func emptyDisk(_ i: Int) { unlink(ballast(i)) }
 
     /// Waits until replica i's process has exited (true) or `seconds` passed.
     func waitForExit(_ i: Int, seconds: Double) async -> Bool {

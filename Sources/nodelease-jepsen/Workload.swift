@@ -348,6 +348,24 @@ struct Nemesis: Sendable {
                 if stopped { try? cluster.start(v) }
                 log.add(NemesisEvent(time: now(), fault: "disk", target: "\(v): fsync fails, " + (stopped ? "replica stopped" : "REPLICA DID NOT STOP"), phase: "end"))
                 if !stopped { cluster.kill9(v); try? cluster.start(v) }
+            case "disk-full":
+                // The disk under one replica's data directory fills up (a size-limited tmpfs
+                // whose free space a ballast file takes): its next write that needs space fails,
+                // and it must stop (it cannot know what reached the disk). Then the space comes
+                // back, it restarts, recovers its log (perhaps with a torn tail) and catches up;
+                // nothing acknowledged may be lost.
+                var v = 1 + random.below(n)
+                if random.below(2) == 0, let leader = await cluster.currentLeader() { v = leader }
+                let taken = cluster.fillDisk(v)
+                log.add(NemesisEvent(time: now(), fault: "disk-full", target: "\(v): disk full (\(taken >> 20) MiB ballast)", phase: "start"))
+                // A write that fits in a page the log already holds still succeeds: under load
+                // the next one needs space within a second or two.
+                let stopped = await cluster.waitForExit(v, seconds: max(5, Double(hold.components.seconds) + 1))
+                cluster.emptyDisk(v)
+                if stopped { try? cluster.start(v) }
+                log.add(NemesisEvent(
+                    time: now(), fault: "disk-full",
+                    target: "\(v): disk full, " + (stopped ? "replica stopped, restarted" : "replica kept running (no write needed space)"), phase: "end"))
             case "slow-disk":
                 // Slow fsyncs (fault build): on every replica, or on the leader alone, 30 to
                 // 150 ms each for a while. Commits then take that long, so renewals are still

@@ -123,6 +123,7 @@ let package = Package(
             dependencies: [
                 "NodeLeaseServer", "NodeLeaseClient", "Raft", "RaftTransport", "nodelease", "JepsenCheckers",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
@@ -131,6 +132,7 @@ let package = Package(
             name: "RaftTransportTests",
             dependencies: [
                 "Raft", "RaftTransport",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]

@@ -130,7 +130,9 @@ extension Simulation {
         let firstApply = e.index > highestApplied
         let timed = TimedCommand(decoding: e.data)
         if let timed, timed.requestID != 0, replicas[i].requests[timed.requestID] != nil { replicas[i].justApplied[timed.requestID] = e }
-        if let applied, firstApply, let timed, let key = timed.key, key.origin != .client, !applied.replayed {
+        if let applied, firstApply, let timed, let key = timed.key, key.origin != .client, !applied.replayed,
+            applied.result != .failure(.idempotencyKeyMismatch)
+        {
             keyedApplications += 1  // remembered too, so it counts toward the key limit
         }
         if let applied, firstApply, let timed, let key = timed.key, key.origin == .client {

@@ -74,6 +74,7 @@ extension Simulation {
             let others = replicas.indices.filter { $0 != l }
             for x in others { block([x], others.filter { $0 != x }, bothWays: false) }
             start(l, maxMessageBytes: 1)
+            figure8Through = [:]
             figure8 = .oldLeaderBack(l: l, m: m)
             trace("figure 8: \(m + 1) crashes; \(l + 1) restarts at the centre of a star")
             queue.push(.figure8Timeout(step: 3), at: now + micros(ms: 1500))
@@ -124,22 +125,37 @@ extension Simulation {
     }
 
     /// While L is back, the network loses its appends that carry an entry of its current term
-    /// and would be accepted (a probe the follower rejects gets through, so that L finds where
-    /// their logs agree and sends its older entries).
+    /// unless the follower is sure to reject them: a probe beyond both the follower's log and
+    /// everything L has got through to it gets through, so that L finds where their logs agree
+    /// and sends its older entries. (Checking the follower's log alone is not enough: an
+    /// append whose predecessor is still in flight would be accepted.)
     func figure8Drops(_ m: Message) -> Bool {
-        guard case .oldLeaderBack(let l, _) = figure8, m.kind == .append, m.from == replicas[l].id,
-            m.entries.contains(where: { $0.term == m.term })
-        else { return false }
-        guard let follower = replicas[Int(m.to.rawValue) - 1].raft else { return true }
-        return follower.term(at: m.index) == m.logTerm
+        guard case .oldLeaderBack(let l, _) = figure8, m.kind == .append, m.from == replicas[l].id else { return false }
+        let to = Int(m.to.rawValue) - 1
+        if m.entries.contains(where: { $0.term == m.term }) {
+            guard let follower = replicas[to].raft else { return true }
+            let sureReject = m.index > follower.lastIndex && m.index > figure8Through[to, default: 0]
+            if !sureReject { return true }
+        }
+        figure8Through[to] = max(figure8Through[to, default: 0], m.entries.last?.index ?? m.index)
+        return false
     }
 
     func endFigure8(_ why: String) {
         trace("figure 8: ends (\(why))")
+        restartOneByteLeader()
         figure8 = .done
         blocked = []
         for i in replicas.indices where !replicas[i].up {
             queue.push(.restart(i), at: now + micros(ms: 20 + random.next() % 200))
         }
+    }
+
+    /// L runs with one-entry messages only while the schedule needs it: if the schedule stops
+    /// with L back, it restarts with the drawn message size.
+    func restartOneByteLeader() {
+        guard case .oldLeaderBack(let l, _) = figure8, replicas[l].up else { return }
+        crash(l)
+        start(l)
     }
 }

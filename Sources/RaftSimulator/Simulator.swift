@@ -144,6 +144,9 @@ public final class Simulation {
     var result: SimulationResult
     var traceLines: [String] = []
     var figure8 = Figure8.idle
+    /// While the Figure 8 schedule's old leader is back: the highest index its appends got
+    /// through to each replica.
+    var figure8Through: [Int: LogIndex] = [:]
 
     /// A run of `options`, replicating `machine` (by default the one its workload uses).
     public init(options: SimulationOptions, machine: (any SimStateMachine.Type)? = nil) {
@@ -705,7 +708,10 @@ public final class Simulation {
         healedAt = now
         blocked = []
         dropRate = 0
-        if figure8Running { figure8 = .done }
+        if figure8Running {
+            restartOneByteLeader()
+            figure8 = .done
+        }
         for i in replicas.indices { replicas[i].pausedUntil = min(replicas[i].pausedUntil, now) }
         trace("heal: network healed, every replica up")
         for i in replicas.indices where !replicas[i].up { start(i) }

@@ -5,8 +5,8 @@ import Testing
 
 /// shared/API.md, "Exactly once", against real replicas: retries through any replica, with the
 /// `Idempotency-Key` header, apply once and answer with the first outcome. Part of
-/// `ClusterTests`, so these clusters start one at a time with the others: clusters started
-/// side by side can draw the same free port (`freePort` binds and releases) and talk across.
+/// `ClusterTests`, so these clusters start one at a time with the others (on a 2-core machine
+/// clusters side by side slow each other's timers).
 extension ClusterTests {
     @Test func retriesWithTheSameKeyGetTheFirstOutcomeThroughAnyReplica() async throws {
         let c = try LocalCluster()

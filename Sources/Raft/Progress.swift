@@ -49,6 +49,10 @@ struct Progress {
     var snapshotTicks = 0
     /// Heard from since the last CheckQuorum round.
     var recentActive = false
+    /// The highest commit index sent to this replica that it may not have yet (carried by an
+    /// append or heartbeat in flight). When the leader's commit index is above it and the
+    /// replica holds entries above it, the replica may be missing the commit index.
+    var sentCommit: LogIndex = 0
     var inflights: Inflights
 
     init(next: LogIndex, inflightCapacity: Int) {
@@ -74,6 +78,7 @@ struct Progress {
         probeSent = false
         pendingSnapshot = 0
         inflights.reset()
+        sentCommit = min(sentCommit, next - 1)
     }
 
     mutating func becomeReplicate() {
@@ -87,6 +92,7 @@ struct Progress {
     mutating func becomeSnapshot(_ index: LogIndex) {
         state = .snapshot
         pendingSnapshot = index
+        sentCommit = index
         snapshotTicks = 0
         probeSent = false
         inflights.reset()
@@ -125,11 +131,17 @@ struct Progress {
         if state == .replicate {
             if rejected <= match { return false }
             next = match + 1
+            sentCommit = min(sentCommit, next - 1)
             return true
         }
         if next - 1 != rejected { return false }
         next = max(min(rejected, hint + 1), match + 1)
         probeSent = false
+        sentCommit = min(sentCommit, next - 1)
         return true
     }
+
+    /// Whether this replica may be missing the commit index `committed`: it was never sent one
+    /// that high, and it holds (or has been sent) entries above the one it was sent.
+    func mayMissCommit(_ committed: LogIndex) -> Bool { committed > sentCommit && sentCommit < next - 1 }
 }

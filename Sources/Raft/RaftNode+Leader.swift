@@ -104,6 +104,7 @@ extension RaftNode {
                 kind: .append, from: id, to: target, logTerm: prevTerm, index: prevIndex,
                 entries: entries, commit: log.committed))
         pr.sentEntries(last: entries.last?.index)
+        pr.sentCommit = log.committed
         progress[target] = pr
         return true
     }
@@ -120,6 +121,7 @@ extension RaftNode {
     private mutating func broadcastHeartbeat(context: UInt64) {
         for v in membership.voters where v != id {
             let commit = min(progress[v]?.match ?? 0, log.committed)
+            progress[v]?.sentCommit = commit
             send(Message(kind: .heartbeat, from: id, to: v, commit: commit, context: context))
         }
     }
@@ -156,8 +158,9 @@ extension RaftNode {
             }
             return
         }
-        let wasPaused = pr.isPaused
-        guard pr.maybeUpdate(m.index) else {
+        // In probe, an acknowledgement of what the leader already knew still ends the probe:
+        // the follower's log matches up to `match` (a heartbeat round found it caught up).
+        guard pr.maybeUpdate(m.index) || (pr.state == .probe && pr.match == m.index) else {
             progress[m.from] = pr
             return
         }
@@ -175,10 +178,12 @@ extension RaftNode {
         progress[m.from] = pr
         if maybeCommit() {
             broadcastAppend()
-        } else if wasPaused {
+        } else if progress[m.from]!.mayMissCommit(log.committed) {
+            // Only when the follower may lack the commit index does it get an append with no
+            // entries (this covers a follower that was paused, too).
             sendAppend(to: m.from)
         }
-        // Fill the pipeline.
+        // Fill the pipeline (never with empty appends).
         while sendAppend(to: m.from, sendIfEmpty: false) {}
         if m.from == leadTransferee, progress[m.from]?.match == log.lastIndex() {
             send(Message(kind: .timeoutNow, from: id, to: m.from))
@@ -195,7 +200,9 @@ extension RaftNode {
             if pr.inflights.isFull { pr.becomeProbe() }
         }
         progress[m.from] = pr
-        if pr.match < log.lastIndex() { sendAppend(to: m.from) }
+        // A follower in probe gets an append even when it looks caught up: its answer is what
+        // moves it back to replicate.
+        if pr.match < log.lastIndex() || pr.state == .probe { sendAppend(to: m.from) }
         if m.context != 0 { acknowledgeRead(sequence: m.context, from: m.from) }
     }
 

@@ -109,7 +109,13 @@ extension RaftNode {
         let stableLast = log.unstableOffset - 1
         for v in membership.voters {
             var pr = Progress(next: log.lastIndex() + 1, inflightCapacity: config.maxInflightMessages)
-            pr.recentActive = true
+            // Only this replica counts as recently active at first, as in etcd-io/raft: a vote
+            // shows a follower was reachable once, not that it still is, so a leader cut off
+            // right after it won steps down at its first CheckQuorum round (one election
+            // timeout) instead of its second, and waits for answers before it starts work of
+            // its own (`hasQuorumContact`). Followers that are reachable answer the first
+            // heartbeat, well within that round.
+            pr.recentActive = v == id
             if v == id { pr.match = min(stableLast, log.lastIndex()) }
             progress[v] = pr
         }

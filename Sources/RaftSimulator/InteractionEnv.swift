@@ -5,7 +5,12 @@ import Raft
 /// `Tests/RaftTests/testdata` (in the style of etcd-io/raft's interaction tests).
 ///
 /// Commands (replica ids are 1-based):
-/// - `add-nodes N [prevote=true|false] [checkquorum=true|false] [election=T] [heartbeat=T] [inflight=N] [msg-bytes=N]`
+/// - `add-nodes N [prevote=true|false] [checkquorum=true|false] [election=T] [heartbeat=T] [inflight=N] [msg-bytes=N] [index=K]`
+///   (`index=K`: the new replicas start from a snapshot at index K, term 1)
+/// - `bootstrap N [options]`: `add-nodes`, then replica 1 campaigns and the cluster settles,
+///   quietly; prints only the resulting status
+/// - `log-level none|info`: `none` hides the output of the commands that follow
+/// - `report-unreachable ID PEER` (the transport tells the leader a peer cannot be reached)
 /// - `campaign ID`, `propose ID TEXT`, `read-index ID REQ`, `transfer-leadership ID TARGET`
 /// - `tick ID [COUNT]`, `tick-heartbeat ID`, `tick-election ID`
 /// - `process-ready ID...`, `deliver-msgs ID...`, `stabilize [ID...]`
@@ -29,6 +34,7 @@ public final class InteractionEnv {
     private var mailboxes: [ReplicaID: [Message]] = [:]
     private var groups: [[ReplicaID]]? = nil
     private var output: [String] = []
+    private var quiet = false
 
     public init() {}
 
@@ -46,7 +52,7 @@ public final class InteractionEnv {
         return output.joined(separator: "\n")
     }
 
-    private func out(_ s: String) { output.append(s) }
+    private func out(_ s: String) { if !quiet { output.append(s) } }
 
     private func ids(_ args: [String]) throws -> [ReplicaID] {
         if args.isEmpty { return order }
@@ -74,6 +80,21 @@ public final class InteractionEnv {
         switch command {
         case "add-nodes":
             try addNodes(args)
+        case "bootstrap":
+            let was = quiet
+            quiet = true
+            defer { quiet = was }
+            try addNodes(args)
+            try mutate(order[0]) { $0.campaign() }
+            try stabilize(order)
+            quiet = was
+            for r in order { out(describeStatus(r)) }
+        case "log-level":
+            guard let level = args.first, level == "none" || level == "info" else { throw InteractionError.usage("log-level none|info") }
+            quiet = level == "none"
+        case "report-unreachable":
+            let peer = try id(args[1])
+            try mutate(try id(args[0])) { $0.reportUnreachable(peer) }
         case "campaign":
             try mutate(try id(args[0])) { $0.campaign() }
         case "propose":
@@ -149,6 +170,7 @@ public final class InteractionEnv {
         var heartbeat = 1
         var inflight = 256
         var msgBytes = 1 << 20
+        var index: UInt64 = 0
         for opt in args.dropFirst() {
             let kv = opt.split(separator: "=").map(String.init)
             guard kv.count == 2 else { throw InteractionError.usage(opt) }
@@ -159,6 +181,7 @@ public final class InteractionEnv {
             case "heartbeat": heartbeat = Int(kv[1]) ?? heartbeat
             case "inflight": inflight = Int(kv[1]) ?? inflight
             case "msg-bytes": msgBytes = Int(kv[1]) ?? msgBytes
+            case "index": index = UInt64(kv[1]) ?? 0
             default: throw InteractionError.usage(opt)
             }
         }
@@ -170,12 +193,18 @@ public final class InteractionEnv {
                 id: rid, electionTicks: election, heartbeatTicks: heartbeat, maxMessageBytes: msgBytes,
                 maxInflightMessages: inflight, preVote: preVote, checkQuorum: checkQuorum)
             let storage = MemoryStorage(membership: members)
+            if index > 0 {
+                let at = LogIndex(index)
+                storage.applySnapshot(
+                    Snapshot(metadata: SnapshotMetadata(index: at, term: 1, membership: members), data: Array("snap@\(at)".utf8)))
+                storage.setHardState(HardState(term: 1, commit: at))
+            }
             let node = try RaftNode(config: config, storage: storage, random: DeterministicGenerator(seed: UInt64(i)))
             replicas[rid] = Replica(node: node, storage: storage, config: config)
             order.append(rid)
             mailboxes[rid] = []
         }
-        out("added \(count) replicas: \(members)")
+        out("added \(count) replicas: \(members)" + (index > 0 ? " from a snapshot at \(index)" : ""))
     }
 
     private func connected(_ a: ReplicaID, _ b: ReplicaID) -> Bool {

@@ -113,6 +113,16 @@ let package = Package(
             dependencies: ["Raft", "RaftSimulator"],
             exclude: ["testdata"]
         ),
+        // What the network test targets share: loopback ports that cannot collide.
+        .target(
+            name: "TestSupport",
+            dependencies: [
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "Tests/TestSupport"
+        ),
         .testTarget(name: "RaftSimulatorTests", dependencies: ["Raft", "RaftSimulator"]),
         .testTarget(name: "ReplicaCoreTests", dependencies: ["Raft", "LeaseRegistry", "ReplicaCore"]),
         .testTarget(name: "RaftStorageTests", dependencies: ["Raft", "RaftStorage", "nodelease-microbench"]),
@@ -121,7 +131,7 @@ let package = Package(
         .testTarget(
             name: "NodeLeaseServerTests",
             dependencies: [
-                "NodeLeaseServer", "NodeLeaseClient", "Raft", "RaftTransport", "nodelease", "JepsenCheckers",
+                "NodeLeaseServer", "NodeLeaseClient", "Raft", "RaftTransport", "nodelease", "JepsenCheckers", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -131,7 +141,7 @@ let package = Package(
         .testTarget(
             name: "RaftTransportTests",
             dependencies: [
-                "Raft", "RaftTransport",
+                "Raft", "RaftTransport", "TestSupport",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

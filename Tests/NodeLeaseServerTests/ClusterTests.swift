@@ -6,35 +6,12 @@ import NIOPosix
 import NodeLeaseServer
 import Raft
 import RaftTransport
+import TestSupport
 import Testing
 
 #if canImport(FoundationNetworking)
     import FoundationNetworking
 #endif
-
-/// A loopback port for a test's server: each handed out once per test process, counting up
-/// from a per-process start in 20000-31999 (below the kernel's ephemeral ports, 32768-60999 on
-/// Linux, and apart from the other test target's range), so that neither another test's port
-/// nor an outgoing connection's local port can take it between this check and the test's bind.
-/// A port that does not bind now is skipped.
-private let nextTestPort = NIOLockedValueBox<Int>(20000 + Int(getpid() % 100) * 119)
-
-func freePort() throws -> Int {
-    for _ in 0..<11999 {
-        let port = nextTestPort.withLockedValue { next -> Int in
-            defer { next = next >= 31999 ? 20000 : next + 1 }
-            return next
-        }
-        guard let channel = try? ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: port).wait() else {
-            continue
-        }
-        try channel.close().wait()
-        return port
-    }
-    throw NoFreePort()
-}
-
-struct NoFreePort: Error {}
 
 struct HTTPResult {
     var status: Int

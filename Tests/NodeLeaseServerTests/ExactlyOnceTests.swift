@@ -1,6 +1,7 @@
 import Foundation
 import NodeLeaseClient
 import Raft
+import TestSupport
 import Testing
 
 /// shared/API.md, "Exactly once", against real replicas: retries through any replica, with the

@@ -5,6 +5,7 @@ import NIOCore
 import NIOPosix
 import Raft
 import RaftTransport
+import TestSupport
 import Testing
 
 /// Collects log lines, for tests that check what an operator would read.
@@ -29,30 +30,6 @@ final class CapturedLog: Sendable {
         }
     }
 }
-
-/// A loopback port for a test's server: each handed out once per test process, counting up
-/// from a per-process start in 12000-19999 (below the kernel's ephemeral ports, 32768-60999 on
-/// Linux, and apart from the other test target's range), so that neither another test's port
-/// nor an outgoing connection's local port can take it between this check and the test's bind.
-/// A port that does not bind now is skipped.
-private let nextTestPort = NIOLockedValueBox<Int>(12000 + Int(getpid() % 100) * 79)
-
-func freePort() throws -> Int {
-    for _ in 0..<7999 {
-        let port = nextTestPort.withLockedValue { next -> Int in
-            defer { next = next >= 19999 ? 12000 : next + 1 }
-            return next
-        }
-        guard let channel = try? ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton).bind(host: "127.0.0.1", port: port).wait() else {
-            continue
-        }
-        try channel.close().wait()
-        return port
-    }
-    throw NoFreePort()
-}
-
-struct NoFreePort: Error {}
 
 final class Inbox: Sendable {
     let box = NIOLockedValueBox<[Message]>([])

@@ -29,6 +29,7 @@ extension RaftNode {
             if pr.snapshotTicks >= 2 * config.electionTicks {
                 pr.becomeProbe()
                 pr.next = pr.match + 1
+                pr.sentCommit = min(pr.sentCommit, pr.next - 1)
             }
             progress[v] = pr
         }

@@ -7,7 +7,7 @@ import Raft
 /// Commands (replica ids are 1-based):
 /// - `add-nodes N [prevote=true|false] [checkquorum=true|false] [election=T] [heartbeat=T] [inflight=N] [msg-bytes=N] [index=K]`
 ///   (`index=K`: the new replicas start from a snapshot at index K, term 1)
-/// - `bootstrap N [options]`: `add-nodes`, then replica 1 campaigns and the cluster settles,
+/// - `bootstrap N [options]`: `add-nodes`, then the first new replica campaigns and the cluster settles,
 ///   quietly; prints only the resulting status
 /// - `log-level none|info`: `none` hides the output of the commands that follow
 /// - `report-unreachable ID PEER` (the transport tells the leader a peer cannot be reached)
@@ -84,8 +84,9 @@ public final class InteractionEnv {
             let was = quiet
             quiet = true
             defer { quiet = was }
+            let first = order.count
             try addNodes(args)
-            try mutate(order[0]) { $0.campaign() }
+            try mutate(order[first]) { $0.campaign() }
             try stabilize(order)
             quiet = was
             for r in order { out(describeStatus(r)) }
@@ -93,6 +94,7 @@ public final class InteractionEnv {
             guard let level = args.first, level == "none" || level == "info" else { throw InteractionError.usage("log-level none|info") }
             quiet = level == "none"
         case "report-unreachable":
+            guard args.count == 2 else { throw InteractionError.usage("report-unreachable ID PEER") }
             let peer = try id(args[1])
             try mutate(try id(args[0])) { $0.reportUnreachable(peer) }
         case "campaign":
@@ -181,7 +183,9 @@ public final class InteractionEnv {
             case "heartbeat": heartbeat = Int(kv[1]) ?? heartbeat
             case "inflight": inflight = Int(kv[1]) ?? inflight
             case "msg-bytes": msgBytes = Int(kv[1]) ?? msgBytes
-            case "index": index = UInt64(kv[1]) ?? 0
+            case "index":
+                guard let k = UInt64(kv[1]) else { throw InteractionError.usage(opt) }
+                index = k
             default: throw InteractionError.usage(opt)
             }
         }

@@ -51,7 +51,10 @@ public final class PosixFileSystem: StorageFileSystem {
         let fd = Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if fd < 0 { throw StorageFailure.io("open directory \(directory)", errno: errno) }
         defer { Glibc.close(fd) }
-        if fsync(fd) != 0 { throw StorageFailure.failed(StorageFailure.io("fsync of directory \(directory)", errno: errno).description) }
+        if fsync(fd) != 0 {
+            let e = errno
+            throw StorageFailure.failed(StorageFailure.io("fsync of directory \(directory)", errno: e).description)
+        }
     }
 
     public func lock(_ path: String) throws -> any StorageLock {
@@ -122,8 +125,9 @@ final class PosixFile: StorageFile {
                 pwrite(fd, buf.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
             }
             if n < 0 {
-                if errno == EINTR { continue }
-                throw StorageFailure.failed(StorageFailure.io("write to \(path)", errno: errno).description)
+                let e = errno
+                if e == EINTR { continue }
+                throw StorageFailure.failed(StorageFailure.io("write to \(path)", errno: e).description)
             }
             done += n
         }
@@ -139,7 +143,10 @@ final class PosixFile: StorageFile {
         #else
             let rc = fsync(fd)
         #endif
-        if rc != 0 { throw StorageFailure.failed("fsync of \(path) failed (errno \(errno))") }
+        if rc != 0 {
+            let e = errno
+            throw StorageFailure.failed(StorageFailure.io("fsync of \(path)", errno: e).description)
+        }
     }
 
     func close() {

@@ -70,8 +70,8 @@ struct Checks {
         c.anomalies += LeaseCheckers.sameIndexReads(ops)
         c.anomalies += LeaseCheckers.readsSeeAcknowledgedWrites(ops)
         c.anomalies += FencedStore.check(fenced)
-        // A replica whose fsync failed must stop (fail-stop): the disk nemesis says when one did not.
-        for e in nemesis where e.fault == "disk" && e.phase == "end" && e.target.contains("DID NOT STOP") {
+        // A replica whose fsync or write failed must stop (fail-stop): the disk nemeses say when one did not.
+        for e in nemesis where (e.fault == "disk" || e.fault == "disk-full") && e.phase == "end" && e.target.contains("DID NOT STOP") {
             c.anomalies.append(Anomaly(checker: "fail-stop", detail: "replica \(e.target)"))
         }
         c.fencedWrites = (fenced.filter(\.accepted).count, fenced.filter { !$0.accepted }.count)

@@ -150,33 +150,58 @@ final class TestCluster: Sendable {
             let path = URL(fileURLWithPath: dataDir(i)).standardizedFileURL.path
             try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
             guard mount("nodelease-jepsen", path, "tmpfs", 0, "size=\(Self.smallDiskBytes),mode=0700") == 0 else {
-                throw JepsenSetupError("cannot mount a tmpfs on \(path): \(String(cString: strerror(errno))) (the disk-full nemesis needs root)")
+                let why = String(cString: strerror(errno))
+                for k in 1..<i { _ = umount2(URL(fileURLWithPath: dataDir(k)).standardizedFileURL.path, Int32(MNT_DETACH)) }
+                throw JepsenSetupError("cannot mount a tmpfs on \(path): \(why) (the disk-full nemesis needs root)")
             }
         }
     }
 
+    /// Keeps a copy of each replica's data (`replica-N.data`, for reading after the run), then
+    /// unmounts the small disks.
     func unmountSmallDisks() {
-        for i in 1...size { _ = umount2(URL(fileURLWithPath: dataDir(i)).standardizedFileURL.path, Int32(MNT_DETACH)) }
+        for i in 1...size {
+            let path = URL(fileURLWithPath: dataDir(i)).standardizedFileURL.path
+            try? FileManager.default.removeItem(atPath: ballast(i))
+            try? FileManager.default.copyItem(atPath: path, toPath: "\(dir)/replica-\(i).data")
+            _ = umount2(path, Int32(MNT_DETACH))
+        }
     }
 
     func ballast(_ i: Int) -> String { dataDir(i) + "/ballast" }
 
-    /// Fills replica i's disk: a ballast file takes every free block. Returns the bytes taken.
+    /// Fills replica i's disk: a ballast file takes every free block, in 1 MiB steps and then
+    /// page by page until the file system refuses (a single large reservation is all or
+    /// nothing, and the replica may take a page meanwhile). Returns the bytes taken.
     func fillDisk(_ i: Int) -> Int {
         let fd = open(ballast(i), O_CREAT | O_WRONLY, 0o600)
         guard fd >= 0 else { return 0 }
         defer { close(fd) }
         var taken = 0
-        // tmpfs allocates pages as they are reserved; a second pass takes what the first's
-        // rounding left.
-        for _ in 0..<2 {
-            var st = statvfs()
-            guard statvfs(dataDir(i), &st) == 0 else { break }
-            let free = Int(st.f_bavail) * Int(st.f_frsize)
-            if free <= 0 { break }
-            if posix_fallocate(fd, off_t(taken), off_t(free)) == 0 { taken += free }
+        for step in [1 << 20, 4096] {
+            while posix_fallocate(fd, off_t(taken), off_t(step)) == 0 { taken += step }
         }
         return taken
+    }
+
+    /// Bytes free on replica i's disk.
+    func freeBytes(_ i: Int) -> Int {
+        var st = statvfs()
+        guard statvfs(dataDir(i), &st) == 0 else { return -1 }
+        return Int(st.f_bavail) * Int(st.f_frsize)
+    }
+
+    /// The size of replica i's log file now (to read what it logs from here on).
+    func logSize(_ i: Int) -> UInt64 {
+        ((try? FileManager.default.attributesOfItem(atPath: "\(dir)/replica-\(i).log"))?[.size] as? NSNumber)?.uint64Value ?? 0
+    }
+
+    /// What replica i logged after `offset`.
+    func log(_ i: Int, after offset: UInt64) -> String {
+        guard let h = FileHandle(forReadingAtPath: "\(dir)/replica-\(i).log") else { return "" }
+        defer { try? h.close() }
+        try? h.seek(toOffset: offset)
+        return String(decoding: h.readDataToEndOfFile(), as: UTF8.self)
     }
 
     /// Gives replica i's disk its space back.

@@ -356,16 +356,33 @@ struct Nemesis: Sendable {
                 // nothing acknowledged may be lost.
                 var v = 1 + random.below(n)
                 if random.below(2) == 0, let leader = await cluster.currentLeader() { v = leader }
+                let logFrom = cluster.logSize(v)
                 let taken = cluster.fillDisk(v)
-                log.add(NemesisEvent(time: now(), fault: "disk-full", target: "\(v): disk full (\(taken >> 20) MiB ballast)", phase: "start"))
+                let left = cluster.freeBytes(v)
+                log.add(NemesisEvent(
+                    time: now(), fault: "disk-full", target: "\(v): disk full (\(taken >> 20) MiB ballast, \(left) bytes left)", phase: "start"))
                 // A write that fits in a page the log already holds still succeeds: under load
                 // the next one needs space within a second or two.
-                let stopped = await cluster.waitForExit(v, seconds: max(5, Double(hold.components.seconds) + 1))
+                var stopped = await cluster.waitForExit(v, seconds: max(5, Double(hold.components.seconds) + 1))
                 cluster.emptyDisk(v)
+                var outcome = "replica stopped, restarted"
+                if !stopped {
+                    // Still running: fine only if no write of its failed. One that failed and
+                    // did not stop (or stops only now) is a fail-stop violation or a late stop.
+                    let failed = cluster.log(v, after: logFrom).contains("No space left on device")
+                    stopped = await cluster.waitForExit(v, seconds: 1)
+                    if failed && !stopped {
+                        outcome = "a write failed and the REPLICA DID NOT STOP"
+                        cluster.kill9(v)
+                        stopped = true
+                    } else if stopped {
+                        outcome = "replica stopped late, restarted"
+                    } else {
+                        outcome = "replica kept running (no write needed space)"
+                    }
+                }
                 if stopped { try? cluster.start(v) }
-                log.add(NemesisEvent(
-                    time: now(), fault: "disk-full",
-                    target: "\(v): disk full, " + (stopped ? "replica stopped, restarted" : "replica kept running (no write needed space)"), phase: "end"))
+                log.add(NemesisEvent(time: now(), fault: "disk-full", target: "\(v): disk full, " + outcome, phase: "end"))
             case "slow-disk":
                 // Slow fsyncs (fault build): on every replica, or on the leader alone, 30 to
                 // 150 ms each for a while. Commits then take that long, so renewals are still

@@ -69,15 +69,17 @@ struct Progress {
     }
 
     mutating func becomeProbe() {
-        if state == .snapshot {
-            next = max(match + 1, pendingSnapshot + 1)
-        } else {
-            next = match + 1
-        }
+        rewind(to: state == .snapshot ? max(match + 1, pendingSnapshot + 1) : match + 1)
         state = .probe
         probeSent = false
         pendingSnapshot = 0
         inflights.reset()
+    }
+
+    /// Sends resume from `index`: what was sent beyond it, commit index included, may not
+    /// have arrived.
+    mutating func rewind(to index: LogIndex) {
+        next = index
         sentCommit = min(sentCommit, next - 1)
     }
 
@@ -130,14 +132,12 @@ struct Progress {
     mutating func maybeDecrease(rejected: LogIndex, hint: LogIndex) -> Bool {
         if state == .replicate {
             if rejected <= match { return false }
-            next = match + 1
-            sentCommit = min(sentCommit, next - 1)
+            rewind(to: match + 1)
             return true
         }
         if next - 1 != rejected { return false }
-        next = max(min(rejected, hint + 1), match + 1)
+        rewind(to: max(min(rejected, hint + 1), match + 1))
         probeSent = false
-        sentCommit = min(sentCommit, next - 1)
         return true
     }
 

@@ -28,8 +28,7 @@ extension RaftNode {
             pr.snapshotTicks += 1
             if pr.snapshotTicks >= 2 * config.electionTicks {
                 pr.becomeProbe()
-                pr.next = pr.match + 1
-                pr.sentCommit = min(pr.sentCommit, pr.next - 1)
+                pr.rewind(to: pr.match + 1)
             }
             progress[v] = pr
         }

@@ -81,14 +81,15 @@ public final class InteractionEnv {
         case "add-nodes":
             try addNodes(args)
         case "bootstrap":
+            let first = order.count
             let was = quiet
             quiet = true
-            defer { quiet = was }
-            let first = order.count
-            try addNodes(args)
-            try mutate(order[first]) { $0.campaign() }
-            try stabilize(order)
-            quiet = was
+            do {
+                defer { quiet = was }
+                try addNodes(args)
+                try mutate(order[first]) { $0.campaign() }
+                try stabilize(order)
+            }
             for r in order { out(describeStatus(r)) }
         case "log-level":
             guard let level = args.first, level == "none" || level == "info" else { throw InteractionError.usage("log-level none|info") }

@@ -130,23 +130,20 @@ extension Simulation {
         let firstApply = e.index > highestApplied
         let timed = TimedCommand(decoding: e.data)
         if let timed, timed.requestID != 0, replicas[i].requests[timed.requestID] != nil { replicas[i].justApplied[timed.requestID] = e }
-        if let applied, firstApply, let timed, let key = timed.key, key.origin != .client, !applied.replayed,
-            applied.result != .failure(.idempotencyKeyMismatch)
-        {
-            keyedApplications += 1  // remembered too, so it counts toward the key limit
-        }
-        if let applied, firstApply, let timed, let key = timed.key, key.origin == .client {
-            // Exactly once: a key's command changes the registry at most once while the key is
-            // remembered (API.md: for the window's time, and while fewer than the key limit of
-            // newer keys applied).
-            if !applied.replayed, applied.result != .failure(.idempotencyKeyMismatch) {
+        // Every first application of a keyed command that the registry remembers (not a
+        // replay, not a mismatch) counts toward the key limit.
+        if let applied, firstApply, let key = timed?.key, !applied.replayed, applied.result != .failure(.idempotencyKeyMismatch) {
+            // Exactly once: a client key's command changes the registry at most once while the
+            // key is remembered (API.md: for the window's time, and while fewer than the key
+            // limit of newer keys applied).
+            if key.origin == .client {
                 if let last = applications[key.value]?.last {
                     let newer = keyedApplications - last.sequence
                     let window = knobs.idempotencyWindow
                     // The window runs in leader time from the entry's proposal, which can be
                     // long before it applies, but never before the mail node first sent it; and
                     // leader time runs at most `drift` fast against true time.
-                    let since = keySubmittedAt[key.value] ?? last.at
+                    let since = keySubmittedAt[key.value] ?? now
                     let age = (now - min(now, since)) * 1000
                     let evicted = newer >= window.maxKeys || Double(age) * (1 + 2 * knobs.drift) >= Double(window.seconds) * 1e9
                     if !evicted {
@@ -158,10 +155,10 @@ extension Simulation {
                         trace("key \(key.value) applied again at \(e.index) after it left the window")
                     }
                 }
-                keyedApplications += 1
                 applications[key.value, default: []].append(
-                    Application(index: e.index, result: applied.result, at: now, sequence: keyedApplications))
+                    Application(index: e.index, result: applied.result, sequence: keyedApplications + 1))
             }
+            keyedApplications += 1
         }
         leaseApplied(i, entry: e, registry: registry, reusedID: reusedID, reply: applied?.result)
     }

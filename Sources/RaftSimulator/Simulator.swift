@@ -44,12 +44,11 @@ public final class Simulation {
         case finish
     }
 
-    /// One application of a client key: its index and outcome, when (true time) and the count
-    /// of keyed applications then.
+    /// One application of a client key: its index and outcome, and the count of keyed
+    /// applications with it.
     struct Application {
         var index: LogIndex
         var result: Result<LeaseReply, LeaseError>
-        var at: UInt64
         var sequence: Int
     }
 
@@ -139,7 +138,8 @@ public final class Simulation {
     var applications: [String: [Application]] = [:]
     /// When each client key was first sent (true time).
     var keySubmittedAt: [String: UInt64] = [:]
-    /// How many client keys have applied (each key's first application counts once).
+    /// How many keyed commands have applied and been remembered (the registry's key limit
+    /// counts these).
     var keyedApplications = 0
     var result: SimulationResult
     var traceLines: [String] = []

@@ -51,6 +51,9 @@ public enum StorageFailure: Error, CustomStringConvertible, Equatable {
     /// The caller asked for something the storage cannot do.
     case invalid(String)
 
+    /// A failed system call that leaves the disk in an unknown state (a write or an fsync).
+    static func failed(_ what: String, errno e: Int32) -> StorageFailure { .failed(StorageFailure.io(what, errno: e).description) }
+
     public var description: String {
         switch self {
         case .locked(let p): "the data directory is locked by another process (\(p))"

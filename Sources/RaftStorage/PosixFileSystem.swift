@@ -53,7 +53,7 @@ public final class PosixFileSystem: StorageFileSystem {
         defer { Glibc.close(fd) }
         if fsync(fd) != 0 {
             let e = errno
-            throw StorageFailure.failed(StorageFailure.io("fsync of directory \(directory)", errno: e).description)
+            throw StorageFailure.failed("fsync of directory \(directory)", errno: e)
         }
     }
 
@@ -127,7 +127,7 @@ final class PosixFile: StorageFile {
             if n < 0 {
                 let e = errno
                 if e == EINTR { continue }
-                throw StorageFailure.failed(StorageFailure.io("write to \(path)", errno: e).description)
+                throw StorageFailure.failed("write to \(path)", errno: e)
             }
             done += n
         }
@@ -145,7 +145,7 @@ final class PosixFile: StorageFile {
         #endif
         if rc != 0 {
             let e = errno
-            throw StorageFailure.failed(StorageFailure.io("fsync of \(path)", errno: e).description)
+            throw StorageFailure.failed("fsync of \(path)", errno: e)
         }
     }
 

@@ -142,16 +142,19 @@ final class TestCluster: Sendable {
 
     func dataDir(_ i: Int) -> String { "\(dir)/replica-\(i)" }
 
+    /// Replica i's data directory as an absolute path (what mount and umount take).
+    func mountPoint(_ i: Int) -> String { URL(fileURLWithPath: dataDir(i)).standardizedFileURL.path }
+
     /// Mounts a tmpfs of `smallDiskBytes` on every replica's data directory (root only), so the
     /// disk-full nemesis can fill one. Inside the run's network namespace the mounts belong to
     /// its own mount namespace and vanish with it; `unmountSmallDisks` removes them anyway.
     func mountSmallDisks() throws {
         for i in 1...size {
-            let path = URL(fileURLWithPath: dataDir(i)).standardizedFileURL.path
+            let path = mountPoint(i)
             try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
             guard mount("nodelease-jepsen", path, "tmpfs", 0, "size=\(Self.smallDiskBytes),mode=0700") == 0 else {
                 let why = String(cString: strerror(errno))
-                for k in 1..<i { _ = umount2(URL(fileURLWithPath: dataDir(k)).standardizedFileURL.path, Int32(MNT_DETACH)) }
+                for k in 1..<i { _ = umount2(mountPoint(k), Int32(MNT_DETACH)) }
                 throw JepsenSetupError("cannot mount a tmpfs on \(path): \(why) (the disk-full nemesis needs root)")
             }
         }
@@ -161,7 +164,7 @@ final class TestCluster: Sendable {
     /// unmounts the small disks.
     func unmountSmallDisks() {
         for i in 1...size {
-            let path = URL(fileURLWithPath: dataDir(i)).standardizedFileURL.path
+            let path = mountPoint(i)
             try? FileManager.default.removeItem(atPath: ballast(i))
             try? FileManager.default.copyItem(atPath: path, toPath: "\(dir)/replica-\(i).data")
             _ = umount2(path, Int32(MNT_DETACH))

@@ -7,9 +7,21 @@ extension ByteWriter {
         blob(e.data)
     }
 
+    /// A configuration. The first version wrote only the voters (a count of at most 64, then
+    /// the ids); this one starts with `Membership.formatTag`, which that count can never be,
+    /// so both are read.
     public mutating func membership(_ m: Membership) {
-        u32(UInt32(m.voters.count))
-        for v in m.voters { u64(v.rawValue) }
+        u32(Membership.formatTag)
+        u32(UInt32(m.members.count))
+        for x in m.members {
+            u64(x.id.rawValue)
+            u8(x.role.rawValue)
+            string(x.peerAddress)
+            string(x.clientAddress)
+        }
+        u32(UInt32(m.removed.count))
+        for id in m.removed { u64(id.rawValue) }
+        u64(m.index.rawValue)
     }
 
     public mutating func hardState(_ hs: HardState) {
@@ -28,11 +40,29 @@ extension ByteReader {
     }
 
     public mutating func membership() throws -> Membership {
+        let first = try u32()
+        if first != Membership.formatTag {
+            let n = Int(first)
+            guard n <= 64 else { throw DecodeError.invalid("membership of \(n) voters") }
+            var voters: [ReplicaID] = []
+            for _ in 0..<n { voters.append(ReplicaID(try u64())) }
+            return Membership(voters: voters)
+        }
         let n = Int(try u32())
-        guard n <= 64 else { throw DecodeError.invalid("membership of \(n) voters") }
-        var voters: [ReplicaID] = []
-        for _ in 0..<n { voters.append(ReplicaID(try u64())) }
-        return Membership(voters: voters)
+        guard n <= Membership.maxMembers else { throw DecodeError.invalid("membership of \(n) members") }
+        var members: [Member] = []
+        for _ in 0..<n {
+            let id = ReplicaID(try u64())
+            guard let role = MemberRole(rawValue: try u8()) else { throw DecodeError.invalid("member role") }
+            members.append(Member(id: id, role: role, peerAddress: try string(), clientAddress: try string()))
+        }
+        let k = Int(try u32())
+        guard k <= 1 << 16 else { throw DecodeError.invalid("membership with \(k) removed ids") }
+        var removed: [ReplicaID] = []
+        for _ in 0..<k { removed.append(ReplicaID(try u64())) }
+        var m = Membership(members: members, removed: removed)
+        m.index = LogIndex(try u64())
+        return m
     }
 
     public mutating func hardState() throws -> HardState {
@@ -40,5 +70,20 @@ extension ByteReader {
         let vote = try u64()
         let commit = LogIndex(try u64())
         return HardState(term: term, vote: vote == 0 ? nil : ReplicaID(vote), commit: commit)
+    }
+}
+
+extension Membership {
+    /// The payload of a `configChange` entry.
+    public var encoded: [UInt8] {
+        var w = ByteWriter()
+        w.membership(self)
+        return w.bytes
+    }
+
+    /// Reads the payload of a `configChange` entry.
+    public static func decode(_ bytes: [UInt8]) throws -> Membership {
+        var r = ByteReader(bytes)
+        return try r.membership()
     }
 }

@@ -143,7 +143,9 @@ extension Entry {
     public var shortDescription: String {
         switch kind {
         case .noop: return "\(term)/\(index) noop"
-        case .configChange: return "\(term)/\(index) conf"
+        case .configChange:
+            guard let m = try? Membership.decode(data) else { return "\(term)/\(index) conf <\(data.count) bytes>" }
+            return "\(term)/\(index) conf \(m)"
         case .normal:
             if data.allSatisfy({ $0 >= 0x20 && $0 < 0x7f && $0 != 0x22 }) {
                 return "\(term)/\(index) \"\(String(decoding: data, as: UTF8.self))\""

@@ -49,6 +49,10 @@ struct Progress {
     var snapshotTicks = 0
     /// Heard from since the last CheckQuorum round.
     var recentActive = false
+    /// Leader ticks since this replica last answered.
+    var silentTicks = 0
+    /// Learners: ticks the log has stayed within `learnerCatchUpEntries` of the commit index.
+    var caughtUpTicks = 0
     /// The highest commit index sent to this replica that it may not have yet (carried by an
     /// append or heartbeat in flight). When the leader's commit index is above it and the
     /// replica holds entries above it, the replica may be missing the commit index.

@@ -20,6 +20,12 @@ public struct RaftConfig: Sendable {
     /// A leader that has not heard from a majority within an election timeout steps down,
     /// and followers that hear from a leader ignore vote requests for that long (thesis 6.2).
     public var checkQuorum: Bool
+    /// The leader promotes a learner to voter by itself once the learner's log has stayed
+    /// within `learnerCatchUpEntries` of the commit index for an election timeout.
+    public var autoPromote: Bool
+    /// How far (in entries) a learner's log may trail the commit index and still count as
+    /// caught up, for promotion by hand or by `autoPromote`.
+    public var learnerCatchUpEntries: Int
     /// The last index the state machine had applied when the replica started (nil: the
     /// snapshot index; committed entries after it are handed out again).
     public var applied: LogIndex?
@@ -31,6 +37,7 @@ public struct RaftConfig: Sendable {
         id: ReplicaID, electionTicks: Int = 10, heartbeatTicks: Int = 1,
         maxMessageBytes: Int = 1 << 20, maxInflightMessages: Int = 256,
         maxApplyBytes: Int = 4 << 20, preVote: Bool = true, checkQuorum: Bool = true,
+        autoPromote: Bool = true, learnerCatchUpEntries: Int = 256,
         applied: LogIndex? = nil, faults: FaultInjection = []
     ) {
         self.id = id
@@ -41,6 +48,8 @@ public struct RaftConfig: Sendable {
         self.maxApplyBytes = maxApplyBytes
         self.preVote = preVote
         self.checkQuorum = checkQuorum
+        self.autoPromote = autoPromote
+        self.learnerCatchUpEntries = learnerCatchUpEntries
         self.applied = applied
         self.faults = faults
     }
@@ -54,6 +63,7 @@ public struct RaftConfig: Sendable {
         }
         if maxInflightMessages < 1 { throw RaftError.invalid("maxInflightMessages must be at least 1") }
         if maxMessageBytes < 1 { throw RaftError.invalid("maxMessageBytes must be at least 1") }
+        if learnerCatchUpEntries < 0 { throw RaftError.invalid("learnerCatchUpEntries must not be negative") }
     }
 }
 
@@ -77,6 +87,11 @@ public struct FaultInjection: OptionSet, Sendable, Hashable {
     /// Acknowledge appends before the entries are durable (a crash then loses entries the
     /// leader counted toward commitment).
     public static let ackAppendBeforePersist = FaultInjection(rawValue: 1 << 6)
+    /// Accept a membership change before an entry of the leader's own term has committed
+    /// (the single-server-change bug of Ongaro's raft-dev post).
+    public static let confChangeBeforeOwnTermCommit = FaultInjection(rawValue: 1 << 7)
+    /// Let learners campaign, and count their votes and acknowledgements as a voter's.
+    public static let learnersVote = FaultInjection(rawValue: 1 << 8)
 
     /// Command-line names of the faults.
     public static let names: [String: FaultInjection] = [
@@ -87,5 +102,7 @@ public struct FaultInjection: OptionSet, Sendable, Hashable {
         "count-unpersisted": .countUnpersistedLeaderEntries,
         "vote-before-persist": .sendVoteBeforePersist,
         "ack-before-persist": .ackAppendBeforePersist,
+        "conf-change-early": .confChangeBeforeOwnTermCommit,
+        "learners-vote": .learnersVote,
     ]
 }

@@ -17,13 +17,16 @@ extension RaftNode {
                     becomeFollower(term: term, leader: nil)
                     return
                 }
-                for v in membership.voters where v != id { progress[v]?.recentActive = false }
+                for v in membership.others(than: id) {
+                    progress[v]?.recentActive = false
+                }
             }
             // A transfer that did not finish within an election timeout is abandoned.
             leadTransferee = nil
         }
         // Retry snapshots that were lost on the way.
-        for v in membership.voters where v != id {
+        for v in membership.others(than: id) {
+            progress[v]?.silentTicks += 1
             guard var pr = progress[v], pr.state == .snapshot else { continue }
             pr.snapshotTicks += 1
             if pr.snapshotTicks >= 2 * config.electionTicks {
@@ -36,12 +39,15 @@ extension RaftNode {
             heartbeatElapsed = 0
             broadcastHeartbeat(context: pendingReads.last?.sequence ?? 0)
         }
+        maybeAutoPromote()
     }
 
     // MARK: Appending and replicating
 
     mutating func appendAsLeader(_ entries: [Entry]) {
+        let prev = log.lastIndex()
         _ = log.append(entries)
+        if entries.contains(where: { $0.kind == .configChange }) { noteAppended(entries, after: prev) }
         if config.faults.contains(.countUnpersistedLeaderEntries) {
             _ = progress[id]?.maybeUpdate(log.lastIndex())
             _ = maybeCommit()
@@ -62,7 +68,7 @@ extension RaftNode {
     /// Raft §5.3/§5.4.2: the highest index replicated on a quorum commits if it is of the
     /// current term.
     mutating func maybeCommit() -> Bool {
-        var matches = membership.voters.map { progress[$0]?.match ?? 0 }
+        var matches = countingVoters.map { progress[$0]?.match ?? 0 }
         matches.sort(by: >)
         let candidate = matches[membership.quorum - 1]
         let committed: Bool
@@ -85,7 +91,7 @@ extension RaftNode {
     }
 
     mutating func broadcastAppend() {
-        for v in membership.voters where v != id { _ = sendAppend(to: v) }
+        for v in membership.others(than: id) { _ = sendAppend(to: v) }
     }
 
     /// Sends the next append (or a snapshot) to `to`. Returns whether anything was sent.
@@ -119,7 +125,7 @@ extension RaftNode {
     }
 
     private mutating func broadcastHeartbeat(context: UInt64) {
-        for v in membership.voters where v != id {
+        for v in membership.others(than: id) {
             let commit = min(progress[v]?.match ?? 0, log.committed)
             progress[v]?.sentCommit = commit
             send(Message(kind: .heartbeat, from: id, to: v, commit: commit, context: context))
@@ -142,6 +148,7 @@ extension RaftNode {
     private mutating func handleAppendResponse(_ m: Message) {
         guard var pr = progress[m.from] else { return }
         pr.recentActive = true
+        pr.silentTicks = 0
         if m.reject {
             var hint = m.rejectHint
             if m.logTerm > 0 {
@@ -193,6 +200,7 @@ extension RaftNode {
     private mutating func handleHeartbeatResponse(_ m: Message) {
         guard var pr = progress[m.from] else { return }
         pr.recentActive = true
+        pr.silentTicks = 0
         pr.probeSent = false
         if pr.state == .replicate && pr.inflights.isFull {
             // Appends may have been lost: make room for one more try.
@@ -219,7 +227,7 @@ extension RaftNode {
             readsAwaitingCommit.append((from, requestID))
             return
         }
-        if membership.voters.count == 1 {
+        if membership.voters == [id] {
             answerRead(from: from, requestID: requestID, index: log.committed)
             return
         }
@@ -232,7 +240,9 @@ extension RaftNode {
     private mutating func acknowledgeRead(sequence: UInt64, from: ReplicaID) {
         guard let i = pendingReads.firstIndex(where: { $0.sequence == sequence }) else { return }
         if !pendingReads[i].acks.contains(from) { pendingReads[i].acks.append(from) }
-        guard pendingReads[i].acks.count >= membership.quorum else { return }
+        // Only voters' acknowledgements count (a learner's, or a removed leader's own, do not).
+        let voters = countingVoters
+        guard pendingReads[i].acks.filter({ voters.contains($0) }).count >= membership.quorum else { return }
         // A quorum confirmed us as leader after this request arrived, so it did for every
         // request queued before it too.
         let done = pendingReads[...i]

@@ -3,6 +3,12 @@ extension RaftNode {
     /// not a member, are ignored, as are messages that make no sense in the current state.
     public mutating func step(_ m: Message) {
         guard m.to == id, m.from != id else { return }
+        if (m.kind == .vote || m.kind == .preVote) && !membership.isEmpty && !membership.isMember(m.from) {
+            // A replica outside our configuration (removed, or never added) gets no vote and
+            // cannot move our term: it cannot disrupt the cluster it left (thesis 4.2.3).
+            send(Message(kind: m.kind == .vote ? .voteResponse : .preVoteResponse, from: id, to: m.from, term: term, reject: true))
+            return
+        }
         if m.term > term {
             if m.kind == .vote || m.kind == .preVote {
                 // Leader lease (thesis 4.2.3): while we hear from a leader, ignore elections
@@ -41,6 +47,7 @@ extension RaftNode {
             case .follower: stepFollower(m)
             }
         }
+        stepDownIfRemoved()
     }
 
     private mutating func handleVoteRequest(_ m: Message) {
@@ -107,7 +114,7 @@ extension RaftNode {
         readsAwaitingCommit = []
         progress = [:]
         let stableLast = log.unstableOffset - 1
-        for v in membership.voters {
+        for v in membership.members.map(\.id) where v != id {
             var pr = Progress(next: log.lastIndex() + 1, inflightCapacity: config.maxInflightMessages)
             // Only this replica counts as recently active at first, as in etcd-io/raft: a vote
             // shows a follower was reachable once, not that it still is, so a leader cut off
@@ -115,16 +122,22 @@ extension RaftNode {
             // timeout) instead of its second, and waits for answers before it starts work of
             // its own (`hasQuorumContact`). Followers that are reachable answer the first
             // heartbeat, well within that round.
-            pr.recentActive = v == id
-            if v == id { pr.match = min(stableLast, log.lastIndex()) }
+            pr.recentActive = false
+            pr.silentTicks = config.electionTicks  // not heard from yet
             progress[v] = pr
         }
+        // The replica's own entry, even while a change that removes it is pending.
+        var own = Progress(next: log.lastIndex() + 1, inflightCapacity: config.maxInflightMessages)
+        own.recentActive = true
+        own.match = min(stableLast, log.lastIndex())
+        progress[id] = own
     }
 
     // MARK: Elections
 
     mutating func campaignIfPromotable(transfer: Bool) {
-        guard membership.contains(id) else { return }
+        // Learners and replicas outside the configuration never campaign.
+        guard membership.contains(id) || (config.faults.contains(.learnersVote) && membership.isMember(id)) else { return }
         if config.preVote && !transfer {
             becomePreCandidate()
             requestVotes(kind: .preVote, term: term.next, transfer: false)
@@ -142,7 +155,7 @@ extension RaftNode {
         }
         let lastIndex = log.lastIndex()
         let lastTerm = log.lastTerm
-        for v in membership.voters where v != id {
+        for v in countingVoters where v != id {
             send(
                 Message(
                     kind: kind, from: id, to: v, term: voteTerm, logTerm: lastTerm, index: lastIndex,
@@ -156,7 +169,8 @@ extension RaftNode {
         if votes[from] == nil { votes[from] = granted }
         var yes = 0
         var no = 0
-        for v in membership.voters {
+        let voters = countingVoters
+        for v in voters {
             switch votes[v] {
             case true?: yes += 1
             case false?: no += 1
@@ -164,7 +178,7 @@ extension RaftNode {
             }
         }
         if yes >= membership.quorum { return .won }
-        if membership.voters.count - no < membership.quorum { return .lost }
+        if voters.count - no < membership.quorum { return .lost }
         return .pending
     }
 
@@ -230,6 +244,7 @@ extension RaftNode {
             return
         }
         if let lastNew = log.maybeAppend(index: m.index, logTerm: m.logTerm, commit: m.commit, entries: m.entries) {
+            if !m.entries.isEmpty { noteAppended(m.entries, after: m.index) }
             send(Message(kind: .appendResponse, from: id, to: m.from, index: lastNew))
         } else {
             // Fast back-off (thesis 5.3.1): tell the leader the last index whose term is not
@@ -261,7 +276,7 @@ extension RaftNode {
             return
         }
         log.restore(snap)
-        membership = snap.metadata.membership
+        noteSnapshot(snap.metadata)
         send(Message(kind: .appendResponse, from: id, to: m.from, index: log.lastIndex()))
     }
 

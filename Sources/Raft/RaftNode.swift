@@ -44,6 +44,7 @@ public struct RaftStatus: Sendable, Hashable {
         public var next: LogIndex
         public var state: String
         public var recentActive: Bool
+        public var role: MemberRole
     }
     public var id: ReplicaID
     public var role: Role
@@ -55,8 +56,9 @@ public struct RaftStatus: Sendable, Hashable {
     public var lastIndex: LogIndex
     public var firstIndex: LogIndex
     public var leadTransferee: ReplicaID?
-    /// Only on the leader: its view of each voter, in replica order.
+    /// Only on the leader: its view of each member, in replica order.
     public var peers: [Peer]
+    public var membership: Membership
 }
 
 /// The Raft consensus algorithm for one replica, as a deterministic state machine.
@@ -74,7 +76,9 @@ public struct RaftNode {
     /// The leader of the current term, when known.
     public internal(set) var leader: ReplicaID?
     public internal(set) var role: Role = .follower
-    public internal(set) var membership: Membership
+    /// The configuration entries of the retained log, oldest first; the first is the one at
+    /// the snapshot (or the cluster's first). See RaftNode+Membership.swift.
+    var configs: [ConfigRecord]
     /// Target of a leadership transfer in progress (leader only).
     public internal(set) var leadTransferee: ReplicaID?
 
@@ -110,8 +114,8 @@ public struct RaftNode {
         try config.validate()
         self.config = config
         self.random = random
-        let (hs, membership) = try storage.initialState()
-        self.membership = membership
+        let (hs, base) = try storage.initialState()
+        self.configs = try RaftNode.loadConfigs(storage: storage, base: base)
         self.log = try RaftLog(
             storage: storage, committed: hs.commit, applied: config.applied,
             maxApplyBytes: config.maxApplyBytes)
@@ -272,6 +276,7 @@ public struct RaftNode {
             }
         }
         if let last = rd.committedEntries.last { log.applied(to: last.index) }
+        stepDownIfRemoved()
     }
 
     /// Carries out a `Ready` with a synchronous driver in the required order, then advances.
@@ -321,18 +326,18 @@ public struct RaftNode {
     public var status: RaftStatus {
         var peers: [RaftStatus.Peer] = []
         if role == .leader {
-            for v in membership.voters {
-                guard let pr = progress[v] else { continue }
+            for m in membership.members {
+                guard let pr = progress[m.id] else { continue }
                 peers.append(
                     RaftStatus.Peer(
-                        id: v, match: pr.match, next: pr.next, state: v == id ? "self" : pr.state.rawValue,
-                        recentActive: pr.recentActive))
+                        id: m.id, match: pr.match, next: pr.next, state: m.id == id ? "self" : pr.state.rawValue,
+                        recentActive: pr.recentActive, role: m.role))
             }
         }
         return RaftStatus(
             id: id, role: role, term: term, vote: vote, leader: leader, commitIndex: log.committed,
             appliedIndex: log.applied, lastIndex: log.lastIndex(), firstIndex: log.firstIndex(),
-            leadTransferee: leadTransferee, peers: peers)
+            leadTransferee: leadTransferee, peers: peers, membership: membership)
     }
 }
 

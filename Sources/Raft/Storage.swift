@@ -14,7 +14,8 @@ public enum StorageError: Error, Sendable, Hashable {
 /// Indices: `firstIndex()` is the first entry still held (snapshot index + 1);
 /// `term(firstIndex() - 1)` must answer with the snapshot's term.
 public protocol RaftLogStorage: AnyObject {
-    /// The hard state and membership saved last (both empty on a new replica).
+    /// The hard state saved last, and the configuration at the snapshot's index (the one the
+    /// cluster was created with if there is no snapshot).
     func initialState() throws -> (HardState, Membership)
     /// Entries in `lo..<hi`, stopping early once `maxBytes` is exceeded (at least one entry is
     /// returned if any is in range).
@@ -107,12 +108,14 @@ public final class MemoryStorage: RaftLogStorage {
     }
 
     /// Records a snapshot the local state machine took at `index` (which must be applied and
-    /// retained); entries stay until `compact(through:)`.
-    public func createSnapshot(at index: LogIndex, data: [UInt8]) throws {
+    /// retained) with the configuration in effect there (`RaftNode.membership(at:)`; nil keeps
+    /// the stored one); entries stay until `compact(through:)`.
+    public func createSnapshot(at index: LogIndex, membership: Membership? = nil, data: [UInt8]) throws {
         guard index > currentSnapshot.metadata.index else { return }
         let t = try term(index)
+        if let membership { self.membership = membership }
         currentSnapshot = Snapshot(
-            metadata: SnapshotMetadata(index: index, term: t, membership: membership), data: data)
+            metadata: SnapshotMetadata(index: index, term: t, membership: self.membership), data: data)
     }
 
     /// Drops entries up to and including `index`, which must not exceed the snapshot index.

@@ -61,7 +61,8 @@ public enum EntryKind: UInt8, Sendable, Hashable {
     case normal = 0
     /// The empty entry a new leader appends to commit entries of earlier terms.
     case noop = 1
-    /// Reserved for membership changes (joint consensus); not produced yet.
+    /// A membership change: the data is the whole new configuration
+    /// (`ByteWriter.membership`), in effect from the moment it is appended.
     case configChange = 2
 }
 
@@ -83,22 +84,166 @@ public struct Entry: Sendable, Hashable {
     public var byteSize: Int { data.count + 24 }
 }
 
-/// The voting members of the cluster. Kept sorted so that every iteration is deterministic.
+/// Whether a member votes and counts toward commitment, or only receives the log.
+public enum MemberRole: UInt8, Sendable, Hashable, CustomStringConvertible {
+    case voter = 0
+    /// Receives the log like a voter but never votes, never campaigns and never counts
+    /// toward a quorum: how a new replica catches up before it is promoted.
+    case learner = 1
+
+    public var description: String { self == .voter ? "voter" : "learner" }
+}
+
+/// One member of a configuration. The addresses are opaque to the core; they travel with the
+/// configuration so that every replica (and every client) learns where the others are.
+public struct Member: Sendable, Hashable {
+    public var id: ReplicaID
+    public var role: MemberRole
+    public var peerAddress: String
+    public var clientAddress: String
+
+    public init(id: ReplicaID, role: MemberRole, peerAddress: String = "", clientAddress: String = "") {
+        self.id = id
+        self.role = role
+        self.peerAddress = peerAddress
+        self.clientAddress = clientAddress
+    }
+}
+
+/// A configuration of the cluster: its voters and learners (sorted by id, so that every
+/// iteration is deterministic), and the ids removed from it, which are never used again.
+///
+/// Configurations change one server at a time (Raft thesis 4.1): add a learner, promote a
+/// learner, or remove a member. Each change is a log entry carrying the whole new
+/// configuration, and a replica uses the latest configuration in its log, committed or not
+/// (see `RaftNode.proposeConfChange`).
 public struct Membership: Sendable, Hashable, CustomStringConvertible {
+    public private(set) var members: [Member]
     public private(set) var voters: [ReplicaID]
+    public private(set) var learners: [ReplicaID]
+    /// Ids that were members once and were removed: refused for good.
+    public private(set) var removed: [ReplicaID]
+    /// The index of the log entry that made this configuration (0 for the one a cluster was
+    /// created with). `expectedConfigIndex` in a change request is compared with it.
+    public var index: LogIndex = 0
+
+    /// Written first by the current encoding (see `ByteWriter.membership`).
+    public static let formatTag: UInt32 = 0xFFFF_0002
+    public static let maxMembers = 64
 
     public init(voters: [ReplicaID]) {
-        var seen: [ReplicaID] = []
-        for v in voters.sorted() where seen.last != v { seen.append(v) }
-        self.voters = seen
+        self.init(members: voters.map { Member(id: $0, role: .voter) })
     }
+
+    public init(members: [Member], removed: [ReplicaID] = []) {
+        var seen: [Member] = []
+        for m in members.sorted(by: { $0.id < $1.id }) where seen.last?.id != m.id { seen.append(m) }
+        self.members = seen
+        self.voters = seen.filter { $0.role == .voter }.map(\.id)
+        self.learners = seen.filter { $0.role == .learner }.map(\.id)
+        var r: [ReplicaID] = []
+        for id in removed.sorted() where r.last != id { r.append(id) }
+        self.removed = r
+    }
+
+    /// The configuration of a replica that joins an existing cluster and has not yet
+    /// received any: no voters, so it never campaigns.
+    public static let empty = Membership(members: [])
+
+    public var isEmpty: Bool { members.isEmpty }
 
     /// The number of votes (or acknowledgements) that make a majority.
     public var quorum: Int { voters.count / 2 + 1 }
 
+    /// Whether `id` is a voter.
     public func contains(_ id: ReplicaID) -> Bool { voters.contains(id) }
 
-    public var description: String { "voters=(" + voters.map(\.description).joined(separator: " ") + ")" }
+    /// Whether `id` is a voter or a learner.
+    public func isMember(_ id: ReplicaID) -> Bool { members.contains { $0.id == id } }
+
+    public func member(_ id: ReplicaID) -> Member? { members.first { $0.id == id } }
+
+    /// Every member but `id`, in id order: where the leader replicates.
+    func others(than id: ReplicaID) -> [ReplicaID] { members.compactMap { $0.id == id ? nil : $0.id } }
+
+    /// This configuration with `change` made, or why it cannot be made.
+    public func applying(_ change: ConfChange) -> Result<Membership, ConfChangeError> {
+        var list = members
+        var gone = removed
+        switch change {
+        case .addLearner(let m):
+            if isMember(m.id) || removed.contains(m.id) || m.id.rawValue == 0 { return .failure(.replicaExists(m.id)) }
+            list.append(Member(id: m.id, role: .learner, peerAddress: m.peerAddress, clientAddress: m.clientAddress))
+        case .promote(let id):
+            guard let i = list.firstIndex(where: { $0.id == id }) else { return .failure(.notFound(id)) }
+            guard list[i].role == .learner else { return .failure(.invalid("replica \(id) is already a voter")) }
+            list[i].role = .voter
+        case .remove(let id):
+            guard let i = list.firstIndex(where: { $0.id == id }) else { return .failure(.notFound(id)) }
+            if list[i].role == .voter && voters.count == 1 {
+                return .failure(.invalid("replica \(id) is the only voter; a cluster needs one"))
+            }
+            list.remove(at: i)
+            gone.append(id)
+        }
+        return .success(Membership(members: list, removed: gone))
+    }
+
+    public var description: String {
+        var s = "voters=(" + voters.map(\.description).joined(separator: " ") + ")"
+        if !learners.isEmpty { s += " learners=(" + learners.map(\.description).joined(separator: " ") + ")" }
+        return s
+    }
+}
+
+/// One single-server membership change.
+public enum ConfChange: Sendable, Hashable, CustomStringConvertible {
+    /// Adds a new replica as a learner (its role in the argument is ignored).
+    case addLearner(Member)
+    /// Makes a learner a voter.
+    case promote(ReplicaID)
+    /// Removes a voter or a learner; its id is never used again.
+    case remove(ReplicaID)
+
+    public var description: String {
+        switch self {
+        case .addLearner(let m): "add-learner \(m.id)"
+        case .promote(let id): "promote \(id)"
+        case .remove(let id): "remove \(id)"
+        }
+    }
+}
+
+/// Why the leader refused a membership change (each is a 409 or 404 in shared/API.md).
+public enum ConfChangeError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// A change is in the log and not yet committed, or this leader has not yet committed an
+    /// entry of its own term (until then an uncommitted change of an earlier leader may
+    /// still be in the way: the single-server-change bug Ongaro described on raft-dev).
+    case inProgress(String)
+    /// `expectedConfigIndex` is not the index of the current configuration.
+    case stale(current: LogIndex)
+    /// The id is a member, or was removed and cannot be used again.
+    case replicaExists(ReplicaID)
+    case notFound(ReplicaID)
+    /// The learner has not caught up with the leader's log.
+    case learnerLagging(ReplicaID, match: LogIndex, commit: LogIndex)
+    /// The new configuration would have fewer reachable voters than its quorum.
+    case wouldLoseQuorum(reachable: Int, quorum: Int)
+    case invalid(String)
+
+    public var description: String {
+        switch self {
+        case .inProgress(let why): why
+        case .stale(let current): "the current configuration is at index \(current)"
+        case .replicaExists(let id): "replica id \(id) is a member or was one; ids are never reused"
+        case .notFound(let id): "replica \(id) is not a member"
+        case .learnerLagging(let id, let match, let commit):
+            "learner \(id) has the log up to \(match), the commit index is \(commit): let it catch up first"
+        case .wouldLoseQuorum(let reachable, let quorum):
+            "the new configuration would have \(reachable) reachable voters, fewer than its quorum of \(quorum)"
+        case .invalid(let why): why
+        }
+    }
 }
 
 /// The state that must be on stable storage before messages that depend on it are sent.

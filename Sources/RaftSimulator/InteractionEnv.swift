@@ -100,6 +100,8 @@ public final class InteractionEnv {
             try mutate(try id(args[0])) { $0.reportUnreachable(peer) }
         case "campaign":
             try mutate(try id(args[0])) { $0.campaign() }
+        case "conf-change":
+            try confChange(args)
         case "propose":
             let text = args.dropFirst().joined(separator: " ")
             try mutate(try id(args[0])) { _ = try $0.propose(Array(text.utf8)) }
@@ -111,6 +113,16 @@ public final class InteractionEnv {
         case "tick":
             let count = args.count > 1 ? Int(args[1]) ?? 1 : 1
             try mutate(try id(args[0])) { for _ in 0..<count { $0.tick() } }
+        case "tick-all":
+            // N rounds of: every live replica ticks once, then everything stabilizes; quietly.
+            let count = Int(args.first ?? "") ?? 1
+            let was = quiet
+            quiet = true
+            defer { quiet = was }
+            for _ in 0..<count {
+                for r in order where replicas[r]?.node != nil { try mutate(r) { $0.tick() } }
+                try stabilize(order.filter { replicas[$0]?.node != nil })
+            }
         case "tick-heartbeat":
             let r = try id(args[0])
             let n = replicas[r]!.config.heartbeatTicks
@@ -148,7 +160,8 @@ public final class InteractionEnv {
             let r = try id(args[0])
             let index = LogIndex(UInt64(args[1]) ?? 0)
             let storage = replicas[r]!.storage
-            try storage.createSnapshot(at: index, data: Array("snap@\(index)".utf8))
+            let membership = replicas[r]!.node?.membership(at: index)
+            try storage.createSnapshot(at: index, membership: membership, data: Array("snap@\(index)".utf8))
             storage.compact(through: index)
         case "status":
             for r in try ids(args) { out(describeStatus(r)) }
@@ -174,7 +187,14 @@ public final class InteractionEnv {
         var inflight = 256
         var msgBytes = 1 << 20
         var index: UInt64 = 0
+        var join = false
+        var autoPromote = false
+        var catchUp = 256
         for opt in args.dropFirst() {
+            if opt == "join" {
+                join = true
+                continue
+            }
             let kv = opt.split(separator: "=").map(String.init)
             guard kv.count == 2 else { throw InteractionError.usage(opt) }
             switch kv[0] {
@@ -184,6 +204,8 @@ public final class InteractionEnv {
             case "heartbeat": heartbeat = Int(kv[1]) ?? heartbeat
             case "inflight": inflight = Int(kv[1]) ?? inflight
             case "msg-bytes": msgBytes = Int(kv[1]) ?? msgBytes
+            case "auto-promote": autoPromote = kv[1] == "true"
+            case "catch-up": catchUp = Int(kv[1]) ?? catchUp
             case "index":
                 guard let k = UInt64(kv[1]) else { throw InteractionError.usage(opt) }
                 index = k
@@ -191,12 +213,15 @@ public final class InteractionEnv {
             }
         }
         let first = order.count + 1
-        let members = Membership(voters: (1...(order.count + count)).map { ReplicaID(UInt64($0)) })
+        // `join`: new replicas of an existing cluster, with empty data directories and no
+        // configuration until the leader's log (or snapshot) brings one.
+        let members = join ? Membership.empty : Membership(voters: (1...(order.count + count)).map { ReplicaID(UInt64($0)) })
         for i in first..<(first + count) {
             let rid = ReplicaID(UInt64(i))
             let config = RaftConfig(
                 id: rid, electionTicks: election, heartbeatTicks: heartbeat, maxMessageBytes: msgBytes,
-                maxInflightMessages: inflight, preVote: preVote, checkQuorum: checkQuorum)
+                maxInflightMessages: inflight, preVote: preVote, checkQuorum: checkQuorum, autoPromote: autoPromote,
+                learnerCatchUpEntries: catchUp)
             let storage = MemoryStorage(membership: members)
             if index > 0 {
                 let at = LogIndex(index)
@@ -209,7 +234,46 @@ public final class InteractionEnv {
             order.append(rid)
             mailboxes[rid] = []
         }
-        out("added \(count) replicas: \(members)" + (index > 0 ? " from a snapshot at \(index)" : ""))
+        out("added \(count) replicas: " + (join ? "joining, no configuration yet" : "\(members)") + (index > 0 ? " from a snapshot at \(index)" : ""))
+    }
+
+    /// `conf-change ID add-learner=N|promote=N|remove=N [expected=K] [force]`: proposes a
+    /// membership change at replica ID, printing the entry's index or why it was refused.
+    private func confChange(_ args: [String]) throws {
+        let usage = InteractionError.usage("conf-change ID add-learner=N|promote=N|remove=N [expected=K] [force]")
+        guard args.count >= 2 else { throw usage }
+        let r = try id(args[0])
+        var change: ConfChange?
+        var expected: LogIndex?
+        var force = false
+        for opt in args.dropFirst() {
+            if opt == "force" {
+                force = true
+                continue
+            }
+            let kv = opt.split(separator: "=").map(String.init)
+            guard kv.count == 2 else { throw usage }
+            switch kv[0] {
+            case "add-learner": change = .addLearner(Member(id: try id(kv[1]), role: .learner))
+            case "promote": change = .promote(try id(kv[1]))
+            case "remove": change = .remove(try id(kv[1]))
+            case "expected": expected = LogIndex(UInt64(kv[1]) ?? 0)
+            default: throw usage
+            }
+        }
+        guard let change else { throw usage }
+        if case .addLearner(let m) = change, replicas[m.id] == nil {
+            throw InteractionError.usage("add replica \(m.id) first: add-nodes 1 join")
+        }
+        do {
+            var proposal: Proposal?
+            try mutate(r) { proposal = try $0.proposeConfChange(change, expectedConfigIndex: expected, force: force) }
+            out("\(change) proposed at \(proposal!.term)/\(proposal!.index)")
+        } catch let e as ConfChangeError {
+            out("refused: \(e)")
+        } catch let e as RaftError {
+            out("refused: \(e)")
+        }
     }
 
     private func connected(_ a: ReplicaID, _ b: ReplicaID) -> Bool {
@@ -266,8 +330,12 @@ public final class InteractionEnv {
         guard let n = replicas[r]?.node else { return "\(r): down" }
         let s = n.status
         var line = "\(r): \(s.role.rawValue) term=\(s.term) vote=\(s.vote.map(\.description) ?? "-") leader=\(s.leader.map(\.description) ?? "-") commit=\(s.commitIndex) applied=\(s.appliedIndex) last=\(s.lastIndex)"
+        if !s.membership.learners.isEmpty || n.configIndex > 0 || s.membership.isEmpty {
+            line += " config=\(n.configIndex) " + (s.membership.isEmpty ? "(none)" : s.membership.description)
+            if !s.membership.isEmpty && !s.membership.isMember(r) { line += " (not a member)" }
+        }
         if !s.peers.isEmpty {
-            line += " progress: " + s.peers.map { "\($0.id):\($0.state) match=\($0.match) next=\($0.next)" }.joined(separator: ", ")
+            line += " progress: " + s.peers.map { "\($0.id):\($0.state)\($0.role == .learner ? "(learner)" : "") match=\($0.match) next=\($0.next)" }.joined(separator: ", ")
         }
         let reads = replicas[r]!.readStates
         if !reads.isEmpty { line += " reads: " + reads.map { "\($0.requestID)@\($0.index)" }.joined(separator: ",") }

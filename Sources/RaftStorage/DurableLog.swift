@@ -259,29 +259,31 @@ public final class DurableLog: RaftLogStorage {
         syncCount += 1
     }
 
-    /// Records a snapshot of the local state machine at `index` (applied, still in the log).
-    /// Entries stay until `compact(through:)`.
-    public func createSnapshot(at index: LogIndex, data: [UInt8]) throws {
+    /// Records a snapshot of the local state machine at `index` (applied, still in the log),
+    /// with the configuration in effect there (`RaftNode.membership(at:)`; nil: the stored
+    /// one). Entries stay until `compact(through:)`.
+    public func createSnapshot(at index: LogIndex, membership: Membership? = nil, data: [UInt8]) throws {
         try checkHealthy()
         guard index > currentSnapshot.metadata.index else { return }
         let t = try term(index)
-        let snap = Snapshot(metadata: SnapshotMetadata(index: index, term: t, membership: membership), data: data)
+        let snap = Snapshot(metadata: SnapshotMetadata(index: index, term: t, membership: membership ?? self.membership), data: data)
         do {
             try writeSnapshotFile(snap)
         } catch let e as StorageFailure {
             throw fail(e)
         }
         currentSnapshot = snap
+        self.membership = snap.metadata.membership
         removeOldSnapshots()
     }
 
     /// The first step of a snapshot taken off the owner's thread: fixes its metadata (the
     /// entry at `index` must still be in the log). Nil if a snapshot at or past `index` exists.
     /// Write the data with `SnapshotWriter.write` on any thread, then `adoptSnapshot` here.
-    public func prepareSnapshot(at index: LogIndex) throws -> SnapshotWriter? {
+    public func prepareSnapshot(at index: LogIndex, membership: Membership? = nil) throws -> SnapshotWriter? {
         try checkHealthy()
         guard index > currentSnapshot.metadata.index else { return nil }
-        let metadata = SnapshotMetadata(index: index, term: try term(index), membership: membership)
+        let metadata = SnapshotMetadata(index: index, term: try term(index), membership: membership ?? self.membership)
         return SnapshotWriter(fs: fs, directory: directory, metadata: metadata)
     }
 
@@ -289,7 +291,10 @@ public final class DurableLog: RaftLogStorage {
     /// meanwhile) and removes older snapshot files.
     public func adoptSnapshot(_ snap: Snapshot) throws {
         try checkHealthy()
-        if snap.metadata.index > currentSnapshot.metadata.index { currentSnapshot = snap }
+        if snap.metadata.index > currentSnapshot.metadata.index {
+            currentSnapshot = snap
+            membership = snap.metadata.membership
+        }
         removeOldSnapshots()
     }
 
@@ -502,6 +507,10 @@ public final class DurableLog: RaftLogStorage {
 
         let snap = currentSnapshot.metadata
         if snap.index > 0 {
+            // The configuration at the snapshot's index; the core reads the configuration
+            // entries after it from the log. (State records may name an older one: a snapshot
+            // file is written without one.)
+            membership = snap.membership
             let last = offset + locations.count
             if snap.index < offset {
                 throw StorageFailure.corrupt(

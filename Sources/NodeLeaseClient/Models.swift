@@ -37,12 +37,44 @@ public struct ReplicaStatusView: Codable, Sendable, Hashable {
         public var matchIndex: UInt64?
     }
     public var replicaId: UInt64
+    /// The cluster id the replica was started with (`--cluster-id`); nil when it has none.
+    public var clusterId: String?
     public var role: String
     public var term: UInt64
     public var leaderId: UInt64?
     public var commitIndex: UInt64
     public var appliedIndex: UInt64
     public var peers: [Peer]
+}
+
+/// One member of the replica configuration (`GET /v1/cluster/replicas`).
+public struct ReplicaInfo: Codable, Sendable, Hashable {
+    public var replicaId: UInt64
+    /// Where the other replicas reach it (`HOST:PORT`).
+    public var peerAddress: String
+    /// Where clients reach its HTTP API (`HOST:PORT`).
+    public var clientAddress: String
+    /// `voter` or `learner`.
+    public var role: String
+
+    public init(replicaId: UInt64, peerAddress: String, clientAddress: String, role: String) {
+        self.replicaId = replicaId
+        self.peerAddress = peerAddress
+        self.clientAddress = clientAddress
+        self.role = role
+    }
+}
+
+/// The replicas of the cluster as of the log entry `configIndex` that set them.
+public struct ReplicaConfiguration: Codable, Sendable, Hashable {
+    /// The index to pass as `expectedConfigIndex` to change this configuration.
+    public var configIndex: UInt64
+    public var replicas: [ReplicaInfo]
+
+    public init(configIndex: UInt64, replicas: [ReplicaInfo]) {
+        self.configIndex = configIndex
+        self.replicas = replicas
+    }
 }
 
 /// What went wrong, typed after the API's error codes.
@@ -56,6 +88,18 @@ public enum NodeLeaseError: Error, Sendable, Hashable, CustomStringConvertible {
     case nodeIDsExhausted
     /// No replica could reach a leader with a quorum before the deadline.
     case noLeader
+    /// Another membership change is still being committed; retry when it is done.
+    case configChangeInProgress
+    /// The configuration changed since the `expectedConfigIndex` given.
+    case staleConfig
+    /// The replica id is already in the configuration.
+    case replicaExists
+    /// The replica id is not in the configuration.
+    case replicaNotFound
+    /// The learner has not caught up with the leader's log yet.
+    case learnerLagging
+    /// The change would leave fewer reachable voters than its quorum; `message` says why.
+    case wouldLoseQuorum(String)
     /// The request was refused as malformed; `message` says why.
     case invalidRequest(String)
     /// The idempotency key was used before for a different request (a client bug).
@@ -74,6 +118,12 @@ public enum NodeLeaseError: Error, Sendable, Hashable, CustomStringConvertible {
         case .nodeActive: "the node holds a live lease"
         case .nodeIDsExhausted: "no node ID of the configured range is free"
         case .noLeader: "no leader reachable (the cluster has no quorum)"
+        case .configChangeInProgress: "another membership change is in progress; retry once it has committed"
+        case .staleConfig: "the replica configuration has changed since the expected config index; list the replicas and retry"
+        case .replicaExists: "a replica with this id is already in the configuration"
+        case .replicaNotFound: "no replica with this id is in the configuration"
+        case .learnerLagging: "the learner has not caught up with the leader's log yet; retry later"
+        case .wouldLoseQuorum(let m): "the change would leave fewer reachable voters than the quorum: \(m) (force it only to replace a dead replica)"
         case .invalidRequest(let m): "invalid request: \(m)"
         case .idempotencyKeyMismatch: "idempotency key reused for a different request"
         case .transport(let m): "no replica reachable: \(m)"

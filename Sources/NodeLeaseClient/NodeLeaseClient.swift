@@ -14,22 +14,44 @@ import NIOConcurrencyHelpers
 /// new for the call and the same for each of its retries, so a write whose answer was lost is
 /// applied once however often it is sent (shared/API.md, "Exactly once"); a repeat is answered
 /// with the first outcome.
+///
+/// It follows the cluster's membership: the endpoint list becomes the replicas' client
+/// addresses whenever it learns the replica configuration (`GET /v1/cluster/replicas`), by
+/// `replicas()`, a membership change, or the refresh that a call makes when the list is 30 s
+/// old or when no endpoint could be connected to (see `exchange`).
 public final class NodeLeaseClient: Sendable {
-    public let endpoints: [URL]
+    /// The endpoints in use: those given to `init` until the replica configuration is learned,
+    /// then the replicas' client addresses, voters first.
+    public var endpoints: [URL] { state.withLockedValue { $0.endpoints } }
     /// How long one call may take, retries included.
     public let timeout: Duration
+    /// The endpoints given to `init`; also asked for the replica list when none of the list in
+    /// use can be connected to.
+    private let configured: [URL]
     private let session: URLSession
     private struct State {
-        var replicaEndpoint: [UInt64: Int] = [:]
+        /// Never empty.
+        var endpoints: [URL]
+        /// Where each replica answers (from the `X-NodeLease-Replica` header or the replica list).
+        var replicaEndpoint: [UInt64: URL] = [:]
         var leader: UInt64?
+        /// Index of the endpoint last picked in turn (always taken modulo the list's length).
         var next = 0
+        /// When the replica list was last fetched or asked for (at first, when the client was made).
+        var lastRefresh: ContinuousClock.Instant
+        /// Whether a call is fetching the replica list now (one at a time).
+        var refreshing = false
     }
-    private let state = NIOLockedValueBox(State())
+    private let state: NIOLockedValueBox<State>
+
+    /// How often a call refreshes the endpoint list from the replica configuration.
+    public static let refreshInterval: Duration = .seconds(30)
 
     /// - Parameter endpoints: base URLs such as `http://127.0.0.1:7401`.
     public init(endpoints: [URL], timeout: Duration = .seconds(10)) {
         precondition(!endpoints.isEmpty, "NodeLeaseClient needs at least one endpoint")
-        self.endpoints = endpoints
+        self.configured = endpoints
+        self.state = NIOLockedValueBox(State(endpoints: endpoints, lastRefresh: ContinuousClock.now))
         self.timeout = timeout
         let config = URLSessionConfiguration.ephemeral
         config.timeoutIntervalForRequest = 6
@@ -90,17 +112,22 @@ public final class NodeLeaseClient: Sendable {
         try await call("GET", "/v1/cluster/nodes/\(id)" + (linearizable ? "?consistency=linearizable" : ""), body: nil)
     }
 
+    /// One replica's status (the leader's when it is known, else any that answers).
+    public func status() async throws(NodeLeaseError) -> ReplicaStatusView {
+        try await call("GET", "/v1/status", body: nil)
+    }
+
     /// Every endpoint's status, in endpoint order; unreachable ones as errors.
     public func statusOfAll() async -> [(endpoint: URL, status: Result<ReplicaStatusView, NodeLeaseError>)] {
         var out: [(URL, Result<ReplicaStatusView, NodeLeaseError>)] = []
-        for (i, url) in endpoints.enumerated() {
+        for url in endpoints {
             do {
-                let (status, data, _) = try await send(i, "GET", "/v1/status", body: nil, key: nil, timeout: 2)
+                let (status, data, _) = try await send(url, "GET", "/v1/status", body: nil, key: nil, timeout: 2)
                 guard status == 200, let s = try? JSONDecoder().decode(ReplicaStatusView.self, from: data) else {
                     out.append((url, .failure(.unexpected(status: status, body: String(decoding: data, as: UTF8.self)))))
                     continue
                 }
-                state.withLockedValue { $0.replicaEndpoint[s.replicaId] = i }
+                state.withLockedValue { $0.replicaEndpoint[s.replicaId] = url }
                 out.append((url, .success(s)))
             } catch {
                 out.append((url, .failure(.transport("\(error.localizedDescription)"))))
@@ -109,24 +136,126 @@ public final class NodeLeaseClient: Sendable {
         return out
     }
 
+    // MARK: Replicas (membership)
+
+    /// The replica configuration (`GET /v1/cluster/replicas`); its client addresses become this
+    /// client's endpoints.
+    public func replicas() async throws(NodeLeaseError) -> ReplicaConfiguration {
+        try await configurationCall("GET", "/v1/cluster/replicas", body: nil)
+    }
+
+    /// Adds replica `id` as a learner; it is started with an empty data directory and joins.
+    /// With `expectedConfigIndex`, the change is refused (`staleConfig`) unless the configuration
+    /// is still that one. Answers the configuration once the change has committed.
+    public func addReplica(id: UInt64, peerAddress: String, clientAddress: String, expectedConfigIndex: UInt64?) async throws(NodeLeaseError)
+        -> ReplicaConfiguration
+    {
+        var body: [String: Any] = ["replicaId": id, "peerAddress": peerAddress, "clientAddress": clientAddress]
+        if let expectedConfigIndex { body["expectedConfigIndex"] = expectedConfigIndex }
+        return try await configurationCall("POST", "/v1/cluster/replicas", body: body)
+    }
+
+    /// Makes a caught-up learner a voter (`learnerLagging` while it is not caught up).
+    public func promoteReplica(id: UInt64, expectedConfigIndex: UInt64?) async throws(NodeLeaseError) -> ReplicaConfiguration {
+        var body: [String: Any] = [:]
+        if let expectedConfigIndex { body["expectedConfigIndex"] = expectedConfigIndex }
+        return try await configurationCall("POST", "/v1/cluster/replicas/\(id)/promote", body: body)
+    }
+
+    /// Removes a voter or learner. `force` allows a change that leaves fewer reachable voters
+    /// than the quorum (`wouldLoseQuorum` otherwise), for replacing a dead replica.
+    public func removeReplica(id: UInt64, expectedConfigIndex: UInt64?, force: Bool) async throws(NodeLeaseError) -> ReplicaConfiguration {
+        var q: [String] = []
+        if let expectedConfigIndex { q.append("expectedConfigIndex=\(expectedConfigIndex)") }
+        if force { q.append("force=true") }
+        return try await configurationCall("DELETE", "/v1/cluster/replicas/\(id)" + (q.isEmpty ? "" : "?" + q.joined(separator: "&")), body: nil)
+    }
+
+    /// A call answered by the configuration, which then becomes the endpoint list.
+    private func configurationCall(_ method: String, _ path: String, body: [String: Any]?) async throws(NodeLeaseError) -> ReplicaConfiguration {
+        let answer: (value: ReplicaConfiguration, endpoint: URL) = try await exchange(method, path, body: body, timeout: nil, refresh: false)
+        adopt(answer.value, answeredBy: answer.endpoint)
+        return answer.value
+    }
+
+    /// Makes `config`'s replicas the endpoint list, voters first, then learners, each by id:
+    /// `scheme://clientAddress` with the scheme of `source` (the endpoint that answered), whose
+    /// host also stands in for a wildcard host (`0.0.0.0`, `::`). An empty list changes nothing.
+    private func adopt(_ config: ReplicaConfiguration, answeredBy source: URL) {
+        let ordered = config.replicas.sorted { a, b in
+            let (aVotes, bVotes) = (a.role == "voter", b.role == "voter")
+            return aVotes != bVotes ? aVotes : a.replicaId < b.replicaId
+        }
+        var urls: [URL] = []
+        var byReplica: [UInt64: URL] = [:]
+        for r in ordered {
+            guard let url = Self.endpoint(clientAddress: r.clientAddress, like: source) else { continue }
+            byReplica[r.replicaId] = url
+            if !urls.contains(url) { urls.append(url) }
+        }
+        guard !urls.isEmpty else { return }
+        state.withLockedValue { s in
+            if s.endpoints != urls {
+                s.endpoints = urls
+                s.next = 0
+            }
+            s.replicaEndpoint = byReplica
+            if let l = s.leader, byReplica[l] == nil { s.leader = nil }
+            s.lastRefresh = ContinuousClock.now
+        }
+    }
+
+    /// `scheme://HOST:PORT` for a replica's `clientAddress` (`HOST:PORT`, `[V6]:PORT` or
+    /// `V6:PORT`), with `source`'s scheme, and `source`'s host for a wildcard host; nil if malformed.
+    static func endpoint(clientAddress: String, like source: URL) -> URL? {
+        func bare(_ host: String) -> String { host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host }
+        let text = clientAddress.trimmingCharacters(in: .whitespaces)
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else { return nil }
+        var host = bare(String(text[..<colon]))
+        if ["", "0.0.0.0", "::", "::0", "0:0:0:0:0:0:0:0"].contains(host) {
+            guard let h = source.host else { return nil }
+            host = bare(h)
+        }
+        if host.contains(":") { host = "[\(host)]" }
+        return URL(string: "\(source.scheme ?? "http")://\(host):\(port)")
+    }
+
     // MARK: Transport
 
     private func call<T: Decodable>(_ method: String, _ path: String, body: [String: Any]?, timeout: Duration? = nil) async throws(NodeLeaseError) -> T {
+        let answer: (value: T, endpoint: URL) = try await exchange(method, path, body: body, timeout: timeout, refresh: true)
+        return answer.value
+    }
+
+    /// Sends a request until an endpoint answers it or the deadline passes, and says which
+    /// endpoint answered.
+    ///
+    /// With `refresh`, it keeps the endpoint list current, within the call's deadline: before
+    /// sending, when the list was last fetched 30 s ago or more (`refreshInterval`), and once
+    /// when every endpoint of the list has failed with a transport error during this call, it
+    /// fetches the replica configuration from the first endpoint that answers (see
+    /// `refreshEndpoints`). A failed fetch leaves the list as it was. Only one call fetches at a
+    /// time; the others go on with the list they have.
+    private func exchange<T: Decodable>(_ method: String, _ path: String, body: [String: Any]?, timeout: Duration?, refresh: Bool)
+        async throws(NodeLeaseError) -> (value: T, endpoint: URL)
+    {
         // One key for the logical request, the same on every retry; its retries end well inside
         // the servers' idempotency window (10 minutes), or a late one could apply again.
         let key = method == "GET" ? nil : UUID().uuidString
         let deadline = ContinuousClock.now + min(timeout ?? self.timeout, key == nil ? .seconds(3600) : Self.maxWriteCall)
+        if refresh, claimRefresh(periodic: true) { await refreshEndpoints(deadline: deadline, afterFailures: false) }
+        var unreachable: Set<URL> = []
+        var refreshedAfterFailures = !refresh
         var attempt = 0
         while true {
-            let i = pickEndpoint(attempt: attempt)
+            let url = pickEndpoint(attempt: attempt)
             attempt += 1
             var lastError: NodeLeaseError
             do {
-                let remaining = deadline - ContinuousClock.now
-                let seconds = max(0.05, Double(remaining.components.seconds) + Double(remaining.components.attoseconds) / 1e18)
-                let (status, data, _) = try await send(i, method, path, body: body, key: key, timeout: seconds)
+                let seconds = max(0.05, Self.seconds(deadline - ContinuousClock.now))
+                let (status, data, _) = try await send(url, method, path, body: body, key: key, timeout: seconds)
                 if status == 200 {
-                    do { return try JSONDecoder().decode(T.self, from: data) } catch {
+                    do { return (try JSONDecoder().decode(T.self, from: data), url) } catch {
                         throw NodeLeaseError.unexpected(status: status, body: String(decoding: data, as: UTF8.self))
                     }
                 }
@@ -136,9 +265,15 @@ public final class NodeLeaseClient: Sendable {
             } catch let e as NodeLeaseError {
                 throw e
             } catch {
-                lastError = .transport("\(endpoints[i]): \(error.localizedDescription)")
+                lastError = .transport("\(url): \(error.localizedDescription)")
                 state.withLockedValue { s in
-                    if let l = s.leader, s.replicaEndpoint[l] == i { s.leader = nil }
+                    if let l = s.leader, s.replicaEndpoint[l] == url { s.leader = nil }
+                }
+                unreachable.insert(url)
+                // None of the list can be connected to: it may be out of date.
+                if !refreshedAfterFailures, endpoints.allSatisfy({ unreachable.contains($0) }) {
+                    refreshedAfterFailures = true
+                    if claimRefresh(periodic: false) { await refreshEndpoints(deadline: deadline, afterFailures: true) }
                 }
             }
             // Another endpoint after a jittered, capped backoff, while the deadline allows.
@@ -152,16 +287,60 @@ public final class NodeLeaseClient: Sendable {
     /// The longest a write is retried under one idempotency key.
     public static let maxWriteCall: Duration = .seconds(60)
 
-    private func pickEndpoint(attempt: Int) -> Int {
+    /// Whether this call should fetch the replica list now: no other call is fetching it, and,
+    /// for the periodic refresh, the last fetch is `refreshInterval` old. Marks it as fetching.
+    private func claimRefresh(periodic: Bool) -> Bool {
         state.withLockedValue { s in
-            if attempt == 0, let l = s.leader, let i = s.replicaEndpoint[l] { return i }
-            s.next = (s.next + 1) % endpoints.count
-            return s.next
+            let now = ContinuousClock.now
+            guard !s.refreshing, !periodic || now - s.lastRefresh >= Self.refreshInterval else { return false }
+            s.refreshing = true
+            s.lastRefresh = now
+            return true
         }
     }
 
-    private func send(_ i: Int, _ method: String, _ path: String, body: [String: Any]?, key: String?, timeout: Double) async throws -> (Int, Data, HTTPURLResponse) {
-        var request = URLRequest(url: endpoints[i].appendingPathComponent(String(path.prefix { $0 != "?" })))
+    /// Fetches the replica configuration and adopts it (`adopt`), asking one endpoint after
+    /// another (the leader's first, then the list, then the endpoints given to `init`; after
+    /// failures, those given to `init` first) until one answers, for at most half the time left
+    /// before `deadline`, so the call keeps time for itself. Ends the claim of `claimRefresh`.
+    private func refreshEndpoints(deadline: ContinuousClock.Instant, afterFailures: Bool) async {
+        defer { state.withLockedValue { $0.refreshing = false } }
+        let start = ContinuousClock.now
+        let end = start + (deadline - start) / 2
+        let (list, leader) = state.withLockedValue { s in (s.endpoints, s.leader.flatMap { s.replicaEndpoint[$0] }) }
+        var candidates = list + configured
+        if afterFailures {
+            candidates = configured + list
+        } else if let leader {
+            candidates.insert(leader, at: 0)
+        }
+        var sources: [URL] = []
+        for url in candidates where !sources.contains(url) { sources.append(url) }
+        for url in sources {
+            let left = Self.seconds(end - ContinuousClock.now)
+            guard left >= 0.05 else { return }
+            guard let (status, data, _) = try? await send(url, "GET", "/v1/cluster/replicas", body: nil, key: nil, timeout: min(2, left)),
+                status == 200, let config = try? JSONDecoder().decode(ReplicaConfiguration.self, from: data)
+            else { continue }
+            adopt(config, answeredBy: url)
+            return
+        }
+    }
+
+    private static func seconds(_ d: Duration) -> Double {
+        Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+    }
+
+    private func pickEndpoint(attempt: Int) -> URL {
+        state.withLockedValue { s in
+            if attempt == 0, let l = s.leader, let url = s.replicaEndpoint[l] { return url }
+            s.next = (s.next + 1) % s.endpoints.count
+            return s.endpoints[s.next]
+        }
+    }
+
+    private func send(_ url: URL, _ method: String, _ path: String, body: [String: Any]?, key: String?, timeout: Double) async throws -> (Int, Data, HTTPURLResponse) {
+        var request = URLRequest(url: url.appendingPathComponent(String(path.prefix { $0 != "?" })))
         if let q = path.firstIndex(of: "?"), var c = URLComponents(url: request.url!, resolvingAgainstBaseURL: false) {
             c.percentEncodedQuery = String(path[path.index(after: q)...])
             request.url = c.url
@@ -178,7 +357,7 @@ public final class NodeLeaseClient: Sendable {
         if let replica = http.value(forHTTPHeaderField: "X-NodeLease-Replica").flatMap(UInt64.init) {
             let leader = http.value(forHTTPHeaderField: "X-NodeLease-Leader").flatMap(UInt64.init)
             state.withLockedValue {
-                $0.replicaEndpoint[replica] = i
+                $0.replicaEndpoint[replica] = url
                 $0.leader = leader
             }
         }
@@ -198,6 +377,12 @@ public final class NodeLeaseClient: Sendable {
         case "node_active": return .nodeActive
         case "node_ids_exhausted": return .nodeIDsExhausted
         case "no_leader": return .noLeader
+        case "config_change_in_progress": return .configChangeInProgress
+        case "stale_config": return .staleConfig
+        case "replica_exists": return .replicaExists
+        case "replica_not_found": return .replicaNotFound
+        case "learner_lagging": return .learnerLagging
+        case "would_lose_quorum": return .wouldLoseQuorum(message)
         case "invalid_request", "request_too_large": return .invalidRequest(message)
         case "idempotency_key_mismatch": return .idempotencyKeyMismatch
         default: return .unexpected(status: status, body: message)

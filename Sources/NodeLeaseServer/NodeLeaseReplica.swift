@@ -50,18 +50,6 @@ public final class NodeLeaseReplica: Service, Sendable {
         let storage = try DurableLog(
             directory: config.dataDir, fileSystem: fileSystem, membership: config.membership, options: .init(fsync: config.fsync),
             log: { storageLogger.warning("\($0)") })
-        // Until membership changes exist, the replicas a data directory was made with are the
-        // cluster's for good: a different --peers would start a replica that never joins, or
-        // count a quorum the others do not.
-        if storage.membership != config.membership {
-            let stored = storage.membership.voters.map(\.description).joined(separator: ", ")
-            let given = config.membership.voters.map(\.description).joined(separator: ", ")
-            storage.close()
-            throw ConfigError(
-                "--peers",
-                "the data directory \(config.dataDir) belongs to a cluster of replicas \(stored), but --peers lists replicas \(given); "
-                    + "start this replica with the same replicas as before, or give it a new, empty data directory for a new cluster")
-        }
         let inbox = MessageInbox()
         self.inbox = inbox
         var peers = config.peers
@@ -69,6 +57,7 @@ public final class NodeLeaseReplica: Service, Sendable {
         let driverBox = DriverBox()
         var transportConfig = TransportConfig(clusterID: config.clusterID, replicaID: config.replicaID, listen: config.peerListen, peers: peers)
         transportConfig.dataDirectoryID = storage.directoryID
+        transportConfig.clientAddress = config.advertisedClientAddress
         // After a partition heals, peers should be talking again well within an election
         // timeout: give up silent connections and redial at that pace.
         let electionMillis = Int64(config.electionTicks * config.tickMillis)
@@ -141,6 +130,11 @@ public final class NodeLeaseReplica: Service, Sendable {
         } onGracefulShutdown: {
             // Nothing more: app.run() returns, and the shutdown above follows it.
         }
+    }
+
+    /// This replica's current configuration.
+    public var membership: Membership {
+        get async { await driver.membership }
     }
 
     /// Stops this replica (for in-process clusters and tests).

@@ -46,6 +46,9 @@ actor RaftDriver {
     typealias WriteResult = ReplicaCore.WriteResult
     private var writeWaiters: [UInt64: CheckedContinuation<WriteResult, any Error>] = [:]
     private var readWaiters: [UInt64: CheckedContinuation<LogIndex, any Error>] = [:]
+    private var confWaiters: [UInt64: CheckedContinuation<Result<Membership, ConfChangeFailure>, any Error>] = [:]
+    /// The configuration the transport was last given.
+    private var transportMembership: Membership?
     private var pumpScheduled = false
     /// The Ready in flight is being persisted (its fsync may be on the syncer's thread).
     private var persisting = false
@@ -77,11 +80,25 @@ actor RaftDriver {
         let snap = try storage.snapshot()
         let registry = snap.isEmpty ? LeaseRegistry() : try LeaseRegistry(snapshot: snap.data)
         var raftConfig = RaftConfig(
-            id: config.replicaID, electionTicks: config.electionTicks, heartbeatTicks: config.heartbeatTicks)
+            id: config.replicaID, electionTicks: config.electionTicks, heartbeatTicks: config.heartbeatTicks,
+            autoPromote: config.autoPromote)
         #if NODELEASE_FAULTS
             config.faults.apply(to: &raftConfig)
         #endif
         let node = try RaftNode(config: raftConfig, storage: storage, random: SystemRandomNumberGenerator())
+        // `--peers` creates a cluster; after that the configuration in the data directory
+        // (changed through the log) is the one that counts.
+        let onDisk = node.membership
+        if !config.join && !onDisk.isEmpty && Set(onDisk.voters) != Set(config.peers.keys) {
+            let given = config.peers.keys.sorted().map(\.description).joined(separator: ", ")
+            logger.notice(
+                "the data directory's configuration (\(onDisk), index \(onDisk.index)) differs from --peers (\(given)): using the data directory's; --peers only creates a new cluster")
+        }
+        if onDisk.isEmpty {
+            logger.notice("no configuration yet: waiting for the leader to add this replica (nodelease member add \(config.replicaID))")
+        } else if !onDisk.isMember(config.replicaID) {
+            logger.warning("this replica is not a member of the configuration \(onDisk): it was removed, and only waits to be stopped")
+        }
         var coreConfig = ReplicaCore.Config(replicaID: config.replicaID)
         coreConfig.requestTimeoutNanos = UInt64(config.requestTimeoutMillis) * 1_000_000
         coreConfig.readResendNanos = UInt64(max(50, 3 * config.tickMillis * config.heartbeatTicks)) * 1_000_000
@@ -94,6 +111,8 @@ actor RaftDriver {
             faultClock = config.faults.clockRateFile.map(FaultClock.init(path:))
         #endif
         coreConfig.requestIDBase = UInt64.random(in: 0...(UInt64.max >> 16)) << 16
+        coreConfig.peerAddress = config.peerListen.description
+        coreConfig.clientAddress = config.advertisedClientAddress
         self.core = ReplicaCore(config: coreConfig, node: node, registry: registry)
         raftState.set(term: node.term, role: node.role)
         let dirs = registry.replicaDirectories
@@ -118,7 +137,10 @@ actor RaftDriver {
 
     func tick() {
         guard !stopped else { return }
-        core.tick(now: now, wall: wall, peerDirectories: core.node.role == .leader ? transport.peerDirectories() : [:])
+        let leader = core.node.role == .leader
+        core.tick(
+            now: now, wall: wall, peerDirectories: leader ? transport.peerDirectories() : [:],
+            peerClientAddresses: leader ? transport.peerClientAddresses() : [:])
         carryOut()
     }
 
@@ -168,10 +190,26 @@ actor RaftDriver {
         }
     }
 
+    /// A membership change (see `ReplicaCore.submitConfChange`): the new configuration once
+    /// it committed, or why not. Throws `DriverError.noLeader` at the request timeout.
+    func changeMembership(_ change: ConfChange, expectedConfigIndex: LogIndex?, force: Bool) async throws
+        -> Result<Membership, ConfChangeFailure>
+    {
+        guard !stopped else { throw DriverError.stopping }
+        return try await withCheckedThrowingContinuation { c in
+            let id = core.submitConfChange(change, expectedConfigIndex: expectedConfigIndex, force: force, now: now)
+            confWaiters[id] = c
+            carryOut()
+        }
+    }
+
+    /// This replica's current configuration.
+    var membership: Membership { core.node.membership }
+
     func status() -> ReplicaStatus {
         let s = core.node.status
         var peers: [(ReplicaID, Bool, LogIndex?)] = []
-        for id in config.peers.keys.sorted() where id != config.replicaID {
+        for id in s.membership.members.map(\.id) where id != config.replicaID {
             peers.append((id, transport.isConnected(id), s.peers.first { $0.id == id }?.match))
         }
         return ReplicaStatus(
@@ -213,8 +251,10 @@ actor RaftDriver {
         while persisting || snapshotting { try? await Task.sleep(for: .milliseconds(2)) }
         for (_, c) in writeWaiters { c.resume(throwing: DriverError.stopping) }
         for (_, c) in readWaiters { c.resume(throwing: DriverError.stopping) }
+        for (_, c) in confWaiters { c.resume(throwing: DriverError.stopping) }
         writeWaiters = [:]
         readWaiters = [:]
+        confWaiters = [:]
         storage.close()
     }
 
@@ -240,6 +280,10 @@ actor RaftDriver {
             case .timedOut(let id):
                 if let c = writeWaiters.removeValue(forKey: id) { c.resume(throwing: DriverError.noLeader) }
                 if let c = readWaiters.removeValue(forKey: id) { c.resume(throwing: DriverError.noLeader) }
+                if let c = confWaiters.removeValue(forKey: id) { c.resume(throwing: DriverError.noLeader) }
+            case .confChangeDone(let id, let result):
+                if case .success(let m) = result { logger.notice("membership change done: \(m)") }
+                confWaiters.removeValue(forKey: id)?.resume(returning: result)
             case .applied(let e, let applied, _, _):
                 if let applied, case .success(.node(let n)) = applied.result, let timed = TimedCommand(decoding: e.data),
                     case .expire = timed.command
@@ -261,6 +305,12 @@ actor RaftDriver {
             case .fatal(let why):
                 fatal(why)
             }
+        }
+        let m = core.node.membership
+        if m != transportMembership {
+            if let before = transportMembership { logger.notice("configuration \(before) -> \(m) (index \(m.index))") }
+            transportMembership = m
+            transport.setMembers(Self.peerAddresses(m, fallback: config.peers))
         }
         if !pumpScheduled && !persisting && core.needsPump {
             pumpScheduled = true
@@ -320,7 +370,7 @@ actor RaftDriver {
         guard let snapIndex = try? storage.snapshot().metadata.index, applied.rawValue >= snapIndex.rawValue + every else { return }
         let writer: SnapshotWriter
         do {
-            guard let w = try storage.prepareSnapshot(at: applied) else { return }
+            guard let w = try storage.prepareSnapshot(at: applied, membership: core.node.membership(at: applied)) else { return }
             writer = w
         } catch {
             fatal("cannot prepare a snapshot: \(error)")
@@ -347,6 +397,21 @@ actor RaftDriver {
         } catch {
             fatal("cannot write a snapshot: \(error)")
         }
+    }
+
+    /// Where each member's peer port is: the configuration's address, else the one `--peers`
+    /// gave (a replica that joins knows the others only from `--peers` until the log arrives).
+    static func peerAddresses(_ m: Membership, fallback: [ReplicaID: PeerAddress]) -> [ReplicaID: PeerAddress] {
+        var out: [ReplicaID: PeerAddress] = [:]
+        for member in m.members {
+            if let a = try? ServerConfig.parseAddress(member.peerAddress, flag: "peer address") {
+                out[member.id] = a
+            } else if let a = fallback[member.id] {
+                out[member.id] = a
+            }
+        }
+        if m.isEmpty { out = fallback }
+        return out
     }
 
     private func fatal(_ why: String) {

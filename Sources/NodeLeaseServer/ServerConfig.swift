@@ -31,6 +31,15 @@ public struct ServerConfig: Sendable {
     public var idempotencyWindow = IdempotencyWindow()
     /// The fault build's planted bug and test facilities (empty in a normal build).
     public var faults = FaultOptions()
+    /// Join an existing cluster: start with no configuration of its own (the leader's log
+    /// brings it, once `nodelease member add` made this replica a learner); `--peers` then
+    /// only says where the others are until the log does.
+    public var join = false
+    /// The leader promotes a caught-up learner to voter by itself.
+    public var autoPromote = true
+    /// The client address written into the configuration (nil: the listen address, with
+    /// the peer address's host when listening on every interface).
+    public var advertiseClient: String?
 
     public init(replicaID: ReplicaID, peers: [ReplicaID: PeerAddress], clientListen: PeerAddress, dataDir: String) {
         self.replicaID = replicaID
@@ -40,12 +49,30 @@ public struct ServerConfig: Sendable {
         self.dataDir = dataDir
     }
 
-    public var membership: Membership { Membership(voters: Array(peers.keys)) }
+    /// The configuration a new cluster starts with: every replica of `--peers` a voter (its
+    /// client address is filled in by the leader later). A joining replica starts with none.
+    public var membership: Membership {
+        if join { return .empty }
+        return Membership(members: peers.map { Member(id: $0.key, role: .voter, peerAddress: $0.value.description) })
+    }
+
+    /// Where clients reach this replica, as other replicas and clients are told.
+    public var advertisedClientAddress: String {
+        if let advertiseClient { return advertiseClient }
+        let host = clientListen.host
+        if host == "0.0.0.0" || host == "::" || host.isEmpty {
+            return PeerAddress(host: peerListen.host, port: clientListen.port).description
+        }
+        return clientListen.description
+    }
 
     public func validate() throws(ConfigError) {
         if replicaID.rawValue == 0 { throw ConfigError("--replica-id", "must be a positive integer") }
         if peers[replicaID] == nil { throw ConfigError("--peers", "must include this replica (\(replicaID))") }
-        if ![1, 3, 5].contains(peers.count) { throw ConfigError("--peers", "must list 1, 3 or 5 replicas, not \(peers.count)") }
+        if !join && ![1, 3, 5].contains(peers.count) {
+            throw ConfigError("--peers", "must list 1, 3 or 5 replicas for a new cluster, not \(peers.count) (grow it later with nodelease member add)")
+        }
+        if peers.count > Membership.maxMembers { throw ConfigError("--peers", "lists more than \(Membership.maxMembers) replicas") }
         if clusterID.isEmpty || clusterID.utf8.count > 128 { throw ConfigError("--cluster-id", "must be 1 to 128 characters") }
         if dataDir.isEmpty { throw ConfigError("--data-dir", "must not be empty") }
         if !ttlRange.contains(defaultTTL) {

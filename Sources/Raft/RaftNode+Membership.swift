@@ -37,6 +37,10 @@ extension RaftNode {
     /// was created with).
     public var configIndex: LogIndex { membership.index }
 
+    /// How many configuration entries of the log are uncommitted (a leader never has more
+    /// than one).
+    public var pendingConfigChanges: Int { configs.filter { $0.index > log.committed }.count }
+
     /// Whether the current configuration entry is still uncommitted.
     public var configChangePending: Bool { configs[configs.count - 1].index > log.committed }
 

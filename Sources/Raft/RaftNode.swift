@@ -34,6 +34,10 @@ public struct Ready: Sendable {
 public struct Proposal: Sendable, Hashable {
     public var index: LogIndex
     public var term: Term
+    public init(index: LogIndex, term: Term) {
+        self.index = index
+        self.term = term
+    }
 }
 
 /// A read-only summary of a replica's Raft state, for status pages and tests.

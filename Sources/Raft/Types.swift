@@ -178,6 +178,10 @@ public struct Membership: Sendable, Hashable, CustomStringConvertible {
             guard let i = list.firstIndex(where: { $0.id == id }) else { return .failure(.notFound(id)) }
             guard list[i].role == .learner else { return .failure(.invalid("replica \(id) is already a voter")) }
             list[i].role = .voter
+        case .update(let m):
+            guard let i = list.firstIndex(where: { $0.id == m.id }) else { return .failure(.notFound(m.id)) }
+            list[i].peerAddress = m.peerAddress
+            list[i].clientAddress = m.clientAddress
         case .remove(let id):
             guard let i = list.firstIndex(where: { $0.id == id }) else { return .failure(.notFound(id)) }
             if list[i].role == .voter && voters.count == 1 {
@@ -204,12 +208,15 @@ public enum ConfChange: Sendable, Hashable, CustomStringConvertible {
     case promote(ReplicaID)
     /// Removes a voter or a learner; its id is never used again.
     case remove(ReplicaID)
+    /// Records a member's addresses (its role is kept): no vote changes hands.
+    case update(Member)
 
     public var description: String {
         switch self {
         case .addLearner(let m): "add-learner \(m.id)"
         case .promote(let id): "promote \(id)"
         case .remove(let id): "remove \(id)"
+        case .update(let m): "update \(m.id)"
         }
     }
 }

@@ -19,6 +19,8 @@ public struct Violation: Sendable, Hashable, CustomStringConvertible {
         case earlyExpiry = "no early expiry"
         case exactlyOnce = "exactly once: every answer matches one application"
         case indexesMonotonic = "commit and applied indexes never go backwards"
+        case commitQuorum = "a committed entry is held by a majority of the leader's voters"
+        case membership = "membership changes: one pending at a time, removed replicas never lead"
     }
     public var rule: Rule
     public var detail: String

@@ -29,6 +29,9 @@ final class SimDisk {
 
     var storage: any RaftLogStorage { (durable as (any RaftLogStorage)?) ?? memory! }
 
+    /// The storage, unless it is a durable log closed by a crash (until `reopen`).
+    var openStorage: (any RaftLogStorage)? { (durable as (any RaftLogStorage)?) ?? memory }
+
     var hardState: HardState { (try? storage.initialState().0) ?? HardState() }
 
     func save(hardState: HardState?, entries: [Entry], snapshot: Snapshot?, sync: Bool) throws {
@@ -41,8 +44,12 @@ final class SimDisk {
         }
     }
 
-    func createSnapshot(at index: LogIndex, data: [UInt8]) throws {
-        if let durable { try durable.createSnapshot(at: index, data: data) } else { try memory!.createSnapshot(at: index, data: data) }
+    func createSnapshot(at index: LogIndex, membership: Membership?, data: [UInt8]) throws {
+        if let durable {
+            try durable.createSnapshot(at: index, membership: membership, data: data)
+        } else {
+            try memory!.createSnapshot(at: index, membership: membership, data: data)
+        }
     }
 
     func compact(through index: LogIndex) throws {

@@ -80,6 +80,14 @@ public struct Knobs: Sendable, CustomStringConvertible {
     public var idempotencyWindow: IdempotencyWindow
     /// The run may play the Figure 8 schedule once (see `Simulation.Figure8`).
     public var figure8: Bool
+    /// The nemesis also changes the membership: adds learners (from spare replicas with empty
+    /// disks), promotes them, removes voters and learners, the leader included.
+    public var membershipChanges: Bool
+    /// The run plays the schedule of Ongaro's single-server membership bug once (see
+    /// `Simulation.Ongaro`); its leaders then promote learners only when told.
+    public var ongaro: Bool
+    /// Replica slots beyond the first `replicas`, for membership changes to add.
+    public var spareReplicas: Int { membershipChanges ? 3 : 0 }
 
     init(seed: UInt64, replicas: Int?) {
         var g = DeterministicGenerator(seed: seed ^ 0x6b6e_6f62_7321)
@@ -110,6 +118,8 @@ public struct Knobs: Sendable, CustomStringConvertible {
         // Drawn last, so the knobs above keep their values for a seed.
         idempotencyWindow = IdempotencyWindow(seconds: pick([600, 600, 1, 2]), maxKeys: pick([100_000, 100_000, 3, 16]))
         figure8 = pick([false, true])
+        membershipChanges = self.replicas >= 3 && pick([false, true])
+        ongaro = membershipChanges && !figure8 && pick([false, true])
     }
 
     public var description: String {
@@ -118,7 +128,7 @@ public struct Knobs: Sendable, CustomStringConvertible {
             + "drift=\(drift) fsync<=\(maxFsyncMicros)us nemesis=\(nemesisMinMillis)-\(nemesisMaxMillis)ms "
             + "snapshot-every=\(snapshotEvery) keep=\(keepAfterSnapshot) inflight=\(maxInflight) "
             + "msg-bytes=\(maxMessageBytes) prevote=\(preVote) checkquorum=\(checkQuorum) fsync-crash=\(fsyncCrashRate) disk=\(durableDisk ? "wal" : "memory") ttl=\(leaseTTL)s "
-            + "keys=\(idempotencyWindow.seconds)s/\(idempotencyWindow.maxKeys) figure8=\(figure8)"
+            + "keys=\(idempotencyWindow.seconds)s/\(idempotencyWindow.maxKeys) figure8=\(figure8) membership=\(membershipChanges) ongaro=\(ongaro)"
     }
 }
 

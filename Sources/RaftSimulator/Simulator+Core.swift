@@ -118,6 +118,8 @@ extension Simulation {
             trace("replica \(replicas[i].id) is \(role.rawValue) in term \(term)")
         case .proposedExpiry(let n):
             trace("replica \(replicas[i].id) proposes \(n) expiry commands")
+        case .confChangeDone(let id, let r):
+            trace("replica \(replicas[i].id) membership request \(id): \(r)")
         case .fatal(let why):
             checker.recordFailure(.divergentState, "replica \(replicas[i].id): \(why)")
         }

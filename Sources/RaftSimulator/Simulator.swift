@@ -39,6 +39,9 @@ public final class Simulation {
         /// The Figure 8 schedule's next step, or its deadline for the step numbered.
         case figure8Step
         case figure8Timeout(step: Int)
+        case ongaroStep
+        case ongaroTimeout(step: Int)
+        case ongaroPropose(m: Int, d: Int)
         case heal
         case livenessDeadline
         case finish
@@ -98,6 +101,8 @@ public final class Simulation {
         /// process lives).
         var seenCommit: LogIndex = 0
         var seenApplied: LogIndex = 0
+        /// A spare replica (membership changes) that has not been started yet.
+        var spare = false
         var up: Bool { node != nil || core != nil }
         /// The Raft core, whichever workload runs it.
         var raft: RaftNode? { core?.node ?? node }
@@ -144,9 +149,12 @@ public final class Simulation {
     var result: SimulationResult
     var traceLines: [String] = []
     var figure8 = Figure8.idle
+    var ongaro = Ongaro.idle
     /// While the Figure 8 schedule's old leader is back: the highest index its appends got
     /// through to each replica.
     var figure8Through: [Int: LogIndex] = [:]
+    /// Replicas removed by a committed configuration: they must never lead again.
+    var removedIDs: Set<ReplicaID> = []
 
     /// A run of `options`, replicating `machine` (by default the one its workload uses).
     public init(options: SimulationOptions, machine: (any SimStateMachine.Type)? = nil) {
@@ -163,10 +171,13 @@ public final class Simulation {
             acknowledgedWrites: 0, failedWrites: 0, indeterminateOperations: 0, reads: 0,
             elections: 0, crashes: 0, snapshotsInstalled: 0, trace: [])
         let membership = Membership(voters: (1...knobs.replicas).map { ReplicaID(UInt64($0)) })
-        for i in 0..<knobs.replicas {
-            // The in-memory file system cannot fail to open.
-            let disk = try! SimDisk(membership: membership, durable: knobs.durableDisk)
+        for i in 0..<(knobs.replicas + knobs.spareReplicas) {
+            // The in-memory file system cannot fail to open. Spares join an existing cluster:
+            // they start with no configuration.
+            let spare = i >= knobs.replicas
+            let disk = try! SimDisk(membership: spare ? .empty : membership, durable: knobs.durableDisk)
             var r = Replica(id: ReplicaID(UInt64(i + 1)), disk: disk, machine: machine.init())
+            r.spare = spare
             r.rate = 1 + (Double(random.next() % 2001) / 1000 - 1) * knobs.drift
             replicas.append(r)
         }
@@ -178,7 +189,7 @@ public final class Simulation {
     /// Runs the whole scenario and returns what the checkers found.
     public func run() -> SimulationResult {
         trace("knobs \(knobs)")
-        for i in replicas.indices { start(i) }
+        for i in replicas.indices where !replicas[i].spare { start(i) }
         for c in 0..<options.clients { queue.push(.client(c), at: micros(ms: random.next() % 50)) }
         if options.workload == .leases {
             for c in 0..<options.clients { queue.push(.leaseRead(c), at: micros(ms: 20 + random.next() % 100)) }
@@ -315,6 +326,12 @@ public final class Simulation {
             figure8Step()
         case .figure8Timeout(let step):
             figure8Timeout(step: step)
+        case .ongaroStep:
+            ongaroStep()
+        case .ongaroTimeout(let step):
+            ongaroTimeout(step: step)
+        case .ongaroPropose(let m, let d):
+            ongaroPropose(m: m, d: d)
         case .heal:
             heal()
         case .livenessDeadline:
@@ -336,6 +353,7 @@ public final class Simulation {
     /// this incarnation.
     func start(_ i: Int, maxMessageBytes: Int? = nil) {
         var r = replicas[i]
+        r.spare = false
         r.epoch += 1
         r.machine = makeMachine()
         do {
@@ -361,7 +379,7 @@ public final class Simulation {
         let config = RaftConfig(
             id: r.id, electionTicks: knobs.electionTicks, heartbeatTicks: knobs.heartbeatTicks,
             maxMessageBytes: maxMessageBytes ?? knobs.maxMessageBytes, maxInflightMessages: knobs.maxInflight,
-            preVote: knobs.preVote, checkQuorum: knobs.checkQuorum, faults: options.faults)
+            preVote: knobs.preVote, checkQuorum: knobs.checkQuorum, autoPromote: !knobs.ongaro, faults: options.faults)
         do {
             r.node = try RaftNode(config: config, storage: r.disk.storage, random: random.fork())
         } catch {
@@ -436,6 +454,10 @@ public final class Simulation {
         }
         if commit > replicas[i].seenCommit, let node = replicas[i].raft {
             checker.observeCommitIndex(replicas[i].id, commit: commit, currentTerm: node.term, termAt: { node.term(at: $0) })
+            if node.role == .leader { checkCommitQuorum(i, node) }
+        }
+        if let node = replicas[i].raft, node.role == .leader, node.pendingConfigChanges > 1 {
+            checker.recordFailure(.membership, "leader \(node.id) has \(node.pendingConfigChanges) uncommitted configuration entries")
         }
         replicas[i].seenCommit = max(replicas[i].seenCommit, commit)
         replicas[i].seenApplied = max(replicas[i].seenApplied, applied)
@@ -453,10 +475,15 @@ public final class Simulation {
         // Figure 8: a new leader with entries of earlier terms not known committed sometimes
         // crashes right after replicating them.
         if figure8Running { figure8NewLeader(i) }
-        if !faultsOver && !figure8Running && node.lastIndex > node.commitIndex && random.chance(0.4) {
+        if ongaroRunning { ongaroNewLeader(i) }
+        if !faultsOver && !figure8Running && !ongaroRunning && node.lastIndex > node.commitIndex && random.chance(0.4) {
             queue.push(.crashNow(i, epoch: replicas[i].epoch), at: now + knobs.minDelayMicros + random.next() % (2 * knobs.maxDelayMicros + 1))
         }
         result.elections += 1
+        noteRemoved()
+        if removedIDs.contains(node.id) || !node.membership.contains(node.id) {
+            checker.recordFailure(.membership, "replica \(node.id), removed from the cluster or not a voter (\(node.membership)), leads term \(node.term)")
+        }
         trace("replica \(node.id) leads term \(node.term) last=\(node.lastIndex) commit=\(node.commitIndex)")
         checker.observeNewLeader(
             node.id, term: node.term, firstIndex: node.firstIndex, lastIndex: node.lastIndex,
@@ -581,7 +608,7 @@ public final class Simulation {
         guard applied >= snapIndex + knobs.snapshotEvery else { return }
         // Entries the state machine applied were persisted first, so they are in storage.
         do {
-            try disk.createSnapshot(at: applied, data: stateSnapshot(i))
+            try disk.createSnapshot(at: applied, membership: replicas[i].raft?.membership(at: applied), data: stateSnapshot(i))
             let keep = LogIndex(UInt64(knobs.keepAfterSnapshot))
             if applied > keep { try disk.compact(through: applied - Int(keep.rawValue)) }
         } catch {
@@ -639,8 +666,10 @@ public final class Simulation {
 
     func nemesis() {
         let n = replicas.count
-        if figure8Running { return }
+        if figure8Running || ongaroRunning { return }
         if knobs.figure8, case .idle = figure8, random.chance(0.3), startFigure8() { return }
+        if knobs.ongaro, case .idle = ongaro { return startOngaro() }
+        if knobs.membershipChanges && random.chance(0.2) { return membershipNemesis() }
         let roll = random.next() % 100
         switch roll {
         case 0..<20:
@@ -665,7 +694,7 @@ public final class Simulation {
         case 42..<64:
             // Crash a replica (the leader half of the time), keeping a majority able to come
             // back: never more than a minority down at once.
-            guard n - upCount() < n - (n / 2 + 1) else { return }
+            guard mayCrashAnotherVoter() else { return }
             let candidates = replicas.indices.filter { replicas[$0].up }
             let victim = random.chance(0.5) ? (currentLeader() ?? candidates[0]) : candidates[Int(random.next() % UInt64(candidates.count))]
             crash(victim)
@@ -712,14 +741,16 @@ public final class Simulation {
             restartOneByteLeader()
             figure8 = .done
         }
+        if ongaroRunning { ongaro = .done }
         for i in replicas.indices { replicas[i].pausedUntil = min(replicas[i].pausedUntil, now) }
         trace("heal: network healed, every replica up")
-        for i in replicas.indices where !replicas[i].up { start(i) }
+        for i in replicas.indices where !replicas[i].up && !replicas[i].spare { start(i) }
     }
 
     func livenessCheck() {
         clientsStopped = true
-        let ups = replicas.compactMap(\.raft)
+        let members = finalMembers()
+        let ups = members.compactMap { replicas[$0].raft }
         let leaders = ups.filter { $0.role == .leader }
         guard let leader = leaders.max(by: { $0.term < $1.term }) else {
             checker.recordFailure(.liveness, "no leader \(options.livenessMillis)ms after healing")
@@ -752,11 +783,12 @@ public final class Simulation {
             checker.recordFailure(.liveness, "\(pending) proposals unresolved after healing")
         }
         let commit = replicas.compactMap(\.raft).map(\.commitIndex).max() ?? 0
-        for r in replicas where r.appliedIndex != commit {
+        let members = finalMembers()
+        for r in members.map({ replicas[$0] }) where r.appliedIndex != commit {
             checker.recordFailure(
                 .liveness, "replica \(r.id) applied \(r.appliedIndex), the cluster committed \(commit)")
         }
-        let atCommit = replicas.indices.filter { replicas[$0].appliedIndex == commit }
+        let atCommit = members.filter { replicas[$0].appliedIndex == commit }
         if Set(atCommit.map { digest($0) }).count > 1 {
             let detail = atCommit.map { "\(replicas[$0].id): digest \(digest($0))" }
             checker.recordFailure(
@@ -770,9 +802,10 @@ public final class Simulation {
 
     func isConverged() -> Bool {
         guard replicas.allSatisfy({ $0.waiters.isEmpty && $0.requests.isEmpty && $0.inFlight == nil }) else { return false }
-        let nodes = replicas.compactMap(\.raft)
-        guard nodes.count == replicas.count, let commit = nodes.map(\.commitIndex).max() else { return false }
-        return replicas.allSatisfy { $0.appliedIndex == commit && $0.raft!.lastIndex == commit }
+        let members = finalMembers()
+        let nodes = members.compactMap { replicas[$0].raft }
+        guard nodes.count == members.count, let commit = nodes.map(\.commitIndex).max() else { return false }
+        return members.allSatisfy { replicas[$0].appliedIndex == commit && replicas[$0].raft!.lastIndex == commit }
     }
 
     // MARK: Clients

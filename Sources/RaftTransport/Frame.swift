@@ -10,7 +10,9 @@ import Raft
 public enum Frame: Sendable, Equatable {
     /// The dialer introduces itself: its cluster, its replica id, the replica it meant to
     /// reach, and an incarnation number that is new for every process start.
-    case hello(clusterID: String, from: ReplicaID, to: ReplicaID, incarnation: UInt64, dataDirectoryID: UInt64 = 0)
+    /// `clientAddress`: where the dialer serves clients (the leader writes it into the
+    /// configuration); older dialers omit it.
+    case hello(clusterID: String, from: ReplicaID, to: ReplicaID, incarnation: UInt64, dataDirectoryID: UInt64 = 0, clientAddress: String = "")
     case welcome
     /// The acceptor refuses the connection, saying why (it closes right after).
     case refused(reason: String)
@@ -36,13 +38,14 @@ public enum Frame: Sendable, Equatable {
         w.u32(0)  // length, patched below
         w.u8(Self.version)
         switch self {
-        case .hello(let cluster, let from, let to, let incarnation, let dir):
+        case .hello(let cluster, let from, let to, let incarnation, let dir, let client):
             w.u8(Kind.hello.rawValue)
             w.string(cluster)
             w.u64(from.rawValue)
             w.u64(to.rawValue)
             w.u64(incarnation)
             w.u64(dir)
+            w.string(String(client.prefix(255)))
         case .welcome:
             w.u8(Kind.welcome.rawValue)
         case .refused(let reason):
@@ -73,9 +76,13 @@ public enum Frame: Sendable, Equatable {
             switch kind {
             case .hello:
                 let cluster = try r.string()
+                let from = ReplicaID(try r.u64())
+                let to = ReplicaID(try r.u64())
+                let incarnation = try r.u64()
+                let dir = try r.u64()
+                let client = r.remaining > 0 ? try r.string() : ""
                 self = .hello(
-                    clusterID: cluster, from: ReplicaID(try r.u64()), to: ReplicaID(try r.u64()), incarnation: try r.u64(),
-                    dataDirectoryID: try r.u64())
+                    clusterID: cluster, from: from, to: to, incarnation: incarnation, dataDirectoryID: dir, clientAddress: client)
             case .welcome:
                 self = .welcome
             case .refused:

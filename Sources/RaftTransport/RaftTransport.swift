@@ -23,6 +23,8 @@ public struct TransportConfig: Sendable {
     public var peers: [ReplicaID: PeerAddress]
     /// The id of this replica's data directory, sent in the hello.
     public var dataDirectoryID: UInt64 = 0
+    /// Where this replica serves clients, sent in the hello.
+    public var clientAddress = ""
     /// Bytes queued on one connection before further messages are dropped (Raft resends).
     public var maxQueuedBytes: Int
     public var connectTimeout: TimeAmount
@@ -64,8 +66,10 @@ public final class RaftTransport: Sendable {
     let onPeerChange: @Sendable (ReplicaID, Bool) -> Void
     let onForward: @Sendable (ReplicaID, [UInt8]) -> Void
     let onPeerUnreachable: @Sendable (ReplicaID) -> Void
-    let links: [ReplicaID: PeerLink]
-    let inbound = NIOLockedValueBox<[ReplicaID: (incarnation: UInt64, channel: any Channel, directory: UInt64)]>([:])
+    /// The outbound link to every member, replaced when the configuration changes.
+    let links = NIOLockedValueBox<[ReplicaID: PeerLink]>([:])
+    let started = NIOLockedValueBox(false)
+    let inbound = NIOLockedValueBox<[ReplicaID: (incarnation: UInt64, channel: any Channel, directory: UInt64, client: String)]>([:])
     /// Extra admission check (the server refuses replicas whose data directory was replaced).
     let checkPeer = NIOLockedValueBox<(@Sendable (ReplicaID, UInt64) -> String?)?>(nil)
     let server = NIOLockedValueBox<(any Channel)?>(nil)
@@ -96,9 +100,55 @@ public final class RaftTransport: Sendable {
         for (id, address) in config.peers where id != config.replicaID {
             links[id] = PeerLink(peer: id, address: address)
         }
-        self.links = links
         for link in links.values { link.transport = self }
+        self.links.withLockedValue { $0 = links }
     }
+
+    /// The members changed (a configuration entry): links to new members are dialed, links to
+    /// members that left are closed (and their connections to us too: they are refused from
+    /// now on), and a member whose address changed is redialed there.
+    public func setMembers(_ peers: [ReplicaID: PeerAddress]) {
+        let isStarted = started.withLockedValue { $0 }
+        var stopped: [PeerLink] = []
+        var added: [PeerLink] = []
+        links.withLockedValue { links in
+            for (id, link) in links where peers[id] == nil || peers[id] != link.address {
+                stopped.append(link)
+                links[id] = nil
+            }
+            for (id, address) in peers.sorted(by: { $0.key < $1.key }) where id != config.replicaID && links[id] == nil {
+                let link = PeerLink(peer: id, address: address)
+                link.transport = self
+                links[id] = link
+                added.append(link)
+            }
+        }
+        for link in stopped {
+            link.stop()
+            logger.info("peer \(link.peer) at \(link.address) is no longer a member at that address; link closed")
+        }
+        let gone = inbound.withLockedValue { conns -> [any Channel] in
+            var out: [any Channel] = []
+            for (id, c) in conns where peers[id] == nil {
+                out.append(c.channel)
+                conns[id] = nil
+            }
+            return out
+        }
+        for c in gone { c.close(promise: nil) }
+        if isStarted { for link in added { link.dial() } }
+    }
+
+    /// The client address each connected peer announced.
+    public func peerClientAddresses() -> [ReplicaID: String] {
+        inbound.withLockedValue { conns in
+            var out: [ReplicaID: String] = [:]
+            for (k, v) in conns where v.channel.isActive && !v.client.isEmpty { out[k] = v.client }
+            return out
+        }
+    }
+
+    func link(_ peer: ReplicaID) -> PeerLink? { links.withLockedValue { $0[peer] } }
 
     /// Binds the peer listener and starts dialing every peer.
     public func start() async throws {
@@ -119,7 +169,9 @@ public final class RaftTransport: Sendable {
         let channel = try await bootstrap.bind(host: config.listen.host, port: config.listen.port).get()
         server.withLockedValue { $0 = channel }
         logger.info("listening for peers on \(config.listen)")
-        for id in links.keys.sorted() { links[id]!.dial() }
+        let all = links.withLockedValue { links in links.keys.sorted().map { links[$0]! } }
+        started.withLockedValue { $0 = true }
+        for link in all { link.dial() }
     }
 
     /// The port actually bound (useful with port 0 in tests).
@@ -130,7 +182,7 @@ public final class RaftTransport: Sendable {
         var byPeer: [ReplicaID: [Message]] = [:]
         for m in messages { byPeer[m.to, default: []].append(m) }
         for (peer, batch) in byPeer {
-            guard let link = links[peer] else { continue }
+            guard let link = link(peer) else { continue }
             if !link.send(batch) { dropped.add(batch.count) }
         }
     }
@@ -138,7 +190,7 @@ public final class RaftTransport: Sendable {
     /// Passes a command to `peer` (the leader) to propose; false if it could not be sent.
     @discardableResult
     public func forward(_ data: [UInt8], to peer: ReplicaID) -> Bool {
-        links[peer]?.sendFrames([.forward(data)]) ?? false
+        link(peer)?.sendFrames([.forward(data)]) ?? false
     }
 
     /// Installs an extra admission check for incoming peers: it returns a reason to refuse.
@@ -156,14 +208,15 @@ public final class RaftTransport: Sendable {
     }
 
     /// Whether the outbound connection to `peer` is up.
-    public func isConnected(_ peer: ReplicaID) -> Bool { links[peer]?.isConnected ?? false }
+    public func isConnected(_ peer: ReplicaID) -> Bool { link(peer)?.isConnected ?? false }
 
     /// Messages dropped because a peer was unreachable or slow.
     public var droppedMessages: Int { dropped.value }
 
     /// Closes every connection and the listener; no redialing afterwards.
     public func shutdown() async {
-        for link in links.values { link.stop() }
+        started.withLockedValue { $0 = false }
+        for link in links.withLockedValue({ Array($0.values) }) { link.stop() }
         let channels = inbound.withLockedValue { $0.values.map(\.channel) }
         for c in channels { try? await c.close() }
         if let s = server.withLockedValue({ $0 }) { try? await s.close() }
@@ -172,7 +225,9 @@ public final class RaftTransport: Sendable {
     // MARK: Accepting side
 
     /// Checks a hello; nil means welcome, otherwise the reason to refuse.
-    func admit(clusterID: String, from: ReplicaID, to: ReplicaID, incarnation: UInt64, directory: UInt64, channel: any Channel) -> String? {
+    func admit(
+        clusterID: String, from: ReplicaID, to: ReplicaID, incarnation: UInt64, directory: UInt64, client: String, channel: any Channel
+    ) -> String? {
         if clusterID != config.clusterID {
             return "cluster id \"\(clusterID)\" does not match this replica's cluster \"\(config.clusterID)\""
         }
@@ -182,15 +237,15 @@ public final class RaftTransport: Sendable {
         if from == config.replicaID {
             return "the caller claims this replica's own id \(from): two replicas share one id"
         }
-        if config.peers[from] == nil {
-            return "replica \(from) is not a member of this cluster"
+        if link(from) == nil {
+            return "replica \(from) is not a member of this cluster (removed, or not yet added)"
         }
         if let check = checkPeer.withLockedValue({ $0 }), let reason = check(from, directory) { return reason }
         return inbound.withLockedValue { conns in
             if let existing = conns[from], existing.incarnation != incarnation, existing.channel.isActive {
                 return "replica \(from) is already connected from another process (two replicas share id \(from))"
             }
-            conns[from] = (incarnation, channel, directory)
+            conns[from] = (incarnation, channel, directory, client)
             return nil
         }
     }
@@ -236,7 +291,7 @@ final class PeerLink: @unchecked Sendable {
         guard let t = transport, !state.withLockedValue({ $0.stopped }) else { return }
         let hello = Frame.hello(
             clusterID: t.config.clusterID, from: t.config.replicaID, to: peer, incarnation: t.incarnation,
-            dataDirectoryID: t.config.dataDirectoryID)
+            dataDirectoryID: t.config.dataDirectoryID, clientAddress: t.config.clientAddress)
         let watermark = ChannelOptions.Types.WriteBufferWaterMark(low: t.config.maxQueuedBytes / 2, high: t.config.maxQueuedBytes)
         var bootstrap = ClientBootstrap(group: t.group)
         // On a specific listen address, dial from it too: peers (and firewall rules) then see
@@ -401,13 +456,14 @@ final class AcceptorHandler: ChannelDuplexHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         guard let peer else {
-            guard case .hello(let cluster, let from, let to, let incarnation, let directory) = frame else {
+            guard case .hello(let cluster, let from, let to, let incarnation, let directory, let client) = frame else {
                 transport.logger.warning("peer connection from \(String(describing: context.remoteAddress)) did not start with a hello; closing")
                 context.close(promise: nil)
                 return
             }
             if let reason = transport.admit(
-                clusterID: cluster, from: from, to: to, incarnation: incarnation, directory: directory, channel: context.channel)
+                clusterID: cluster, from: from, to: to, incarnation: incarnation, directory: directory, client: client,
+                channel: context.channel)
             {
                 transport.logger.error("refused a peer connection from \(String(describing: context.remoteAddress)) claiming replica \(from): \(reason)")
                 let channel = context.channel

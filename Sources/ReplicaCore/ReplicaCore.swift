@@ -49,6 +49,11 @@ public struct ReplicaCore {
         /// `.applied` carries the registry right after each entry (observers in the
         /// simulator; a copy per entry, so off in the server).
         public var reportRegistryWithEntries = false
+        /// This replica's own addresses, which the leader writes into the configuration when
+        /// the configuration lacks them (a cluster created from `--peers` knows no client
+        /// addresses). Empty: leave the configuration as it is.
+        public var peerAddress = ""
+        public var clientAddress = ""
 
         public init(replicaID: ReplicaID) { self.replicaID = replicaID }
     }
@@ -87,11 +92,14 @@ public struct ReplicaCore {
         case roleChanged(Role, Term)
         /// The leader proposes these expiry and retirement commands.
         case proposedExpiry(Int)
+        /// A membership change request's answer: the configuration once the change committed
+        /// (and applied here), or why not.
+        case confChangeDone(UInt64, Result<Membership, ConfChangeFailure>)
         /// The state cannot go on (a snapshot from the leader that does not decode).
         case fatal(String)
     }
 
-    public private(set) var node: RaftNode
+    public internal(set) var node: RaftNode
     public private(set) var registry: LeaseRegistry
     public private(set) var expiry: LeaseExpiry
     public let config: Config
@@ -128,10 +136,13 @@ public struct ReplicaCore {
     private var lastRole: Role
     private var lastTerm: Term
     private var registrationAttempts: [UInt64: UInt64] = [:]
+    /// Membership change requests waiting here (see ReplicaCore+Membership.swift).
+    var confChanges: [UInt64: PendingConfChange] = [:]
+    var addressUpdateAttempt: UInt64?
     private var idempotencyConfiguredAt: UInt64?
     /// A Ready is being persisted by the shell.
     public private(set) var readyInFlight: Ready?
-    private var effects: [Effect] = []
+    var effects: [Effect] = []
 
     /// - Parameters:
     ///   - registry: the state restored from the latest snapshot (applied up to its index).
@@ -158,11 +169,15 @@ public struct ReplicaCore {
 
     // MARK: Inputs
 
-    public mutating func tick(now: UInt64, wall: UInt64, peerDirectories: [ReplicaID: UInt64] = [:]) {
+    public mutating func tick(
+        now: UInt64, wall: UInt64, peerDirectories: [ReplicaID: UInt64] = [:], peerClientAddresses: [ReplicaID: String] = [:]
+    ) {
         expireOverdue(now: now)
         node.tick()
         noteRoleChanges(now: now)
+        advanceConfChanges(now: now)
         if node.role == .leader && expiry.isReady {
+            updateAddresses(now: now, peerClientAddresses: peerClientAddresses)
             registerReplicas(now: now, wall: wall, peerDirectories: peerDirectories)
             configureIdempotency(now: now, wall: wall)
             let due = expiry.due(now: now, wallSeconds: wall, registry: registry, hasQuorum: node.hasQuorumContact)
@@ -309,7 +324,7 @@ public struct ReplicaCore {
 
     // MARK: Inside
 
-    private mutating func newRequest(now: UInt64) -> UInt64 {
+    mutating func newRequest(now: UInt64) -> UInt64 {
         nextRequestID += 1
         deadlines.append((nextRequestID, now + config.requestTimeoutNanos))
         return nextRequestID
@@ -319,9 +334,10 @@ public struct ReplicaCore {
         for c in commands { outbox.append((c, now)) }
     }
 
-    private mutating func afterInput(now: UInt64) {
+    mutating func afterInput(now: UInt64) {
         updateCaughtUp(now: now)
         noteRoleChanges(now: now)
+        if !confChanges.isEmpty { advanceConfChanges(now: now) }
         // As leader, commands wait for the pump, so that every command that arrived meanwhile
         // goes into one append (one entry batch, one message per follower, one fsync).
         if node.role != .leader { flushOutbox(now: now) }
@@ -365,6 +381,7 @@ public struct ReplicaCore {
         }
         guard e.kind == .normal else {
             effects.append(.applied(e, nil, reusedID: false, registry: observed))
+            if e.kind == .configChange { confChangeApplied(e) }
             return
         }
         guard var timed = TimedCommand(decoding: e.data) else {
@@ -512,7 +529,9 @@ public struct ReplicaCore {
         while deadlinesHead < deadlines.count && deadlines[deadlinesHead].at <= now {
             let id = deadlines[deadlinesHead].id
             deadlinesHead += 1
-            if writes.removeValue(forKey: id) != nil || reads.removeValue(forKey: id) != nil {
+            if writes.removeValue(forKey: id) != nil || reads.removeValue(forKey: id) != nil
+                || confChanges.removeValue(forKey: id) != nil
+            {
                 effects.append(.timedOut(id))
             }
         }

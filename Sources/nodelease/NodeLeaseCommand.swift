@@ -18,7 +18,7 @@ struct NodeLeaseCommand: AsyncParsableCommand {
         commandName: "nodelease",
         abstract: "Unique node IDs for the servers of a mail cluster, by lease, over Raft.",
         subcommands: [
-            Serve.self, Dev.self, Acquire.self, Renew.self, Release.self, Forget.self, Nodes.self, Status.self, Hold.self, HoldExec.self, Bench.self,
+            Serve.self, Dev.self, Acquire.self, Renew.self, Release.self, Forget.self, Nodes.self, Status.self, Member.self, Hold.self, HoldExec.self, Bench.self,
         ])
 
     /// For the replica and the load generator, runs Swift concurrency's jobs on NIO's event
@@ -145,6 +145,12 @@ struct Serve: AsyncParsableCommand {
     var peerAddr: String?
     @Option(help: "Data directory (./data/replica-ID). Env NODELEASE_DATA_DIR.")
     var dataDir: String?
+    @Flag(help: "Join an existing cluster with an empty data directory, after `nodelease member add` (which prints this command). Env NODELEASE_JOIN=1.")
+    var join = false
+    @Flag(inversion: .prefixedNo, help: "As leader, promote a caught-up learner to voter by itself. Env NODELEASE_AUTO_PROMOTE=0 turns it off.")
+    var autoPromote = true
+    @Option(help: "The client address other replicas and clients are told (default: --client-addr, with the --peer-addr host if that listens on 0.0.0.0). Env NODELEASE_ADVERTISE_CLIENT_ADDR.")
+    var advertiseClientAddr: String?
     @OptionGroup var options: ReplicaOptions
 
     func run() async throws {
@@ -162,6 +168,11 @@ struct Serve: AsyncParsableCommand {
                 replicaID: id, peers: peerMap, clientListen: client,
                 dataDir: options.value(dataDir, "--data-dir") ?? "./data/replica-\(raw)")
             if let p = options.value(peerAddr, "--peer-addr") { c.peerListen = try ServerConfig.parseAddress(p, flag: "--peer-addr") }
+            c.join = join || ReplicaOptions.env("--join") == "1"
+            c.autoPromote = autoPromote && ReplicaOptions.env("--auto-promote") != "0"
+            if let a = options.value(advertiseClientAddr, "--advertise-client-addr") {
+                c.advertiseClient = try ServerConfig.parseAddress(a, flag: "--advertise-client-addr").description
+            }
             try options.apply(to: &c)
             config = c
             logger = try options.makeLogger("nodelease")

@@ -382,7 +382,22 @@ struct BrokenDurabilityTests {
     @Test("a leader that counts its unpersisted entries loses committed entries in a crash")
     func countUnpersisted() throws {
         let r = try #require(firstFailure(.countUnpersistedLeaderEntries, .register, seeds: 1...1000))
-        #expect(!Set(r.violations.map(\.rule)).isDisjoint(with: [.leaderCompleteness, .stateMachineSafety, .acknowledgedWriteLost]))
+        // The commit-quorum check sees it first: the entry is on fewer voters' disks than a quorum.
+        #expect(
+            !Set(r.violations.map(\.rule)).isDisjoint(with: [.commitQuorum, .leaderCompleteness, .stateMachineSafety, .acknowledgedWriteLost]))
     }
 
+    @Test("the single-server-change bug (a change before the leader's own first commit) is caught by Ongaro's schedule")
+    func confChangeBeforeOwnTermCommit() throws {
+        for workload in [SimulationOptions.Workload.register, .leases] {
+            let r = try #require(firstFailure(.confChangeBeforeOwnTermCommit, workload, seeds: 1...300))
+            #expect(!Set(r.violations.map(\.rule)).isDisjoint(with: [.leaderCompleteness, .stateMachineSafety, .acknowledgedWriteLost]))
+        }
+    }
+
+    @Test("learners that vote and count toward commitment are caught: a commit not held by a majority of voters")
+    func learnersVote() throws {
+        let r = try #require(firstFailure(.learnersVote, .leases, seeds: 1...600))
+        #expect(Set(r.violations.map(\.rule)).contains(.commitQuorum))
+    }
 }

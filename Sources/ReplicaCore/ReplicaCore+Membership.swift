@@ -1,0 +1,155 @@
+import Raft
+
+/// Why a membership change request did not succeed here.
+public enum ConfChangeFailure: Error, Sendable, Hashable {
+    /// A rule refused it (shared/API.md's 409s and 404).
+    case refused(ConfChangeError)
+    /// This replica does not lead (any more): send the request to `leader`, if known.
+    case notLeader(ReplicaID?)
+    /// The entry was overwritten by another leader's: the outcome is a new request's to find.
+    case lost
+}
+
+/// A membership change request waiting at this replica.
+struct PendingConfChange {
+    var change: ConfChange
+    var expected: LogIndex?
+    var force: Bool
+    /// The entry proposed for it (or, for a repeat of a change still pending, that change's).
+    var proposal: Proposal?
+    /// The leader removes itself: leadership goes to this voter first.
+    var transferringTo: ReplicaID?
+}
+
+extension ReplicaCore {
+    /// A membership change (API.md "Replicas (membership)"): answered by `.confChangeDone`
+    /// once its entry has committed and applied here, at once when refused or when this
+    /// replica does not lead, or `.timedOut`. A repeat of a change already made (a client's
+    /// retry) succeeds without a second entry. A leader asked to remove itself hands
+    /// leadership to its most up-to-date voter first and answers `notLeader(new leader)`, so
+    /// the new leader makes the change; if the transfer does not happen within an election
+    /// timeout, it makes the change itself and steps down once it commits.
+    public mutating func submitConfChange(_ change: ConfChange, expectedConfigIndex: LogIndex?, force: Bool, now: UInt64) -> UInt64 {
+        let id = newRequest(now: now)
+        confChanges[id] = PendingConfChange(change: change, expected: expectedConfigIndex, force: force)
+        advanceConfChanges(now: now)
+        afterInput(now: now)
+        return id
+    }
+
+    /// Proposes a change at the Raft core directly, with no request waiting for it (the
+    /// simulator's schedules).
+    public mutating func proposeConfChange(_ change: ConfChange, force: Bool = false, now: UInt64) throws -> Proposal {
+        let p = try node.proposeConfChange(change, force: force)
+        afterInput(now: now)
+        return p
+    }
+
+    /// The current configuration as this replica knows it.
+    public var membership: Membership { node.membership }
+
+    /// Moves every waiting request on: proposes, transfers, or answers.
+    mutating func advanceConfChanges(now: UInt64) {
+        for id in confChanges.keys.sorted() {
+            guard var p = confChanges[id], p.proposal == nil else { continue }
+            if node.role != .leader {
+                // Waiting for a transfer we started: answer once the new leader is known.
+                if p.transferringTo != nil && node.leader == nil { continue }
+                finishConfChange(id, .failure(.notLeader(node.leader)))
+                continue
+            }
+            if isAlreadyMade(p.change) {
+                if node.configChangePending {
+                    p.proposal = Proposal(index: node.configIndex, term: node.term(at: node.configIndex) ?? 0)
+                    confChanges[id] = p
+                } else {
+                    finishConfChange(id, .success(node.membership))
+                }
+                continue
+            }
+            if p.transferringTo != nil && node.leadTransferee != nil { continue }
+            if case .remove(let target) = p.change, target == config.replicaID, !p.force, p.transferringTo == nil,
+                let heir = bestVoter()
+            {
+                p.transferringTo = heir
+                confChanges[id] = p
+                try? node.transferLeadership(to: heir)
+                continue
+            }
+            do {
+                p.proposal = try node.proposeConfChange(p.change, expectedConfigIndex: p.expected, force: p.force)
+                confChanges[id] = p
+            } catch let e as ConfChangeError {
+                finishConfChange(id, .failure(.refused(e)))
+            } catch RaftError.transferInProgress {
+                continue  // another transfer: try on the next tick
+            } catch RaftError.notLeader(let leader) {
+                finishConfChange(id, .failure(.notLeader(leader)))
+            } catch {
+                finishConfChange(id, .failure(.refused(.invalid("\(error)"))))
+            }
+        }
+    }
+
+    /// A configuration entry applied here: the requests that proposed it are done.
+    mutating func confChangeApplied(_ e: Entry) {
+        for id in confChanges.keys.sorted() {
+            guard let p = confChanges[id]?.proposal, p.index == e.index else { continue }
+            if p.term == e.term, let m = try? Membership.decode(e.data) {
+                finishConfChange(id, .success(m))
+            } else {
+                finishConfChange(id, .failure(.lost))
+            }
+        }
+    }
+
+    private mutating func finishConfChange(_ id: UInt64, _ result: Result<Membership, ConfChangeFailure>) {
+        confChanges[id] = nil
+        effects.append(.confChangeDone(id, result))
+    }
+
+    /// Whether `change` describes the configuration as it is (a repeated request).
+    private func isAlreadyMade(_ change: ConfChange) -> Bool {
+        let m = node.membership
+        switch change {
+        case .addLearner(let want):
+            guard let have = m.member(want.id) else { return false }
+            return have.peerAddress == want.peerAddress && have.clientAddress == want.clientAddress
+        case .promote(let id): return m.member(id)?.role == .voter
+        case .remove(let id): return m.removed.contains(id)
+        case .update(let want):
+            guard let have = m.member(want.id) else { return false }
+            return have.peerAddress == want.peerAddress && have.clientAddress == want.clientAddress
+        }
+    }
+
+    /// The other voter with the longest log, as the leader sees it (ties: the lowest id).
+    private func bestVoter() -> ReplicaID? {
+        var best: (id: ReplicaID, match: LogIndex)?
+        for p in node.status.peers where p.id != config.replicaID && p.role == .voter {
+            if best == nil || p.match > best!.match { best = (p.id, p.match) }
+        }
+        return best?.id
+    }
+
+    /// Leader: writes members' addresses into the configuration where it lacks them (its own
+    /// from its configuration, its peers' client addresses from their handshakes). One at a
+    /// time, as any change, and retried at most every `leaderCommandRetryNanos`.
+    mutating func updateAddresses(now: UInt64, peerClientAddresses: [ReplicaID: String]) {
+        guard !node.configChangePending else { return }
+        if let last = addressUpdateAttempt, now < last + config.leaderCommandRetryNanos { return }
+        for member in node.membership.members {
+            var want = member
+            if member.id == config.replicaID {
+                if !config.peerAddress.isEmpty && member.peerAddress.isEmpty { want.peerAddress = config.peerAddress }
+                if !config.clientAddress.isEmpty { want.clientAddress = config.clientAddress }
+            } else if let client = peerClientAddresses[member.id], !client.isEmpty {
+                want.clientAddress = client
+            }
+            guard want != member else { continue }
+            addressUpdateAttempt = now
+            _ = try? node.proposeConfChange(.update(want))
+            return
+        }
+    }
+}

@@ -120,10 +120,10 @@ public enum NodeLeaseError: Error, Sendable, Hashable, CustomStringConvertible {
         case .noLeader: "no leader reachable (the cluster has no quorum)"
         case .configChangeInProgress: "another membership change is in progress; retry once it has committed"
         case .staleConfig: "the replica configuration has changed since the expected config index; list the replicas and retry"
-        case .replicaExists: "a replica with this id is already in the configuration"
+        case .replicaExists: "this replica id is a member, or was one (ids are never reused: pick a new one)"
         case .replicaNotFound: "no replica with this id is in the configuration"
         case .learnerLagging: "the learner has not caught up with the leader's log yet; retry later"
-        case .wouldLoseQuorum(let m): "the change would leave fewer reachable voters than the quorum: \(m) (force it only to replace a dead replica)"
+        case .wouldLoseQuorum(let m): m
         case .invalidRequest(let m): "invalid request: \(m)"
         case .idempotencyKeyMismatch: "idempotency key reused for a different request"
         case .transport(let m): "no replica reachable: \(m)"

@@ -380,7 +380,7 @@ public final class NodeLeaseClient: Sendable {
         case "config_change_in_progress": return .configChangeInProgress
         case "stale_config": return .staleConfig
         case "replica_exists": return .replicaExists
-        case "replica_not_found": return .replicaNotFound
+        case "not_found" where message.hasPrefix("replica "): return .replicaNotFound
         case "learner_lagging": return .learnerLagging
         case "would_lose_quorum": return .wouldLoseQuorum(message)
         case "invalid_request", "request_too_large": return .invalidRequest(message)

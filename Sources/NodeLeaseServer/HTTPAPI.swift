@@ -35,6 +35,10 @@ struct HTTPAPI: Sendable {
         case 3 where parts[0] == "v1" && parts[1] == "leases": template = "/v1/leases/{leaseId}"
         case 4 where parts[0] == "v1" && parts[1] == "leases" && parts[3] == "renew": template = "/v1/leases/{leaseId}/renew"
         case 3 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "nodes": template = "/v1/cluster/nodes"
+        case 3 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "replicas": template = "/v1/cluster/replicas"
+        case 4 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "replicas": template = "/v1/cluster/replicas/{id}"
+        case 5 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "replicas" && parts[4] == "promote":
+            template = "/v1/cluster/replicas/{id}/promote"
         case 4 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "nodes": template = "/v1/cluster/nodes/{nodeId}"
         default: template = "other"
         }
@@ -86,6 +90,20 @@ struct HTTPAPI: Sendable {
             guard let raw = UInt32(parts[3]) else { return error(.notFound, LeaseError.nodeNotFound) }
             if method == .delete { return await write(.forget(nodeID: NodeID(raw)), request) }
             return await oneNode(NodeID(raw), request)
+        case 3 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "replicas":
+            switch method {
+            case .get: return await listReplicas()
+            case .post: return await addReplica(request)
+            default: return methodNotAllowed()
+            }
+        case 4 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "replicas":
+            guard method == .delete else { return methodNotAllowed() }
+            guard let id = UInt64(parts[3]), id > 0 else { return replicaNotFound(parts[3]) }
+            return await removeReplica(ReplicaID(id), request)
+        case 5 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "replicas" && parts[4] == "promote":
+            guard method == .post else { return methodNotAllowed() }
+            guard let id = UInt64(parts[3]), id > 0 else { return replicaNotFound(parts[3]) }
+            return await promoteReplica(ReplicaID(id), request)
         default:
             return error(.notFound, "not_found", "no such endpoint: \(request.method) \(request.uri.path)")
         }
@@ -230,6 +248,7 @@ struct HTTPAPI: Sendable {
         let s = await driver.status()
         var o = JSONObject()
         o.field("replicaId", s.replicaID.rawValue)
+        o.field("clusterId", config.clusterID)
         o.field("role", s.role == .leader ? "leader" : s.role == .follower ? "follower" : "candidate")
         o.field("term", s.term.rawValue)
         if let l = s.leader { o.field("leaderId", l.rawValue) } else { o.null("leaderId") }
@@ -238,7 +257,8 @@ struct HTTPAPI: Sendable {
         let peers = s.peers.map { p -> [UInt8] in
             var po = JSONObject()
             po.field("replicaId", p.id.rawValue)
-            po.field("address", config.peers[p.id]?.description ?? "")
+            po.field("address", p.address)
+            po.field("role", p.role.description)
             po.field("reachable", p.reachable)
             if let m = p.match { po.field("matchIndex", m.rawValue) }
             return po.json
@@ -279,19 +299,19 @@ struct HTTPAPI: Sendable {
         return o.json
     }
 
-    private func json(_ status: HTTPResponse.Status, _ body: [UInt8]) -> Response {
+    func json(_ status: HTTPResponse.Status, _ body: [UInt8]) -> Response {
         var headers = HTTPFields()
         headers[.contentType] = "application/json"
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
     }
 
-    private func json(_ status: HTTPResponse.Status, _ body: [UInt8], headers: Bool) async -> Response {
+    func json(_ status: HTTPResponse.Status, _ body: [UInt8], headers: Bool) async -> Response {
         var r = json(status, body)
         if headers { await addReadHeaders(&r) }
         return r
     }
 
-    private func addReadHeaders(_ r: inout Response) async {
+    func addReadHeaders(_ r: inout Response) async {
         let s = await driver.headerState
         setReadHeaders(&r, s.index, s.leader)
     }
@@ -343,26 +363,26 @@ struct HTTPAPI: Sendable {
         return json(status, o.json)
     }
 
-    private func invalid(_ field: String, _ problem: String) -> Response {
+    func invalid(_ field: String, _ problem: String) -> Response {
         error(.badRequest, .invalid(field: field, message: problem))
     }
 
-    private func methodNotAllowed() -> Response {
+    func methodNotAllowed() -> Response {
         error(.methodNotAllowed, "method_not_allowed", "this path does not take that method")
     }
 
-    private func tooLarge() -> Response {
+    func tooLarge() -> Response {
         error(.contentTooLarge, "request_too_large", "the request body is over 64 KiB")
     }
 
-    private func noLeader() async -> Response {
+    func noLeader() async -> Response {
         var r = error(.serviceUnavailable, "no_leader", "no leader with a quorum could be reached within the request timeout; retry")
         r.headers[.retryAfter] = "1"
         await addReadHeaders(&r)
         return r
     }
 
-    private func readBody(_ request: inout Request) async throws -> [UInt8] {
+    func readBody(_ request: inout Request) async throws -> [UInt8] {
         if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > Self.maxBody {
             throw ErrorResponse(tooLarge())
         }
@@ -370,7 +390,7 @@ struct HTTPAPI: Sendable {
         return Array(buffer.readableBytesView)
     }
 
-    private func parseObject(_ body: [UInt8]) -> Result<[(String, JSONValue)], ErrorResponse> {
+    func parseObject(_ body: [UInt8]) -> Result<[(String, JSONValue)], ErrorResponse> {
         guard !body.isEmpty else { return .failure(ErrorResponse(error(.badRequest, "invalid_request", "the request body must be a JSON object"))) }
         do {
             guard case .object(let fields) = try JSONParser.parse(body) else {

@@ -23,7 +23,7 @@ public struct ReplicaStatus: Sendable {
     public var leader: ReplicaID?
     public var commitIndex: LogIndex
     public var appliedIndex: LogIndex
-    public var peers: [(id: ReplicaID, reachable: Bool, match: LogIndex?)]
+    public var peers: [(id: ReplicaID, reachable: Bool, match: LogIndex?, address: String, role: MemberRole)]
     public var counts: (active: Int, stale: Int, inactive: Int)
     public var fsyncCount: Int
 }
@@ -208,9 +208,10 @@ actor RaftDriver {
 
     func status() -> ReplicaStatus {
         let s = core.node.status
-        var peers: [(ReplicaID, Bool, LogIndex?)] = []
-        for id in s.membership.members.map(\.id) where id != config.replicaID {
-            peers.append((id, transport.isConnected(id), s.peers.first { $0.id == id }?.match))
+        var peers: [(ReplicaID, Bool, LogIndex?, String, MemberRole)] = []
+        for m in s.membership.members where m.id != config.replicaID {
+            let address = m.peerAddress.isEmpty ? config.peers[m.id]?.description ?? "" : m.peerAddress
+            peers.append((m.id, transport.isConnected(m.id), s.peers.first { $0.id == m.id }?.match, address, m.role))
         }
         return ReplicaStatus(
             replicaID: config.replicaID, role: s.role, term: s.term, leader: s.leader, commitIndex: s.commitIndex,

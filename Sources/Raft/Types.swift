@@ -247,7 +247,7 @@ public enum ConfChangeError: Error, Sendable, Hashable, CustomStringConvertible 
         case .learnerLagging(let id, let match, let commit):
             "learner \(id) has the log up to \(match), the commit index is \(commit): let it catch up first"
         case .wouldLoseQuorum(let reachable, let quorum):
-            "the new configuration would have \(reachable) reachable voters, fewer than its quorum of \(quorum)"
+            "the new configuration would have \(reachable) reachable voter\(reachable == 1 ? "" : "s"), fewer than its quorum of \(quorum)"
         case .invalid(let why): why
         }
     }

@@ -134,10 +134,13 @@ extension ReplicaCore {
 
     /// Leader: writes members' addresses into the configuration where it lacks them (its own
     /// from its configuration, its peers' client addresses from their handshakes). One at a
-    /// time, as any change, and retried at most every `leaderCommandRetryNanos`.
+    /// time, as any change; one that did not take effect is retried after
+    /// `leaderCommandRetryNanos`.
     mutating func updateAddresses(now: UInt64, peerClientAddresses: [ReplicaID: String]) {
         guard !node.configChangePending else { return }
-        if let last = addressUpdateAttempt, now < last + config.leaderCommandRetryNanos { return }
+        if let last = addressUpdateAttempt, last.configIndex == node.configIndex, now < last.at + config.leaderCommandRetryNanos {
+            return
+        }
         for member in node.membership.members {
             var want = member
             if member.id == config.replicaID {
@@ -147,7 +150,7 @@ extension ReplicaCore {
                 want.clientAddress = client
             }
             guard want != member else { continue }
-            addressUpdateAttempt = now
+            addressUpdateAttempt = (now, node.configIndex)
             _ = try? node.proposeConfChange(.update(want))
             return
         }

@@ -138,7 +138,8 @@ public struct ReplicaCore {
     private var registrationAttempts: [UInt64: UInt64] = [:]
     /// Membership change requests waiting here (see ReplicaCore+Membership.swift).
     var confChanges: [UInt64: PendingConfChange] = [:]
-    var addressUpdateAttempt: UInt64?
+    /// The last address update proposed: when, and the configuration it was made on.
+    var addressUpdateAttempt: (at: UInt64, configIndex: LogIndex)?
     private var idempotencyConfiguredAt: UInt64?
     /// A Ready is being persisted by the shell.
     public private(set) var readyInFlight: Ready?

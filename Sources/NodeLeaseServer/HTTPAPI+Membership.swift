@@ -1,0 +1,219 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+import Raft
+import ReplicaCore
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
+/// `/v1/cluster/replicas` (shared/API.md "Replicas (membership)"). Reads answer from this
+/// replica's configuration. Changes are made by the leader: a follower passes the request on
+/// to the leader's client address (once; a request passed on already and landing on a
+/// replica that does not lead gets 503 `no_leader`), and a leader asked to remove itself
+/// first hands leadership over, then passes the request to its successor.
+extension HTTPAPI {
+    static let forwardedHeader = HTTPField.Name("X-NodeLease-Forwarded-By")!
+
+    func listReplicas() async -> Response {
+        let m = await driver.membership
+        return await json(.ok, configurationJSON(m), headers: true)
+    }
+
+    func addReplica(_ request: Request) async -> Response {
+        var request = request
+        guard let body = try? await readBody(&request) else { return tooLarge() }
+        let fields: [(String, JSONValue)]
+        switch parseObject(body) {
+        case .failure(let r): return r.response
+        case .success(let f): fields = f
+        }
+        var id: UInt64?
+        var peer: String?
+        var client: String?
+        var expected: UInt64?
+        for (key, value) in fields {
+            switch (key, value) {
+            case ("replicaId", .number(let text, true)):
+                guard let v = UInt64(text), v > 0 else { return invalid("replicaId", "must be a positive integer") }
+                id = v
+            case ("expectedConfigIndex", .number(let text, true)):
+                guard let v = UInt64(text) else { return invalid("expectedConfigIndex", "must be a non-negative integer") }
+                expected = v
+            case ("peerAddress", .string(let s)): peer = s
+            case ("clientAddress", .string(let s)): client = s
+            case ("replicaId", _), ("expectedConfigIndex", _):
+                return invalid(key, "must be an integer, not \(value.typeName)")
+            case ("peerAddress", _), ("clientAddress", _):
+                return invalid(key, "must be a string HOST:PORT, not \(value.typeName)")
+            default:
+                return error(.badRequest, "invalid_request", "unknown field \"\(key)\"")
+            }
+        }
+        guard let id else { return invalid("replicaId", "is required") }
+        guard let peer else { return invalid("peerAddress", "is required") }
+        guard let client else { return invalid("clientAddress", "is required") }
+        let peerAddress: String
+        let clientAddress: String
+        do {
+            peerAddress = try Self.address(peer, field: "peerAddress")
+            clientAddress = try Self.address(client, field: "clientAddress")
+        } catch let e as ErrorResponse {
+            return e.response
+        } catch {
+            return invalid("peerAddress", "\(error)")
+        }
+        let member = Member(id: ReplicaID(id), role: .learner, peerAddress: peerAddress, clientAddress: clientAddress)
+        return await change(.addLearner(member), expected: expected.map { LogIndex($0) }, force: false, request, body: body)
+    }
+
+    func promoteReplica(_ id: ReplicaID, _ request: Request) async -> Response {
+        var request = request
+        guard let body = try? await readBody(&request) else { return tooLarge() }
+        var expected: UInt64?
+        if !body.isEmpty {
+            switch parseObject(body) {
+            case .failure(let r): return r.response
+            case .success(let fields):
+                for (key, value) in fields {
+                    guard key == "expectedConfigIndex" else { return error(.badRequest, "invalid_request", "unknown field \"\(key)\"") }
+                    guard case .number(let text, true) = value, let v = UInt64(text) else {
+                        return invalid(key, "must be a non-negative integer")
+                    }
+                    expected = v
+                }
+            }
+        }
+        return await change(.promote(id), expected: expected.map { LogIndex($0) }, force: false, request, body: body)
+    }
+
+    func removeReplica(_ id: ReplicaID, _ request: Request) async -> Response {
+        var expected: UInt64?
+        var force = false
+        for (k, v) in request.uri.queryParameters {
+            switch k {
+            case "expectedConfigIndex":
+                guard let n = UInt64(v) else { return invalid("expectedConfigIndex", "must be a non-negative integer") }
+                expected = n
+            case "force":
+                guard v == "true" || v == "false" else { return invalid("force", "must be true or false") }
+                force = v == "true"
+            default:
+                return error(.badRequest, "invalid_request", "unknown query parameter \"\(k)\"")
+            }
+        }
+        return await change(.remove(id), expected: expected.map { LogIndex($0) }, force: force, request, body: [])
+    }
+
+    func replicaNotFound(_ id: Substring) -> Response {
+        error(.notFound, "not_found", "replica \(id) is not a member")
+    }
+
+    /// Makes the change here as leader, or passes it to the leader.
+    private func change(_ c: ConfChange, expected: LogIndex?, force: Bool, _ request: Request, body: [UInt8]) async -> Response {
+        let outcome: Result<Membership, ConfChangeFailure>
+        do {
+            outcome = try await driver.changeMembership(c, expectedConfigIndex: expected, force: force)
+        } catch {
+            return await noLeader()
+        }
+        switch outcome {
+        case .success(let m):
+            return await json(.ok, configurationJSON(m), headers: true)
+        case .failure(.refused(let e)):
+            return refusal(e)
+        case .failure(.lost):
+            return await noLeader()
+        case .failure(.notLeader(let leader)):
+            guard let leader, leader != config.replicaID, request.headers[Self.forwardedHeader] == nil else { return await noLeader() }
+            let address = await driver.membership.member(leader)?.clientAddress ?? ""
+            guard !address.isEmpty else {
+                var r = error(
+                    .serviceUnavailable, "no_leader",
+                    "the leader is replica \(leader), whose client address this replica does not know yet; send the request there")
+                await addReadHeaders(&r)
+                return r
+            }
+            return await passOn(request, body: body, to: address)
+        }
+    }
+
+    private func refusal(_ e: ConfChangeError) -> Response {
+        switch e {
+        case .inProgress(let why): return error(.conflict, "config_change_in_progress", why)
+        case .stale: return error(.conflict, "stale_config", e.description)
+        case .replicaExists: return error(.conflict, "replica_exists", e.description)
+        case .notFound(let id): return replicaNotFound(Substring(id.description))
+        case .learnerLagging: return error(.conflict, "learner_lagging", e.description)
+        case .wouldLoseQuorum: return error(.conflict, "would_lose_quorum", e.description + " (force=true overrides, to replace a dead replica)")
+        case .invalid(let why): return error(.badRequest, "invalid_request", why)
+        }
+    }
+
+    /// Sends the request to the leader's client port and returns its answer, or 503.
+    private func passOn(_ request: Request, body: [UInt8], to address: String) async -> Response {
+        let target = "http://\(address)\(request.uri.path)" + (request.uri.query.map { "?\($0)" } ?? "")
+        guard let url = URL(string: target) else { return await noLeader() }
+        var out = URLRequest(url: url)
+        out.httpMethod = request.method.rawValue
+        out.timeoutInterval = Double(config.requestTimeoutMillis) / 1000
+        out.setValue(String(config.replicaID.rawValue), forHTTPHeaderField: Self.forwardedHeader.rawName)
+        if let key = request.headers[Self.idempotencyKeyHeader] { out.setValue(key, forHTTPHeaderField: "Idempotency-Key") }
+        if !body.isEmpty {
+            out.httpBody = Data(body)
+            out.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        }
+        do {
+            let (data, response) = try await URLSession.shared.data(for: out)
+            guard let http = response as? HTTPURLResponse else { return await noLeader() }
+            let status = HTTPResponse.Status(code: http.statusCode)
+            var headers = HTTPFields()
+            headers[.contentType] = "application/json"
+            for name in [Self.indexHeader, Self.replicaHeader, Self.leaderHeader] {
+                if let v = http.value(forHTTPHeaderField: name.rawName) { headers[name] = v }
+            }
+            return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: Array(data))))
+        } catch {
+            return await noLeader()
+        }
+    }
+
+    func configurationJSON(_ m: Membership) -> [UInt8] {
+        var o = JSONObject()
+        o.field("configIndex", m.index.rawValue)
+        let replicas = m.members.map { member -> [UInt8] in
+            var r = JSONObject()
+            r.field("replicaId", member.id.rawValue)
+            r.field("peerAddress", member.peerAddress.isEmpty ? config.peers[member.id]?.description ?? "" : member.peerAddress)
+            r.field("clientAddress", member.clientAddress)
+            r.field("role", member.role.description)
+            return r.json
+        }
+        o.raw("replicas", jsonArray(replicas))
+        return o.json
+    }
+
+    /// Checks `HOST:PORT` (at most 255 characters) and returns it normalised.
+    static func address(_ text: String, field: String) throws -> String {
+        guard text.utf8.count <= 255, let a = try? ServerConfig.parseAddress(text, flag: field), a.port > 0 else {
+            throw ErrorResponse(
+                HTTPAPIErrors.invalid(field, "must be HOST:PORT with a port from 1 to 65535, at most 255 characters, not \"\(text.prefix(64))\""))
+        }
+        return a.description
+    }
+}
+
+/// Error bodies that need no instance (for static helpers).
+enum HTTPAPIErrors {
+    static func invalid(_ field: String, _ problem: String) -> Response {
+        var o = JSONObject()
+        o.field("error", "invalid_request")
+        o.field("message", "\(field) \(problem)")
+        o.field("field", field)
+        var headers = HTTPFields()
+        headers[.contentType] = "application/json"
+        return Response(status: .badRequest, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: o.json)))
+    }
+}

@@ -346,13 +346,27 @@ public final class NodeLeaseClient: Sendable {
             request.url = c.url
         }
         request.httpMethod = method
-        request.timeoutInterval = timeout
+        // swift-corelibs-foundation arms its timer with whole seconds (0.9 s becomes no time at
+        // all), so the request gets at least the next whole second and the deadline itself is
+        // kept by racing a timer.
+        request.timeoutInterval = max(1, timeout.rounded(.up))
         if let key { request.setValue(key, forHTTPHeaderField: "Idempotency-Key") }
         if let body {
             request.httpBody = try JSONSerialization.data(withJSONObject: body)
             request.setValue("application/json", forHTTPHeaderField: "Content-Type")
         }
-        let (data, response) = try await session.data(for: request)
+        let session = self.session
+        let sent = request
+        let (data, response) = try await withThrowingTaskGroup(of: (Data, URLResponse)?.self) { group in
+            group.addTask { try await session.data(for: sent) }
+            group.addTask {
+                try await Task.sleep(for: .milliseconds(Int(timeout * 1000)))
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let answer = first else { throw URLError(.timedOut) }
+            return answer
+        }
         guard let http = response as? HTTPURLResponse else { throw NodeLeaseError.transport("not an HTTP answer") }
         if let replica = http.value(forHTTPHeaderField: "X-NodeLease-Replica").flatMap(UInt64.init) {
             let leader = http.value(forHTTPHeaderField: "X-NodeLease-Leader").flatMap(UInt64.init)

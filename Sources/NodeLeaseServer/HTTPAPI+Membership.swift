@@ -15,7 +15,8 @@ import ReplicaCore
 /// replica that does not lead gets 503 `no_leader`), and a leader asked to remove itself
 /// first hands leadership over, then passes the request to its successor.
 extension HTTPAPI {
-    static let forwardedHeader = HTTPField.Name("X-NodeLease-Forwarded-By")!
+    /// How many replicas passed the request on already.
+    static let forwardedHeader = HTTPField.Name("X-NodeLease-Forwarded")!
 
     func listReplicas() async -> Response {
         let m = await driver.membership
@@ -127,7 +128,10 @@ extension HTTPAPI {
         case .failure(.lost):
             return await noLeader()
         case .failure(.notLeader(let leader)):
-            guard let leader, leader != config.replicaID, request.headers[Self.forwardedHeader] == nil else { return await noLeader() }
+            // At most two hops: a follower to the leader, and a leader that handed over (to
+            // remove itself) to its successor.
+            let hops = request.headers[Self.forwardedHeader].flatMap { Int($0) } ?? 0
+            guard let leader, leader != config.replicaID, hops < 2 else { return await noLeader() }
             let address = await driver.membership.member(leader)?.clientAddress ?? ""
             guard !address.isEmpty else {
                 var r = error(
@@ -136,7 +140,7 @@ extension HTTPAPI {
                 await addReadHeaders(&r)
                 return r
             }
-            return await passOn(request, body: body, to: address)
+            return await passOn(request, body: body, to: address, hops: hops + 1)
         }
     }
 
@@ -153,13 +157,13 @@ extension HTTPAPI {
     }
 
     /// Sends the request to the leader's client port and returns its answer, or 503.
-    private func passOn(_ request: Request, body: [UInt8], to address: String) async -> Response {
+    private func passOn(_ request: Request, body: [UInt8], to address: String, hops: Int) async -> Response {
         let target = "http://\(address)\(request.uri.path)" + (request.uri.query.map { "?\($0)" } ?? "")
         guard let url = URL(string: target) else { return await noLeader() }
         var out = URLRequest(url: url)
         out.httpMethod = request.method.rawValue
         out.timeoutInterval = Double(config.requestTimeoutMillis) / 1000
-        out.setValue(String(config.replicaID.rawValue), forHTTPHeaderField: Self.forwardedHeader.rawName)
+        out.setValue(String(hops), forHTTPHeaderField: Self.forwardedHeader.rawName)
         if let key = request.headers[Self.idempotencyKeyHeader] { out.setValue(key, forHTTPHeaderField: "Idempotency-Key") }
         if !body.isEmpty {
             out.httpBody = Data(body)

@@ -19,6 +19,8 @@ struct PendingConfChange {
     var proposal: Proposal?
     /// The leader removes itself: leadership goes to this voter first.
     var transferringTo: ReplicaID?
+    /// When another change was first found in the way.
+    var blockedSince: UInt64?
 }
 
 extension ReplicaCore {
@@ -44,6 +46,9 @@ extension ReplicaCore {
         afterInput(now: now)
         return p
     }
+
+    /// How long a request waits for a change in the way to commit before it is refused.
+    public static let inProgressPatienceNanos: UInt64 = 1_000_000_000
 
     /// The current configuration as this replica knows it.
     public var membership: Membership { node.membership }
@@ -79,6 +84,16 @@ extension ReplicaCore {
             do {
                 p.proposal = try node.proposeConfChange(p.change, expectedConfigIndex: p.expected, force: p.force)
                 confChanges[id] = p
+            } catch ConfChangeError.inProgress(let why) {
+                // Another change (often the leader's own address update) commits within a
+                // round trip or two: wait a moment before answering 409.
+                let since = p.blockedSince ?? now
+                if now - since < Self.inProgressPatienceNanos {
+                    p.blockedSince = since
+                    confChanges[id] = p
+                } else {
+                    finishConfChange(id, .failure(.refused(.inProgress(why))))
+                }
             } catch let e as ConfChangeError {
                 finishConfChange(id, .failure(.refused(e)))
             } catch RaftError.transferInProgress {

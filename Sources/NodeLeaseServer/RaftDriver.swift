@@ -311,7 +311,7 @@ actor RaftDriver {
         if m != transportMembership {
             if let before = transportMembership { logger.notice("configuration \(before) -> \(m) (index \(m.index))") }
             transportMembership = m
-            transport.setMembers(Self.peerAddresses(m, fallback: config.peers))
+            transport.setMembers(Self.peerAddresses(m, fallback: config.peers), removed: m.removed)
         }
         if !pumpScheduled && !persisting && core.needsPump {
             pumpScheduled = true

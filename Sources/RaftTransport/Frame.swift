@@ -11,8 +11,12 @@ public enum Frame: Sendable, Equatable {
     /// The dialer introduces itself: its cluster, its replica id, the replica it meant to
     /// reach, and an incarnation number that is new for every process start.
     /// `clientAddress`: where the dialer serves clients (the leader writes it into the
-    /// configuration); older dialers omit it.
-    case hello(clusterID: String, from: ReplicaID, to: ReplicaID, incarnation: UInt64, dataDirectoryID: UInt64 = 0, clientAddress: String = "")
+    /// configuration); `peerAddress`: where it listens for peers (so a replica whose log is
+    /// behind, and does not know the dialer as a member yet, can answer it). Older dialers
+    /// omit both.
+    case hello(
+        clusterID: String, from: ReplicaID, to: ReplicaID, incarnation: UInt64, dataDirectoryID: UInt64 = 0, clientAddress: String = "",
+        peerAddress: String = "")
     case welcome
     /// The acceptor refuses the connection, saying why (it closes right after).
     case refused(reason: String)
@@ -38,7 +42,7 @@ public enum Frame: Sendable, Equatable {
         w.u32(0)  // length, patched below
         w.u8(Self.version)
         switch self {
-        case .hello(let cluster, let from, let to, let incarnation, let dir, let client):
+        case .hello(let cluster, let from, let to, let incarnation, let dir, let client, let peer):
             w.u8(Kind.hello.rawValue)
             w.string(cluster)
             w.u64(from.rawValue)
@@ -46,6 +50,7 @@ public enum Frame: Sendable, Equatable {
             w.u64(incarnation)
             w.u64(dir)
             w.string(String(client.prefix(255)))
+            w.string(String(peer.prefix(255)))
         case .welcome:
             w.u8(Kind.welcome.rawValue)
         case .refused(let reason):
@@ -81,8 +86,10 @@ public enum Frame: Sendable, Equatable {
                 let incarnation = try r.u64()
                 let dir = try r.u64()
                 let client = r.remaining > 0 ? try r.string() : ""
+                let peer = r.remaining > 0 ? try r.string() : ""
                 self = .hello(
-                    clusterID: cluster, from: from, to: to, incarnation: incarnation, dataDirectoryID: dir, clientAddress: client)
+                    clusterID: cluster, from: from, to: to, incarnation: incarnation, dataDirectoryID: dir, clientAddress: client,
+                    peerAddress: peer)
             case .welcome:
                 self = .welcome
             case .refused:

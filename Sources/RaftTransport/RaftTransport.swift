@@ -66,8 +66,12 @@ public final class RaftTransport: Sendable {
     let onPeerChange: @Sendable (ReplicaID, Bool) -> Void
     let onForward: @Sendable (ReplicaID, [UInt8]) -> Void
     let onPeerUnreachable: @Sendable (ReplicaID) -> Void
-    /// The outbound link to every member, replaced when the configuration changes.
+    /// The outbound link to every member, replaced when the configuration changes, and to
+    /// every replica that dialed us and is not known to be removed (a replica whose log is
+    /// behind may not know the current leader as a member yet, and must still answer it).
     let links = NIOLockedValueBox<[ReplicaID: PeerLink]>([:])
+    /// Replicas removed from the cluster: refused for good.
+    let removed = NIOLockedValueBox<Set<ReplicaID>>([])
     let started = NIOLockedValueBox(false)
     let inbound = NIOLockedValueBox<[ReplicaID: (incarnation: UInt64, channel: any Channel, directory: UInt64, client: String)]>([:])
     /// Extra admission check (the server refuses replicas whose data directory was replaced).
@@ -104,15 +108,18 @@ public final class RaftTransport: Sendable {
         self.links.withLockedValue { $0 = links }
     }
 
-    /// The members changed (a configuration entry): links to new members are dialed, links to
-    /// members that left are closed (and their connections to us too: they are refused from
-    /// now on), and a member whose address changed is redialed there.
-    public func setMembers(_ peers: [ReplicaID: PeerAddress]) {
+    /// The configuration changed: links to new members are dialed, links to removed replicas
+    /// are closed (and their connections to us too: they are refused from now on), and a
+    /// member whose address changed is redialed there. Links to replicas that are neither
+    /// (learned from their hello) stay.
+    public func setMembers(_ peers: [ReplicaID: PeerAddress], removed gone: [ReplicaID] = []) {
         let isStarted = started.withLockedValue { $0 }
+        let goneSet = Set(gone)
+        removed.withLockedValue { $0.formUnion(goneSet) }
         var stopped: [PeerLink] = []
         var added: [PeerLink] = []
         links.withLockedValue { links in
-            for (id, link) in links where peers[id] == nil || peers[id] != link.address {
+            for (id, link) in links where goneSet.contains(id) || (peers[id] != nil && peers[id] != link.address) {
                 stopped.append(link)
                 links[id] = nil
             }
@@ -125,18 +132,39 @@ public final class RaftTransport: Sendable {
         }
         for link in stopped {
             link.stop()
-            logger.info("peer \(link.peer) at \(link.address) is no longer a member at that address; link closed")
+            logger.info("peer \(link.peer) at \(link.address) was removed or moved; link closed")
         }
-        let gone = inbound.withLockedValue { conns -> [any Channel] in
+        let closing = inbound.withLockedValue { conns -> [any Channel] in
             var out: [any Channel] = []
-            for (id, c) in conns where peers[id] == nil {
+            for (id, c) in conns where goneSet.contains(id) {
                 out.append(c.channel)
                 conns[id] = nil
             }
             return out
         }
-        for c in gone { c.close(promise: nil) }
+        for c in closing { c.close(promise: nil) }
         if isStarted { for link in added { link.dial() } }
+    }
+
+    /// A replica we have no link to dialed us: link back to the peer address it announced.
+    func learnPeer(_ id: ReplicaID, address text: String) -> Bool {
+        let colon = text.lastIndex(of: ":")
+        guard let colon, let port = Int(text[text.index(after: colon)...]), port > 0, port <= 65535, colon > text.startIndex
+        else { return false }
+        let address = PeerAddress(host: String(text[..<colon]), port: port)
+        let isStarted = started.withLockedValue { $0 }
+        let link = links.withLockedValue { links -> PeerLink? in
+            guard links[id] == nil else { return nil }
+            let link = PeerLink(peer: id, address: address)
+            link.transport = self
+            links[id] = link
+            return link
+        }
+        if let link {
+            logger.info("replica \(id) at \(address), not a member in this replica's configuration yet, dialed in: linking back")
+            if isStarted { link.dial() }
+        }
+        return true
     }
 
     /// The client address each connected peer announced.
@@ -226,7 +254,8 @@ public final class RaftTransport: Sendable {
 
     /// Checks a hello; nil means welcome, otherwise the reason to refuse.
     func admit(
-        clusterID: String, from: ReplicaID, to: ReplicaID, incarnation: UInt64, directory: UInt64, client: String, channel: any Channel
+        clusterID: String, from: ReplicaID, to: ReplicaID, incarnation: UInt64, directory: UInt64, client: String, peer: String,
+        channel: any Channel
     ) -> String? {
         if clusterID != config.clusterID {
             return "cluster id \"\(clusterID)\" does not match this replica's cluster \"\(config.clusterID)\""
@@ -237,8 +266,11 @@ public final class RaftTransport: Sendable {
         if from == config.replicaID {
             return "the caller claims this replica's own id \(from): two replicas share one id"
         }
-        if link(from) == nil {
-            return "replica \(from) is not a member of this cluster (removed, or not yet added)"
+        if removed.withLockedValue({ $0.contains(from) }) {
+            return "replica \(from) was removed from this cluster; its id is never used again"
+        }
+        if link(from) == nil && !learnPeer(from, address: peer) {
+            return "replica \(from) is not a member of this cluster as this replica knows it"
         }
         if let check = checkPeer.withLockedValue({ $0 }), let reason = check(from, directory) { return reason }
         return inbound.withLockedValue { conns in
@@ -291,7 +323,7 @@ final class PeerLink: @unchecked Sendable {
         guard let t = transport, !state.withLockedValue({ $0.stopped }) else { return }
         let hello = Frame.hello(
             clusterID: t.config.clusterID, from: t.config.replicaID, to: peer, incarnation: t.incarnation,
-            dataDirectoryID: t.config.dataDirectoryID, clientAddress: t.config.clientAddress)
+            dataDirectoryID: t.config.dataDirectoryID, clientAddress: t.config.clientAddress, peerAddress: t.config.listen.description)
         let watermark = ChannelOptions.Types.WriteBufferWaterMark(low: t.config.maxQueuedBytes / 2, high: t.config.maxQueuedBytes)
         var bootstrap = ClientBootstrap(group: t.group)
         // On a specific listen address, dial from it too: peers (and firewall rules) then see
@@ -456,14 +488,14 @@ final class AcceptorHandler: ChannelDuplexHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         guard let peer else {
-            guard case .hello(let cluster, let from, let to, let incarnation, let directory, let client) = frame else {
+            guard case .hello(let cluster, let from, let to, let incarnation, let directory, let client, let peerAddress) = frame else {
                 transport.logger.warning("peer connection from \(String(describing: context.remoteAddress)) did not start with a hello; closing")
                 context.close(promise: nil)
                 return
             }
             if let reason = transport.admit(
                 clusterID: cluster, from: from, to: to, incarnation: incarnation, directory: directory, client: client,
-                channel: context.channel)
+                peer: peerAddress, channel: context.channel)
             {
                 transport.logger.error("refused a peer connection from \(String(describing: context.remoteAddress)) claiming replica \(from): \(reason)")
                 let channel = context.channel

@@ -17,7 +17,7 @@ struct JepsenRun: AsyncParsableCommand {
 
     @Option(help: "Replicas: 3 or 5.") var replicas: Int = 3
     @Option(help: "Seconds of workload under faults.") var timeLimit: Int = 60
-    @Option(help: "Faults: any of partition, kill, pause, clock, power, disk-full, drift, disk, slow-disk, election-crash, all, none (comma-separated); disk-full needs root (it mounts a small tmpfs per replica), the last four need the fault build.")
+    @Option(help: "Faults: any of partition, kill, pause, clock, power, membership, disk-full, drift, disk, slow-disk, election-crash, all, none (comma-separated); membership adds, removes and replaces replicas (not part of all); disk-full needs root (it mounts a small tmpfs per replica), the last four need the fault build.")
     var nemesis: String?
     @Option(help: "Client processes (mail nodes).") var concurrency: Int = 6
     @Option(help: "Seed for the fault and workload schedule.") var seed: UInt64 = UInt64(Date().timeIntervalSince1970)
@@ -45,7 +45,9 @@ struct JepsenRun: AsyncParsableCommand {
     func validate() throws {
         guard replicas == 3 || replicas == 5 else { throw ValidationError("--replicas must be 3 or 5") }
         guard timeLimit >= 5 else { throw ValidationError("--time-limit must be at least 5 seconds") }
-        let known: Set<String> = ["partition", "kill", "pause", "clock", "power", "drift", "disk", "disk-full", "slow-disk", "election-crash", "all", "none"]
+        let known: Set<String> = [
+            "partition", "kill", "pause", "clock", "power", "membership", "drift", "disk", "disk-full", "slow-disk", "election-crash", "all", "none",
+        ]
         for n in (nemesis ?? "").split(separator: ",") where !known.contains(String(n)) {
             throw ValidationError("unknown nemesis \(n)")
         }
@@ -66,7 +68,7 @@ struct JepsenRun: AsyncParsableCommand {
         var faults = Set(spec.split(separator: ",").map(String.init))
         if faults.contains("all") {
             faults.remove("all")
-            faults.formUnion(["partition", "kill", "pause", "clock", "power"])
+            faults.formUnion(["partition", "kill", "pause", "clock", "power", "membership"])
             if geteuid() == 0 { faults.insert("disk-full") }
             if faultBuild { faults.formUnion(["drift", "disk", "slow-disk", "election-crash"]) }
         }
@@ -151,8 +153,11 @@ struct JepsenRun: AsyncParsableCommand {
         defer { keeperProcesses.stopAll() }
         if keepers > 0 {
             let me = URL(fileURLWithPath: CommandLine.arguments[0]).standardizedFileURL.path
+            // The members at the start; the keepers' client library follows membership changes
+            // by itself (it refreshes its endpoints from /v1/cluster/replicas every 30 s, and
+            // at once when none of its endpoints can be reached).
             try keeperProcesses.start(
-                count: keepers, binary: me, endpoints: (1...replicas).map { cluster.url($0, "") }, store: fenced.path, dir: dir, ttl: 4)
+                count: keepers, binary: me, endpoints: cluster.members.map { cluster.url($0, "") }, store: fenced.path, dir: dir, ttl: 4)
         }
 
         let clock = ContinuousClock()
@@ -190,6 +195,12 @@ struct JepsenRun: AsyncParsableCommand {
         _ = await cluster.waitForLeader(seconds: 30)
         let finalInvoke = history.now()
         let final = await cluster.finalRead()
+        if faults.contains("membership") {
+            // Who the test counts as members, and the configuration the cluster reports.
+            let config = await cluster.configuration()
+            let reported = config.map { c in "configuration \(c.configIndex): " + c.replicas.map { "\($0.id) \($0.role)" }.joined(separator: ", ") }
+            say("members at the end: \(cluster.members.map(String.init).joined(separator: ",")); \(reported ?? "configuration: no answer")")
+        }
         if let final {
             // The final read goes into the history as one linearizable read per hostname, so
             // the linearizability checker holds it against every acknowledged change.
@@ -253,14 +264,14 @@ struct LeaderClaim: Codable, Sendable, Hashable {
     var term: UInt64
 }
 
-/// Polls every replica's status a few times a second and keeps each leadership claim.
+/// Polls every member's status a few times a second and keeps each leadership claim.
 final class LeaderLog: Sendable {
     private let claims = NIOLockedValueBox<Set<LeaderClaim>>([])
     private let firstSeen = NIOLockedValueBox<[String: UInt64]>([:])
 
     func poll(_ cluster: TestCluster, history: HistoryLog, until end: ContinuousClock.Instant) async {
         while ContinuousClock.now < end {
-            for i in 1...cluster.size {
+            for i in cluster.members {
                 if let (status, json, _) = await cluster.request(i, "GET", "/v1/status", timeout: 0.3), status == 200,
                     json["role"] as? String == "leader", let term = json["term"] as? Int
                 {

@@ -59,6 +59,10 @@ enum Report {
                 open[key] = e.time
             } else if let s = open.removeValue(forKey: key) {
                 intervals.append((e.fault, s, e.time))
+            } else if let k = open.filter({ $0.key.hasPrefix(e.fault + " ") }).min(by: { $0.value < $1.value })?.key, let s = open.removeValue(forKey: k) {
+                // An end whose target says how it went ("... FAILED: ...", "disk full, replica
+                // stopped"): it ends the oldest open start of the same fault.
+                intervals.append((e.fault, s, e.time))
             }
         }
         return intervals
@@ -209,7 +213,7 @@ enum Report {
     /// Shading per kind of fault (and the legend's order).
     static let faultColors: [(fault: String, color: String)] = [
         ("partition", "#fbd5d5"), ("kill", "#d5e0fb"), ("pause", "#fbf0c8"), ("clock", "#d8f3d0"), ("power", "#dddddd"), ("drift", "#ead8fb"), ("disk", "#fbe0c8"), ("disk-full", "#f3c8b0"), ("slow-disk", "#f5e6b3"),
-        ("election-crash", "#c8f0fb"),
+        ("election-crash", "#c8f0fb"), ("membership", "#c8fbe0"),
     ]
 
     static func html(

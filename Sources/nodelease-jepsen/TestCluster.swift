@@ -11,16 +11,63 @@ struct JepsenSetupError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
+/// A membership change that did not go through (or not all the way), and the server's error
+/// code if it refused it.
+struct MembershipError: Error, CustomStringConvertible {
+    var description: String
+    var code: String?
+    init(_ description: String, code: String? = nil) {
+        self.description = description
+        self.code = code
+    }
+}
+
+/// The replica configuration (`GET /v1/cluster/replicas`), as far as the test needs it.
+struct ClusterConfig: Sendable {
+    struct Replica: Sendable {
+        var id: Int
+        var role: String
+    }
+    var configIndex: Int
+    var replicas: [Replica]
+    /// The member that answered.
+    var answeredBy: Int
+
+    /// "voter" or "learner", nil if it is not in the configuration.
+    func role(of id: Int) -> String? { replicas.first { $0.id == id }?.role }
+}
+
 /// The replicas under test: real `nodelease serve` processes. Replica i binds 127.0.0.(10+i)
 /// inside the test's namespace (127.0.0.1 with distinct ports otherwise). Only the processes
 /// started here are ever signalled, by PID.
+///
+/// The cluster starts with replicas 1...size; the membership nemesis adds replicas (new ids,
+/// started with `--join`) and removes them. `members` is the set the test counts as the
+/// cluster now: every fault, client and check picks replicas from it, and only a member is
+/// ever started or restarted (a removed replica, or one killed for good, never comes back).
 final class TestCluster: Sendable {
+    /// The initial number of replicas (ids 1...size).
     let size: Int
     let binary: String
     let dir: String
     let distinctAddresses: Bool
     private let processes = NIOLockedValueBox<[Int: Process]>([:])
     private let paused = NIOLockedValueBox<Set<Int>>([])
+    private let membership: NIOLockedValueBox<Members>
+
+    private struct Members: Sendable {
+        /// The replicas the test counts as members now, sorted by id.
+        var current: [Int]
+        /// Replicas added during the run (started with `--join`).
+        var joined: Set<Int> = []
+        /// Replicas given up for good (removed, killed to be replaced, or an add that failed):
+        /// never started again.
+        var gone: Set<Int> = []
+        /// Killed for good but not known to be out of the configuration yet.
+        var unremoved: Set<Int> = []
+        /// The highest id used so far (ids are never reused).
+        var lastId: Int
+    }
     private let session: URLSession
 
     /// libfaketime, when the clock nemesis is on.
@@ -55,6 +102,7 @@ final class TestCluster: Sendable {
         self.binary = binary
         self.dir = dir
         self.distinctAddresses = distinctAddresses
+        membership = NIOLockedValueBox(Members(current: Array(1...size), lastId: size))
         let c = URLSessionConfiguration.ephemeral
         c.timeoutIntervalForRequest = 2
         session = URLSession(configuration: c)
@@ -65,19 +113,69 @@ final class TestCluster: Sendable {
     func peerPort(_ i: Int) -> Int { distinctAddresses ? 7500 : 17500 + i }
     func url(_ i: Int, _ path: String) -> URL { URL(string: "http://\(host(i)):\(clientPort(i))\(path)")! }
 
-    var peers: String { (1...size).map { "\($0)=\(host($0)):\(peerPort($0))" }.joined(separator: ",") }
+    /// The initial replicas' `--peers` (after its first start a replica goes by the
+    /// configuration in its data directory, so the initial replicas always start with this).
+    var peers: String { peerList(Array(1...size)) }
+
+    func peerList(_ ids: [Int]) -> String { ids.map { "\($0)=\(host($0)):\(peerPort($0))" }.joined(separator: ",") }
+
+    // MARK: Members
+
+    /// The replicas the test counts as the cluster's members now, sorted by id.
+    var members: [Int] { membership.withLockedValue { $0.current } }
+
+    func isMember(_ i: Int) -> Bool { membership.withLockedValue { $0.current.contains(i) } }
+
+    /// One of the initial replicas (1...size), as opposed to one added during the run.
+    func isInitial(_ i: Int) -> Bool { (1...size).contains(i) }
+
+    /// The id the next added replica gets (ids are never reused).
+    var nextReplicaId: Int { membership.withLockedValue { $0.lastId + 1 } }
+
+    /// Replicas killed for good whose removal from the configuration has not been confirmed.
+    var unremoved: [Int] { membership.withLockedValue { $0.unremoved.sorted() } }
+
+    /// A random member (with the initial members 1...size, the same draw as `1 + random.below(size)`).
+    func randomMember(_ random: inout SplitMix) -> Int {
+        let m = members
+        guard !m.isEmpty else { return 1 }
+        return m[random.below(m.count)]
+    }
+
+    /// The member after replica i in id order, wrapping around (another replica to send a copy
+    /// or a retry to); the first member above i if i is no longer a member.
+    func member(after i: Int) -> Int {
+        let m = members
+        return m.first { $0 > i } ?? m.first ?? i
+    }
+
+    /// Members whose process runs and is not paused (to send membership changes and reads of
+    /// the configuration through), without `except`.
+    func runningMembers(except: Int? = nil) -> [Int] { members.filter { $0 != except && isRunning($0) && !isPaused($0) } }
 
     func start(_ i: Int) throws {
+        // Only a member is started (or an added replica that is about to become one); a
+        // replica that was removed or killed for good never runs again.
+        let (allowed, joiner, current) = membership.withLockedValue { m in
+            (!m.gone.contains(i) && (m.current.contains(i) || m.joined.contains(i)), m.joined.contains(i), m.current)
+        }
+        guard allowed else { throw JepsenSetupError("replica \(i) is not a member: not started") }
+        // Added during the run: it joins with no configuration of its own (the leader's log
+        // brings it); its --peers names every current member and itself, only to say where the
+        // others are until the log does.
+        let peerArgument = joiner ? peerList(Array(Set(current + [i])).sorted()) : peers
         let p = Process()
         p.executableURL = URL(fileURLWithPath: binary)
-        p.arguments = [
-            "serve", "--replica-id", "\(i)", "--peers", peers, "--client-addr", "\(host(i)):\(clientPort(i))",
+        var arguments = [
+            "serve", "--replica-id", "\(i)", "--peers", peerArgument, "--client-addr", "\(host(i)):\(clientPort(i))",
             "--data-dir", "\(dir)/replica-\(i)", "--cluster-id", "jepsen", "--election-timeout", "600",
             "--heartbeat-interval", "20", "--request-timeout", "2000", "--min-ttl", "1",
             // Snapshots, compaction and catch-up by snapshot every few seconds, under faults.
             "--snapshot-every", "200", "--snapshot-keep", "10",
             "--node-id-range", idRange, "--retention", "\(retentionSeconds)",
         ]
+        if joiner { arguments += ["--join", "--peer-addr", "\(host(i)):\(peerPort(i))"] }
+        p.arguments = arguments
         var env = ProcessInfo.processInfo.environment
         for k in env.keys where k.hasPrefix("NODELEASE_") { env[k] = nil }
         if faultBuild {
@@ -117,7 +215,7 @@ final class TestCluster: Sendable {
         try? "\(p.processIdentifier)\n".write(toFile: "\(dir)/replica-\(i).pid", atomically: true, encoding: .utf8)
     }
 
-    func startAll() throws { for i in 1...size { try start(i) } }
+    func startAll() throws { for i in members { try start(i) } }
 
     func rateFile(_ i: Int) -> String { "\(dir)/replica-\(i).rate" }
 
@@ -145,8 +243,9 @@ final class TestCluster: Sendable {
     /// Replica i's data directory as an absolute path (what mount and umount take).
     func mountPoint(_ i: Int) -> String { URL(fileURLWithPath: dataDir(i)).standardizedFileURL.path }
 
-    /// Mounts a tmpfs of `smallDiskBytes` on every replica's data directory (root only), so the
-    /// disk-full nemesis can fill one. Inside the run's network namespace the mounts belong to
+    /// Mounts a tmpfs of `smallDiskBytes` on every initial replica's data directory (root only),
+    /// so the disk-full nemesis can fill one (replicas added later get a plain directory, and
+    /// the nemesis picks only initial replicas that are still members). Inside the run's network namespace the mounts belong to
     /// its own mount namespace and vanish with it; `unmountSmallDisks` removes them anyway.
     func mountSmallDisks() throws {
         for i in 1...size {
@@ -220,11 +319,13 @@ final class TestCluster: Sendable {
         return !isRunning(i)
     }
 
-    /// Kills every replica at once: a power cut of the whole cluster (in the fault build, with
+    /// Kills every member at once: a power cut of the whole cluster (in the fault build, with
     /// its lazy disk, each loses what it had not synced).
-    func killAll() { for i in 1...size { kill9(i) } }
+    func killAll() { for i in members { kill9(i) } }
 
     func isRunning(_ i: Int) -> Bool { processes.withLockedValue { $0[i]?.isRunning ?? false } }
+
+    func isPaused(_ i: Int) -> Bool { paused.withLockedValue { $0.contains(i) } }
 
     func kill9(_ i: Int) {
         guard let p = processes.withLockedValue({ $0[i] }), p.isRunning else { return }
@@ -296,17 +397,19 @@ final class TestCluster: Sendable {
     }
 
     func healClocks() {
-        for i in 1...size {
+        for i in members {
             setClock(i, "+0 x1")
             setRate(i, 1.0)
             setDisk(i, "")
         }
     }
 
-    /// The replica that a majority of replicas names as leader, if any answers.
+    /// The leader the first member to answer names, if it is a member.
     func currentLeader() async -> Int? {
-        for i in 1...size {
-            if let (status, json, _) = await request(i, "GET", "/v1/status", timeout: 1), status == 200, let l = json["leaderId"] as? Int {
+        for i in members {
+            if let (status, json, _) = await request(i, "GET", "/v1/status", timeout: 1), status == 200, let l = json["leaderId"] as? Int,
+                isMember(l)
+            {
                 return l
             }
         }
@@ -319,7 +422,7 @@ final class TestCluster: Sendable {
         healNetwork()
         healClocks()
         for i in paused.withLockedValue({ $0 }) { resume(i) }
-        for i in 1...size where !isRunning(i) { try? start(i) }
+        for i in members where !isRunning(i) { try? start(i) }
     }
 
     func stopAll() {
@@ -357,18 +460,193 @@ final class TestCluster: Sendable {
         return (http.statusCode, json, headers)
     }
 
+    // MARK: Membership changes
+
+    /// How long a membership change is retried, and how long an added replica may take to
+    /// become a voter.
+    static let changeBound: Duration = .seconds(20)
+
+    /// The configuration (`GET /v1/cluster/replicas`) from the first running member that
+    /// answers, asking for at most `seconds` in all.
+    func configuration(seconds: Double = 3) async -> ClusterConfig? {
+        let end = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        for v in runningMembers() {
+            guard ContinuousClock.now < end else { break }
+            guard let (status, json, _) = await request(v, "GET", "/v1/cluster/replicas", timeout: 1), status == 200,
+                let list = json["replicas"] as? [[String: Any]]
+            else { continue }
+            let replicas = list.compactMap { r -> ClusterConfig.Replica? in
+                guard let id = r["replicaId"] as? Int, let role = r["role"] as? String else { return nil }
+                return ClusterConfig.Replica(id: id, role: role)
+            }
+            return ClusterConfig(configIndex: json["configIndex"] as? Int ?? 0, replicas: replicas, answeredBy: v)
+        }
+        return nil
+    }
+
+    /// Adds replica `id`, a new id: asks a running member (a follower passes it on to the
+    /// leader) to add it as a learner, retrying `503` and `config_change_in_progress` for up to
+    /// `changeBound`; starts it with `--join`, and it is a member from then on; then waits up to
+    /// `changeBound` for the leader to make it a voter. Throws if it could not be added (it is
+    /// then never started), or if it was started but is not a voter in time (it stays a member:
+    /// the leader may still promote it).
+    func addReplica(_ id: Int) async throws {
+        let fresh = membership.withLockedValue { m -> Bool in
+            guard id > m.lastId else { return false }
+            m.lastId = id
+            m.joined.insert(id)
+            return true
+        }
+        guard fresh else { throw MembershipError("add \(id): the id was used before (ids are never reused)") }
+        let body = "{\"replicaId\":\(id),\"peerAddress\":\"\(host(id)):\(peerPort(id))\",\"clientAddress\":\"\(host(id)):\(clientPort(id))\"}"
+        let deadline = ContinuousClock.now + Self.changeBound
+        var added = false
+        var attempt = 0
+        var last = "no running member to ask"
+        ask: while ContinuousClock.now < deadline {
+            let via = runningMembers(except: id)
+            if !via.isEmpty {
+                let v = via[attempt % via.count]
+                attempt += 1
+                let answer = await request(v, "POST", "/v1/cluster/replicas", body: body, headers: ["Content-Type": "application/json"], timeout: 5)
+                switch Self.changeAnswer(answer) {
+                case .done:
+                    added = true
+                    break ask
+                case .retry(let why):
+                    last = "via \(v): \(why)"
+                case .refused(let code, let why):
+                    // replica_exists for an id never used before: an earlier attempt whose
+                    // answer was lost went through.
+                    if code == "replica_exists", await configuration()?.role(of: id) != nil {
+                        added = true
+                        break ask
+                    }
+                    last = "via \(v): \(why)"
+                    break ask
+                }
+            }
+            try? await Task.sleep(for: .milliseconds(300))
+        }
+        // Out of time with no definite answer: an attempt may still have gone through.
+        if !added, await configuration()?.role(of: id) != nil { added = true }
+        guard added else {
+            membership.withLockedValue { _ = $0.gone.insert(id) }
+            throw MembershipError("add \(id): \(last)")
+        }
+        do {
+            try start(id)
+        } catch {
+            membership.withLockedValue { _ = $0.gone.insert(id) }
+            throw MembershipError("add \(id): in the configuration, but its process did not start: \(error)")
+        }
+        membership.withLockedValue { m in
+            if !m.current.contains(id) { m.current = (m.current + [id]).sorted() }
+        }
+        let started = ContinuousClock.now
+        while ContinuousClock.now < started + Self.changeBound {
+            if await configuration()?.role(of: id) == "voter" { return }
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+        throw MembershipError("add \(id): started, but not a voter after \(Self.changeBound.components.seconds) s")
+    }
+
+    /// Removes replica `id` from the configuration (`?force=true` with `force`), asking another
+    /// running member (the leader hands over first if it is the one removed), retrying `503`
+    /// and `config_change_in_progress` for up to `changeBound`. Once the configuration no longer
+    /// has it, its process is killed for good and it leaves the members. Throws if it could
+    /// not be removed; `MembershipError.code` is the server's refusal, if it answered one
+    /// (such as `would_lose_quorum`).
+    func removeReplica(_ id: Int, force: Bool) async throws {
+        let path = "/v1/cluster/replicas/\(id)" + (force ? "?force=true" : "")
+        let deadline = ContinuousClock.now + Self.changeBound
+        var attempt = 0
+        var last = "no other running member to ask"
+        var refusal: String?
+        var removed = false
+        ask: while ContinuousClock.now < deadline {
+            let via = runningMembers(except: id)
+            if !via.isEmpty {
+                let v = via[attempt % via.count]
+                attempt += 1
+                switch Self.changeAnswer(await request(v, "DELETE", path, timeout: 5)) {
+                case .done:
+                    removed = true
+                    break ask
+                case .retry(let why):
+                    last = "via \(v): \(why)"
+                case .refused(let code, let why):
+                    // not_found: it is not in the configuration (an earlier attempt whose
+                    // answer was lost went through).
+                    if code == "not_found" {
+                        removed = true
+                        break ask
+                    }
+                    last = "via \(v): \(why)"
+                    refusal = code
+                    break ask
+                }
+            }
+            try? await Task.sleep(for: .milliseconds(300))
+        }
+        // Out of time with no definite answer: an attempt may still have gone through.
+        if !removed && refusal == nil, let config = await configuration(), config.role(of: id) == nil { removed = true }
+        guard removed else { throw MembershipError("remove \(id)\(force ? " (forced)" : ""): \(last)", code: refusal) }
+        giveUp(id, removed: true)
+    }
+
+    /// Kills replica i for good: it leaves the members, and nothing starts it again. Until
+    /// `removeReplica` takes it out of the configuration it is listed in `unremoved`.
+    func killForGood(_ i: Int) { giveUp(i, removed: false) }
+
+    private func giveUp(_ i: Int, removed: Bool) {
+        membership.withLockedValue { m in
+            m.current.removeAll { $0 == i }
+            if removed {
+                m.unremoved.remove(i)
+            } else if !m.gone.contains(i) {
+                m.unremoved.insert(i)
+            }
+            m.gone.insert(i)
+        }
+        kill9(i)
+    }
+
+    private enum ChangeAnswer {
+        case done
+        /// No answer, a refused connection, 503 or another change in progress: worth retrying.
+        case retry(String)
+        /// A definite refusal: the error code (if any) and a description.
+        case refused(String?, String)
+    }
+
+    private static func changeAnswer(_ answer: (Int, [String: Any], [String: String])?) -> ChangeAnswer {
+        guard let (status, json, _) = answer else { return .retry("no answer") }
+        let code = json["error"] as? String
+        let message = json["message"] as? String
+        let why = "\(status) \(code ?? "")" + (message.map { ": \($0)" } ?? "")
+        switch status {
+        case 200: return .done
+        case -1: return .retry("connection refused")
+        case 503: return .retry(why)
+        case 409 where code == "config_change_in_progress": return .retry(why)
+        default: return .refused(code, why)
+        }
+    }
+
     func waitForLeader(seconds: Double) async -> Bool {
         let end = Date().addingTimeInterval(seconds)
         while Date() < end {
             var leaders: Set<Int> = []
             var answered = 0
-            for i in 1...size {
+            let current = members
+            for i in current {
                 if let (status, json, _) = await request(i, "GET", "/v1/status", timeout: 1), status == 200 {
                     answered += 1
                     if let l = json["leaderId"] as? Int { leaders.insert(l) }
                 }
             }
-            if answered == size && leaders.count == 1 { return true }
+            if answered == current.count && leaders.count == 1 { return true }
             try? await Task.sleep(for: .milliseconds(200))
         }
         return false
@@ -385,7 +663,7 @@ final class TestCluster: Sendable {
     func finalRead() async -> [String: (nodeId: UInt32, status: String)]? {
         let end = Date().addingTimeInterval(30)
         while Date() < end {
-            for i in 1...size {
+            for i in members {
                 if let (status, json, _) = await request(i, "GET", "/v1/cluster/nodes?consistency=linearizable", timeout: 3), status == 200,
                     let list = json["_array"] as? [[String: Any]]
                 {

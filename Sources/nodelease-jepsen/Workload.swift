@@ -58,7 +58,9 @@ struct Worker: Sendable {
         // Leases this holder asked to release: never trusted again, since the release may
         // still land even if an acquire hands the same lease back.
         var released: Set<String> = []
-        var target = 1 + random.below(cluster.size)
+        // Requests go to members only: a random one (with the initial members, the same draw
+        // as before there was a membership nemesis), another when it is no longer a member.
+        var target = cluster.randomMember(&random)
         var lastSeen: [RegistryEntry] = []
         // A node that shut down or crashed does nothing but read until then.
         var downUntil: UInt64 = 0
@@ -71,6 +73,7 @@ struct Worker: Sendable {
                 }
             }
             try? await Task.sleep(for: pause)
+            if !cluster.isMember(target) { target = cluster.randomMember(&random) }
             let now = history.now()
             // Long past the deadline (a late renewal that never came): acquire afresh.
             if let h = held, now > h.sentAt + ttlNanos + ttlNanos / 20 { held = nil }
@@ -88,7 +91,7 @@ struct Worker: Sendable {
                 await forget(victim, target)
                 continue
             }
-            if random.below(4) == 0 { target = 1 + random.below(cluster.size) }
+            if random.below(4) == 0 { target = cluster.randomMember(&random) }
             if now < downUntil { continue }
             if let h = held, let token = h.token, now < h.sentAt + ttlNanos {
                 // The resource this node ID guards, written while the lease is believed held.
@@ -163,8 +166,9 @@ struct Worker: Sendable {
         let key = "j\(process)-\(random.next() & 0xFFFF_FFFF_FFFF)"
         var o: HistoryOp
         if random.below(5) == 0 {
+            let other = cluster.member(after: replica)
             async let a = attempt(kind, method, path, body, replica, lease: lease, key: key)
-            async let b = attempt(kind, method, path, body, 1 + (replica % cluster.size), lease: lease, key: key)
+            async let b = attempt(kind, method, path, body, other, lease: lease, key: key)
             var (first, second) = await (a, b)
             // The recorded operation is the copy with a definite answer from the cluster, if
             // any; it started when the first copy did (the other copy may be the one that
@@ -179,7 +183,7 @@ struct Worker: Sendable {
         }
         if o.outcome == .info && random.below(2) == 0 {
             try? await Task.sleep(for: .milliseconds(100))
-            let again = await attempt(kind, method, path, body, 1 + (replica % cluster.size), lease: lease, key: key)
+            let again = await attempt(kind, method, path, body, cluster.member(after: replica), lease: lease, key: key)
             // A retry that was never delivered says nothing about the first attempt.
             if again.error != "not_delivered" {
                 let invoke = o.invoke
@@ -253,7 +257,7 @@ struct Worker: Sendable {
 
     /// Reads the whole registry from a random replica (half the reads linearizable).
     func read(_ random: inout SplitMix) async -> [RegistryEntry]? {
-        let replica = 1 + random.below(cluster.size)
+        let replica = cluster.randomMember(&random)
         let linearizable = random.below(2) == 0
         var o = HistoryOp(process: process, kind: .read, hostname: hostname, holder: holder, invoke: history.now(), complete: 0, outcome: .info)
         o.replica = replica
@@ -293,11 +297,15 @@ struct Nemesis: Sendable {
         guard !faults.isEmpty else { return }
         var random = SplitMix(seed: seed)
         let kinds = faults.sorted()
-        let n = cluster.size
+        var membershipRounds = 0
         try? await Task.sleep(for: .seconds(3))
         while ContinuousClock.now < end {
             let kind = kinds[random.below(kinds.count)]
             let hold = Duration.milliseconds(1500 + random.below(2500))
+            // The replicas faults pick from: the current members (the membership nemesis changes
+            // them; with 1...size, every pick is the draw it was before membership changes).
+            let members = cluster.members
+            let n = members.count
             switch kind {
             case "kill":
                 // The leader often: kill one replica (or a minority), restart after a while.
@@ -305,7 +313,7 @@ struct Nemesis: Sendable {
                 var victims: [Int] = []
                 if random.below(2) == 0, let leader = await cluster.currentLeader() { victims.append(leader) }
                 while victims.count < count {
-                    let v = 1 + random.below(n)
+                    let v = members[random.below(n)]
                     if !victims.contains(v) { victims.append(v) }
                 }
                 for v in victims { cluster.kill9(v) }
@@ -317,7 +325,7 @@ struct Nemesis: Sendable {
                 // there for a while.
                 let isolate = faults.contains("partition") && random.below(3) == 0
                 if isolate {
-                    let rest = Array(1...n).filter { !victims.contains($0) }
+                    let rest = members.filter { !victims.contains($0) }
                     cluster.partition([victims, rest])
                     log.add(NemesisEvent(time: now(), fault: "partition", target: "restarted \(names) isolated", phase: "start"))
                 }
@@ -334,12 +342,12 @@ struct Nemesis: Sendable {
                 cluster.killAll()
                 log.add(NemesisEvent(time: now(), fault: "power", target: "all", phase: "start"))
                 try? await Task.sleep(for: .milliseconds(300 + random.below(1200)))
-                for v in 1...n { try? cluster.start(v) }
+                for v in members { try? cluster.start(v) }
                 log.add(NemesisEvent(time: now(), fault: "power", target: "all", phase: "end"))
             case "disk":
                 // A disk whose fsync fails (fault build): the replica must stop at once (it cannot
                 // know what reached the disk), the others go on, and nothing acknowledged is lost.
-                var v = 1 + random.below(n)
+                var v = members[random.below(n)]
                 if random.below(2) == 0, let leader = await cluster.currentLeader() { v = leader }
                 cluster.setDisk(v, "fail")
                 log.add(NemesisEvent(time: now(), fault: "disk", target: "\(v): fsync fails", phase: "start"))
@@ -353,9 +361,12 @@ struct Nemesis: Sendable {
                 // whose free space a ballast file takes): its next write that needs space fails,
                 // and it must stop (it cannot know what reached the disk). Then the space comes
                 // back, it restarts, recovers its log (perhaps with a torn tail) and catches up;
-                // nothing acknowledged may be lost.
-                var v = 1 + random.below(n)
-                if random.below(2) == 0, let leader = await cluster.currentLeader() { v = leader }
+                // nothing acknowledged may be lost. Only the initial replicas have the small
+                // disks: one of those that are still members.
+                let small = members.filter { cluster.isInitial($0) }
+                guard !small.isEmpty else { break }
+                var v = small[random.below(small.count)]
+                if random.below(2) == 0, let leader = await cluster.currentLeader(), small.contains(leader) { v = leader }
                 let logFrom = cluster.logSize(v)
                 let taken = cluster.fillDisk(v)
                 let left = cluster.freeBytes(v)
@@ -389,7 +400,7 @@ struct Nemesis: Sendable {
                 // in flight when the leader's countdowns run out: the expiry must not end a
                 // lease renewed after it was decided.
                 let ms = 30 + random.below(121)
-                var slow = Array(1...n)
+                var slow = members
                 if random.below(3) == 0, let leader = await cluster.currentLeader() { slow = [leader] }
                 for v in slow { cluster.setDisk(v, "slow \(ms)") }
                 let spec = "\(slow.count == n ? "all" : "\(slow[0])"): fsync +\(ms) ms"
@@ -401,13 +412,13 @@ struct Nemesis: Sendable {
                 // Slow disks everywhere, the leader killed, and the whole cluster powered off
                 // right after a new leader shows itself: its voters' votes and the new term's
                 // first entries are then still on their way to the disks (fault build).
-                for v in 1...n { cluster.setDisk(v, "slow 1000") }
+                for v in members { cluster.setDisk(v, "slow 1000") }
                 log.add(NemesisEvent(time: now(), fault: "election-crash", target: "all", phase: "start"))
                 let old = await cluster.currentLeader()
                 if let old { cluster.kill9(old) }
                 let until = ContinuousClock.now + .seconds(8)
                 search: while ContinuousClock.now < until {
-                    for v in 1...n where v != old {
+                    for v in members where v != old {
                         if let (status, json, _) = await cluster.request(v, "GET", "/v1/status", timeout: 0.2), status == 200,
                             json["role"] as? String == "leader", let term = json["term"] as? Int
                         {
@@ -419,9 +430,9 @@ struct Nemesis: Sendable {
                 }
                 try? await Task.sleep(for: .milliseconds(random.below(300)))
                 cluster.killAll()
-                for v in 1...n { cluster.setDisk(v, "") }
+                for v in members { cluster.setDisk(v, "") }
                 try? await Task.sleep(for: .milliseconds(200))
-                for v in 1...n { try? cluster.start(v) }
+                for v in members { try? cluster.start(v) }
                 log.add(NemesisEvent(time: now(), fault: "election-crash", target: "all", phase: "end"))
             case "drift":
                 // Monotonic clocks that run at different rates, within the 1 % margin the leader
@@ -432,11 +443,11 @@ struct Nemesis: Sendable {
                 var drifted: [Int]
                 if random.below(3) < 2 {
                     let rate = 1.0 + Double(8 + random.below(2)) / 1000
-                    drifted = Array(1...n)
+                    drifted = members
                     for v in drifted { cluster.setRate(v, rate) }
                     spec = String(format: "all: x%.3f", rate)
                 } else {
-                    var v = 1 + random.below(n)
+                    var v = members[random.below(n)]
                     if random.below(2) == 0, let leader = await cluster.currentLeader() { v = leader }
                     let rate = 1.0 + Double(random.below(19) - 9) / 1000
                     drifted = [v]
@@ -458,7 +469,7 @@ struct Nemesis: Sendable {
                 log.add(NemesisEvent(time: now(), fault: "pause", target: "keeper-\(k)", phase: "end"))
             case "pause":
                 // The leader half the time.
-                var v = 1 + random.below(n)
+                var v = members[random.below(n)]
                 if random.below(2) == 0, let leader = await cluster.currentLeader() { v = leader }
                 cluster.pause(v)
                 log.add(NemesisEvent(time: now(), fault: "pause", target: "\(v)", phase: "start"))
@@ -478,7 +489,7 @@ struct Nemesis: Sendable {
                     log.add(NemesisEvent(time: now(), fault: "clock", target: "\(v): \(bump) while paused", phase: "end"))
                 }
             case "partition":
-                let all = Array(1...n)
+                let all = members
                 let shape = random.below(4)
                 var description: String
                 switch shape {
@@ -494,30 +505,32 @@ struct Nemesis: Sendable {
                     cluster.partition([a, b])
                     description = "\(a) | \(b)"
                 case 1:
-                    let v = 1 + random.below(n)
+                    let v = members[random.below(n)]
                     cluster.partition([[v], all.filter { $0 != v }])
                     description = "isolate \(v)"
                 case 2:
                     // A majority ring: replicas in a shuffled ring each keep links to their
-                    // ring neighbours only, so each sees a majority (with 5: itself and two
-                    // neighbours) but no two see the same one. With 3, one link is cut.
+                    // nearest ring neighbours only, as few as still make a majority (with 4 or
+                    // 5: itself and one on each side; with 6 or 7, two on each side), so each
+                    // sees a majority but no two see the same one. With 3, one link is cut.
                     var ring = all
                     for i in stride(from: ring.count - 1, to: 0, by: -1) { ring.swapAt(i, random.below(i + 1)) }
                     var cut: [(Int, Int)] = []
-                    if n == 3 {
-                        cut = [(ring[0], ring[1])]
+                    if n <= 3 {
+                        if n >= 2 { cut = [(ring[0], ring[1])] }
                     } else {
+                        let reach = (n / 2 + 1) / 2
                         for i in 0..<n {
                             for j in (i + 1)..<n {
                                 let d = min(j - i, n - (j - i))
-                                if d > 1 { cut.append((ring[i], ring[j])) }
+                                if d > reach { cut.append((ring[i], ring[j])) }
                             }
                         }
                     }
                     cluster.dropLinks(cut)
                     description = "majority ring \(ring)"
                 default:
-                    let v = 1 + random.below(n)
+                    let v = members[random.below(n)]
                     cluster.dropOneWay(from: [v], to: all.filter { $0 != v })
                     description = "\(v) -> others dropped"
                 }
@@ -530,7 +543,7 @@ struct Nemesis: Sendable {
                 // seconds to an hour either way, or a rate change (libfaketime counts a rate
                 // from the process's start, so it also jumps the clock), as NTP steps and bad
                 // oscillators do. Nothing that decides a lease may depend on the wall clock.
-                var v = 1 + random.below(n)
+                var v = members[random.below(n)]
                 if random.below(2) == 0, let leader = await cluster.currentLeader() { v = leader }
                 let bumps = ["+5", "-5", "+90", "-90", "+3600", "-3600"]
                 let rates = ["+0 x0.5", "+0 x2", "+0 x0.9", "+0 x1.1"]
@@ -540,10 +553,88 @@ struct Nemesis: Sendable {
                 try? await Task.sleep(for: hold)
                 cluster.setClock(v, "+0 x1")
                 log.add(NemesisEvent(time: now(), fault: "clock", target: "\(v): \(spec)", phase: "end"))
+            case "membership":
+                await changeMembership(round: membershipRounds, hold: hold, &random)
+                membershipRounds += 1
             default:
                 break
             }
             try? await Task.sleep(for: .milliseconds(1000 + random.below(2000)))
         }
+    }
+
+    /// One round of the `membership` nemesis: add a replica (a new id, while there are fewer
+    /// than size + 2 members), remove a member (the leader half the time, while there are more
+    /// than 3), or replace one (killed for good, removed, with `force=true` if the plain
+    /// removal would lose the quorum, then a new one added). The first rounds of a run are
+    /// scripted: two adds (growing to size + 2), a replacement, the leader's removal; random
+    /// choices after that. A replica killed for good whose removal failed is removed first
+    /// (forced) by the next round.
+    func changeMembership(round: Int, hold: Duration, _ random: inout SplitMix) async {
+        let members = cluster.members
+        guard !members.isEmpty else { return }
+        let canAdd = members.count < cluster.size + 2
+        let canRemove = members.count > 3
+        let script = ["add", "add", "replace", "remove-leader"]
+        var action = round < script.count ? script[round] : ""
+        if (action == "add" && !canAdd) || (action == "remove-leader" && !canRemove) { action = "" }
+        if action.isEmpty {
+            let choices = ["add", "remove", "replace"].filter { ($0 != "add" || canAdd) && ($0 != "remove" || canRemove) }
+            action = choices[random.below(choices.count)]
+        }
+        if let dead = cluster.unremoved.first { action = "remove-dead \(dead)" }
+        var target: String
+        var failures: [String] = []
+        func begin(_ target: String) {
+            log.add(NemesisEvent(time: now(), fault: "membership", target: target, phase: "start"))
+        }
+        switch action {
+        case "add":
+            let id = cluster.nextReplicaId
+            target = "add \(id)"
+            begin(target)
+            do { try await cluster.addReplica(id) } catch { failures.append("\(error)") }
+        case "remove", "remove-leader":
+            var v = members[random.below(members.count)]
+            var leader: Int?
+            if action == "remove-leader" || random.below(2) == 0 {
+                // The scripted round waits a little for a leader to show itself.
+                let until = ContinuousClock.now + .seconds(action == "remove-leader" ? 5 : 1)
+                while leader == nil && ContinuousClock.now < until {
+                    leader = await cluster.currentLeader()
+                    if leader == nil { try? await Task.sleep(for: .milliseconds(200)) }
+                }
+            }
+            if let leader { v = leader }
+            target = "remove \(v)" + (leader != nil ? " (leader)" : "")
+            begin(target)
+            do { try await cluster.removeReplica(v, force: false) } catch { failures.append("\(error)") }
+        case "replace":
+            let v = members[random.below(members.count)]
+            let id = cluster.nextReplicaId
+            target = "replace \(v) by \(id)"
+            begin(target)
+            // Killed for good; the cluster runs without it for a while before the change.
+            cluster.killForGood(v)
+            try? await Task.sleep(for: hold)
+            do {
+                try await cluster.removeReplica(v, force: false)
+            } catch let e as MembershipError where e.code == "would_lose_quorum" {
+                target += " (forced)"
+                do { try await cluster.removeReplica(v, force: true) } catch { failures.append("\(error)") }
+            } catch {
+                failures.append("\(error)")
+            }
+            do { try await cluster.addReplica(id) } catch { failures.append("\(error)") }
+        default:
+            // A replica killed for good whose removal failed in an earlier round.
+            guard let dead = cluster.unremoved.first else { return }
+            target = "remove \(dead) (killed earlier, forced)"
+            begin(target)
+            do { try await cluster.removeReplica(dead, force: true) } catch { failures.append("\(error)") }
+        }
+        let outcome = failures.isEmpty ? target : target + " FAILED: " + failures.joined(separator: "; ")
+        if !failures.isEmpty { say("nemesis membership: \(outcome)") }
+        log.add(NemesisEvent(time: now(), fault: "membership", target: outcome, phase: "end"))
     }
 }

@@ -92,6 +92,39 @@ struct TransportTests {
         await b2.shutdown()
     }
 
+    /// A replica whose log is behind may not know the current leader as a member: it must
+    /// still take the leader's connection and answer it (a joiner that installed an older
+    /// configuration from a snapshot hung on this in a Jepsen run). A removed replica is
+    /// refused for good.
+    @Test func aReplicaNotYetKnownIsAnsweredAndARemovedOneIsRefused() async throws {
+        let ports: [ReplicaID: Int] = [1: try freePort(), 2: try freePort(), 3: try freePort()]
+        let log = CapturedLog()
+        let inbox1 = Inbox()
+        let inbox2 = Inbox()
+        // Replica 1 knows only replica 3 (an old configuration); replica 2 knows both.
+        let a = make(1, ports: [1: ports[1]!, 3: ports[3]!], log: log, inbox: inbox1)
+        let b = make(2, ports: ports, log: log, inbox: inbox2)
+        try await a.start()
+        try await b.start()
+        #expect(await eventually { b.isConnected(1) })
+        b.send([Message(kind: .append, from: 2, to: 1, term: 2)])
+        #expect(await eventually { inbox1.messages.count == 1 })
+        // 1 links back to the address 2 announced, so its answer gets through.
+        #expect(await eventually { a.isConnected(2) })
+        a.send([Message(kind: .appendResponse, from: 1, to: 2, term: 2)])
+        #expect(await eventually { inbox2.messages.count == 1 })
+        // Replica 2 is removed in 1's configuration: its link and connection close, and it is
+        // refused from then on.
+        a.setMembers([3: PeerAddress(host: "127.0.0.1", port: ports[3]!)], removed: [2])
+        #expect(await eventually { !a.isConnected(2) && !b.isConnected(1) })
+        #expect(await eventually { log.all.contains { $0.contains("replica 2 was removed") } })
+        b.send([Message(kind: .append, from: 2, to: 1, term: 2)])
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(inbox1.messages.count == 1)
+        await a.shutdown()
+        await b.shutdown()
+    }
+
     @Test func aReplicaOfAnotherClusterIsRefused() async throws {
         let ports: [ReplicaID: Int] = [1: try freePort(), 2: try freePort()]
         let log = CapturedLog()

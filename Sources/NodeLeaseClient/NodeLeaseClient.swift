@@ -45,10 +45,13 @@ public final class NodeLeaseClient: Sendable {
     private let state: NIOLockedValueBox<State>
 
     /// How often a call refreshes the endpoint list from the replica configuration.
-    public static let refreshInterval: Duration = .seconds(30)
+    public let refreshInterval: Duration
 
     /// - Parameter endpoints: base URLs such as `http://127.0.0.1:7401`.
-    public init(endpoints: [URL], timeout: Duration = .seconds(10)) {
+    /// - Parameter refreshInterval: how often the endpoint list is fetched again from
+    ///   `/v1/cluster/replicas` (30 s).
+    public init(endpoints: [URL], timeout: Duration = .seconds(10), refreshInterval: Duration = .seconds(30)) {
+        self.refreshInterval = refreshInterval
         precondition(!endpoints.isEmpty, "NodeLeaseClient needs at least one endpoint")
         self.configured = endpoints
         self.state = NIOLockedValueBox(State(endpoints: endpoints, lastRefresh: ContinuousClock.now))
@@ -292,7 +295,7 @@ public final class NodeLeaseClient: Sendable {
     private func claimRefresh(periodic: Bool) -> Bool {
         state.withLockedValue { s in
             let now = ContinuousClock.now
-            guard !s.refreshing, !periodic || now - s.lastRefresh >= Self.refreshInterval else { return false }
+            guard !s.refreshing, !periodic || now - s.lastRefresh >= refreshInterval else { return false }
             s.refreshing = true
             s.lastRefresh = now
             return true

@@ -24,6 +24,7 @@ extension HTTPAPI {
     }
 
     func addReplica(_ request: Request) async -> Response {
+        if let bad = noQuery(request) { return bad }
         var request = request
         guard let body = try? await readBody(&request) else { return tooLarge() }
         let fields: [(String, JSONValue)]
@@ -71,6 +72,7 @@ extension HTTPAPI {
     }
 
     func promoteReplica(_ id: ReplicaID, _ request: Request) async -> Response {
+        if let bad = noQuery(request) { return bad }
         var request = request
         guard let body = try? await readBody(&request) else { return tooLarge() }
         var expected: UInt64?
@@ -108,15 +110,27 @@ extension HTTPAPI {
         return await change(.remove(id), expected: expected.map { LogIndex($0) }, force: force, request, body: [])
     }
 
+    /// These requests take their parameters in the body: any query parameter is a mistake
+    /// (`force`, for instance, belongs to a removal).
+    private func noQuery(_ request: Request) -> Response? {
+        guard let (k, _) = request.uri.queryParameters.first else { return nil }
+        return error(.badRequest, "invalid_request", "unknown query parameter \"\(k)\" (this request takes a JSON body)")
+    }
+
     func replicaNotFound(_ id: Substring) -> Response {
         error(.notFound, "not_found", "replica \(id) is not a member")
     }
 
     /// Makes the change here as leader, or passes it to the leader.
     private func change(_ c: ConfChange, expected: LogIndex?, force: Bool, _ request: Request, body: [UInt8]) async -> Response {
+        if request.headers[values: Self.idempotencyKeyHeader].count > 1 {
+            return error(.badRequest, "invalid_request", "Idempotency-Key must be given once")
+        }
+        let key = request.headers[Self.idempotencyKeyHeader] ?? ""
+        if key.utf8.count > 255 { return error(.badRequest, "invalid_request", "Idempotency-Key is longer than 255 bytes") }
         let outcome: Result<Membership, ConfChangeFailure>
         do {
-            outcome = try await driver.changeMembership(c, expectedConfigIndex: expected, force: force)
+            outcome = try await driver.changeMembership(c, expectedConfigIndex: expected, force: force, key: key)
         } catch {
             return await noLeader()
         }

@@ -111,7 +111,7 @@ actor RaftDriver {
             faultClock = config.faults.clockRateFile.map(FaultClock.init(path:))
         #endif
         coreConfig.requestIDBase = UInt64.random(in: 0...(UInt64.max >> 16)) << 16
-        coreConfig.peerAddress = config.peerListen.description
+        coreConfig.peerAddress = (config.peers[config.replicaID] ?? config.peerListen).description
         coreConfig.clientAddress = config.advertisedClientAddress
         self.core = ReplicaCore(config: coreConfig, node: node, registry: registry)
         raftState.set(term: node.term, role: node.role)
@@ -192,12 +192,12 @@ actor RaftDriver {
 
     /// A membership change (see `ReplicaCore.submitConfChange`): the new configuration once
     /// it committed, or why not. Throws `DriverError.noLeader` at the request timeout.
-    func changeMembership(_ change: ConfChange, expectedConfigIndex: LogIndex?, force: Bool) async throws
+    func changeMembership(_ change: ConfChange, expectedConfigIndex: LogIndex?, force: Bool, key: String) async throws
         -> Result<Membership, ConfChangeFailure>
     {
         guard !stopped else { throw DriverError.stopping }
         return try await withCheckedThrowingContinuation { c in
-            let id = core.submitConfChange(change, expectedConfigIndex: expectedConfigIndex, force: force, now: now)
+            let id = core.submitConfChange(change, expectedConfigIndex: expectedConfigIndex, force: force, key: key, now: now)
             confWaiters[id] = c
             carryOut()
         }

@@ -69,9 +69,6 @@ public struct ServerConfig: Sendable {
     public func validate() throws(ConfigError) {
         if replicaID.rawValue == 0 { throw ConfigError("--replica-id", "must be a positive integer") }
         if peers[replicaID] == nil { throw ConfigError("--peers", "must include this replica (\(replicaID))") }
-        if !join && ![1, 3, 5].contains(peers.count) {
-            throw ConfigError("--peers", "must list 1, 3 or 5 replicas for a new cluster, not \(peers.count) (grow it later with nodelease member add)")
-        }
         if peers.count > Membership.maxMembers { throw ConfigError("--peers", "lists more than \(Membership.maxMembers) replicas") }
         if clusterID.isEmpty || clusterID.utf8.count > 128 { throw ConfigError("--cluster-id", "must be 1 to 128 characters") }
         if dataDir.isEmpty { throw ConfigError("--data-dir", "must not be empty") }

@@ -22,6 +22,7 @@ extension ByteWriter {
         u32(UInt32(m.removed.count))
         for id in m.removed { u64(id.rawValue) }
         u64(m.index.rawValue)
+        string(String(m.changeKey.prefix(255)))
     }
 
     public mutating func hardState(_ hs: HardState) {
@@ -57,11 +58,12 @@ extension ByteReader {
             members.append(Member(id: id, role: role, peerAddress: try string(), clientAddress: try string()))
         }
         let k = Int(try u32())
-        guard k <= 1 << 16 else { throw DecodeError.invalid("membership with \(k) removed ids") }
+        guard k <= Membership.maxRemoved else { throw DecodeError.invalid("membership with \(k) removed ids") }
         var removed: [ReplicaID] = []
         for _ in 0..<k { removed.append(ReplicaID(try u64())) }
         var m = Membership(members: members, removed: removed)
         m.index = LogIndex(try u64())
+        m.changeKey = try string()
         return m
     }
 

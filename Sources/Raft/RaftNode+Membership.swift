@@ -115,9 +115,9 @@ extension RaftNode {
     /// `.transferInProgress`, or `ConfChangeError` when a rule refuses it; the change is in
     /// effect at once and done when the returned entry commits.
     @discardableResult
-    public mutating func proposeConfChange(_ change: ConfChange, expectedConfigIndex: LogIndex? = nil, force: Bool = false)
-        throws -> Proposal
-    {
+    public mutating func proposeConfChange(
+        _ change: ConfChange, expectedConfigIndex: LogIndex? = nil, force: Bool = false, key: String = ""
+    ) throws -> Proposal {
         guard role == .leader else { throw RaftError.notLeader(leader: leader) }
         guard leadTransferee == nil else { throw RaftError.transferInProgress }
         if !config.faults.contains(.confChangeBeforeOwnTermCommit) && log.termOrZero(log.committed) != term {
@@ -148,6 +148,7 @@ extension RaftNode {
         }
         let index = log.lastIndex() + 1
         next.index = index
+        next.changeKey = key
         let entry = Entry(term: term, index: index, kind: .configChange, data: next.encoded)
         appendAsLeader([entry])
         return Proposal(index: index, term: term)

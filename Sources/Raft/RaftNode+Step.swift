@@ -3,9 +3,10 @@ extension RaftNode {
     /// not a member, are ignored, as are messages that make no sense in the current state.
     public mutating func step(_ m: Message) {
         guard m.to == id, m.from != id else { return }
-        if (m.kind == .vote || m.kind == .preVote) && !membership.isEmpty && !membership.isMember(m.from) {
-            // A replica outside our configuration (removed, or never added) gets no vote and
-            // cannot move our term: it cannot disrupt the cluster it left (thesis 4.2.3).
+        if (m.kind == .vote || m.kind == .preVote) && membership.removed.contains(m.from) {
+            // A replica removed from the cluster gets no vote and cannot move our term: it
+            // cannot disrupt the cluster it left (thesis 4.2.3). Others are answered as usual,
+            // members or not: a configuration newer than ours may count them (thesis 4.1).
             send(Message(kind: m.kind == .vote ? .voteResponse : .preVoteResponse, from: id, to: m.from, term: term, reject: true))
             return
         }

@@ -130,6 +130,10 @@ public struct Membership: Sendable, Hashable, CustomStringConvertible {
     /// Written first by the current encoding (see `ByteWriter.membership`).
     public static let formatTag: UInt32 = 0xFFFF_0002
     public static let maxMembers = 64
+    public static let maxRemoved = 65_536
+    /// The `Idempotency-Key` of the request that made this configuration ("" if none): a
+    /// repeat of that request finds its change made and succeeds without a second entry.
+    public var changeKey = ""
 
     public init(voters: [ReplicaID]) {
         self.init(members: voters.map { Member(id: $0, role: .voter) })
@@ -173,6 +177,10 @@ public struct Membership: Sendable, Hashable, CustomStringConvertible {
         switch change {
         case .addLearner(let m):
             if isMember(m.id) || removed.contains(m.id) || m.id.rawValue == 0 { return .failure(.replicaExists(m.id)) }
+            if members.count >= Membership.maxMembers { return .failure(.invalid("a cluster has at most \(Membership.maxMembers) members")) }
+            if removed.count >= Membership.maxRemoved {
+                return .failure(.invalid("\(Membership.maxRemoved) replicas were removed already; start a new cluster from a backup"))
+            }
             list.append(Member(id: m.id, role: .learner, peerAddress: m.peerAddress, clientAddress: m.clientAddress))
         case .promote(let id):
             guard let i = list.firstIndex(where: { $0.id == id }) else { return .failure(.notFound(id)) }

@@ -77,26 +77,30 @@ extension Simulation {
     }
 
     /// The leader `i` just advanced its commit index: the entry there must be on the disks of
-    /// a majority of its voters (not counting learners, nor writes still in flight).
+    /// a majority of its voters (not counting learners, nor writes still in flight). "Its
+    /// voters": the configuration it had when it counted, which is the one at its commit
+    /// index or, if a change was appended since, the one after it (a change can be proposed
+    /// in the same step, right after the commit it waited for; one is pending at a time).
     func checkCommitQuorum(_ i: Int, _ node: RaftNode) {
         let index = node.commitIndex
         guard let term = node.term(at: index) else { return }
-        let voters = node.membership.voters
-        var holders: [ReplicaID] = []
-        for v in voters {
-            // A crashed replica's write-ahead log cannot be read until it restarts: its
-            // acknowledgements were of synced writes, so it counts.
-            guard let storage = replicas[Int(v.rawValue) - 1].disk.openStorage else {
-                holders.append(v)
-                continue
+        var report: [String] = []
+        for config in [node.membership(at: index), node.membership] {
+            var holders: [ReplicaID] = []
+            for v in config.voters {
+                // A crashed replica's write-ahead log cannot be read until it restarts: its
+                // acknowledgements were of synced writes, so it counts.
+                guard let storage = replicas[Int(v.rawValue) - 1].disk.openStorage else {
+                    holders.append(v)
+                    continue
+                }
+                let snapshotIndex = (try? storage.snapshot().metadata.index) ?? 0
+                if snapshotIndex >= index || (try? storage.term(index)) == term { holders.append(v) }
             }
-            let snapshotIndex = (try? storage.snapshot().metadata.index) ?? 0
-            if snapshotIndex >= index || (try? storage.term(index)) == term { holders.append(v) }
+            if holders.count >= config.quorum { return }
+            report.append("held by \(holders) of voters \(config.voters) (quorum \(config.quorum))")
         }
-        if holders.count < node.membership.quorum {
-            checker.recordFailure(
-                .commitQuorum,
-                "leader \(node.id) committed \(term)/\(index) held by \(holders) of voters \(voters) (quorum \(node.membership.quorum))")
-        }
+        checker.recordFailure(
+            .commitQuorum, "leader \(node.id) committed \(term)/\(index) " + report.joined(separator: "; "))
     }
 }

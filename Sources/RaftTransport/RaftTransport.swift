@@ -114,8 +114,10 @@ public final class RaftTransport: Sendable {
     /// (learned from their hello) stay.
     public func setMembers(_ peers: [ReplicaID: PeerAddress], removed gone: [ReplicaID] = []) {
         let isStarted = started.withLockedValue { $0 }
+        // The configuration's removed ids (it may be an uncommitted one rolled back later: then
+        // the next call gives the set back).
         let goneSet = Set(gone)
-        removed.withLockedValue { $0.formUnion(goneSet) }
+        removed.withLockedValue { $0 = goneSet }
         var stopped: [PeerLink] = []
         var added: [PeerLink] = []
         links.withLockedValue { links in

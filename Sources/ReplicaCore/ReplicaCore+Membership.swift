@@ -21,6 +21,8 @@ struct PendingConfChange {
     var transferringTo: ReplicaID?
     /// When another change was first found in the way.
     var blockedSince: UInt64?
+    /// The client's `Idempotency-Key` ("" without one), recorded in the configuration.
+    var key: String
 }
 
 extension ReplicaCore {
@@ -31,9 +33,11 @@ extension ReplicaCore {
     /// leadership to its most up-to-date voter first and answers `notLeader(new leader)`, so
     /// the new leader makes the change; if the transfer does not happen within an election
     /// timeout, it makes the change itself and steps down once it commits.
-    public mutating func submitConfChange(_ change: ConfChange, expectedConfigIndex: LogIndex?, force: Bool, now: UInt64) -> UInt64 {
+    public mutating func submitConfChange(
+        _ change: ConfChange, expectedConfigIndex: LogIndex?, force: Bool, key: String = "", now: UInt64
+    ) -> UInt64 {
         let id = newRequest(now: now)
-        confChanges[id] = PendingConfChange(change: change, expected: expectedConfigIndex, force: force)
+        confChanges[id] = PendingConfChange(change: change, expected: expectedConfigIndex, force: force, key: key)
         advanceConfChanges(now: now)
         afterInput(now: now)
         return id
@@ -58,12 +62,13 @@ extension ReplicaCore {
         for id in confChanges.keys.sorted() {
             guard var p = confChanges[id], p.proposal == nil else { continue }
             if node.role != .leader {
-                // Waiting for a transfer we started: answer once the new leader is known.
-                if p.transferringTo != nil && node.leader == nil { continue }
+                // No leader known (an election, or a transfer we started): wait for one, within
+                // the request's deadline, as writes do.
+                if node.leader == nil { continue }
                 finishConfChange(id, .failure(.notLeader(node.leader)))
                 continue
             }
-            if isAlreadyMade(p.change) {
+            if !p.key.isEmpty && node.membership.changeKey == p.key {
                 if node.configChangePending {
                     p.proposal = Proposal(index: node.configIndex, term: node.term(at: node.configIndex) ?? 0)
                     confChanges[id] = p
@@ -82,7 +87,7 @@ extension ReplicaCore {
                 continue
             }
             do {
-                p.proposal = try node.proposeConfChange(p.change, expectedConfigIndex: p.expected, force: p.force)
+                p.proposal = try node.proposeConfChange(p.change, expectedConfigIndex: p.expected, force: p.force, key: p.key)
                 confChanges[id] = p
             } catch ConfChangeError.inProgress(let why) {
                 // Another change (often the leader's own address update) commits within a
@@ -121,21 +126,6 @@ extension ReplicaCore {
     private mutating func finishConfChange(_ id: UInt64, _ result: Result<Membership, ConfChangeFailure>) {
         confChanges[id] = nil
         effects.append(.confChangeDone(id, result))
-    }
-
-    /// Whether `change` describes the configuration as it is (a repeated request).
-    private func isAlreadyMade(_ change: ConfChange) -> Bool {
-        let m = node.membership
-        switch change {
-        case .addLearner(let want):
-            guard let have = m.member(want.id) else { return false }
-            return have.peerAddress == want.peerAddress && have.clientAddress == want.clientAddress
-        case .promote(let id): return m.member(id)?.role == .voter
-        case .remove(let id): return m.removed.contains(id)
-        case .update(let want):
-            guard let have = m.member(want.id) else { return false }
-            return have.peerAddress == want.peerAddress && have.clientAddress == want.clientAddress
-        }
     }
 
     /// The other voter with the longest log, as the leader sees it (ties: the lowest id).

@@ -74,6 +74,14 @@ struct Checks {
         for e in nemesis where (e.fault == "disk" || e.fault == "disk-full") && e.phase == "end" && e.target.contains("DID NOT STOP") {
             c.anomalies.append(Anomaly(checker: "fail-stop", detail: "replica \(e.target)"))
         }
+        // With no other fault, every membership change must go through (an add within 20 s of
+        // its request, promotion included): one that does not is a liveness failure of the
+        // membership machinery. With other faults a change may fail for want of a quorum.
+        if info?.faults == ["membership"] {
+            for e in nemesis where e.fault == "membership" && e.phase == "end" && e.target.contains("FAILED") {
+                c.anomalies.append(Anomaly(checker: "membership", detail: e.target))
+            }
+        }
         c.fencedWrites = (fenced.filter(\.accepted).count, fenced.filter { !$0.accepted }.count)
         c.anomalies += LeaseCheckers.electionSafety((info?.leaders ?? []).map { ($0.term, $0.replica) })
         c.linearizability = Linearizability.check(ops, options: options)

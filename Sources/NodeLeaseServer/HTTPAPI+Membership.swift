@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import LeaseRegistry
 import NIOCore
 import Raft
 import ReplicaCore
@@ -11,9 +12,9 @@ import ReplicaCore
 
 /// `/v1/cluster/replicas` (shared/API.md "Replicas (membership)"). Reads answer from this
 /// replica's configuration. Changes are made by the leader: a follower passes the request on
-/// to the leader's client address (once; a request passed on already and landing on a
-/// replica that does not lead gets 503 `no_leader`), and a leader asked to remove itself
-/// first hands leadership over, then passes the request to its successor.
+/// to the leader's client address, and a leader asked to remove itself first hands leadership
+/// over, then passes the request to its successor (two hops at most; a request passed on
+/// twice that lands on a replica that does not lead gets 503 `no_leader`).
 extension HTTPAPI {
     /// How many replicas passed the request on already.
     static let forwardedHeader = HTTPField.Name("X-NodeLease-Forwarded")!
@@ -25,12 +26,11 @@ extension HTTPAPI {
 
     func addReplica(_ request: Request) async -> Response {
         if let bad = noQuery(request) { return bad }
-        var request = request
-        guard let body = try? await readBody(&request) else { return tooLarge() }
         let fields: [(String, JSONValue)]
-        switch parseObject(body) {
+        let body: [UInt8]
+        switch await readObject(request) {
         case .failure(let r): return r.response
-        case .success(let f): fields = f
+        case .success(let read): (fields, body) = read
         }
         var id: UInt64?
         var peer: String?
@@ -126,17 +126,23 @@ extension HTTPAPI {
         if request.headers[values: Self.idempotencyKeyHeader].count > 1 {
             return error(.badRequest, "invalid_request", "Idempotency-Key must be given once")
         }
-        let key = request.headers[Self.idempotencyKeyHeader] ?? ""
-        if key.utf8.count > 255 { return error(.badRequest, "invalid_request", "Idempotency-Key is longer than 255 bytes") }
-        let outcome: Result<Membership, ConfChangeFailure>
+        var key = ""
+        if let raw = request.headers[Self.idempotencyKeyHeader] {
+            do throws(LeaseError) { key = try IdempotencyKey.client(raw).value } catch { return self.error(.badRequest, error) }
+        }
+        let outcome: Result<ConfChangeDone, ConfChangeFailure>
         do {
             outcome = try await driver.changeMembership(c, expectedConfigIndex: expected, force: force, key: key)
         } catch {
             return await noLeader()
         }
         switch outcome {
-        case .success(let m):
-            return await json(.ok, configurationJSON(m), headers: true)
+        case .success(let done):
+            var r = await json(.ok, configurationJSON(done.membership), headers: true)
+            if done.replayed { r.headers[Self.replayedHeader] = "true" }
+            return r
+        case .failure(.keyReused):
+            return error(.unprocessableContent, "idempotency_key_mismatch", "this Idempotency-Key was used for another membership change")
         case .failure(.refused(let e)):
             return refusal(e)
         case .failure(.lost):
@@ -144,7 +150,7 @@ extension HTTPAPI {
         case .failure(.notLeader(let leader)):
             // At most two hops: a follower to the leader, and a leader that handed over (to
             // remove itself) to its successor.
-            let hops = request.headers[Self.forwardedHeader].flatMap { Int($0) } ?? 0
+            let hops = max(0, request.headers[Self.forwardedHeader].flatMap { Int($0) } ?? 0)
             guard let leader, leader != config.replicaID, hops < 2 else { return await noLeader() }
             let address = await driver.membership.member(leader)?.clientAddress ?? ""
             guard !address.isEmpty else {
@@ -176,7 +182,8 @@ extension HTTPAPI {
         guard let url = URL(string: target) else { return await noLeader() }
         var out = URLRequest(url: url)
         out.httpMethod = request.method.rawValue
-        out.timeoutInterval = Double(config.requestTimeoutMillis) / 1000
+        // Whole seconds: Foundation on Linux arms its timer with them (see NodeLeaseClient.send).
+        out.timeoutInterval = max(1, (Double(config.requestTimeoutMillis) / 1000).rounded(.up))
         out.setValue(String(hops), forHTTPHeaderField: Self.forwardedHeader.rawName)
         if let key = request.headers[Self.idempotencyKeyHeader] { out.setValue(key, forHTTPHeaderField: "Idempotency-Key") }
         if !body.isEmpty {

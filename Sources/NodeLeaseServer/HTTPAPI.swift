@@ -112,12 +112,10 @@ struct HTTPAPI: Sendable {
     // MARK: Writes
 
     private func acquire(_ request: Request) async -> Response {
-        var request = request
-        guard let body = try? await readBody(&request) else { return tooLarge() }
         let fields: [(String, JSONValue)]
-        switch parseObject(body) {
+        switch await readObject(request) {
         case .failure(let r): return r.response
-        case .success(let f): fields = f
+        case .success(let f): fields = f.fields
         }
         var hostname: String?
         var holder: String?
@@ -388,6 +386,13 @@ struct HTTPAPI: Sendable {
         }
         let buffer = try await request.collectBody(upTo: Self.maxBody)
         return Array(buffer.readableBytesView)
+    }
+
+    /// The request's body as a JSON object's fields (and its bytes), or the error to answer.
+    func readObject(_ request: Request) async -> Result<(fields: [(String, JSONValue)], body: [UInt8]), ErrorResponse> {
+        var request = request
+        guard let body = try? await readBody(&request) else { return .failure(ErrorResponse(tooLarge())) }
+        return parseObject(body).map { ($0, body) }
     }
 
     func parseObject(_ body: [UInt8]) -> Result<[(String, JSONValue)], ErrorResponse> {

@@ -58,6 +58,7 @@ public final class NodeLeaseReplica: Service, Sendable {
         var transportConfig = TransportConfig(clusterID: config.clusterID, replicaID: config.replicaID, listen: config.peerListen, peers: peers)
         transportConfig.dataDirectoryID = storage.directoryID
         transportConfig.clientAddress = config.advertisedClientAddress
+        transportConfig.advertisedAddress = (config.peers[config.replicaID] ?? config.peerListen).description
         // After a partition heals, peers should be talking again well within an election
         // timeout: give up silent connections and redial at that pace.
         let electionMillis = Int64(config.electionTicks * config.tickMillis)

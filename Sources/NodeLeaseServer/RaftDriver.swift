@@ -46,7 +46,7 @@ actor RaftDriver {
     typealias WriteResult = ReplicaCore.WriteResult
     private var writeWaiters: [UInt64: CheckedContinuation<WriteResult, any Error>] = [:]
     private var readWaiters: [UInt64: CheckedContinuation<LogIndex, any Error>] = [:]
-    private var confWaiters: [UInt64: CheckedContinuation<Result<Membership, ConfChangeFailure>, any Error>] = [:]
+    private var confWaiters: [UInt64: CheckedContinuation<Result<ConfChangeDone, ConfChangeFailure>, any Error>] = [:]
     /// The configuration the transport was last given.
     private var transportMembership: Membership?
     private var pumpScheduled = false
@@ -193,7 +193,7 @@ actor RaftDriver {
     /// A membership change (see `ReplicaCore.submitConfChange`): the new configuration once
     /// it committed, or why not. Throws `DriverError.noLeader` at the request timeout.
     func changeMembership(_ change: ConfChange, expectedConfigIndex: LogIndex?, force: Bool, key: String) async throws
-        -> Result<Membership, ConfChangeFailure>
+        -> Result<ConfChangeDone, ConfChangeFailure>
     {
         guard !stopped else { throw DriverError.stopping }
         return try await withCheckedThrowingContinuation { c in
@@ -283,7 +283,7 @@ actor RaftDriver {
                 if let c = readWaiters.removeValue(forKey: id) { c.resume(throwing: DriverError.noLeader) }
                 if let c = confWaiters.removeValue(forKey: id) { c.resume(throwing: DriverError.noLeader) }
             case .confChangeDone(let id, let result):
-                if case .success(let m) = result { logger.notice("membership change done: \(m)") }
+                if case .success(let done) = result, !done.replayed { logger.notice("membership change done: \(done.membership)") }
                 confWaiters.removeValue(forKey: id)?.resume(returning: result)
             case .applied(let e, let applied, _, _):
                 if let applied, case .success(.node(let n)) = applied.result, let timed = TimedCommand(decoding: e.data),

@@ -8,10 +8,11 @@ extension ByteWriter {
     }
 
     /// A configuration. The first version wrote only the voters (a count of at most 64, then
-    /// the ids); this one starts with `Membership.formatTag`, which that count can never be,
-    /// so both are read.
+    /// the ids); the next ones start with a tag that count can never be: `formatTag` (members,
+    /// removed ids, index) and `formatTagWithKeys` (the same and the recent keyed changes).
+    /// All three are read.
     public mutating func membership(_ m: Membership) {
-        u32(Membership.formatTag)
+        u32(Membership.formatTagWithKeys)
         u32(UInt32(m.members.count))
         for x in m.members {
             u64(x.id.rawValue)
@@ -22,7 +23,12 @@ extension ByteWriter {
         u32(UInt32(m.removed.count))
         for id in m.removed { u64(id.rawValue) }
         u64(m.index.rawValue)
-        string(String(m.changeKey.prefix(255)))
+        u32(UInt32(m.recentChanges.count))
+        for c in m.recentChanges {
+            string(String(c.key.prefix(255)))
+            string(String(c.change.prefix(1000)))
+            u64(c.index.rawValue)
+        }
     }
 
     public mutating func hardState(_ hs: HardState) {
@@ -42,7 +48,7 @@ extension ByteReader {
 
     public mutating func membership() throws -> Membership {
         let first = try u32()
-        if first != Membership.formatTag {
+        if first != Membership.formatTag && first != Membership.formatTagWithKeys {
             let n = Int(first)
             guard n <= 64 else { throw DecodeError.invalid("membership of \(n) voters") }
             var voters: [ReplicaID] = []
@@ -63,7 +69,13 @@ extension ByteReader {
         for _ in 0..<k { removed.append(ReplicaID(try u64())) }
         var m = Membership(members: members, removed: removed)
         m.index = LogIndex(try u64())
-        m.changeKey = try string()
+        if first == Membership.formatTagWithKeys {
+            let n = Int(try u32())
+            guard n <= Membership.maxRecentChanges else { throw DecodeError.invalid("membership with \(n) recent changes") }
+            for _ in 0..<n {
+                m.recentChanges.append(RecentChange(key: try string(), change: try string(), index: LogIndex(try u64())))
+            }
+        }
         return m
     }
 

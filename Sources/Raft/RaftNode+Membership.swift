@@ -148,7 +148,11 @@ extension RaftNode {
         }
         let index = log.lastIndex() + 1
         next.index = index
-        next.changeKey = key
+        next.recentChanges = membership.recentChanges
+        if !key.isEmpty {
+            next.recentChanges.append(RecentChange(key: key, change: change.fingerprint, index: index))
+            if next.recentChanges.count > Membership.maxRecentChanges { next.recentChanges.removeFirst() }
+        }
         let entry = Entry(term: term, index: index, kind: .configChange, data: next.encoded)
         appendAsLeader([entry])
         return Proposal(index: index, term: term)

@@ -131,9 +131,14 @@ public struct Membership: Sendable, Hashable, CustomStringConvertible {
     public static let formatTag: UInt32 = 0xFFFF_0002
     public static let maxMembers = 64
     public static let maxRemoved = 65_536
-    /// The `Idempotency-Key` of the request that made this configuration ("" if none): a
-    /// repeat of that request finds its change made and succeeds without a second entry.
-    public var changeKey = ""
+    /// The last `maxRecentChanges` keyed changes (oldest first): each request's
+    /// `Idempotency-Key`, what it asked for, and the index of the entry that made it. A repeat
+    /// of one of them (a client's retry after a lost answer) finds its change made and gets its
+    /// answer without a second entry; the same key for another change is a client error.
+    public var recentChanges: [RecentChange] = []
+    public static let maxRecentChanges = 32
+    /// Written first by the encoding with `recentChanges` (the one before had neither).
+    public static let formatTagWithKeys: UInt32 = 0xFFFF_0003
 
     public init(voters: [ReplicaID]) {
         self.init(members: voters.map { Member(id: $0, role: .voter) })
@@ -208,6 +213,19 @@ public struct Membership: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
+/// A keyed membership change a configuration remembers (see `Membership.recentChanges`).
+public struct RecentChange: Sendable, Hashable {
+    public var key: String
+    /// The change asked for, addresses included (`ConfChange.fingerprint`).
+    public var change: String
+    public var index: LogIndex
+    public init(key: String, change: String, index: LogIndex) {
+        self.key = key
+        self.change = change
+        self.index = index
+    }
+}
+
 /// One single-server membership change.
 public enum ConfChange: Sendable, Hashable, CustomStringConvertible {
     /// Adds a new replica as a learner (its role in the argument is ignored).
@@ -218,6 +236,15 @@ public enum ConfChange: Sendable, Hashable, CustomStringConvertible {
     case remove(ReplicaID)
     /// Records a member's addresses (its role is kept): no vote changes hands.
     case update(Member)
+
+    /// What a request asked for, addresses included: two requests under one key must agree.
+    public var fingerprint: String {
+        switch self {
+        case .addLearner(let m): "add-learner \(m.id) \(m.peerAddress) \(m.clientAddress)"
+        case .update(let m): "update \(m.id) \(m.peerAddress) \(m.clientAddress)"
+        default: description
+        }
+    }
 
     public var description: String {
         switch self {

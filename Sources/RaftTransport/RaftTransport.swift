@@ -25,6 +25,9 @@ public struct TransportConfig: Sendable {
     public var dataDirectoryID: UInt64 = 0
     /// Where this replica serves clients, sent in the hello.
     public var clientAddress = ""
+    /// Where other replicas reach this one, sent in the hello (empty: `listen`, which may be a
+    /// wildcard address).
+    public var advertisedAddress = ""
     /// Bytes queued on one connection before further messages are dropped (Raft resends).
     public var maxQueuedBytes: Int
     public var connectTimeout: TimeAmount
@@ -271,10 +274,11 @@ public final class RaftTransport: Sendable {
         if removed.withLockedValue({ $0.contains(from) }) {
             return "replica \(from) was removed from this cluster; its id is never used again"
         }
+        if let check = checkPeer.withLockedValue({ $0 }), let reason = check(from, directory) { return reason }
+        // Checked last, so only a replica that passed every check is linked back to.
         if link(from) == nil && !learnPeer(from, address: peer) {
             return "replica \(from) is not a member of this cluster as this replica knows it"
         }
-        if let check = checkPeer.withLockedValue({ $0 }), let reason = check(from, directory) { return reason }
         return inbound.withLockedValue { conns in
             if let existing = conns[from], existing.incarnation != incarnation, existing.channel.isActive {
                 return "replica \(from) is already connected from another process (two replicas share id \(from))"
@@ -325,7 +329,8 @@ final class PeerLink: @unchecked Sendable {
         guard let t = transport, !state.withLockedValue({ $0.stopped }) else { return }
         let hello = Frame.hello(
             clusterID: t.config.clusterID, from: t.config.replicaID, to: peer, incarnation: t.incarnation,
-            dataDirectoryID: t.config.dataDirectoryID, clientAddress: t.config.clientAddress, peerAddress: t.config.listen.description)
+            dataDirectoryID: t.config.dataDirectoryID, clientAddress: t.config.clientAddress,
+            peerAddress: t.config.advertisedAddress.isEmpty ? t.config.listen.description : t.config.advertisedAddress)
         let watermark = ChannelOptions.Types.WriteBufferWaterMark(low: t.config.maxQueuedBytes / 2, high: t.config.maxQueuedBytes)
         var bootstrap = ClientBootstrap(group: t.group)
         // On a specific listen address, dial from it too: peers (and firewall rules) then see

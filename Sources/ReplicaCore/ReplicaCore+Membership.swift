@@ -8,6 +8,15 @@ public enum ConfChangeFailure: Error, Sendable, Hashable {
     case notLeader(ReplicaID?)
     /// The entry was overwritten by another leader's: the outcome is a new request's to find.
     case lost
+    /// The `Idempotency-Key` was used before for another change (a client bug: 422).
+    case keyReused
+}
+
+/// A membership change that is done: the configuration its entry holds (for a repeat, the
+/// current one), and whether this answer repeats an earlier request's.
+public struct ConfChangeDone: Sendable, Hashable {
+    public var membership: Membership
+    public var replayed: Bool
 }
 
 /// A membership change request waiting at this replica.
@@ -23,6 +32,8 @@ struct PendingConfChange {
     var blockedSince: UInt64?
     /// The client's `Idempotency-Key` ("" without one), recorded in the configuration.
     var key: String
+    /// Waiting for an earlier request's entry (same key).
+    var replay = false
 }
 
 extension ReplicaCore {
@@ -68,12 +79,18 @@ extension ReplicaCore {
                 finishConfChange(id, .failure(.notLeader(node.leader)))
                 continue
             }
-            if !p.key.isEmpty && node.membership.changeKey == p.key {
-                if node.configChangePending {
-                    p.proposal = Proposal(index: node.configIndex, term: node.term(at: node.configIndex) ?? 0)
+            if !p.key.isEmpty, let earlier = node.membership.recentChanges.last(where: { $0.key == p.key }) {
+                guard earlier.change == p.change.fingerprint else {
+                    finishConfChange(id, .failure(.keyReused))
+                    continue
+                }
+                if earlier.index > node.commitIndex {
+                    // The earlier request's entry is still uncommitted: answer when it applies.
+                    p.proposal = Proposal(index: earlier.index, term: node.term(at: earlier.index) ?? 0)
+                    p.replay = true
                     confChanges[id] = p
                 } else {
-                    finishConfChange(id, .success(node.membership))
+                    finishConfChange(id, .success(ConfChangeDone(membership: node.membership, replayed: true)))
                 }
                 continue
             }
@@ -111,29 +128,31 @@ extension ReplicaCore {
         }
     }
 
-    /// A configuration entry applied here: the requests that proposed it are done.
+    /// An entry applied here: requests whose proposal was at its index are done (or lost, if
+    /// another leader's entry, of any kind, took that index).
     mutating func confChangeApplied(_ e: Entry) {
         for id in confChanges.keys.sorted() {
-            guard let p = confChanges[id]?.proposal, p.index == e.index else { continue }
-            if p.term == e.term, let m = try? Membership.decode(e.data) {
-                finishConfChange(id, .success(m))
+            guard let pending = confChanges[id], let p = pending.proposal, p.index == e.index else { continue }
+            if p.term == e.term, e.kind == .configChange, let m = try? Membership.decode(e.data) {
+                finishConfChange(id, .success(ConfChangeDone(membership: m, replayed: pending.replay)))
             } else {
                 finishConfChange(id, .failure(.lost))
             }
         }
     }
 
-    private mutating func finishConfChange(_ id: UInt64, _ result: Result<Membership, ConfChangeFailure>) {
+    private mutating func finishConfChange(_ id: UInt64, _ result: Result<ConfChangeDone, ConfChangeFailure>) {
         confChanges[id] = nil
         effects.append(.confChangeDone(id, result))
     }
 
-    /// The other voter with the longest log, as the leader sees it (ties: the lowest id).
+    /// The other voter with the longest log, as the leader sees it, among those heard from
+    /// since the last CheckQuorum round when there are any (ties: the lowest id).
     private func bestVoter() -> ReplicaID? {
+        let voters = node.status.peers.filter { $0.id != config.replicaID && $0.role == .voter }
+        let heard = voters.filter(\.recentActive)
         var best: (id: ReplicaID, match: LogIndex)?
-        for p in node.status.peers where p.id != config.replicaID && p.role == .voter {
-            if best == nil || p.match > best!.match { best = (p.id, p.match) }
-        }
+        for p in heard.isEmpty ? voters : heard where best == nil || p.match > best!.match { best = (p.id, p.match) }
         return best?.id
     }
 

@@ -94,7 +94,7 @@ public struct ReplicaCore {
         case proposedExpiry(Int)
         /// A membership change request's answer: the configuration once the change committed
         /// (and applied here), or why not.
-        case confChangeDone(UInt64, Result<Membership, ConfChangeFailure>)
+        case confChangeDone(UInt64, Result<ConfChangeDone, ConfChangeFailure>)
         /// The state cannot go on (a snapshot from the leader that does not decode).
         case fatal(String)
     }
@@ -380,9 +380,9 @@ public struct ReplicaCore {
             let start = config.breakFailoverReset ? (now > 3_600_000_000_000 ? now - 3_600_000_000_000 : 0) : now
             expiry.leaderReady(now: start, registry: registry)
         }
+        if !confChanges.isEmpty { confChangeApplied(e) }
         guard e.kind == .normal else {
             effects.append(.applied(e, nil, reusedID: false, registry: observed))
-            if e.kind == .configChange { confChangeApplied(e) }
             return
         }
         guard var timed = TimedCommand(decoding: e.data) else {

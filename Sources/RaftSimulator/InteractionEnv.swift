@@ -188,6 +188,7 @@ public final class InteractionEnv {
         var msgBytes = 1 << 20
         var index: UInt64 = 0
         var join = false
+        var voterCount: Int?
         var autoPromote = false
         var catchUp = 256
         for opt in args.dropFirst() {
@@ -206,6 +207,9 @@ public final class InteractionEnv {
             case "msg-bytes": msgBytes = Int(kv[1]) ?? msgBytes
             case "auto-promote": autoPromote = kv[1] == "true"
             case "catch-up": catchUp = Int(kv[1]) ?? catchUp
+            case "voters":
+                guard let n = Int(kv[1]), n >= order.count + count else { throw InteractionError.usage(opt) }
+                voterCount = n
             case "index":
                 guard let k = UInt64(kv[1]) else { throw InteractionError.usage(opt) }
                 index = k
@@ -215,7 +219,8 @@ public final class InteractionEnv {
         let first = order.count + 1
         // `join`: new replicas of an existing cluster, with empty data directories and no
         // configuration until the leader's log (or snapshot) brings one.
-        let members = join ? Membership.empty : Membership(voters: (1...(order.count + count)).map { ReplicaID(UInt64($0)) })
+        // `voters=N`: the configuration already holds replicas 1...N, some not added yet.
+        let members = join ? Membership.empty : Membership(voters: (1...(voterCount ?? order.count + count)).map { ReplicaID(UInt64($0)) })
         for i in first..<(first + count) {
             let rid = ReplicaID(UInt64(i))
             let config = RaftConfig(

@@ -81,7 +81,6 @@ final class SteadyLoad: Sendable {
                         } catch {
                             // No leader for a moment (an election after a change) is retried; a
                             // lease that is gone is a lost lease.
-                            if ProcessInfo.processInfo.environment["DEBUG_LOAD"] != nil { print("load \(host): \(error)") }
                             if error == .leaseNotFound {
                                 self.lost.withLockedValue { $0.append(host) }
                                 lease = nil

@@ -57,16 +57,8 @@ extension HTTPAPI {
         guard let id else { return invalid("replicaId", "is required") }
         guard let peer else { return invalid("peerAddress", "is required") }
         guard let client else { return invalid("clientAddress", "is required") }
-        let peerAddress: String
-        let clientAddress: String
-        do {
-            peerAddress = try Self.address(peer, field: "peerAddress")
-            clientAddress = try Self.address(client, field: "clientAddress")
-        } catch let e as ErrorResponse {
-            return e.response
-        } catch {
-            return invalid("peerAddress", "\(error)")
-        }
+        guard let peerAddress = Self.address(peer) else { return badAddress("peerAddress", peer) }
+        guard let clientAddress = Self.address(client) else { return badAddress("clientAddress", client) }
         let member = Member(id: ReplicaID(id), role: .learner, peerAddress: peerAddress, clientAddress: clientAddress)
         return await change(.addLearner(member), expected: expected.map { LogIndex($0) }, force: false, request, body: body)
     }
@@ -220,25 +212,13 @@ extension HTTPAPI {
         return o.json
     }
 
-    /// Checks `HOST:PORT` (at most 255 characters) and returns it normalised.
-    static func address(_ text: String, field: String) throws -> String {
-        guard text.utf8.count <= 255, let a = try? ServerConfig.parseAddress(text, flag: field), a.port > 0 else {
-            throw ErrorResponse(
-                HTTPAPIErrors.invalid(field, "must be HOST:PORT with a port from 1 to 65535, at most 255 characters, not \"\(text.prefix(64))\""))
-        }
+    /// `HOST:PORT` (at most 255 characters, port 1 to 65535), normalised; nil if it is not one.
+    static func address(_ text: String) -> String? {
+        guard text.utf8.count <= 255, let a = try? ServerConfig.parseAddress(text, flag: ""), a.port > 0 else { return nil }
         return a.description
     }
-}
 
-/// Error bodies that need no instance (for static helpers).
-enum HTTPAPIErrors {
-    static func invalid(_ field: String, _ problem: String) -> Response {
-        var o = JSONObject()
-        o.field("error", "invalid_request")
-        o.field("message", "\(field) \(problem)")
-        o.field("field", field)
-        var headers = HTTPFields()
-        headers[.contentType] = "application/json"
-        return Response(status: .badRequest, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: o.json)))
+    private func badAddress(_ field: String, _ text: String) -> Response {
+        invalid(field, "must be HOST:PORT with a port from 1 to 65535, at most 255 characters, not \"\(text.prefix(64))\"")
     }
 }

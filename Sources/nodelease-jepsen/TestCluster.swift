@@ -499,35 +499,13 @@ final class TestCluster: Sendable {
         }
         guard fresh else { throw MembershipError("add \(id): the id was used before (ids are never reused)") }
         let body = "{\"replicaId\":\(id),\"peerAddress\":\"\(host(id)):\(peerPort(id))\",\"clientAddress\":\"\(host(id)):\(clientPort(id))\"}"
-        let deadline = ContinuousClock.now + Self.changeBound
-        var added = false
-        var attempt = 0
-        var last = "no running member to ask"
-        ask: while ContinuousClock.now < deadline {
-            let via = runningMembers(except: id)
-            if !via.isEmpty {
-                let v = via[attempt % via.count]
-                attempt += 1
-                let answer = await request(v, "POST", "/v1/cluster/replicas", body: body, headers: ["Content-Type": "application/json"], timeout: 5)
-                switch Self.changeAnswer(answer) {
-                case .done:
-                    added = true
-                    break ask
-                case .retry(let why):
-                    last = "via \(v): \(why)"
-                case .refused(let code, let why):
-                    // replica_exists for an id never used before: an earlier attempt whose
-                    // answer was lost went through.
-                    if code == "replica_exists", await configuration()?.role(of: id) != nil {
-                        added = true
-                        break ask
-                    }
-                    last = "via \(v): \(why)"
-                    break ask
-                }
-            }
-            try? await Task.sleep(for: .milliseconds(300))
+        let sent = await sendChange("POST", "/v1/cluster/replicas", body: body, except: id, firstTry: "no running member to ask") { code in
+            // replica_exists for an id never used before: an earlier attempt whose answer was
+            // lost went through.
+            code == "replica_exists" ? await self.configuration()?.role(of: id) != nil : false
         }
+        var added = sent.done
+        let last = sent.last
         // Out of time with no definite answer: an attempt may still have gone through.
         if !added, await configuration()?.role(of: id) != nil { added = true }
         guard added else {
@@ -559,40 +537,47 @@ final class TestCluster: Sendable {
     /// (such as `would_lose_quorum`).
     func removeReplica(_ id: Int, force: Bool) async throws {
         let path = "/v1/cluster/replicas/\(id)" + (force ? "?force=true" : "")
-        let deadline = ContinuousClock.now + Self.changeBound
-        var attempt = 0
-        var last = "no other running member to ask"
-        var refusal: String?
-        var removed = false
-        ask: while ContinuousClock.now < deadline {
-            let via = runningMembers(except: id)
-            if !via.isEmpty {
-                let v = via[attempt % via.count]
-                attempt += 1
-                switch Self.changeAnswer(await request(v, "DELETE", path, timeout: 5)) {
-                case .done:
-                    removed = true
-                    break ask
-                case .retry(let why):
-                    last = "via \(v): \(why)"
-                case .refused(let code, let why):
-                    // not_found: it is not in the configuration (an earlier attempt whose
-                    // answer was lost went through).
-                    if code == "not_found" {
-                        removed = true
-                        break ask
-                    }
-                    last = "via \(v): \(why)"
-                    refusal = code
-                    break ask
-                }
-            }
-            try? await Task.sleep(for: .milliseconds(300))
-        }
+        // not_found: it is not in the configuration (an earlier attempt whose answer was lost
+        // went through).
+        let sent = await sendChange("DELETE", path, except: id, firstTry: "no other running member to ask") { $0 == "not_found" }
+        var removed = sent.done
+        let (last, refusal) = (sent.last, sent.refusal)
         // Out of time with no definite answer: an attempt may still have gone through.
         if !removed && refusal == nil, let config = await configuration(), config.role(of: id) == nil { removed = true }
         guard removed else { throw MembershipError("remove \(id)\(force ? " (forced)" : ""): \(last)", code: refusal) }
         giveUp(id, removed: true)
+    }
+
+    /// Sends a membership change through the running members other than `id`, one after
+    /// another, retrying `503`, `config_change_in_progress` and lost answers until it is done,
+    /// refused, or `changeBound` passes. `doneDespite` says whether a refusal's code means an
+    /// earlier attempt went through. Returns the outcome, the last answer, and the refusal code.
+    private func sendChange(
+        _ method: String, _ path: String, body: String? = nil, except id: Int, firstTry: String,
+        doneDespite: (String?) async -> Bool
+    ) async -> (done: Bool, last: String, refusal: String?) {
+        let deadline = ContinuousClock.now + Self.changeBound
+        let headers = body == nil ? [:] : ["Content-Type": "application/json"]
+        var attempt = 0
+        var last = firstTry
+        while ContinuousClock.now < deadline {
+            let via = runningMembers(except: id)
+            if !via.isEmpty {
+                let v = via[attempt % via.count]
+                attempt += 1
+                switch Self.changeAnswer(await request(v, method, path, body: body, headers: headers, timeout: 5)) {
+                case .done:
+                    return (true, last, nil)
+                case .retry(let why):
+                    last = "via \(v): \(why)"
+                case .refused(let code, let why):
+                    if await doneDespite(code) { return (true, last, nil) }
+                    return (false, "via \(v): \(why)", code)
+                }
+            }
+            try? await Task.sleep(for: .milliseconds(300))
+        }
+        return (false, last, nil)
     }
 
     /// Kills replica i for good: it leaves the members, and nothing starts it again. Until

@@ -104,6 +104,10 @@ public enum NodeLeaseError: Error, Sendable, Hashable, CustomStringConvertible {
     case invalidRequest(String)
     /// The idempotency key was used before for a different request (a client bug).
     case idempotencyKeyMismatch
+    /// Authentication is on and the token is missing or not valid (`NODELEASE_TOKEN`).
+    case unauthenticated(String)
+    /// The token's role or hostname patterns do not allow this request.
+    case forbidden(String)
     /// No endpoint answered before the deadline.
     case transport(String)
     /// The server answered something this client does not understand.
@@ -116,6 +120,8 @@ public enum NodeLeaseError: Error, Sendable, Hashable, CustomStringConvertible {
         case .leaseNotFound: "lease not found (expired, released or superseded)"
         case .nodeNotFound: "node not found"
         case .nodeActive: "the node holds a live lease"
+        case .unauthenticated(let m): "unauthenticated: \(m) (set NODELEASE_TOKEN)"
+        case .forbidden(let m): "forbidden: \(m)"
         case .nodeIDsExhausted: "no node ID of the configured range is free"
         case .noLeader: "no leader reachable (the cluster has no quorum)"
         case .configChangeInProgress: "another membership change is in progress; retry once it has committed"

@@ -46,12 +46,16 @@ public final class NodeLeaseClient: Sendable {
 
     /// How often a call refreshes the endpoint list from the replica configuration.
     public let refreshInterval: Duration
+    private let token: String?
 
     /// - Parameter endpoints: base URLs such as `http://127.0.0.1:7401`.
     /// - Parameter refreshInterval: how often the endpoint list is fetched again from
     ///   `/v1/cluster/replicas` (30 s).
-    public init(endpoints: [URL], timeout: Duration = .seconds(10), refreshInterval: Duration = .seconds(30)) {
+    /// - Parameter token: sent as `Authorization: Bearer TOKEN` when the cluster has
+    ///   authentication on (shared/API.md); never logged.
+    public init(endpoints: [URL], timeout: Duration = .seconds(10), refreshInterval: Duration = .seconds(30), token: String? = nil) {
         self.refreshInterval = refreshInterval
+        self.token = token.flatMap { $0.isEmpty ? nil : $0 }
         precondition(!endpoints.isEmpty, "NodeLeaseClient needs at least one endpoint")
         self.configured = endpoints
         self.state = NIOLockedValueBox(State(endpoints: endpoints, lastRefresh: ContinuousClock.now))
@@ -73,10 +77,12 @@ public final class NodeLeaseClient: Sendable {
         }
     }
 
-    /// A client for `NODELEASE_ENDPOINTS`, or the local 3-replica cluster when it is unset.
+    /// A client for `NODELEASE_ENDPOINTS`, or the local 3-replica cluster when it is unset,
+    /// with the token of `NODELEASE_TOKEN` if set.
     public static func fromEnvironment(timeout: Duration = .seconds(10)) throws -> NodeLeaseClient {
-        let text = ProcessInfo.processInfo.environment["NODELEASE_ENDPOINTS"] ?? "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403"
-        return NodeLeaseClient(endpoints: try parseEndpoints(text), timeout: timeout)
+        let env = ProcessInfo.processInfo.environment
+        let text = env["NODELEASE_ENDPOINTS"] ?? "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403"
+        return NodeLeaseClient(endpoints: try parseEndpoints(text), timeout: timeout, token: env["NODELEASE_TOKEN"])
     }
 
     // MARK: Calls
@@ -354,6 +360,7 @@ public final class NodeLeaseClient: Sendable {
         // kept by racing a timer.
         request.timeoutInterval = max(1, timeout.rounded(.up))
         if let key { request.setValue(key, forHTTPHeaderField: "Idempotency-Key") }
+        if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
         if let body {
             request.httpBody = try JSONSerialization.data(withJSONObject: body)
             request.setValue("application/json", forHTTPHeaderField: "Content-Type")
@@ -401,6 +408,8 @@ public final class NodeLeaseClient: Sendable {
         case "learner_lagging": return .learnerLagging
         case "would_lose_quorum": return .wouldLoseQuorum(message)
         case "invalid_request", "request_too_large": return .invalidRequest(message)
+        case "unauthenticated": return .unauthenticated(message)
+        case "forbidden": return .forbidden(message)
         case "idempotency_key_mismatch": return .idempotencyKeyMismatch
         default: return .unexpected(status: status, body: message)
         }

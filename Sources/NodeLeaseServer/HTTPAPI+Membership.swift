@@ -178,6 +178,8 @@ extension HTTPAPI {
         out.timeoutInterval = max(1, (Double(config.requestTimeoutMillis) / 1000).rounded(.up))
         out.setValue(String(hops), forHTTPHeaderField: Self.forwardedHeader.rawName)
         if let key = request.headers[Self.idempotencyKeyHeader] { out.setValue(key, forHTTPHeaderField: "Idempotency-Key") }
+        // The leader checks the token again (every replica has the token file).
+        if let token = request.headers[.authorization] { out.setValue(token, forHTTPHeaderField: "Authorization") }
         if !body.isEmpty {
             out.httpBody = Data(body)
             out.setValue("application/json", forHTTPHeaderField: "Content-Type")

@@ -10,6 +10,8 @@ struct HTTPAPI: Sendable {
     let driver: RaftDriver
     let config: ServerConfig
     let metrics: ReplicaMetrics
+    /// The token file's tokens; nil: authentication is off (shared/API.md).
+    var auth: Authenticator? = nil
     static let maxBody = 64 * 1024
     static let indexHeader = HTTPField.Name("X-NodeLease-Index")!
     static let replicaHeader = HTTPField.Name("X-NodeLease-Replica")!
@@ -20,7 +22,11 @@ struct HTTPAPI: Sendable {
     func respond(to request: Request) async -> Response {
         let start = ContinuousClock.now
         let parts = request.uri.path.split(separator: "/", omittingEmptySubsequences: true)
-        let response = await route(request, parts)
+        let response: Response
+        switch authenticate(request, parts) {
+        case .success(let access): response = await route(request, parts, access)
+        case .failure(let refusal): response = refusal.response
+        }
         metrics.request(
             endpoint: Self.endpoint(request.method, parts), status: response.status.code, duration: ContinuousClock.now - start)
         return response
@@ -45,8 +51,79 @@ struct HTTPAPI: Sendable {
         return "\(method.rawValue) \(template)"
     }
 
-    private func route(_ request: Request, _ parts: [Substring]) async -> Response {
+    // MARK: Authentication
+
+    /// Who is asking, as far as this request may go.
+    struct Access: Sendable {
+        /// The token's entry; nil when authentication is off.
+        var entry: TokenEntry?
+        /// GETs: every role but `node`.
+        var mayRead: Bool { entry.map { $0.role != .node } ?? true }
+        var isAdmin: Bool { entry.map { $0.role == .admin } ?? true }
+        /// Acquire, renew, release: `node` and `admin`.
+        var mayWriteLeases: Bool { entry.map { $0.role != .reader } ?? true }
+        func mayLease(_ hostname: String) -> Bool { entry?.mayLease(hostname) ?? true }
+        /// The 409 names the holder in full only with authentication off or for an admin.
+        var seesHolders: Bool { isAdmin }
+    }
+
+    /// `/healthz` and `/readyz` are open; with a token file, everything else needs a token
+    /// from it. The token is hashed and compared in constant time, and is never logged.
+    private func authenticate(_ request: Request, _ parts: [Substring]) -> Result<Access, ErrorResponse> {
+        guard let auth else { return .success(Access(entry: nil)) }
+        if parts.count == 1 && (parts[0] == "healthz" || parts[0] == "readyz") { return .success(Access(entry: nil)) }
+        let values = request.headers[values: .authorization]
+        guard values.count == 1, let entry = auth.authenticate(authorization: values[0]) else {
+            var r = error(
+                .unauthorized, "unauthenticated",
+                values.isEmpty ? "this replica needs a token: Authorization: Bearer TOKEN" : "the token is not valid here (unknown, revoked or malformed)")
+            r.headers[.wwwAuthenticate] = "Bearer realm=\"nodelease\""
+            return .failure(ErrorResponse(r))
+        }
+        return .success(Access(entry: entry))
+    }
+
+    func forbidden(_ access: Access, _ what: String) -> Response {
+        let role = access.entry?.role.rawValue ?? "?"
+        return error(.forbidden, "forbidden", "a \(role) token may not \(what)")
+    }
+
+    /// For a `node` token: whether lease `id` is of a hostname the token may lease. A lease this
+    /// replica knows has the hostname it was granted with, for good. One it does not know yet
+    /// (it lags) is looked up again after a read barrier. One that is not current, with an
+    /// id no later than the applied index, can no longer be renewed or released: the write
+    /// goes on, to be answered 404, or replayed if its key already applied (a retried release
+    /// must get its first answer). An id beyond the applied index after the barrier is no
+    /// lease yet: answered 404 here, so a write can never reach a lease granted after it was
+    /// authorised.
+    private func authorizeLease(_ id: UInt64, _ access: Access) async -> Response? {
+        guard let entry = access.entry, entry.role == .node else { return nil }
+        var found = await driver.leaseHostname(id)
+        if found.hostname == nil && id > found.applied {
+            do { _ = try await driver.linearizableBarrier() } catch { return await noLeader() }
+            found = await driver.leaseHostname(id)
+        }
+        if let hostname = found.hostname {
+            return entry.mayLease(hostname) ? nil : forbidden(access, "renew or release the lease of \(hostname)")
+        }
+        return id > found.applied ? error(.notFound, LeaseError.leaseNotFound) : nil
+    }
+
+    private func route(_ request: Request, _ parts: [Substring], _ access: Access) async -> Response {
         let method = request.method
+        // The role's reach, by route; a node token's hostnames are checked once known.
+        switch parts.count {
+        case 1 where parts[0] == "healthz" || parts[0] == "readyz": break
+        case 2 where parts[0] == "v1" && parts[1] == "leases", 3 where parts[0] == "v1" && parts[1] == "leases",
+            4 where parts[0] == "v1" && parts[1] == "leases" && parts[3] == "renew":
+            if !access.mayWriteLeases { return forbidden(access, "acquire, renew or release leases") }
+        default:
+            if method == .get || method == .head {
+                if !access.mayRead { return forbidden(access, "read the registry, status or metrics") }
+            } else if !access.isAdmin {
+                return forbidden(access, "forget nodes or change the replicas")
+            }
+        }
         switch parts.count {
         case 1 where parts[0] == "healthz":
             guard method == .get || method == .head else { return methodNotAllowed() }
@@ -64,11 +141,12 @@ struct HTTPAPI: Sendable {
             return await status()
         case 2 where parts[0] == "v1" && parts[1] == "leases":
             guard method == .post else { return methodNotAllowed() }
-            return await acquire(request)
+            return await acquire(request, access)
         case 3 where parts[0] == "v1" && parts[1] == "leases":
             guard method == .delete else { return methodNotAllowed() }
             guard let id = UInt64(parts[2]) else { return error(.notFound, LeaseError.leaseNotFound) }
-            return await write(.release(leaseID: id), request)
+            if let refused = await authorizeLease(id, access) { return refused }
+            return await write(.release(leaseID: id), request, access)
         case 4 where parts[0] == "v1" && parts[1] == "leases" && parts[3] == "renew":
             guard method == .post else { return methodNotAllowed() }
             var request = request
@@ -81,14 +159,15 @@ struct HTTPAPI: Sendable {
                 }
             }
             guard let id = UInt64(parts[2]) else { return error(.notFound, LeaseError.leaseNotFound) }
-            return await write(.renew(leaseID: id), request)
+            if let refused = await authorizeLease(id, access) { return refused }
+            return await write(.renew(leaseID: id), request, access)
         case 3 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "nodes":
             guard method == .get else { return methodNotAllowed() }
             return await listNodes(request)
         case 4 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "nodes":
             guard method == .get || method == .delete else { return methodNotAllowed() }
             guard let raw = UInt32(parts[3]) else { return error(.notFound, LeaseError.nodeNotFound) }
-            if method == .delete { return await write(.forget(nodeID: NodeID(raw)), request) }
+            if method == .delete { return await write(.forget(nodeID: NodeID(raw)), request, access) }
             return await oneNode(NodeID(raw), request)
         case 3 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "replicas":
             switch method {
@@ -111,7 +190,7 @@ struct HTTPAPI: Sendable {
 
     // MARK: Writes
 
-    private func acquire(_ request: Request) async -> Response {
+    private func acquire(_ request: Request, _ access: Access) async -> Response {
         let fields: [(String, JSONValue)]
         switch await readObject(request) {
         case .failure(let r): return r.response
@@ -138,19 +217,22 @@ struct HTTPAPI: Sendable {
         guard let hostname else { return invalid("hostname", "is required") }
         guard let holder else { return invalid("holder", "is required") }
         let command: LeaseCommand
+        let normalised: String
         do throws(LeaseError) {
+            normalised = try Validation.hostname(hostname)
             command = .acquire(
-                hostname: try Validation.hostname(hostname), holder: try Validation.holder(holder),
+                hostname: normalised, holder: try Validation.holder(holder),
                 ttlSeconds: try Validation.ttl(ttl, range: config.ttlRange), idRange: config.nodeIDRange)
         } catch {
             return self.error(.badRequest, error)
         }
-        return await write(command, request)
+        if !access.mayLease(normalised) { return forbidden(access, "lease \(normalised) (outside its hostname patterns)") }
+        return await write(command, request, access)
     }
 
     /// Proposes a client's write with its `Idempotency-Key` (if it sent one) and answers with
     /// the outcome: the first one, marked `Idempotent-Replayed`, when the key applied before.
-    private func write(_ command: LeaseCommand, _ request: Request) async -> Response {
+    private func write(_ command: LeaseCommand, _ request: Request, _ access: Access) async -> Response {
         var key: IdempotencyKey?
         if request.headers[values: Self.idempotencyKeyHeader].count > 1 {
             return self.error(.badRequest, .invalid(field: "Idempotency-Key", message: "must be given once"))
@@ -160,7 +242,7 @@ struct HTTPAPI: Sendable {
         }
         do {
             let written = try await driver.submit(command, key: key)
-            var r = reply(written.result)
+            var r = reply(written.result, access)
             setReadHeaders(&r, written.index, written.leader)
             if written.replayed { r.headers[Self.replayedHeader] = "true" }
             return r
@@ -169,7 +251,7 @@ struct HTTPAPI: Sendable {
         }
     }
 
-    private func reply(_ result: Result<LeaseReply, LeaseError>) -> Response {
+    private func reply(_ result: Result<LeaseReply, LeaseError>, _ access: Access) -> Response {
         switch result {
         case .success(.lease(let l)): return json(.ok, leaseJSON(l))
         case .success(.node(let n)): return json(.ok, nodeJSON(n))
@@ -182,6 +264,9 @@ struct HTTPAPI: Sendable {
                 case .invalid: .badRequest
                 case .idempotencyKeyMismatch: .unprocessableContent
                 }
+            if !access.seesHolders, case .hostnameInUse(let id, let holder, let s) = e {
+                return error(status, .hostnameInUse(nodeID: id, holder: holderDigest(holder, clusterID: config.clusterID), expiresInSeconds: s))
+            }
             return error(status, e)
         }
     }

@@ -16,6 +16,8 @@ public final class NodeLeaseReplica: Service, Sendable {
     let logger: Logger
     private let inbox: MessageInbox
     private let app: Application<CallbackResponder<BasicRequestContext>>
+    /// The tokens of `--token-file`; nil when authentication is off.
+    public let authenticator: Authenticator?
 
     /// Opens the data directory (recovering it) and prepares everything; `run()` starts it.
     public init(config: ServerConfig, logger: Logger, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
@@ -89,9 +91,21 @@ public final class NodeLeaseReplica: Service, Sendable {
                 + "an emptied or replaced data directory has forgotten its votes and must not rejoin under the same id; "
                 + "restore that replica's data directory"
         }
-        let api = HTTPAPI(driver: driver, config: config, metrics: metrics)
+        var api = HTTPAPI(driver: driver, config: config, metrics: metrics)
+        if let path = config.tokenFile {
+            let auth = try Authenticator(path: path)
+            api.auth = auth
+            authenticator = auth
+            logger.info("authentication on: \(auth.count) tokens from \(path)")
+        } else {
+            authenticator = nil
+            if !Self.isLoopback(config.clientListen.host) {
+                logger.warning(
+                    "clients on \(config.clientListen) without --token-file: anyone who can reach this address can take, release and forget every lease (see the README's security section)")
+            }
+        }
         self.app = Application(
-            responder: CallbackResponder { request, _ in await api.respond(to: request) },
+            responder: CallbackResponder { [api] request, _ in await api.respond(to: request) },
             configuration: .init(address: .hostname(config.clientListen.host, port: config.clientListen.port), serverName: nil),
             eventLoopGroupProvider: .shared(group), logger: logger)
     }
@@ -130,6 +144,22 @@ public final class NodeLeaseReplica: Service, Sendable {
             await transport.shutdown()
         } onGracefulShutdown: {
             // Nothing more: app.run() returns, and the shutdown above follows it.
+        }
+    }
+
+    static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
+
+    /// Reads the token file again (SIGHUP); on an error the tokens in use stay, and it is logged.
+    public func reloadTokens() {
+        guard let auth = authenticator else {
+            logger.notice("SIGHUP: no --token-file, nothing to reload")
+            return
+        }
+        switch auth.reload() {
+        case .success(let n): logger.notice("SIGHUP: reloaded \(n) tokens from \(auth.path)")
+        case .failure(let e): logger.error("SIGHUP: kept the tokens in use; the token file is invalid: \(e)")
         }
     }
 

@@ -234,6 +234,11 @@ actor RaftDriver {
 
     var appliedIndex: LogIndex { core.node.appliedIndex }
 
+    /// The hostname of lease `id` if it is current here, with the index applied.
+    func leaseHostname(_ id: UInt64) -> (hostname: String?, applied: UInt64) {
+        (core.registry.lease(id)?.hostname, core.node.appliedIndex.rawValue)
+    }
+
     /// Stops taking work; as leader, hands leadership to the most caught-up peer first.
     func shutdown() async {
         // The most caught-up peer we are connected to (a transfer to an unreachable one would

@@ -40,6 +40,8 @@ public struct ServerConfig: Sendable {
     /// The client address written into the configuration (nil: the listen address, with
     /// the peer address's host when listening on every interface).
     public var advertiseClient: String?
+    /// The token file (shared/API.md "Authentication and roles"); nil: no authentication.
+    public var tokenFile: String?
 
     public init(replicaID: ReplicaID, peers: [ReplicaID: PeerAddress], clientListen: PeerAddress, dataDir: String) {
         self.replicaID = replicaID

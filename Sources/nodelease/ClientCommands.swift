@@ -14,7 +14,9 @@ struct ClientOptions: ParsableArguments {
 
     func client() throws -> NodeLeaseClient {
         let text = endpoints ?? ProcessInfo.processInfo.environment["NODELEASE_ENDPOINTS"] ?? "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403"
-        return NodeLeaseClient(endpoints: try NodeLeaseClient.parseEndpoints(text), timeout: .milliseconds(Int(timeout * 1000)))
+        return NodeLeaseClient(
+            endpoints: try NodeLeaseClient.parseEndpoints(text), timeout: .milliseconds(Int(timeout * 1000)),
+            token: ProcessInfo.processInfo.environment["NODELEASE_TOKEN"])
     }
 }
 

@@ -18,7 +18,7 @@ struct NodeLeaseCommand: AsyncParsableCommand {
         commandName: "nodelease",
         abstract: "Unique node IDs for the servers of a mail cluster, by lease, over Raft.",
         subcommands: [
-            Serve.self, Dev.self, Acquire.self, Renew.self, Release.self, Forget.self, Nodes.self, Status.self, Member.self, Hold.self, HoldExec.self, Bench.self,
+            Serve.self, Dev.self, Acquire.self, Renew.self, Release.self, Forget.self, Nodes.self, Status.self, Member.self, Hold.self, HoldExec.self, Bench.self, Token.self,
         ])
 
     /// For the replica and the load generator, runs Swift concurrency's jobs on NIO's event
@@ -77,6 +77,8 @@ struct ReplicaOptions: ParsableArguments {
     var noFsync = false
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (info). Env NODELEASE_LOG_LEVEL.")
     var logLevel: String?
+    @Option(help: "Token file (SHA-256 hashes with roles; see `nodelease token create`): every request but /healthz and /readyz then needs a token. Reloaded on SIGHUP. Env NODELEASE_TOKEN_FILE.")
+    var tokenFile: String?
 
     static func env(_ flag: String) -> String? {
         let name = "NODELEASE_" + flag.dropFirst(2).uppercased().replacingOccurrences(of: "-", with: "_")
@@ -117,6 +119,7 @@ struct ReplicaOptions: ParsableArguments {
         c.idempotencyWindow.seconds = try number(idempotencyWindow, "--idempotency-window", default: c.idempotencyWindow.seconds)
         c.idempotencyWindow.maxKeys = try number(idempotencyKeys, "--idempotency-keys", default: c.idempotencyWindow.maxKeys)
         if noFsync || Self.env("--no-fsync") == "1" { c.fsync = false }
+        if let f = value(tokenFile, "--token-file") { c.tokenFile = f }
         // Planted bugs: only in a fault build; a normal build refuses to start with them set.
         c.faults = try FaultOptions.fromEnvironment()
         try c.validate()
@@ -187,6 +190,12 @@ struct Serve: AsyncParsableCommand {
             FileHandle.standardError.write(Data("nodelease serve: cannot start: \(error)\n".utf8))
             throw ExitCode(1)
         }
+        // SIGHUP reloads the token file (an invalid one is refused, keeping the tokens in use).
+        signal(SIGHUP, SIG_IGN)
+        let hangup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+        hangup.setEventHandler { replica.reloadTokens() }
+        hangup.resume()
+        defer { hangup.cancel() }
         let group = ServiceGroup(
             configuration: .init(services: [replica], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()

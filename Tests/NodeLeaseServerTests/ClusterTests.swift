@@ -29,6 +29,10 @@ final class LocalCluster: @unchecked Sendable {
     var configs: [ReplicaID: ServerConfig] = [:]
     var replicas: [ReplicaID: NodeLeaseReplica] = [:]
     var tasks: [ReplicaID: Task<Void, any Error>] = [:]
+    /// Sent with every request the cluster's own helpers make (a token, with authentication on).
+    var headers: [String: String] = [:]
+    /// When set, every replica logs everything here (trace level) instead of warnings to stderr.
+    var capture: LogCapture?
 
     init(size: Int = 3, configure: (inout ServerConfig) -> Void = { _ in }) throws {
         self.size = size
@@ -52,6 +56,10 @@ final class LocalCluster: @unchecked Sendable {
     func start(_ id: ReplicaID) async throws {
         var logger = Logger(label: "it")
         logger.logLevel = .warning
+        if let capture {
+            logger = Logger(label: "it", factory: { _ in CapturingLogHandler(capture: capture) })
+            logger.logLevel = .trace
+        }
         let r = try NodeLeaseReplica(config: configs[id]!, logger: logger, onFatal: { Issue.record("replica \(id) failed: \($0)") })
         replicas[id] = r
         tasks[id] = Task { try await r.run() }
@@ -95,7 +103,7 @@ final class LocalCluster: @unchecked Sendable {
         var r = URLRequest(url: url(id, path))
         r.httpMethod = method
         r.timeoutInterval = 10
-        for (k, v) in headers { r.setValue(v, forHTTPHeaderField: k) }
+        for (k, v) in self.headers.merging(headers, uniquingKeysWith: { $1 }) where !v.isEmpty { r.setValue(v, forHTTPHeaderField: k) }
         if let body {
             r.httpBody = Data(body.utf8)
             r.setValue("application/json", forHTTPHeaderField: "Content-Type")
@@ -109,6 +117,28 @@ final class LocalCluster: @unchecked Sendable {
 
     func get(_ id: ReplicaID, _ path: String) async throws -> HTTPResult { try await request(id, "GET", path) }
     func post(_ id: ReplicaID, _ path: String, _ body: String) async throws -> HTTPResult { try await request(id, "POST", path, body: body) }
+}
+
+/// Every log line of the replicas that log here, as text.
+final class LogCapture: Sendable {
+    private let lines = NIOLockedValueBox<[String]>([])
+    func add(_ line: String) { lines.withLockedValue { $0.append(line) } }
+    var all: [String] { lines.withLockedValue { $0 } }
+}
+
+struct CapturingLogHandler: LogHandler {
+    let capture: LogCapture
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(event: LogEvent) {
+        var all = metadata
+        if let m = event.metadata { all.merge(m, uniquingKeysWith: { $1 }) }
+        capture.add("\(event.level) \(event.message) \(all)")
+    }
 }
 
 func eventually(_ seconds: Double, _ condition: () async -> Bool) async -> Bool {

@@ -1,0 +1,234 @@
+import Foundation
+import Logging
+import NodeLeaseServer
+import Raft
+import Testing
+
+#if canImport(FoundationNetworking)
+    import FoundationNetworking
+#endif
+
+@Suite struct TokenTests {
+    @Test func sha256MatchesTheStandardsVectorsAndSha256sum() throws {
+        #expect(SHA256.hex("") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        #expect(SHA256.hex("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(
+            SHA256.hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq")
+                == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
+        #expect(
+            SHA256.hexString(SHA256.hash([UInt8](repeating: UInt8(ascii: "a"), count: 1_000_000)))
+                == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
+        // Every length around the padding's block boundaries, against coreutils.
+        for length in [1, 55, 56, 57, 63, 64, 65, 119, 120, 128] {
+            let text = String((0..<length).map { Character(UnicodeScalar(UInt8(33 + ($0 * 7) % 90))) })
+            #expect(SHA256.hex(text) == (try sha256sum(text)), "length \(length)")
+        }
+    }
+
+    private func sha256sum(_ text: String) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/sha256sum")
+        let input = Pipe()
+        let output = Pipe()
+        p.standardInput = input
+        p.standardOutput = output
+        try p.run()
+        input.fileHandleForWriting.write(Data(text.utf8))
+        try input.fileHandleForWriting.close()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return String(String(decoding: data, as: UTF8.self).prefix(64))
+    }
+
+    @Test func hostnamePatternsMatchOneLabelOrTheExactName() throws {
+        let wild = try HostnamePattern("*.example.org")
+        #expect(wild.matches("mx1.example.org"))
+        #expect(!wild.matches("a.b.example.org"))
+        #expect(!wild.matches("example.org"))
+        #expect(!wild.matches("mx1.example.org.evil.net"))
+        #expect(!wild.matches("mx1evilexample.org"))
+        let exact = try HostnamePattern("MX1.example.org")
+        #expect(exact.matches("mx1.example.org"))
+        #expect(!exact.matches("mx2.example.org"))
+        for bad in ["*", "*.", "a.*.org", "mx 1.org", "", "*.*.org"] {
+            #expect(throws: ConfigError.self, "\(bad)") { try HostnamePattern(bad) }
+        }
+    }
+
+    @Test func theTokenFileIsParsedStrictlyAndNamesTheBadLine() throws {
+        let a = SHA256.hex("admin-token")
+        let n = SHA256.hex("node-token")
+        let file = try TokenFile.parse(
+            """
+            # ops
+            sha256:\(a) role=admin name=ops
+
+            sha256:\(n) role=node hostnames=*.example.org,mx1.example.net name=fleet
+            """)
+        #expect(file.entries.count == 2)
+        #expect(file.authenticate("admin-token")?.role == .admin)
+        #expect(file.authenticate("node-token")?.name == "fleet")
+        #expect(file.authenticate("node-token")?.mayLease("mx1.example.net") == true)
+        #expect(file.authenticate("node-token")?.mayLease("mx1.example.com") == false)
+        #expect(file.authenticate("Admin-token") == nil)
+        #expect(file.authenticate("") == nil)
+        let bad: [(String, String)] = [
+            ("sha256:\(n) role=node", "hostnames"),
+            ("sha256:\(n) role=reader hostnames=*.example.org", "only node tokens"),
+            ("sha256:\(n) role=root", "unknown role"),
+            ("sha256:abc role=admin", "64 hex"),
+            ("\(n) role=admin", "sha256:"),
+            ("sha256:\(n) role=admin colour=blue", "unknown key"),
+            ("sha256:\(n)", "role= is required"),
+        ]
+        for (line, why) in bad {
+            do {
+                _ = try TokenFile.parse("# first\n" + line)
+                Issue.record("accepted: \(line)")
+            } catch {
+                #expect(error.problem.hasPrefix("line 2: "), "\(error)")
+                #expect(error.problem.contains(why), "\(error)")
+            }
+        }
+        // `token create`'s line reads back as the same entry.
+        let entry = try #require(file.authenticate("node-token"))
+        #expect(try TokenFile.parse(entry.line).entries == [entry])
+    }
+
+    @Test func newTokensAreLongRandomAndDistinct() {
+        let tokens = (0..<100).map { _ in TokenFile.newToken() }
+        #expect(Set(tokens).count == 100)
+        #expect(tokens.allSatisfy { $0.hasPrefix("nlt_") && $0.count == 4 + 43 })
+    }
+
+    @Test func theHolderDigestTellsHoldersApartWithoutNamingThem() {
+        let a = holderDigest("3b2f0c1e-mx1", clusterID: "c")
+        #expect(a == holderDigest("3b2f0c1e-mx1", clusterID: "c"))
+        #expect(a != holderDigest("3b2f0c1e-mx2", clusterID: "c"))
+        #expect(!a.contains("mx1"))
+        #expect(a.hasPrefix("sha256:") && a.count == 7 + 16)
+    }
+}
+
+/// Authentication and roles through a real 3-replica cluster (shared/API.md).
+@Suite(.serialized) struct AuthenticationTests {
+    static let admin = "nlt_admin-secret-0123456789"
+    static let reader = "nlt_reader-secret-0123456789"
+    static let node = "nlt_node-secret-0123456789"
+    static let otherNode = "nlt_other-node-secret-0123456789"
+
+    static func tokenFile(includeReader: Bool = true) -> String {
+        var lines = [
+            "sha256:\(SHA256.hex(admin)) role=admin name=ops",
+            "sha256:\(SHA256.hex(node)) role=node hostnames=*.example.org name=fleet",
+            "sha256:\(SHA256.hex(otherNode)) role=node hostnames=*.example.net name=other",
+        ]
+        if includeReader { lines.append("sha256:\(SHA256.hex(reader)) role=reader name=grafana") }
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    private func bearer(_ token: String) -> [String: String] { ["Authorization": "Bearer \(token)"] }
+
+    @Test func everyRoleGetsExactlyWhatTheContractGivesIt() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("nodelease-tokens-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/tokens"
+        try Self.tokenFile().write(toFile: path, atomically: true, encoding: .utf8)
+        let c = try LocalCluster { $0.tokenFile = path }
+        let capture = LogCapture()
+        c.capture = capture
+        c.headers = bearer(Self.admin)
+        try await c.startAll()
+        let leader = try #require(await c.leader())
+        let follower = ReplicaID(leader.rawValue % 3 + 1)
+
+        // Open: health. Everything else: 401 without a valid token, with the challenge.
+        #expect(try await c.request(follower, "GET", "/healthz", headers: ["Authorization": ""]).status == 200)
+        #expect(try await c.request(follower, "GET", "/readyz", headers: ["Authorization": ""]).status == 200)
+        for (method, path) in [("GET", "/v1/cluster/nodes"), ("GET", "/metrics"), ("POST", "/v1/leases"), ("GET", "/nowhere")] {
+            let r = try await c.request(follower, method, path, body: method == "POST" ? "{}" : nil, headers: ["Authorization": ""])
+            #expect(r.status == 401, "\(method) \(path)")
+            #expect(r.json["error"] as? String == "unauthenticated")
+            #expect(r.headers["www-authenticate"]?.hasPrefix("Bearer") == true)
+        }
+        for header in ["Bearer nlt_wrong", "Basic \(Self.admin)", "Bearer", "Bearer \(Self.admin)x"] {
+            #expect(try await c.request(follower, "GET", "/v1/status", headers: ["Authorization": header]).status == 401, "\(header)")
+        }
+
+        // reader: every GET, no write.
+        for path in ["/v1/cluster/nodes", "/v1/status", "/metrics", "/v1/cluster/replicas"] {
+            #expect(try await c.request(follower, "GET", path, headers: bearer(Self.reader)).status == 200, "\(path)")
+        }
+        let readerAcquire = try await c.request(
+            follower, "POST", "/v1/leases", body: #"{"hostname":"mx1.example.org","holder":"h1"}"#, headers: bearer(Self.reader))
+        #expect(readerAcquire.status == 403)
+        #expect(readerAcquire.json["error"] as? String == "forbidden")
+
+        // node: leases of its hostnames only, through a follower too; no reads.
+        let acquired = try await c.request(
+            follower, "POST", "/v1/leases", body: #"{"hostname":"MX1.example.org","holder":"holder-mx1-secret"}"#, headers: bearer(Self.node))
+        #expect(acquired.status == 200, "\(acquired.body)")
+        let leaseId = try #require(acquired.json["leaseId"] as? String)
+        let outside = try await c.request(
+            follower, "POST", "/v1/leases", body: #"{"hostname":"mx1.example.net","holder":"h"}"#, headers: bearer(Self.node))
+        #expect(outside.status == 403)
+        #expect(try await c.request(follower, "GET", "/v1/cluster/nodes", headers: bearer(Self.node)).status == 403)
+        #expect(try await c.request(follower, "POST", "/v1/leases/\(leaseId)/renew", headers: bearer(Self.node)).status == 200)
+        // Another node token may not touch that lease, nor forget nodes or change replicas.
+        #expect(try await c.request(follower, "POST", "/v1/leases/\(leaseId)/renew", headers: bearer(Self.otherNode)).status == 403)
+        #expect(try await c.request(leader, "DELETE", "/v1/leases/\(leaseId)", headers: bearer(Self.otherNode)).status == 403)
+        #expect(try await c.request(follower, "DELETE", "/v1/cluster/nodes/1", headers: bearer(Self.node)).status == 403)
+        #expect(try await c.request(follower, "DELETE", "/v1/cluster/replicas/3", headers: bearer(Self.reader)).status == 403)
+        // A lease id not granted yet is no lease, whatever comes later.
+        #expect(try await c.request(follower, "POST", "/v1/leases/999999/renew", headers: bearer(Self.node)).status == 404)
+
+        // The 409 names the holder to an admin only; a node token sees a digest.
+        let taken = try await c.request(
+            follower, "POST", "/v1/leases", body: #"{"hostname":"mx1.example.org","holder":"intruder"}"#, headers: bearer(Self.node))
+        #expect(taken.status == 409)
+        let digest = try #require(taken.json["holder"] as? String)
+        #expect(digest == holderDigest("holder-mx1-secret", clusterID: "nodelease"))
+        let takenByAdmin = try await c.request(
+            follower, "POST", "/v1/leases", body: #"{"hostname":"mx1.example.org","holder":"intruder"}"#, headers: bearer(Self.admin))
+        #expect(takenByAdmin.json["holder"] as? String == "holder-mx1-secret")
+
+        // A membership change through a follower is passed to the leader with the token, and
+        // checked there: a stale expectedConfigIndex is the leader's answer, not a 401.
+        #expect(
+            await eventually(10) {
+                let replicas = (try? await c.get(follower, "/v1/cluster/replicas"))?.json["replicas"] as? [[String: Any]] ?? []
+                return replicas.count == 3 && replicas.allSatisfy { ($0["clientAddress"] as? String ?? "") != "" }
+            })
+        let stale = try await c.request(follower, "DELETE", "/v1/cluster/replicas/\(follower)?expectedConfigIndex=1", headers: bearer(Self.admin))
+        #expect(stale.status == 409, "\(stale.body)")
+        #expect(stale.json["error"] as? String == "stale_config")
+
+        // The node token releases its own lease, and a retry of that release (same key) is
+        // answered with the first outcome though the lease is gone.
+        let release = try await c.request(
+            follower, "DELETE", "/v1/leases/\(leaseId)", headers: bearer(Self.node).merging(["Idempotency-Key": "rel-1"]) { $1 })
+        #expect(release.status == 200)
+        let again = try await c.request(
+            follower, "DELETE", "/v1/leases/\(leaseId)", headers: bearer(Self.node).merging(["Idempotency-Key": "rel-1"]) { $1 })
+        #expect(again.status == 200)
+        #expect(again.headers["idempotent-replayed"] == "true")
+
+        // SIGHUP's reload: a revoked token stops working; an invalid file changes nothing.
+        try Self.tokenFile(includeReader: false).write(toFile: path, atomically: true, encoding: .utf8)
+        for r in c.replicas.values { r.reloadTokens() }
+        #expect(try await c.request(follower, "GET", "/v1/status", headers: bearer(Self.reader)).status == 401)
+        try "sha256:nothex role=admin\n".write(toFile: path, atomically: true, encoding: .utf8)
+        for r in c.replicas.values { r.reloadTokens() }
+        #expect(try await c.request(follower, "GET", "/v1/status", headers: bearer(Self.admin)).status == 200)
+        #expect(capture.all.contains { $0.contains("kept the tokens in use") })
+
+        await c.stopAll()
+        // Everything the replicas logged, at trace level, names no token.
+        let log = capture.all
+        #expect(log.count > 50)
+        for token in [Self.admin, Self.reader, Self.node, Self.otherNode] {
+            #expect(!log.contains { $0.contains(token) }, "a log line contains a token")
+        }
+    }
+}

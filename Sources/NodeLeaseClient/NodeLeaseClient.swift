@@ -1,9 +1,9 @@
+import AsyncHTTPClient
 import Foundation
 import NIOConcurrencyHelpers
-
-#if canImport(FoundationNetworking)
-    import FoundationNetworking
-#endif
+import NIOCore
+import NIOHTTP1
+import NIOSSL
 
 /// The client API of shared/API.md, for nodes and tools.
 ///
@@ -28,7 +28,7 @@ public final class NodeLeaseClient: Sendable {
     /// The endpoints given to `init`; also asked for the replica list when none of the list in
     /// use can be connected to.
     private let configured: [URL]
-    private let session: URLSession
+    private let http: HTTPClient
     private struct State {
         /// Never empty.
         var endpoints: [URL]
@@ -47,31 +47,91 @@ public final class NodeLeaseClient: Sendable {
     /// How often a call refreshes the endpoint list from the replica configuration.
     public let refreshInterval: Duration
     private let token: String?
+    private let tlsProblem: String?
 
     /// - Parameter endpoints: base URLs such as `http://127.0.0.1:7401`.
     /// - Parameter refreshInterval: how often the endpoint list is fetched again from
     ///   `/v1/cluster/replicas` (30 s).
     /// - Parameter token: sent as `Authorization: Bearer TOKEN` when the cluster has
     ///   authentication on (shared/API.md); never logged.
-    public init(endpoints: [URL], timeout: Duration = .seconds(10), refreshInterval: Duration = .seconds(30), token: String? = nil) {
+    /// - Parameter tls: for `https://` endpoints (see `TLS`).
+    public init(
+        endpoints: [URL], timeout: Duration = .seconds(10), refreshInterval: Duration = .seconds(30), token: String? = nil, tls: TLS? = nil
+    ) {
         self.refreshInterval = refreshInterval
         self.token = token.flatMap { $0.isEmpty ? nil : $0 }
         precondition(!endpoints.isEmpty, "NodeLeaseClient needs at least one endpoint")
         self.configured = endpoints
         self.state = NIOLockedValueBox(State(endpoints: endpoints, lastRefresh: ContinuousClock.now))
         self.timeout = timeout
-        let config = URLSessionConfiguration.ephemeral
-        config.timeoutIntervalForRequest = 6
-        config.httpMaximumConnectionsPerHost = 4
-        self.session = URLSession(configuration: config)
+        // A TLS file that cannot be read fails every call with the reason (the initializer
+        // does not throw, as before TLS).
+        var tlsConfiguration: TLSConfiguration?
+        do {
+            tlsConfiguration = try tls?.configuration()
+            tlsProblem = nil
+        } catch {
+            tlsProblem = "TLS files \(tls.map { "\($0)" } ?? ""): \(error)"
+        }
+        var configuration = HTTPClient.Configuration(
+            tlsConfiguration: tlsConfiguration,
+            timeout: .init(connect: .seconds(2)),
+            // Shorter than the replicas' 10 s: a replica never closes a pooled connection just
+            // as a request goes out on it.
+            connectionPool: .init(idleTimeout: .seconds(5)))
+        configuration.httpVersion = .http1Only
+        // A replica that refuses connections is down: fail over to the next one at once
+        // instead of redialing it until the call's deadline (AsyncHTTPClient's default).
+        configuration.connectionPool.retryConnectionEstablishment = false
+        self.http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
     }
 
-    /// Endpoints from a comma-separated list (`NODELEASE_ENDPOINTS`), `host:port` or URLs.
-    public static func parseEndpoints(_ text: String) throws -> [URL] {
+    deinit {
+        http.shutdown { _ in }
+    }
+
+    /// TLS to the replicas' client port: the CA that issued their certificates (the system's
+    /// roots when nil) and, for replicas that require one, this client's certificate and key
+    /// (PEM files). Replica certificates are checked against the endpoint's host name.
+    public struct TLS: Sendable, Equatable {
+        public var caFile: String?
+        public var certificateFile: String?
+        public var keyFile: String?
+        public init(caFile: String?, certificateFile: String? = nil, keyFile: String? = nil) {
+            self.caFile = caFile
+            self.certificateFile = certificateFile
+            self.keyFile = keyFile
+        }
+
+        /// The TLS configuration, with the certificate and key read from their files.
+        func configuration() throws -> TLSConfiguration {
+            var c = TLSConfiguration.makeClientConfiguration()
+            if let caFile { c.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caFile)) }
+            if let certificateFile, let keyFile {
+                c.certificateChain = try NIOSSLCertificate.fromPEMFile(certificateFile).map { .certificate($0) }
+                c.privateKey = .privateKey(try NIOSSLPrivateKey(file: keyFile, format: .pem))
+            }
+            c.minimumTLSVersion = .tlsv12
+            return c
+        }
+
+        /// `NODELEASE_CA_FILE`, `NODELEASE_CERT_FILE` and `NODELEASE_KEY_FILE`; nil if none is set.
+        public static func fromEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) -> TLS? {
+            let ca = env["NODELEASE_CA_FILE"].flatMap { $0.isEmpty ? nil : $0 }
+            let cert = env["NODELEASE_CERT_FILE"].flatMap { $0.isEmpty ? nil : $0 }
+            let key = env["NODELEASE_KEY_FILE"].flatMap { $0.isEmpty ? nil : $0 }
+            if ca == nil && cert == nil && key == nil { return nil }
+            return TLS(caFile: ca, certificateFile: cert, keyFile: key)
+        }
+    }
+
+    /// Endpoints from a comma-separated list (`NODELEASE_ENDPOINTS`), `host:port` (with
+    /// `defaultScheme`) or URLs.
+    public static func parseEndpoints(_ text: String, defaultScheme: String = "http") throws -> [URL] {
         let items = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         guard !items.isEmpty else { throw NodeLeaseError.invalidRequest("no endpoints given") }
         return try items.map { item in
-            let s = item.contains("://") ? item : "http://" + item
+            let s = item.contains("://") ? item : defaultScheme + "://" + item
             guard let url = URL(string: s), url.host != nil else { throw NodeLeaseError.invalidRequest("bad endpoint \(item)") }
             return url
         }
@@ -82,7 +142,10 @@ public final class NodeLeaseClient: Sendable {
     public static func fromEnvironment(timeout: Duration = .seconds(10)) throws -> NodeLeaseClient {
         let env = ProcessInfo.processInfo.environment
         let text = env["NODELEASE_ENDPOINTS"] ?? "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403"
-        return NodeLeaseClient(endpoints: try parseEndpoints(text), timeout: timeout, token: env["NODELEASE_TOKEN"])
+        let tls = TLS.fromEnvironment(env)
+        return NodeLeaseClient(
+            endpoints: try parseEndpoints(text, defaultScheme: tls == nil ? "http" : "https"), timeout: timeout, token: env["NODELEASE_TOKEN"],
+            tls: tls)
     }
 
     // MARK: Calls
@@ -131,7 +194,7 @@ public final class NodeLeaseClient: Sendable {
         var out: [(URL, Result<ReplicaStatusView, NodeLeaseError>)] = []
         for url in endpoints {
             do {
-                let (status, data, _) = try await send(url, "GET", "/v1/status", body: nil, key: nil, timeout: 2)
+                let (status, data) = try await send(url, "GET", "/v1/status", body: nil, key: nil, timeout: 2)
                 guard status == 200, let s = try? JSONDecoder().decode(ReplicaStatusView.self, from: data) else {
                     out.append((url, .failure(.unexpected(status: status, body: String(decoding: data, as: UTF8.self)))))
                     continue
@@ -139,7 +202,7 @@ public final class NodeLeaseClient: Sendable {
                 state.withLockedValue { $0.replicaEndpoint[s.replicaId] = url }
                 out.append((url, .success(s)))
             } catch {
-                out.append((url, .failure(.transport("\(error.localizedDescription)"))))
+                out.append((url, .failure(.transport("\(error)"))))
             }
         }
         return out
@@ -248,6 +311,7 @@ public final class NodeLeaseClient: Sendable {
     private func exchange<T: Decodable>(_ method: String, _ path: String, body: [String: Any]?, timeout: Duration?, refresh: Bool)
         async throws(NodeLeaseError) -> (value: T, endpoint: URL)
     {
+        if let tlsProblem { throw NodeLeaseError.invalidRequest(tlsProblem) }
         // One key for the logical request, the same on every retry; its retries end well inside
         // the servers' idempotency window (10 minutes), or a late one could apply again.
         let key = method == "GET" ? nil : UUID().uuidString
@@ -262,7 +326,7 @@ public final class NodeLeaseClient: Sendable {
             var lastError: NodeLeaseError
             do {
                 let seconds = max(0.05, Self.seconds(deadline - ContinuousClock.now))
-                let (status, data, _) = try await send(url, method, path, body: body, key: key, timeout: seconds)
+                let (status, data) = try await send(url, method, path, body: body, key: key, timeout: seconds)
                 if status == 200 {
                     do { return (try JSONDecoder().decode(T.self, from: data), url) } catch {
                         throw NodeLeaseError.unexpected(status: status, body: String(decoding: data, as: UTF8.self))
@@ -274,7 +338,7 @@ public final class NodeLeaseClient: Sendable {
             } catch let e as NodeLeaseError {
                 throw e
             } catch {
-                lastError = .transport("\(url): \(error.localizedDescription)")
+                lastError = .transport("\(url): \(error)")
                 state.withLockedValue { s in
                     if let l = s.leader, s.replicaEndpoint[l] == url { s.leader = nil }
                 }
@@ -328,7 +392,7 @@ public final class NodeLeaseClient: Sendable {
         for url in sources {
             let left = Self.seconds(end - ContinuousClock.now)
             guard left >= 0.05 else { return }
-            guard let (status, data, _) = try? await send(url, "GET", "/v1/cluster/replicas", body: nil, key: nil, timeout: min(2, left)),
+            guard let (status, data) = try? await send(url, "GET", "/v1/cluster/replicas", body: nil, key: nil, timeout: min(2, left)),
                 status == 200, let config = try? JSONDecoder().decode(ReplicaConfiguration.self, from: data)
             else { continue }
             adopt(config, answeredBy: url)
@@ -348,45 +412,33 @@ public final class NodeLeaseClient: Sendable {
         }
     }
 
-    private func send(_ url: URL, _ method: String, _ path: String, body: [String: Any]?, key: String?, timeout: Double) async throws -> (Int, Data, HTTPURLResponse) {
-        var request = URLRequest(url: url.appendingPathComponent(String(path.prefix { $0 != "?" })))
-        if let q = path.firstIndex(of: "?"), var c = URLComponents(url: request.url!, resolvingAgainstBaseURL: false) {
-            c.percentEncodedQuery = String(path[path.index(after: q)...])
-            request.url = c.url
-        }
-        request.httpMethod = method
-        // swift-corelibs-foundation arms its timer with whole seconds (0.9 s becomes no time at
-        // all), so the request gets at least the next whole second and the deadline itself is
-        // kept by racing a timer.
-        request.timeoutInterval = max(1, timeout.rounded(.up))
-        if let key { request.setValue(key, forHTTPHeaderField: "Idempotency-Key") }
-        if let token { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
+    /// One HTTP exchange with its own deadline (AsyncHTTPClient keeps it, and cancels the
+    /// request when the calling task is cancelled).
+    private func send(_ url: URL, _ method: String, _ path: String, body: [String: Any]?, key: String?, timeout: Double) async throws -> (Int, Data) {
+        var base = url.absoluteString
+        while base.hasSuffix("/") { base.removeLast() }
+        var request = HTTPClientRequest(url: base + path)
+        request.method = HTTPMethod(rawValue: method)
+        if let key { request.headers.add(name: "Idempotency-Key", value: key) }
+        if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
         if let body {
-            request.httpBody = try JSONSerialization.data(withJSONObject: body)
-            request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+            request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
+            request.headers.add(name: "Content-Type", value: "application/json")
         }
-        let session = self.session
-        let sent = request
-        let (data, response) = try await withThrowingTaskGroup(of: (Data, URLResponse)?.self) { group in
-            group.addTask { try await session.data(for: sent) }
-            group.addTask {
-                try await Task.sleep(for: .milliseconds(Int(timeout * 1000)))
-                return nil
-            }
-            defer { group.cancelAll() }
-            guard let first = try await group.next(), let answer = first else { throw URLError(.timedOut) }
-            return answer
-        }
-        guard let http = response as? HTTPURLResponse else { throw NodeLeaseError.transport("not an HTTP answer") }
-        if let replica = http.value(forHTTPHeaderField: "X-NodeLease-Replica").flatMap(UInt64.init) {
-            let leader = http.value(forHTTPHeaderField: "X-NodeLease-Leader").flatMap(UInt64.init)
+        let response = try await http.execute(request, deadline: .now() + .milliseconds(Int64(timeout * 1000)))
+        let buffer = try await response.body.collect(upTo: Self.maxAnswer)
+        if let replica = response.headers.first(name: "X-NodeLease-Replica").flatMap(UInt64.init) {
+            let leader = response.headers.first(name: "X-NodeLease-Leader").flatMap(UInt64.init)
             state.withLockedValue {
                 $0.replicaEndpoint[replica] = url
                 $0.leader = leader
             }
         }
-        return (http.statusCode, data, http)
+        return (Int(response.status.code), Data(buffer.readableBytesView))
     }
+
+    /// The largest answer read (a registry of 2^16 nodes is well under it).
+    static let maxAnswer = 64 << 20
 
     static func error(status: Int, data: Data) -> NodeLeaseError {
         let json = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:]

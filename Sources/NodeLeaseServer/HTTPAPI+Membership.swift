@@ -1,14 +1,13 @@
+import AsyncHTTPClient
 import Foundation
 import HTTPTypes
 import Hummingbird
 import LeaseRegistry
 import NIOCore
+import NIOHTTP1
 import Raft
 import ReplicaCore
 
-#if canImport(FoundationNetworking)
-    import FoundationNetworking
-#endif
 
 /// `/v1/cluster/replicas` (shared/API.md "Replicas (membership)"). Reads answer from this
 /// replica's configuration. Changes are made by the leader: a follower passes the request on
@@ -168,32 +167,29 @@ extension HTTPAPI {
         }
     }
 
-    /// Sends the request to the leader's client port and returns its answer, or 503.
+    /// Sends the request to the leader's client port (HTTPS when this replica serves HTTPS)
+    /// and returns its answer, or 503.
     private func passOn(_ request: Request, body: [UInt8], to address: String, hops: Int) async -> Response {
-        let target = "http://\(address)\(request.uri.path)" + (request.uri.query.map { "?\($0)" } ?? "")
-        guard let url = URL(string: target) else { return await noLeader() }
-        var out = URLRequest(url: url)
-        out.httpMethod = request.method.rawValue
-        // Whole seconds: Foundation on Linux arms its timer with them (see NodeLeaseClient.send).
-        out.timeoutInterval = max(1, (Double(config.requestTimeoutMillis) / 1000).rounded(.up))
-        out.setValue(String(hops), forHTTPHeaderField: Self.forwardedHeader.rawName)
-        if let key = request.headers[Self.idempotencyKeyHeader] { out.setValue(key, forHTTPHeaderField: "Idempotency-Key") }
+        let scheme = config.clientTLS == nil ? "http" : "https"
+        var out = HTTPClientRequest(url: "\(scheme)://\(address)\(request.uri.path)" + (request.uri.query.map { "?\($0)" } ?? ""))
+        out.method = HTTPMethod(rawValue: request.method.rawValue)
+        out.headers.add(name: Self.forwardedHeader.rawName, value: String(hops))
+        if let key = request.headers[Self.idempotencyKeyHeader] { out.headers.add(name: "Idempotency-Key", value: key) }
         // The leader checks the token again (every replica has the token file).
-        if let token = request.headers[.authorization] { out.setValue(token, forHTTPHeaderField: "Authorization") }
+        if let token = request.headers[.authorization] { out.headers.add(name: "Authorization", value: token) }
         if !body.isEmpty {
-            out.httpBody = Data(body)
-            out.setValue("application/json", forHTTPHeaderField: "Content-Type")
+            out.body = .bytes(ByteBuffer(bytes: body))
+            out.headers.add(name: "Content-Type", value: "application/json")
         }
         do {
-            let (data, response) = try await URLSession.shared.data(for: out)
-            guard let http = response as? HTTPURLResponse else { return await noLeader() }
-            let status = HTTPResponse.Status(code: http.statusCode)
+            let answer = try await passOnClient.execute(out, deadline: .now() + .milliseconds(Int64(config.requestTimeoutMillis)))
+            let data = try await answer.body.collect(upTo: 1 << 20)
             var headers = HTTPFields()
             headers[.contentType] = "application/json"
             for name in [Self.indexHeader, Self.replicaHeader, Self.leaderHeader] {
-                if let v = http.value(forHTTPHeaderField: name.rawName) { headers[name] = v }
+                if let v = answer.headers.first(name: name.rawName) { headers[name] = v }
             }
-            return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: Array(data))))
+            return Response(status: HTTPResponse.Status(code: Int(answer.status.code)), headers: headers, body: .init(byteBuffer: data))
         } catch {
             return await noLeader()
         }

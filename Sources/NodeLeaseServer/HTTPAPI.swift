@@ -1,6 +1,8 @@
+import AsyncHTTPClient
 import HTTPTypes
 import Hummingbird
 import LeaseRegistry
+import NIOConcurrencyHelpers
 import NIOCore
 import Raft
 
@@ -12,6 +14,10 @@ struct HTTPAPI: Sendable {
     let metrics: ReplicaMetrics
     /// The token file's tokens; nil: authentication is off (shared/API.md).
     var auth: Authenticator? = nil
+    /// Passes membership changes on to the leader.
+    let passOnClient: HTTPClient
+    /// Requests in progress, capped at `config.maxConcurrentRequests`.
+    let gate = RequestGate()
     static let maxBody = 64 * 1024
     static let indexHeader = HTTPField.Name("X-NodeLease-Index")!
     static let replicaHeader = HTTPField.Name("X-NodeLease-Replica")!
@@ -23,9 +29,18 @@ struct HTTPAPI: Sendable {
         let start = ContinuousClock.now
         let parts = request.uri.path.split(separator: "/", omittingEmptySubsequences: true)
         let response: Response
-        switch authenticate(request, parts) {
-        case .success(let access): response = await route(request, parts, access)
-        case .failure(let refusal): response = refusal.response
+        let health = parts.count == 1 && (parts[0] == "healthz" || parts[0] == "readyz")
+        if !health && !gate.enter(limit: config.maxConcurrentRequests) {
+            // The contract's 503 code, so clients retry elsewhere as for any unavailable replica.
+            var r = error(.serviceUnavailable, "no_leader", "this replica is at its limit of \(config.maxConcurrentRequests) requests in progress; retry, or ask another replica")
+            r.headers[.retryAfter] = "1"
+            response = r
+        } else {
+            defer { if !health { gate.leave() } }
+            switch authenticate(request, parts) {
+            case .success(let access): response = await route(request, parts, access)
+            case .failure(let refusal): response = refusal.response
+            }
         }
         metrics.request(
             endpoint: Self.endpoint(request.method, parts), status: response.status.code, duration: ContinuousClock.now - start)
@@ -49,6 +64,20 @@ struct HTTPAPI: Sendable {
         default: template = "other"
         }
         return "\(method.rawValue) \(template)"
+    }
+
+    /// Counts requests in progress.
+    final class RequestGate: Sendable {
+        private let count = NIOLockedValueBox(0)
+        func enter(limit: Int) -> Bool {
+            count.withLockedValue { n in
+                guard n < limit else { return false }
+                n += 1
+                return true
+            }
+        }
+        func leave() { count.withLockedValue { $0 -= 1 } }
+        var inProgress: Int { count.withLockedValue { $0 } }
     }
 
     // MARK: Authentication

@@ -1,8 +1,13 @@
+import AsyncHTTPClient
+import Foundation
 import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 import Raft
 import RaftStorage
 import RaftTransport
@@ -16,6 +21,7 @@ public final class NodeLeaseReplica: Service, Sendable {
     let logger: Logger
     private let inbox: MessageInbox
     private let app: Application<CallbackResponder<BasicRequestContext>>
+    private let passOnClient: HTTPClient
     /// The tokens of `--token-file`; nil when authentication is off.
     public let authenticator: Authenticator?
 
@@ -66,6 +72,22 @@ public final class NodeLeaseReplica: Service, Sendable {
         let electionMillis = Int64(config.electionTicks * config.tickMillis)
         transportConfig.unackedTimeout = .milliseconds(electionMillis)
         transportConfig.connectTimeout = .milliseconds(max(200, electionMillis / 2))
+        if let files = config.peerTLS {
+            let tls: PeerTLS
+            do {
+                tls = try PeerTLS(certificateFile: files.certificate, keyFile: files.key, caFile: files.ca ?? "")
+                if let warning = try tls.check(cluster: config.clusterID, replica: config.replicaID.rawValue, now: Int(Date().timeIntervalSince1970)) {
+                    logger.warning("\(warning)")
+                }
+            } catch {
+                throw ConfigError("--peer-cert", "\(error)")
+            }
+            transportConfig.tls = tls
+            logger.info("peers: mutual TLS, identity \(PeerTLS.identity(cluster: config.clusterID, replica: config.replicaID.rawValue))")
+        } else if !Self.isLoopback(config.peerListen.host) {
+            logger.warning(
+                "peers on \(config.peerListen) without TLS (--peer-cert): anyone who can reach this address can pose as a replica")
+        }
         transportConfig.maxBackoff = .milliseconds(max(100, electionMillis / 2))
         self.transport = RaftTransport(
             config: transportConfig,
@@ -91,10 +113,8 @@ public final class NodeLeaseReplica: Service, Sendable {
                 + "an emptied or replaced data directory has forgotten its votes and must not rejoin under the same id; "
                 + "restore that replica's data directory"
         }
-        var api = HTTPAPI(driver: driver, config: config, metrics: metrics)
         if let path = config.tokenFile {
             let auth = try Authenticator(path: path)
-            api.auth = auth
             authenticator = auth
             logger.info("authentication on: \(auth.count) tokens from \(path)")
         } else {
@@ -104,8 +124,54 @@ public final class NodeLeaseReplica: Service, Sendable {
                     "clients on \(config.clientListen) without --token-file: anyone who can reach this address can take, release and forget every lease (see the README's security section)")
             }
         }
+        let head = TimeAmount.milliseconds(Int64(config.httpHeadTimeoutMillis))
+        let body = TimeAmount.milliseconds(Int64(config.httpBodyTimeoutMillis))
+        let http1 = HTTPServerBuilder.http1(
+            configuration: .init(additionalChannelHandlers: [RequestDeadlineHandler(headTimeout: head, bodyTimeout: body)]))
+        let server: HTTPServerBuilder
+        var clientChain: [NIOSSLCertificate] = []
+        var clientKey: NIOSSLPrivateKey?
+        if let files = config.clientTLS {
+            do {
+                let chain = try NIOSSLCertificate.fromPEMFile(files.certificate)
+                let key = try NIOSSLPrivateKey(file: files.key, format: .pem)
+                (clientChain, clientKey) = (chain, key)
+                var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+                tls.minimumTLSVersion = .tlsv12
+                if let ca = files.ca {
+                    // Client certificates required, issued by this CA.
+                    tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(ca))
+                    tls.certificateVerification = .noHostnameVerification
+                }
+                server = try .tls(http1, tlsConfiguration: tls)
+            } catch {
+                throw ConfigError("--client-cert", "\(error)")
+            }
+            logger.info("clients: HTTPS\(files.ca == nil ? "" : ", client certificates required")")
+        } else {
+            server = http1
+        }
+        // Made last, once nothing can throw (a client must be shut down before it goes).
+        // Membership changes a follower passes to the leader: over HTTPS when clients are,
+        // trusting the client CA (or else the peer CA) and presenting this replica's
+        // client-port certificate, in case the leader requires client certificates.
+        var passOn = HTTPClient.Configuration(timeout: .init(connect: .seconds(2)), connectionPool: .init(idleTimeout: .seconds(5)))
+        passOn.httpVersion = .http1Only
+        passOn.connectionPool.retryConnectionEstablishment = false
+        if let files = config.clientTLS, let clientKey {
+            var tls = TLSConfiguration.makeClientConfiguration()
+            if let ca = files.ca ?? config.peerTLS?.ca { tls.trustRoots = .file(ca) }
+            tls.certificateChain = clientChain.map { .certificate($0) }
+            tls.privateKey = .privateKey(clientKey)
+            tls.certificateVerification = .noHostnameVerification
+            passOn.tlsConfiguration = tls
+        }
+        self.passOnClient = HTTPClient(eventLoopGroupProvider: .shared(group), configuration: passOn)
+        var api = HTTPAPI(driver: driver, config: config, metrics: metrics, passOnClient: passOnClient)
+        api.auth = authenticator
         self.app = Application(
             responder: CallbackResponder { [api] request, _ in await api.respond(to: request) },
+            server: server,
             configuration: .init(address: .hostname(config.clientListen.host, port: config.clientListen.port), serverName: nil),
             eventLoopGroupProvider: .shared(group), logger: logger)
     }
@@ -142,6 +208,7 @@ public final class NodeLeaseReplica: Service, Sendable {
             }
             inbox.finish()
             await transport.shutdown()
+            try? await passOnClient.shutdown()
         } onGracefulShutdown: {
             // Nothing more: app.run() returns, and the shutdown above follows it.
         }
@@ -173,6 +240,7 @@ public final class NodeLeaseReplica: Service, Sendable {
         await driver.shutdown()
         inbox.finish()
         await transport.shutdown()
+        try? await passOnClient.shutdown()
     }
 }
 

@@ -42,6 +42,18 @@ public struct ServerConfig: Sendable {
     public var advertiseClient: String?
     /// The token file (shared/API.md "Authentication and roles"); nil: no authentication.
     public var tokenFile: String?
+    /// Mutual TLS between replicas: this replica's certificate and key, and the cluster's CA
+    /// (PEM files); nil: plain TCP.
+    public var peerTLS: TLSFiles?
+    /// TLS on the client port: the certificate and key; `ca`, when set, also requires client
+    /// certificates issued by it. Nil: plain HTTP.
+    public var clientTLS: TLSFiles?
+    /// A client connection must send a request's head within this long of opening or of the
+    /// previous response, and the rest of the request within `httpBodyTimeoutMillis` of it.
+    public var httpHeadTimeoutMillis = 10_000
+    public var httpBodyTimeoutMillis = 30_000
+    /// Requests in progress on this replica beyond which new ones get 503 at once.
+    public var maxConcurrentRequests = 1024
 
     public init(replicaID: ReplicaID, peers: [ReplicaID: PeerAddress], clientListen: PeerAddress, dataDir: String) {
         self.replicaID = replicaID
@@ -88,6 +100,18 @@ public struct ServerConfig: Sendable {
         if UInt64(requestTimeoutMillis) >= idempotencyWindow.seconds * 1000 {
             throw ConfigError("--idempotency-window", "must be longer than --request-timeout, or a replica's own re-sends could apply twice")
         }
+    }
+}
+
+/// PEM files for TLS.
+public struct TLSFiles: Sendable, Equatable {
+    public var certificate: String
+    public var key: String
+    public var ca: String?
+    public init(certificate: String, key: String, ca: String?) {
+        self.certificate = certificate
+        self.key = key
+        self.ca = ca
     }
 }
 

@@ -175,15 +175,18 @@ public enum MessageCodec {
 /// Splits a byte stream into frames (NIO's length-prefix framing, with our limit).
 public struct FrameDecoder: ByteToMessageDecoder {
     public typealias InboundOut = Frame
+    /// The largest frame accepted now: small until the handshake is done (a stranger cannot
+    /// make a replica allocate a large frame), then `Frame.maxLength`.
+    let limit: FrameLimit
 
-    public init() {}
+    public init(limit: FrameLimit = FrameLimit(Frame.maxLength)) { self.limit = limit }
 
     public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         guard let length = buffer.getInteger(at: buffer.readerIndex, endianness: .little, as: UInt32.self) else {
             return .needMoreData
         }
         let n = Int(length)
-        guard n <= Frame.maxLength else { throw FrameError.tooLarge(n) }
+        guard n <= limit.bytes else { throw FrameError.tooLarge(n) }
         guard n >= 2 else { throw FrameError.malformed("frame of \(n) bytes") }
         guard buffer.readableBytes >= 4 + n else { return .needMoreData }
         buffer.moveReaderIndex(forwardBy: 4)
@@ -195,6 +198,15 @@ public struct FrameDecoder: ByteToMessageDecoder {
     public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
         try decode(context: context, buffer: &buffer)
     }
+}
+
+/// The frame size a connection's decoder accepts, raised once its handshake is done. Used on
+/// the connection's event loop only.
+public final class FrameLimit: @unchecked Sendable {
+    public var bytes: Int
+    public init(_ bytes: Int) { self.bytes = bytes }
+    /// Enough for a hello, a welcome or a refusal.
+    public static let handshake = 16 << 10
 }
 
 /// Writes frames.

@@ -2,6 +2,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 import Raft
 
 /// Where a peer listens.
@@ -36,6 +37,12 @@ public struct TransportConfig: Sendable {
     public var unackedTimeout: TimeAmount = .seconds(2)
     public var minBackoff: TimeAmount
     public var maxBackoff: TimeAmount
+    /// Mutual TLS with the cluster's CA; nil: plain TCP (loopback and trusted networks only).
+    public var tls: PeerTLS?
+    /// How long an accepted connection may take to complete its TLS handshake and hello.
+    public var handshakeTimeout: TimeAmount = .seconds(5)
+    /// Accepted connections (admitted or not yet) beyond which new ones are closed at once.
+    public var maxInboundConnections = 256
 
     public init(
         clusterID: String, replicaID: ReplicaID, listen: PeerAddress, peers: [ReplicaID: PeerAddress],
@@ -81,6 +88,8 @@ public final class RaftTransport: Sendable {
     let checkPeer = NIOLockedValueBox<(@Sendable (ReplicaID, UInt64) -> String?)?>(nil)
     let server = NIOLockedValueBox<(any Channel)?>(nil)
     let dropped = ManagedAtomicCounter()
+    /// Accepted connections open now, and when a refusal for being over the cap was last logged.
+    let accepted = NIOLockedValueBox<(count: Int, lastLogged: NIODeadline?)>((0, nil))
 
     /// - Parameters:
     ///   - onMessage: called on an event loop for every message received.
@@ -192,10 +201,14 @@ public final class RaftTransport: Sendable {
             .childChannelOption(.socketOption(.so_keepalive), value: 1)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    let limit = FrameLimit(FrameLimit.handshake)
+                    if let tls = config.tls {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.server))
+                    }
                     try channel.pipeline.syncOperations.addHandlers([
-                        ByteToMessageHandler(FrameDecoder()),
+                        ByteToMessageHandler(FrameDecoder(limit: limit)),
                         MessageToByteHandler(FrameEncoder()),
-                        AcceptorHandler(transport: self),
+                        AcceptorHandler(transport: self, limit: limit),
                     ])
                 }
             }
@@ -270,6 +283,9 @@ public final class RaftTransport: Sendable {
         }
         if from == config.replicaID {
             return "the caller claims this replica's own id \(from): two replicas share one id"
+        }
+        if config.tls != nil, let why = PeerTLS.mismatch(channel, expected: PeerTLS.identity(cluster: clusterID, replica: from.rawValue)) {
+            return "it claims to be replica \(from), but \(why)"
         }
         if removed.withLockedValue({ $0.contains(from) }) {
             return "replica \(from) was removed from this cluster; its id is never used again"
@@ -350,10 +366,14 @@ final class PeerLink: @unchecked Sendable {
                 ChannelOptions.Types.SocketOption(level: .tcp, name: NIOBSDSocket.Option(rawValue: TCP_USER_TIMEOUT)),
                 value: SocketOptionValue(t.config.unackedTimeout.nanoseconds / 1_000_000))
             .channelOption(.writeBufferWaterMark, value: watermark)
-            .channelInitializer { [self] channel in
+            .channelInitializer { [self, tls = t.config.tls] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls.client, serverHostname: nil))
+                    }
                     try channel.pipeline.syncOperations.addHandlers([
-                        ByteToMessageHandler(FrameDecoder()),
+                        // A peer only ever answers this way with a welcome or a refusal.
+                        ByteToMessageHandler(FrameDecoder(limit: FrameLimit(FrameLimit.handshake))),
                         MessageToByteHandler(FrameEncoder()),
                         DialerHandler(link: self),
                     ])
@@ -463,6 +483,13 @@ final class DialerHandler: ChannelInboundHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .welcome:
+            if let t = link.transport, t.config.tls != nil,
+                let why = PeerTLS.mismatch(context.channel, expected: PeerTLS.identity(cluster: t.config.clusterID, replica: link.peer.rawValue))
+            {
+                link.refused("this replica refused it: \(why)")
+                context.close(promise: nil)
+                return
+            }
             link.established(context.channel)
         case .refused(let reason):
             link.refused(reason)
@@ -478,6 +505,9 @@ final class DialerHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if error is NIOSSLError || error is BoringSSLError {
+            link.refused("TLS: \(PeerTLS.explain(error))")
+        }
         context.close(promise: nil)
     }
 }
@@ -489,8 +519,45 @@ final class AcceptorHandler: ChannelDuplexHandler, @unchecked Sendable {
     typealias OutboundOut = Frame
     let transport: RaftTransport
     var peer: ReplicaID?
+    let limit: FrameLimit
+    var counted = false
+    var deadline: Scheduled<Void>?
 
-    init(transport: RaftTransport) { self.transport = transport }
+    init(transport: RaftTransport, limit: FrameLimit) {
+        self.transport = transport
+        self.limit = limit
+    }
+
+    /// Caps accepted connections, and gives each a deadline for its handshake and hello.
+    func channelActive(context: ChannelHandlerContext) {
+        let now = NIODeadline.now()
+        let (over, log) = transport.accepted.withLockedValue { a -> (Bool, Bool) in
+            guard a.count < transport.config.maxInboundConnections else {
+                let log = a.lastLogged.map { now - $0 > .seconds(10) } ?? true
+                if log { a.lastLogged = now }
+                return (true, log)
+            }
+            a.count += 1
+            return (false, false)
+        }
+        if over {
+            if log {
+                transport.logger.warning(
+                    "refusing peer connections from \(String(describing: context.remoteAddress)) and others: \(transport.config.maxInboundConnections) are open already (logged at most every 10 s)")
+            }
+            context.close(promise: nil)
+            return
+        }
+        counted = true
+        let channel = context.channel
+        let timeout = transport.config.handshakeTimeout
+        let logger = transport.logger
+        deadline = context.eventLoop.scheduleTask(in: timeout) {
+            logger.warning("closing a peer connection from \(String(describing: channel.remoteAddress)): no handshake within \(timeout)")
+            channel.close(promise: nil)
+        }
+        context.fireChannelActive()
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
@@ -510,6 +577,8 @@ final class AcceptorHandler: ChannelDuplexHandler, @unchecked Sendable {
                 return
             }
             self.peer = from
+            deadline?.cancel()
+            limit.bytes = Frame.maxLength
             context.writeAndFlush(wrapOutboundOut(.welcome), promise: nil)
             return
         }
@@ -526,12 +595,20 @@ final class AcceptorHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     func channelInactive(context: ChannelHandlerContext) {
         if let peer { transport.inboundClosed(peer, channel: context.channel) }
+        deadline?.cancel()
+        if counted {
+            counted = false
+            transport.accepted.withLockedValue { $0.count -= 1 }
+        }
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let from = String(describing: context.remoteAddress)
         if let e = error as? FrameError {
-            transport.logger.warning("closing a peer connection: \(e)")
+            transport.logger.warning("closing a peer connection from \(from)\(peer.map { " (replica \($0))" } ?? ""): \(e)")
+        } else if error is NIOSSLError || error is BoringSSLError {
+            transport.logger.warning("refused a peer connection from \(from): TLS handshake failed: \(PeerTLS.explain(error))")
         }
         context.close(promise: nil)
     }

@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
 /// `nodelease bench`: a closed-loop load generator. Each worker keeps one keep-alive HTTP/1.1
 /// connection and sends its next request when the previous one answers. It speaks our API, or
@@ -23,6 +24,7 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "The system under test: nodelease or etcd (its JSON gateway).") var system: String = "nodelease"
     @Option(help: "PIDs of the replica processes, for their CPU time (default: .cluster/replica-*.pid).") var pids: String?
     @Flag(help: "Print JSON instead of a table.") var json = false
+    @Option(help: "Talk HTTPS, trusting this CA (PEM); the token comes from NODELEASE_TOKEN. Env NODELEASE_CA_FILE.") var caFile: String?
 
     func validate() throws {
         guard ["acquire", "renew", "read", "mixed"].contains(op) else { throw ValidationError("--op must be acquire, renew, read or mixed") }
@@ -32,6 +34,16 @@ struct Bench: AsyncParsableCommand {
     }
 
     func run() async throws {
+        let env = ProcessInfo.processInfo.environment
+        if let ca = caFile ?? env["NODELEASE_CA_FILE"] {
+            var tls = TLSConfiguration.makeClientConfiguration()
+            tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(ca))
+            // The bench dials addresses, not names: the chain is checked, the name is not.
+            tls.certificateVerification = .noHostnameVerification
+            let context = try NIOSSLContext(configuration: tls)
+            HTTP1.security.withLockedValue { $0.tls = context }
+        }
+        if let token = env["NODELEASE_TOKEN"], !token.isEmpty { HTTP1.security.withLockedValue { $0.token = token } }
         let addresses = endpoints.split(separator: ",").map { e -> (String, Int) in
             let parts = e.split(separator: ":")
             return (String(parts[0]), Int(parts.last!) ?? 80)
@@ -238,6 +250,9 @@ final class CloseWhenIdle: ChannelInboundHandler, Sendable {
 }
 
 enum HTTP1 {
+    /// TLS and the token for every connection of this run (set once, before any).
+    static let security = NIOLockedValueBox<(tls: NIOSSLContext?, token: String?)>((nil, nil))
+
     struct Response {
         var status: Int
         var body: [UInt8]
@@ -245,6 +260,7 @@ enum HTTP1 {
 
     /// Connects, runs `body` with the connection, closes it.
     static func withConnection<T: Sendable>(host: String, port: Int, _ body: (inout Session) async throws -> T) async throws -> T {
+        let (tls, token) = security.withLockedValue { $0 }
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(3))
@@ -252,13 +268,14 @@ enum HTTP1 {
                 channel.eventLoop.makeCompletedFuture {
                     // No byte for this long while open: the connection is closed, and a
                     // request waiting on it fails instead of hanging.
+                    if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: nil)) }
                     try channel.pipeline.syncOperations.addHandlers([IdleStateHandler(readTimeout: .seconds(5)), CloseWhenIdle()])
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
                     return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
                 }
             }
         return try await channel.executeThenClose { inbound, outbound in
-            var session = Session(iterator: inbound.makeAsyncIterator(), outbound: outbound, host: "\(host):\(port)")
+            var session = Session(iterator: inbound.makeAsyncIterator(), outbound: outbound, host: "\(host):\(port)", token: token)
             return try await body(&session)
         }
     }
@@ -267,10 +284,12 @@ enum HTTP1 {
         var iterator: NIOAsyncChannelInboundStream<HTTPClientResponsePart>.AsyncIterator
         let outbound: NIOAsyncChannelOutboundWriter<HTTPClientRequestPart>
         let host: String
+        let token: String?
 
         mutating func request(_ method: HTTPMethod, _ uri: String, _ body: Data?) async throws -> Response {
             var headers = HTTPHeaders()
             headers.add(name: "Host", value: host)
+            if let token { headers.add(name: "Authorization", value: "Bearer \(token)") }
             headers.add(name: "Content-Length", value: String(body?.count ?? 0))
             if body != nil { headers.add(name: "Content-Type", value: "application/json") }
             try await outbound.write(.head(HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers)))

@@ -12,11 +12,17 @@ struct ClientOptions: ParsableArguments {
     @Option(help: "Seconds a command may take, retries included.")
     var timeout: Double = 10
 
+    @Option(help: "CA certificate (PEM) of the replicas' HTTPS certificates; endpoints without a scheme are then https. Env NODELEASE_CA_FILE.")
+    var caFile: String?
+
     func client() throws -> NodeLeaseClient {
-        let text = endpoints ?? ProcessInfo.processInfo.environment["NODELEASE_ENDPOINTS"] ?? "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403"
+        let env = ProcessInfo.processInfo.environment
+        let text = endpoints ?? env["NODELEASE_ENDPOINTS"] ?? "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403"
+        var tls = NodeLeaseClient.TLS.fromEnvironment()
+        if let caFile { tls = NodeLeaseClient.TLS(caFile: caFile, certificateFile: tls?.certificateFile, keyFile: tls?.keyFile) }
         return NodeLeaseClient(
-            endpoints: try NodeLeaseClient.parseEndpoints(text), timeout: .milliseconds(Int(timeout * 1000)),
-            token: ProcessInfo.processInfo.environment["NODELEASE_TOKEN"])
+            endpoints: try NodeLeaseClient.parseEndpoints(text, defaultScheme: tls == nil ? "http" : "https"),
+            timeout: .milliseconds(Int(timeout * 1000)), token: env["NODELEASE_TOKEN"], tls: tls)
     }
 }
 

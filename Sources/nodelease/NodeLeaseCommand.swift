@@ -154,6 +154,18 @@ struct Serve: AsyncParsableCommand {
     var autoPromote = true
     @Option(help: "The client address other replicas and clients are told (default: --client-addr, with the --peer-addr host if that listens on 0.0.0.0). Env NODELEASE_ADVERTISE_CLIENT_ADDR.")
     var advertiseClientAddr: String?
+    @Option(help: "This replica's peer certificate (PEM), naming it nodelease://CLUSTER/replica/ID: mutual TLS between replicas, with --peer-key and --peer-ca. Env NODELEASE_PEER_CERT.")
+    var peerCert: String?
+    @Option(help: "The peer certificate's private key (PEM). Env NODELEASE_PEER_KEY.")
+    var peerKey: String?
+    @Option(help: "The cluster CA's certificate (PEM); peers must present a certificate it issued. Env NODELEASE_PEER_CA.")
+    var peerCa: String?
+    @Option(help: "Serve clients over HTTPS with this certificate (PEM), with --client-key. Env NODELEASE_CLIENT_CERT.")
+    var clientCert: String?
+    @Option(help: "The client-port certificate's private key (PEM). Env NODELEASE_CLIENT_KEY.")
+    var clientKey: String?
+    @Option(help: "Require client certificates issued by this CA (PEM) on the client port. Env NODELEASE_CLIENT_CA.")
+    var clientCa: String?
     @OptionGroup var options: ReplicaOptions
 
     func run() async throws {
@@ -175,6 +187,17 @@ struct Serve: AsyncParsableCommand {
             c.autoPromote = autoPromote && ReplicaOptions.env("--auto-promote") != "0"
             if let a = options.value(advertiseClientAddr, "--advertise-client-addr") {
                 c.advertiseClient = try ServerConfig.parseAddress(a, flag: "--advertise-client-addr").description
+            }
+            let peerFiles = (options.value(peerCert, "--peer-cert"), options.value(peerKey, "--peer-key"), options.value(peerCa, "--peer-ca"))
+            switch peerFiles {
+            case (nil, nil, nil): break
+            case (let cert?, let key?, let ca?): c.peerTLS = TLSFiles(certificate: cert, key: key, ca: ca)
+            default: throw ConfigError("--peer-cert", "mutual TLS between replicas needs all of --peer-cert, --peer-key and --peer-ca")
+            }
+            switch (options.value(clientCert, "--client-cert"), options.value(clientKey, "--client-key"), options.value(clientCa, "--client-ca")) {
+            case (nil, nil, nil): break
+            case (let cert?, let key?, let ca): c.clientTLS = TLSFiles(certificate: cert, key: key, ca: ca)
+            default: throw ConfigError("--client-cert", "HTTPS needs both --client-cert and --client-key (--client-ca is optional)")
             }
             try options.apply(to: &c)
             config = c

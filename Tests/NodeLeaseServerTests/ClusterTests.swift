@@ -1,5 +1,8 @@
+import AsyncHTTPClient
 import Foundation
 import Logging
+import NIOHTTP1
+import NIOSSL
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -33,6 +36,16 @@ final class LocalCluster: @unchecked Sendable {
     var headers: [String: String] = [:]
     /// When set, every replica logs everything here (trace level) instead of warnings to stderr.
     var capture: LogCapture?
+    /// When set, the replicas serve HTTPS and the helpers talk it with this TLS configuration.
+    var tls: TLSConfiguration? {
+        didSet {
+            try? https?.syncShutdown()
+            https = tls.map { tls in
+                HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls, timeout: .init(connect: .seconds(2))))
+            }
+        }
+    }
+    private var https: HTTPClient?
 
     init(size: Int = 3, configure: (inout ServerConfig) -> Void = { _ in }) throws {
         self.size = size
@@ -82,7 +95,10 @@ final class LocalCluster: @unchecked Sendable {
         for id in replicas.keys.sorted() { await stop(id) }
     }
 
-    deinit { try? FileManager.default.removeItem(atPath: base) }
+    deinit {
+        try? https?.syncShutdown()
+        try? FileManager.default.removeItem(atPath: base)
+    }
 
     /// The replica every live replica agrees leads.
     func leader() async -> ReplicaID? {
@@ -96,10 +112,24 @@ final class LocalCluster: @unchecked Sendable {
 
     func url(_ id: ReplicaID, _ path: String) -> URL {
         let a = configs[id]!.clientListen
-        return URL(string: "http://\(a.host):\(a.port)\(path)")!
+        return URL(string: "\(tls == nil ? "http" : "https")://\(a.host):\(a.port)\(path)")!
     }
 
     func request(_ id: ReplicaID, _ method: String, _ path: String, body: String? = nil, headers: [String: String] = [:]) async throws -> HTTPResult {
+        if let https {
+            var r = HTTPClientRequest(url: url(id, path).absoluteString)
+            r.method = HTTPMethod(rawValue: method)
+            for (k, v) in self.headers.merging(headers, uniquingKeysWith: { $1 }) where !v.isEmpty { r.headers.add(name: k, value: v) }
+            if let body {
+                r.body = .bytes(ByteBuffer(string: body))
+                r.headers.add(name: "Content-Type", value: "application/json")
+            }
+            let answer = try await https.execute(r, timeout: .seconds(10))
+            let data = try await answer.body.collect(upTo: 16 << 20)
+            var headers: [String: String] = [:]
+            for h in answer.headers { headers[h.name.lowercased()] = h.value }
+            return HTTPResult(status: Int(answer.status.code), body: String(buffer: data), headers: headers)
+        }
         var r = URLRequest(url: url(id, path))
         r.httpMethod = method
         r.timeoutInterval = 10

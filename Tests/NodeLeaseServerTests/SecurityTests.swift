@@ -1,6 +1,11 @@
 import Foundation
 import Logging
+import NIOCore
+import NIOPosix
+import NodeLeaseClient
 import NodeLeaseServer
+import NIOSSL
+import TestSupport
 import Raft
 import Testing
 
@@ -230,5 +235,111 @@ import Testing
         for token in [Self.admin, Self.reader, Self.node, Self.otherNode] {
             #expect(!log.contains { $0.contains(token) }, "a log line contains a token")
         }
+    }
+}
+
+/// Limits against slow or greedy clients on the client port.
+@Suite(.serialized) struct ClientLimitTests {
+    @Test func aClientTricklingItsHeaderIsCutOff() async throws {
+        let c = try LocalCluster(size: 1) { $0.httpHeadTimeoutMillis = 600 }
+        try await c.startAll()
+        let port = c.configs[1]!.clientListen.port
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).get()
+        let start = ContinuousClock.now
+        var sent = 0
+        for byte in Array("GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".utf8) {
+            guard channel.isActive else { break }
+            try? await channel.writeAndFlush(ByteBuffer(bytes: [byte])).get()
+            sent += 1
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(!channel.isActive, "still connected after \(sent) bytes")
+        #expect(ContinuousClock.now - start < .seconds(3))
+        // Everyone else is served as usual.
+        #expect(try await c.get(1, "/v1/status").status == 200)
+        await c.stopAll()
+    }
+
+    @Test func requestsBeyondTheCapAreAnswered503AtOnce() async throws {
+        let c = try LocalCluster(size: 3) { $0.maxConcurrentRequests = 1 }
+        try await c.startAll()
+        let leader = try #require(await c.leader())
+        let follower = ReplicaID(leader.rawValue % 3 + 1)
+        // Without a quorum, a write waits for its request timeout (2 s): the one slot is taken.
+        for id in c.replicas.keys where id != follower { await c.stop(id) }
+        let slow = Task { try await c.post(follower, "/v1/leases", #"{"hostname":"mx1.example.org","holder":"h"}"#) }
+        try await Task.sleep(for: .milliseconds(300))
+        let refused = try await c.get(follower, "/v1/cluster/nodes")
+        #expect(refused.status == 503)
+        #expect((refused.json["message"] as? String)?.contains("limit of 1 requests") == true)
+        #expect(try await c.get(follower, "/healthz").status == 200)
+        #expect(try await slow.value.status == 503)
+        // The slot is free again.
+        #expect(try await c.get(follower, "/v1/cluster/nodes").status == 200)
+        await c.stopAll()
+    }
+}
+
+/// A cluster with mutual TLS between its replicas and HTTPS for clients.
+@Suite(.serialized) struct ClusterTLSTests {
+    @Test func aClusterFormsOverTLSAndTheLibraryTalksHTTPS() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        var issueError: (any Error)?
+        let c = try LocalCluster { config in
+            let id = config.replicaID.rawValue
+            do {
+                let peer = try pki.issue("peer-\(id)", uris: ["nodelease://nodelease/replica/\(id)"])
+                let client = try pki.issue("https-\(id)", dns: ["localhost"], ips: ["127.0.0.1"])
+                config.peerTLS = TLSFiles(certificate: peer.certificate, key: peer.key, ca: pki.caCertificate)
+                config.clientTLS = TLSFiles(certificate: client.certificate, key: client.key, ca: nil)
+            } catch {
+                issueError = error
+            }
+        }
+        if let issueError { throw issueError }
+        var trust = TLSConfiguration.makeClientConfiguration()
+        trust.trustRoots = .file(pki.caCertificate)
+        c.tls = trust
+        try await c.startAll()
+        #expect(try await c.get(1, "/v1/status").status == 200)
+
+        let endpoints = (1...3).map { c.url(ReplicaID(UInt64($0)), "") }
+        #expect(endpoints.allSatisfy { $0.scheme == "https" })
+        let client = NodeLeaseClient(endpoints: endpoints, timeout: .seconds(5), tls: .init(caFile: pki.caCertificate))
+        let lease = try await client.acquire(hostname: "mx1.example.org", holder: "h1")
+        #expect(try await client.renew(leaseId: lease.leaseId).leaseId == lease.leaseId)
+        #expect(try await client.nodes().map(\.hostname) == ["mx1.example.org"])
+        // A membership change through a follower is passed to the leader over HTTPS.
+        let config = try await client.replicas()
+        #expect(config.replicas.count == 3)
+
+        // Without the CA, the replicas' certificates are not trusted; plain HTTP gets nowhere.
+        let untrusting = NodeLeaseClient(endpoints: endpoints, timeout: .seconds(1))
+        await #expect(throws: NodeLeaseError.self) { try await untrusting.nodes() }
+        let plain = NodeLeaseClient(endpoints: endpoints.map { URL(string: $0.absoluteString.replacingOccurrences(of: "https:", with: "http:"))! }, timeout: .seconds(1))
+        await #expect(throws: NodeLeaseError.self) { try await plain.nodes() }
+        await c.stopAll()
+    }
+
+    @Test func clientCertificatesCanBeRequired() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let server = try pki.issue("https-1", dns: ["localhost"], ips: ["127.0.0.1"])
+        let node = try pki.issue("node-mx1", dns: ["mx1.example.org"])
+        let c = try LocalCluster(size: 1) { $0.clientTLS = TLSFiles(certificate: server.certificate, key: server.key, ca: pki.caCertificate) }
+        var helper = TLSConfiguration.makeClientConfiguration()
+        helper.trustRoots = .file(pki.caCertificate)
+        helper.certificateChain = try NIOSSLCertificate.fromPEMFile(node.certificate).map { .certificate($0) }
+        helper.privateKey = .privateKey(try NIOSSLPrivateKey(file: node.key, format: .pem))
+        c.tls = helper
+        try await c.startAll()
+        let endpoints = [c.url(1, "")]
+        let withCertificate = NodeLeaseClient(
+            endpoints: endpoints, timeout: .seconds(5), tls: .init(caFile: pki.caCertificate, certificateFile: node.certificate, keyFile: node.key))
+        #expect(try await withCertificate.acquire(hostname: "mx1.example.org", holder: "h").nodeId == 1)
+        let without = NodeLeaseClient(endpoints: endpoints, timeout: .seconds(1), tls: .init(caFile: pki.caCertificate))
+        await #expect(throws: NodeLeaseError.self) { try await without.nodes() }
+        await c.stopAll()
     }
 }

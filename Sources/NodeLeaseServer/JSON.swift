@@ -75,6 +75,9 @@ struct JSONParser {
         defer { depth -= 1 }
         i += 1
         var members: [(String, JSONValue)] = []
+        // Duplicate keys are found by hashing (Swift's hashing is seeded per process), so an
+        // object of n keys costs O(n), not O(n^2) as a search of the members would.
+        var seen: Set<String> = []
         skipSpace()
         if i < bytes.count, bytes[i] == UInt8(ascii: "}") {
             i += 1
@@ -84,7 +87,7 @@ struct JSONParser {
             skipSpace()
             guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw fail("expected a field name") }
             let key = try string()
-            if members.contains(where: { $0.0 == key }) { throw JSONParseError(message: "field \"\(key)\" appears twice") }
+            if !seen.insert(key).inserted { throw JSONParseError(message: "field \"\(key)\" appears twice") }
             skipSpace()
             guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw fail("expected ':'") }
             i += 1

@@ -260,6 +260,19 @@ import Testing
         await c.stopAll()
     }
 
+    @Test func aBodyOfManyFieldsIsReadWholeAndItsDuplicateFound() async throws {
+        let c = try LocalCluster(size: 1)
+        try await c.startAll()
+        // About 60 KiB of distinct fields, then the first one again.
+        let fields = (0..<5000).map { "\"f\($0)\":1" }.joined(separator: ",")
+        let body = "{\(fields),\"f0\":2}"
+        #expect(body.utf8.count < 64 * 1024)
+        let r = try await c.post(1, "/v1/leases", body)
+        #expect(r.status == 400)
+        #expect((r.json["message"] as? String)?.contains("field \"f0\" appears twice") == true, "\(r.body)")
+        await c.stopAll()
+    }
+
     @Test func requestsBeyondTheCapAreAnswered503AtOnce() async throws {
         let c = try LocalCluster(size: 3) { $0.maxConcurrentRequests = 1 }
         try await c.startAll()

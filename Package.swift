@@ -49,7 +49,7 @@ let package = Package(
         .target(
             name: "NodeLeaseServer",
             dependencies: [
-                "Raft", "RaftStorage", "RaftTransport", "LeaseRegistry", "ReplicaCore",
+                "Raft", "RaftStorage", "RaftTransport", "LeaseRegistry", "ReplicaCore", "NodeLeaseClient",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -84,6 +84,11 @@ let package = Package(
             name: "nodelease-jepsen",
             dependencies: [
                 "JepsenCheckers", "NodeLeaseClient",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]

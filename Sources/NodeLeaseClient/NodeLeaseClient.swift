@@ -18,7 +18,8 @@ import NIOSSL
 /// It follows the cluster's membership: the endpoint list becomes the replicas' client
 /// addresses whenever it learns the replica configuration (`GET /v1/cluster/replicas`), by
 /// `replicas()`, a membership change, or the refresh that a call makes when the list is 30 s
-/// old or when no endpoint could be connected to (see `exchange`).
+/// old or when no endpoint could be connected to (see `exchange`). With a `node` token, which
+/// may not read the replica list, it keeps the endpoints it was given: give it every replica.
 public final class NodeLeaseClient: Sendable {
     /// The endpoints in use: those given to `init` until the replica configuration is learned,
     /// then the replicas' client addresses, voters first.
@@ -41,6 +42,8 @@ public final class NodeLeaseClient: Sendable {
         var lastRefresh: ContinuousClock.Instant
         /// Whether a call is fetching the replica list now (one at a time).
         var refreshing = false
+        /// The token may not read the replica list (a `node` token): the list stays as given.
+        var mayNotRefresh = false
     }
     private let state: NIOLockedValueBox<State>
 
@@ -365,7 +368,7 @@ public final class NodeLeaseClient: Sendable {
     private func claimRefresh(periodic: Bool) -> Bool {
         state.withLockedValue { s in
             let now = ContinuousClock.now
-            guard !s.refreshing, !periodic || now - s.lastRefresh >= refreshInterval else { return false }
+            guard !s.refreshing, !s.mayNotRefresh, !periodic || now - s.lastRefresh >= refreshInterval else { return false }
             s.refreshing = true
             s.lastRefresh = now
             return true
@@ -392,9 +395,13 @@ public final class NodeLeaseClient: Sendable {
         for url in sources {
             let left = Self.seconds(end - ContinuousClock.now)
             guard left >= 0.05 else { return }
-            guard let (status, data) = try? await send(url, "GET", "/v1/cluster/replicas", body: nil, key: nil, timeout: min(2, left)),
-                status == 200, let config = try? JSONDecoder().decode(ReplicaConfiguration.self, from: data)
-            else { continue }
+            guard let (status, data) = try? await send(url, "GET", "/v1/cluster/replicas", body: nil, key: nil, timeout: min(2, left)) else { continue }
+            if status == 403 {
+                // A node token may not read it (shared/API.md): keep the endpoints given.
+                state.withLockedValue { $0.mayNotRefresh = true }
+                return
+            }
+            guard status == 200, let config = try? JSONDecoder().decode(ReplicaConfiguration.self, from: data) else { continue }
             adopt(config, answeredBy: url)
             return
         }
@@ -425,8 +432,8 @@ public final class NodeLeaseClient: Sendable {
             request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
             request.headers.add(name: "Content-Type", value: "application/json")
         }
-        let response = try await http.execute(request, deadline: .now() + .milliseconds(Int64(timeout * 1000)))
-        let buffer = try await response.body.collect(upTo: Self.maxAnswer)
+        let response = try await http.exchange(request, deadline: .now + .milliseconds(Int64(timeout * 1000)), maxBody: Self.maxAnswer)
+        let buffer = response.body
         if let replica = response.headers.first(name: "X-NodeLease-Replica").flatMap(UInt64.init) {
             let leader = response.headers.first(name: "X-NodeLease-Leader").flatMap(UInt64.init)
             state.withLockedValue {

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import NodeLeaseClient
 import HTTPTypes
 import Hummingbird
 import LeaseRegistry
@@ -182,14 +183,13 @@ extension HTTPAPI {
             out.headers.add(name: "Content-Type", value: "application/json")
         }
         do {
-            let answer = try await passOnClient.execute(out, deadline: .now() + .milliseconds(Int64(config.requestTimeoutMillis)))
-            let data = try await answer.body.collect(upTo: 1 << 20)
+            let answer = try await passOnClient.exchange(out, deadline: .now + .milliseconds(Int64(config.requestTimeoutMillis)), maxBody: 1 << 20)
             var headers = HTTPFields()
             headers[.contentType] = "application/json"
-            for name in [Self.indexHeader, Self.replicaHeader, Self.leaderHeader] {
+            for name in [Self.indexHeader, Self.replicaHeader, Self.leaderHeader, Self.replayedHeader, .retryAfter, .wwwAuthenticate] {
                 if let v = answer.headers.first(name: name.rawName) { headers[name] = v }
             }
-            return Response(status: HTTPResponse.Status(code: Int(answer.status.code)), headers: headers, body: .init(byteBuffer: data))
+            return Response(status: HTTPResponse.Status(code: Int(answer.status.code)), headers: headers, body: .init(byteBuffer: answer.body))
         } catch {
             return await noLeader()
         }

@@ -49,6 +49,19 @@ struct HTTPAPI: Sendable {
 
     /// The route template, for metrics (never the raw path: ids would explode the labels).
     static func endpoint(_ method: HTTPRequest.Method, _ parts: [Substring]) -> String {
+        "\(method.rawValue) \(template(parts) ?? "other")"
+    }
+
+    /// The methods each route takes (any other is 405).
+    static let methods: [String: Set<HTTPRequest.Method>] = [
+        "/healthz": [.get, .head], "/readyz": [.get, .head], "/metrics": [.get], "/v1/status": [.get], "/v1/leases": [.post],
+        "/v1/leases/{leaseId}": [.delete], "/v1/leases/{leaseId}/renew": [.post], "/v1/cluster/nodes": [.get],
+        "/v1/cluster/nodes/{nodeId}": [.get, .delete], "/v1/cluster/replicas": [.get, .post], "/v1/cluster/replicas/{id}": [.delete],
+        "/v1/cluster/replicas/{id}/promote": [.post],
+    ]
+
+    /// The route of a path, or nil for an unknown path.
+    static func template(_ parts: [Substring]) -> String? {
         let template: String
         switch parts.count {
         case 1 where ["healthz", "readyz", "metrics"].contains(parts[0]): template = "/" + parts[0]
@@ -61,9 +74,9 @@ struct HTTPAPI: Sendable {
         case 5 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "replicas" && parts[4] == "promote":
             template = "/v1/cluster/replicas/{id}/promote"
         case 4 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "nodes": template = "/v1/cluster/nodes/{nodeId}"
-        default: template = "other"
+        default: return nil
         }
-        return "\(method.rawValue) \(template)"
+        return template
     }
 
     /// Counts requests in progress.
@@ -106,7 +119,7 @@ struct HTTPAPI: Sendable {
             var r = error(
                 .unauthorized, "unauthenticated",
                 values.isEmpty ? "this replica needs a token: Authorization: Bearer TOKEN" : "the token is not valid here (unknown, revoked or malformed)")
-            r.headers[.wwwAuthenticate] = "Bearer realm=\"nodelease\""
+            r.headers[.wwwAuthenticate] = "Bearer"
             return .failure(ErrorResponse(r))
         }
         return .success(Access(entry: entry))
@@ -133,24 +146,28 @@ struct HTTPAPI: Sendable {
             found = await driver.leaseHostname(id)
         }
         if let hostname = found.hostname {
-            return entry.mayLease(hostname) ? nil : forbidden(access, "renew or release the lease of \(hostname)")
+            // The hostname is not named: a node token may not learn which leases are whose.
+            return entry.mayLease(hostname) ? nil : forbidden(access, "renew or release this lease (its hostname is outside the token's patterns)")
         }
         return id > found.applied ? error(.notFound, LeaseError.leaseNotFound) : nil
     }
 
     private func route(_ request: Request, _ parts: [Substring], _ access: Access) async -> Response {
         let method = request.method
-        // The role's reach, by route; a node token's hostnames are checked once known.
-        switch parts.count {
-        case 1 where parts[0] == "healthz" || parts[0] == "readyz": break
-        case 2 where parts[0] == "v1" && parts[1] == "leases", 3 where parts[0] == "v1" && parts[1] == "leases",
-            4 where parts[0] == "v1" && parts[1] == "leases" && parts[3] == "renew":
-            if !access.mayWriteLeases { return forbidden(access, "acquire, renew or release leases") }
-        default:
-            if method == .get || method == .head {
-                if !access.mayRead { return forbidden(access, "read the registry, status or metrics") }
-            } else if !access.isAdmin {
-                return forbidden(access, "forget nodes or change the replicas")
+        // The role's reach, by route, once the path and method are known to exist (an unknown
+        // path is 404 and a wrong method 405 for every role); a node token's hostnames are
+        // checked once known.
+        if let template = Self.template(parts), Self.methods[template]?.contains(method) == true {
+            switch template {
+            case "/healthz", "/readyz": break
+            case "/v1/leases", "/v1/leases/{leaseId}", "/v1/leases/{leaseId}/renew":
+                if !access.mayWriteLeases { return forbidden(access, "acquire, renew or release leases") }
+            default:
+                if method == .get || method == .head {
+                    if !access.mayRead { return forbidden(access, "read the registry, status or metrics") }
+                } else if !access.isAdmin {
+                    return forbidden(access, "forget nodes or change the replicas")
+                }
             }
         }
         switch parts.count {
@@ -271,6 +288,19 @@ struct HTTPAPI: Sendable {
         }
         do {
             let written = try await driver.submit(command, key: key)
+            // A replay of a lease that is gone (its hostname unknown when authorised) is
+            // answered only if the token may see that hostname.
+            if case .success(let answer) = written.result {
+                let hostname: String? =
+                    switch answer {
+                    case .lease(let l): l.hostname
+                    case .node(let n): n.hostname
+                    default: nil
+                    }
+                if let hostname, !access.mayLease(hostname) {
+                    return forbidden(access, "renew or release this lease (its hostname is outside the token's patterns)")
+                }
+            }
             var r = reply(written.result, access)
             setReadHeaders(&r, written.index, written.leader)
             if written.replayed { r.headers[Self.replayedHeader] = "true" }
@@ -294,7 +324,7 @@ struct HTTPAPI: Sendable {
                 case .idempotencyKeyMismatch: .unprocessableContent
                 }
             if !access.seesHolders, case .hostnameInUse(let id, let holder, let s) = e {
-                return error(status, .hostnameInUse(nodeID: id, holder: holderDigest(holder, clusterID: config.clusterID), expiresInSeconds: s))
+                return error(status, .hostnameInUse(nodeID: id, holder: auth?.holderDigest(holder) ?? "", expiresInSeconds: s))
             }
             return error(status, e)
         }

@@ -150,20 +150,27 @@ public final class NodeLeaseReplica: Service, Sendable {
             logger.info("clients: HTTPS\(files.ca == nil ? "" : ", client certificates required")")
         } else {
             server = http1
+            if !Self.isLoopback(config.clientListen.host) {
+                logger.warning(
+                    "clients on \(config.clientListen) over plain HTTP (no --client-cert): \(config.tokenFile == nil ? "requests" : "tokens") cross the network in clear")
+            }
         }
         // Made last, once nothing can throw (a client must be shut down before it goes).
         // Membership changes a follower passes to the leader: over HTTPS when clients are,
-        // trusting the client CA (or else the peer CA) and presenting this replica's
-        // client-port certificate, in case the leader requires client certificates.
+        // checking the leader's certificate against the cluster's CA (--peer-ca; the system's
+        // roots without one) and the host of its client address, and, when client
+        // certificates are required, presenting this replica's own (which then needs the
+        // clientAuth usage).
         var passOn = HTTPClient.Configuration(timeout: .init(connect: .seconds(2)), connectionPool: .init(idleTimeout: .seconds(5)))
         passOn.httpVersion = .http1Only
         passOn.connectionPool.retryConnectionEstablishment = false
         if let files = config.clientTLS, let clientKey {
             var tls = TLSConfiguration.makeClientConfiguration()
-            if let ca = files.ca ?? config.peerTLS?.ca { tls.trustRoots = .file(ca) }
-            tls.certificateChain = clientChain.map { .certificate($0) }
-            tls.privateKey = .privateKey(clientKey)
-            tls.certificateVerification = .noHostnameVerification
+            if let ca = config.peerTLS?.ca { tls.trustRoots = .file(ca) }
+            if files.ca != nil {
+                tls.certificateChain = clientChain.map { .certificate($0) }
+                tls.privateKey = .privateKey(clientKey)
+            }
             passOn.tlsConfiguration = tls
         }
         self.passOnClient = HTTPClient(eventLoopGroupProvider: .shared(group), configuration: passOn)
@@ -178,6 +185,15 @@ public final class NodeLeaseReplica: Service, Sendable {
 
     /// Runs until cancelled or shut down gracefully (SIGTERM/SIGINT through a ServiceGroup).
     public func run() async throws {
+        do {
+            try await serve()
+        } catch {
+            try? await passOnClient.shutdown()
+            throw error
+        }
+    }
+
+    private func serve() async throws {
         try await transport.start()
         logger.info("replica \(config.replicaID) of cluster \(config.clusterID): clients on \(config.clientListen), peers on \(config.peerListen)")
         let driver = self.driver
@@ -188,6 +204,22 @@ public final class NodeLeaseReplica: Service, Sendable {
                     while !Task.isCancelled {
                         try await Task.sleep(for: tick)
                         await driver.tick()
+                    }
+                }
+                if let tls = transport.config.tls {
+                    // A running replica warns daily once its certificate has a week or less.
+                    let (cluster, id, logger) = (config.clusterID, config.replicaID.rawValue, logger)
+                    group.addTask {
+                        while !Task.isCancelled {
+                            try await Task.sleep(for: .seconds(86_400))
+                            do {
+                                if let warning = try tls.check(cluster: cluster, replica: id, now: Int(Date().timeIntervalSince1970)) {
+                                    logger.warning("\(warning)")
+                                }
+                            } catch {
+                                logger.error("\(error): peers will refuse this replica's connections")
+                            }
+                        }
                     }
                 }
                 group.addTask { [inbox] in

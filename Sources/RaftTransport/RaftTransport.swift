@@ -41,8 +41,14 @@ public struct TransportConfig: Sendable {
     public var tls: PeerTLS?
     /// How long an accepted connection may take to complete its TLS handshake and hello.
     public var handshakeTimeout: TimeAmount = .seconds(5)
-    /// Accepted connections (admitted or not yet) beyond which new ones are closed at once.
-    public var maxInboundConnections = 256
+    /// Connections not admitted yet (handshake and hello under way), from any source: beyond
+    /// this, new ones are closed at once, except from the hosts of known peers.
+    public var maxPendingConnections = 64
+    /// ... and from one source address, known peer or not.
+    public var maxPendingPerSource = 8
+    /// Log lines about strangers (caps, slow handshakes, failed TLS) of one kind are written
+    /// at most this often.
+    public var strangerLogInterval: TimeAmount = .seconds(10)
 
     public init(
         clusterID: String, replicaID: ReplicaID, listen: PeerAddress, peers: [ReplicaID: PeerAddress],
@@ -88,8 +94,46 @@ public final class RaftTransport: Sendable {
     let checkPeer = NIOLockedValueBox<(@Sendable (ReplicaID, UInt64) -> String?)?>(nil)
     let server = NIOLockedValueBox<(any Channel)?>(nil)
     let dropped = ManagedAtomicCounter()
-    /// Accepted connections open now, and when a refusal for being over the cap was last logged.
-    let accepted = NIOLockedValueBox<(count: Int, lastLogged: NIODeadline?)>((0, nil))
+    /// Accepted connections not admitted yet, in all and by source address.
+    let pending = NIOLockedValueBox<(total: Int, bySource: [String: Int])>((0, [:]))
+    /// When each kind of log line about strangers was last written (at most one per 10 s).
+    let lastLogged = NIOLockedValueBox<[String: NIODeadline]>([:])
+
+    /// Logs a line about strangers (over the caps, slow handshakes, failed TLS) at most every
+    /// `strangerLogInterval` per kind, so a flood of them does not flood the log too.
+    func warnThrottled(_ kind: String, _ message: @autoclosure () -> String) {
+        let now = NIODeadline.now()
+        let due = lastLogged.withLockedValue { last -> Bool in
+            if let t = last[kind], now - t < config.strangerLogInterval { return false }
+            last[kind] = now
+            return true
+        }
+        if due { logger.warning("\(message())") }
+    }
+
+    /// Takes a pending slot for a connection from `source`, or says why not.
+    func admitPending(from source: String) -> String? {
+        let known = links.withLockedValue { links in links.values.contains { $0.address.host == source } }
+        return pending.withLockedValue { p in
+            if p.bySource[source, default: 0] >= config.maxPendingPerSource {
+                return "\(config.maxPendingPerSource) connections from \(source) are in their handshake already"
+            }
+            if !known && p.total >= config.maxPendingConnections {
+                return "\(config.maxPendingConnections) connections are in their handshake already"
+            }
+            p.total += 1
+            p.bySource[source, default: 0] += 1
+            return nil
+        }
+    }
+
+    func releasePending(from source: String) {
+        pending.withLockedValue { p in
+            p.total -= 1
+            p.bySource[source, default: 1] -= 1
+            if p.bySource[source] == 0 { p.bySource[source] = nil }
+        }
+    }
 
     /// - Parameters:
     ///   - onMessage: called on an event loop for every message received.
@@ -520,7 +564,8 @@ final class AcceptorHandler: ChannelDuplexHandler, @unchecked Sendable {
     let transport: RaftTransport
     var peer: ReplicaID?
     let limit: FrameLimit
-    var counted = false
+    /// The source address holding a pending slot, until the hello is admitted or it closes.
+    var pendingSource: String?
     var deadline: Scheduled<Void>?
 
     init(transport: RaftTransport, limit: FrameLimit) {
@@ -528,35 +573,31 @@ final class AcceptorHandler: ChannelDuplexHandler, @unchecked Sendable {
         self.limit = limit
     }
 
-    /// Caps accepted connections, and gives each a deadline for its handshake and hello.
+    /// Caps connections in their handshake (in all, and by source address, with room kept
+    /// for the hosts of known peers), and gives each a deadline for its handshake and hello.
     func channelActive(context: ChannelHandlerContext) {
-        let now = NIODeadline.now()
-        let (over, log) = transport.accepted.withLockedValue { a -> (Bool, Bool) in
-            guard a.count < transport.config.maxInboundConnections else {
-                let log = a.lastLogged.map { now - $0 > .seconds(10) } ?? true
-                if log { a.lastLogged = now }
-                return (true, log)
-            }
-            a.count += 1
-            return (false, false)
-        }
-        if over {
-            if log {
-                transport.logger.warning(
-                    "refusing peer connections from \(String(describing: context.remoteAddress)) and others: \(transport.config.maxInboundConnections) are open already (logged at most every 10 s)")
-            }
+        let source = context.remoteAddress?.ipAddress ?? "unknown"
+        if let refusal = transport.admitPending(from: source) {
+            transport.warnThrottled("cap", "refusing peer connections from \(source) and others: \(refusal)")
             context.close(promise: nil)
             return
         }
-        counted = true
+        pendingSource = source
         let channel = context.channel
         let timeout = transport.config.handshakeTimeout
-        let logger = transport.logger
+        let transport = self.transport
         deadline = context.eventLoop.scheduleTask(in: timeout) {
-            logger.warning("closing a peer connection from \(String(describing: channel.remoteAddress)): no handshake within \(timeout)")
+            transport.warnThrottled("slow", "closing a peer connection from \(source): no handshake within \(timeout)")
             channel.close(promise: nil)
         }
         context.fireChannelActive()
+    }
+
+    private func releasePending() {
+        if let source = pendingSource {
+            pendingSource = nil
+            transport.releasePending(from: source)
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -578,6 +619,7 @@ final class AcceptorHandler: ChannelDuplexHandler, @unchecked Sendable {
             }
             self.peer = from
             deadline?.cancel()
+            releasePending()
             limit.bytes = Frame.maxLength
             context.writeAndFlush(wrapOutboundOut(.welcome), promise: nil)
             return
@@ -596,10 +638,7 @@ final class AcceptorHandler: ChannelDuplexHandler, @unchecked Sendable {
     func channelInactive(context: ChannelHandlerContext) {
         if let peer { transport.inboundClosed(peer, channel: context.channel) }
         deadline?.cancel()
-        if counted {
-            counted = false
-            transport.accepted.withLockedValue { $0.count -= 1 }
-        }
+        releasePending()
         context.fireChannelInactive()
     }
 
@@ -608,7 +647,7 @@ final class AcceptorHandler: ChannelDuplexHandler, @unchecked Sendable {
         if let e = error as? FrameError {
             transport.logger.warning("closing a peer connection from \(from)\(peer.map { " (replica \($0))" } ?? ""): \(e)")
         } else if error is NIOSSLError || error is BoringSSLError {
-            transport.logger.warning("refused a peer connection from \(from): TLS handshake failed: \(PeerTLS.explain(error))")
+            transport.warnThrottled("tls", "refused a peer connection from \(from): TLS handshake failed: \(PeerTLS.explain(error))")
         }
         context.close(promise: nil)
     }

@@ -109,7 +109,8 @@ struct KeeperProcess {
     let ttl: Int
 
     func run() async {
-        let client = NodeLeaseClient(endpoints: endpoints, timeout: .seconds(2))
+        let env = ProcessInfo.processInfo.environment
+        let client = NodeLeaseClient(endpoints: endpoints, timeout: .seconds(2), token: env["NODELEASE_TOKEN"], tls: .fromEnvironment(env))
         let keeper = LeaseKeeper(client: client, hostname: hostname, holder: holder, ttlSeconds: ttl)
         await keeper.start()
         let clock = ContinuousClock()

@@ -26,6 +26,7 @@ struct JepsenRun: AsyncParsableCommand {
     @Option(help: "Store folder for this run.") var store: String = ""
     @Option(help: "Re-run the checkers on a stored run's folder instead of testing.") var check: String = ""
     @Flag(help: "The runner is inside a network namespace of its own (partitions with nftables).") var netns = false
+    @Flag(help: "Run the replicas with mutual TLS between them, HTTPS and tokens (a throwaway CA for the run).") var tls = false
     @Option(help: "Hostnames the clients use (default: half the clients).") var hostnames: Int?
     @Option(help: "Node IDs the replicas hand out, LOW-HIGH (default: one fewer than the hostnames, so IDs are exhausted, retired and reused).")
     var idRange: String?
@@ -129,9 +130,18 @@ struct JepsenRun: AsyncParsableCommand {
             planted: planted, faultBuild: faultBuild, keepers: keepers)
         try Report.saveRunInfo(dir: dir, info)
         if let planted { say("planted bug: \(planted) (expected to be caught by \(PlantedBug.named(planted)!.checkers.joined(separator: " or ")))") }
-        let cluster = TestCluster(
+        var security: JepsenTLS?
+        if tls {
+            let made = try JepsenTLS.make(dir: dir + "/tls", binary: binary)
+            security = made
+            // The keeper processes' client library reads these.
+            setenv("NODELEASE_CA_FILE", made.caFile, 1)
+            setenv("NODELEASE_TOKEN", made.token, 1)
+            say("tls: mutual TLS between replicas, HTTPS and a token for the clients (CA \(made.caFile))")
+        }
+        let cluster = try TestCluster(
             size: replicas, binary: binary, dir: dir, distinctAddresses: netns, clockLibrary: clockLibrary, idRange: range,
-            retentionSeconds: retention, planted: planted, faultBuild: faultBuild)
+            retentionSeconds: retention, planted: planted, faultBuild: faultBuild, tls: security)
         if faults.contains("disk-full") {
             guard geteuid() == 0 else {
                 say("nemesis disk-full: cannot run (needs root to mount a small tmpfs per replica); leave it out of --nemesis to run without it")
@@ -230,6 +240,7 @@ extension JepsenRun {
         if let hostnames { a += " --hostnames \(hostnames)" }
         if let idRange { a += " --id-range \(idRange)" }
         if retention != 6 { a += " --retention \(retention)" }
+        if tls { a += " --tls" }
         if let planted { a += " --planted \(planted)" } else if faultBuild { a += " --fault-build" }
         return a
     }

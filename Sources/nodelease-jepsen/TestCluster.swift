@@ -1,6 +1,12 @@
+import AsyncHTTPClient
 import Foundation
 import JepsenCheckers
+import NodeLeaseClient
 import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
 
 #if canImport(FoundationNetworking)
     import FoundationNetworking
@@ -68,7 +74,9 @@ final class TestCluster: Sendable {
         /// The highest id used so far (ids are never reused).
         var lastId: Int
     }
-    private let session: URLSession
+    private let http: HTTPClient
+    /// `--tls`: mutual TLS between the replicas, HTTPS and a token for the clients.
+    let tls: JepsenTLS?
 
     /// libfaketime, when the clock nemesis is on.
     let clockLibrary: String?
@@ -91,8 +99,9 @@ final class TestCluster: Sendable {
 
     init(
         size: Int, binary: String, dir: String, distinctAddresses: Bool, clockLibrary: String?, idRange: String, retentionSeconds: Int,
-        planted: String?, faultBuild: Bool
-    ) {
+        planted: String?, faultBuild: Bool, tls: JepsenTLS? = nil
+    ) throws {
+        self.tls = tls
         self.clockLibrary = clockLibrary
         self.idRange = idRange
         self.retentionSeconds = retentionSeconds
@@ -103,15 +112,24 @@ final class TestCluster: Sendable {
         self.dir = dir
         self.distinctAddresses = distinctAddresses
         membership = NIOLockedValueBox(Members(current: Array(1...size), lastId: size))
-        let c = URLSessionConfiguration.ephemeral
-        c.timeoutIntervalForRequest = 2
-        session = URLSession(configuration: c)
+        var c = HTTPClient.Configuration(timeout: .init(connect: .seconds(1)), connectionPool: .init(idleTimeout: .seconds(5)))
+        c.httpVersion = .http1Only
+        // A refused connection is reported at once (and counted as not delivered).
+        c.connectionPool.retryConnectionEstablishment = false
+        if let tls {
+            var t = TLSConfiguration.makeClientConfiguration()
+            t.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(tls.caFile))
+            c.tlsConfiguration = t
+        }
+        http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: c)
     }
+
+    deinit { http.shutdown { _ in } }
 
     func host(_ i: Int) -> String { distinctAddresses ? "127.0.0.\(10 + i)" : "127.0.0.1" }
     func clientPort(_ i: Int) -> Int { distinctAddresses ? 7400 : 17400 + i }
     func peerPort(_ i: Int) -> Int { distinctAddresses ? 7500 : 17500 + i }
-    func url(_ i: Int, _ path: String) -> URL { URL(string: "http://\(host(i)):\(clientPort(i))\(path)")! }
+    func url(_ i: Int, _ path: String) -> URL { URL(string: "\(tls == nil ? "http" : "https")://\(host(i)):\(clientPort(i))\(path)")! }
 
     /// The initial replicas' `--peers` (after its first start a replica goes by the
     /// configuration in its data directory, so the initial replicas always start with this).
@@ -175,6 +193,13 @@ final class TestCluster: Sendable {
             "--node-id-range", idRange, "--retention", "\(retentionSeconds)",
         ]
         if joiner { arguments += ["--join", "--peer-addr", "\(host(i)):\(peerPort(i))"] }
+        if let tls {
+            let (certificate, key) = try tls.certificate(replica: i, cluster: "jepsen", ips: [host(i), "127.0.0.1"])
+            arguments += [
+                "--peer-cert", certificate, "--peer-key", key, "--peer-ca", tls.caFile, "--client-cert", certificate, "--client-key", key,
+                "--token-file", tls.tokenFile,
+            ]
+        }
         p.arguments = arguments
         var env = ProcessInfo.processInfo.environment
         for k in env.keys where k.hasPrefix("NODELEASE_") { env[k] = nil }
@@ -437,27 +462,44 @@ final class TestCluster: Sendable {
     func request(
         _ i: Int, _ method: String, _ path: String, body: String? = nil, headers extra: [String: String] = [:], timeout: Double = 2
     ) async -> (Int, [String: Any], [String: String])? {
-        var r = URLRequest(url: url(i, path))
-        r.httpMethod = method
-        for (k, v) in extra { r.setValue(v, forHTTPHeaderField: k) }
-        r.timeoutInterval = timeout
-        if let body { r.httpBody = Data(body.utf8) }
-        let data: Data
-        let response: URLResponse
+        var r = HTTPClientRequest(url: url(i, path).absoluteString)
+        r.method = HTTPMethod(rawValue: method)
+        for (k, v) in extra { r.headers.add(name: k, value: v) }
+        // Every request on a connection of its own, never a pooled one: a refused connection is
+        // then certain to have carried nothing (see Workload's writes).
+        r.headers.replaceOrAdd(name: "Connection", value: "close")
+        if let tls { r.headers.add(name: "Authorization", value: "Bearer \(tls.token)") }
+        if let body {
+            r.body = .bytes(ByteBuffer(string: body))
+            r.headers.add(name: "Content-Type", value: "application/json")
+        }
+        let status: Int
+        let data: ByteBuffer
+        var headers: [String: String] = [:]
         do {
-            (data, response) = try await session.data(for: r)
-        } catch let e as URLError where e.code == .cannotConnectToHost {
+            let answer = try await http.exchange(r, deadline: .now + .milliseconds(Int64(timeout * 1000)), maxBody: 64 << 20)
+            data = answer.body
+            status = Int(answer.status.code)
+            for h in answer.headers { headers[h.name.lowercased()] = h.value }
+        } catch where Self.refused(error) {
             // The connection was refused: the request never left this process, a definite
             // no-op (status -1), unlike a timeout or a connection lost after sending.
             return (-1, ["error": "not_delivered"], [:])
         } catch {
             return nil
         }
-        guard let http = response as? HTTPURLResponse else { return nil }
-        var headers: [String: String] = [:]
-        for (k, v) in http.allHeaderFields { headers[String(describing: k).lowercased()] = String(describing: v) }
-        let json = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? ["_array": (try? JSONSerialization.jsonObject(with: data)) ?? []]
-        return (http.statusCode, json, headers)
+        let bytes = Data(data.readableBytesView)
+        let json = (try? JSONSerialization.jsonObject(with: bytes)) as? [String: Any] ?? ["_array": (try? JSONSerialization.jsonObject(with: bytes)) ?? []]
+        return (status, json, headers)
+    }
+
+    /// Whether `error` is a refused connection (nothing was sent).
+    static func refused(_ error: any Error) -> Bool {
+        if let e = error as? IOError { return e.errnoCode == ECONNREFUSED }
+        if let e = error as? NIOConnectionError {
+            return !e.connectionErrors.isEmpty && e.connectionErrors.allSatisfy { refused($0.error) }
+        }
+        return false
     }
 
     // MARK: Membership changes

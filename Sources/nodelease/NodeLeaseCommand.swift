@@ -258,6 +258,12 @@ struct Dev: AsyncParsableCommand {
         for i in 1...replicas { say("  replica \(i): http://127.0.0.1:\(7400 + i)  (peers on 127.0.0.1:\(7500 + i))") }
         say("try: curl -s -XPOST http://127.0.0.1:7401/v1/leases -d '{\"hostname\":\"mx1.example.org\",\"holder\":\"me\"}'")
         say("")
+        // SIGHUP reloads the token file, as for `serve`.
+        signal(SIGHUP, SIG_IGN)
+        let hangup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+        hangup.setEventHandler { for s in services { s.reloadTokens() } }
+        hangup.resume()
+        defer { hangup.cancel() }
         let group = ServiceGroup(
             configuration: .init(
                 services: services.map { $0 as any Service } + [RegistryWatcher(port: 7401)],

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NodeLeaseClient
@@ -106,12 +107,21 @@ import Testing
         #expect(tokens.allSatisfy { $0.hasPrefix("nlt_") && $0.count == 4 + 43 })
     }
 
-    @Test func theHolderDigestTellsHoldersApartWithoutNamingThem() {
-        let a = holderDigest("3b2f0c1e-mx1", clusterID: "c")
-        #expect(a == holderDigest("3b2f0c1e-mx1", clusterID: "c"))
-        #expect(a != holderDigest("3b2f0c1e-mx2", clusterID: "c"))
+    @Test func theHolderDigestTellsHoldersApartWithoutNamingThem() throws {
+        // RFC 4231, test case 2.
+        #expect(
+            SHA256.hexString(SHA256.hmac(key: Array("Jefe".utf8), message: Array("what do ya want for nothing?".utf8)))
+                == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+        let file = try TokenFile.parse("sha256:\(SHA256.hex("t")) role=admin\n")
+        let auth = Authenticator(tokens: file)
+        let a = auth.holderDigest("3b2f0c1e-mx1")
+        #expect(a == Authenticator(tokens: file).holderDigest("3b2f0c1e-mx1"), "the same on every replica with the same file")
+        #expect(a != auth.holderDigest("3b2f0c1e-mx2"))
         #expect(!a.contains("mx1"))
-        #expect(a.hasPrefix("sha256:") && a.count == 7 + 16)
+        #expect(a.hasPrefix("hmac:") && a.count == 5 + 16)
+        // Keyed by the token file, not by anything a client can read.
+        let other = Authenticator(tokens: try TokenFile.parse("sha256:\(SHA256.hex("u")) role=admin\n"))
+        #expect(other.holderDigest("3b2f0c1e-mx1") != a)
     }
 }
 
@@ -155,7 +165,7 @@ import Testing
             let r = try await c.request(follower, method, path, body: method == "POST" ? "{}" : nil, headers: ["Authorization": ""])
             #expect(r.status == 401, "\(method) \(path)")
             #expect(r.json["error"] as? String == "unauthenticated")
-            #expect(r.headers["www-authenticate"]?.hasPrefix("Bearer") == true)
+            #expect(r.headers["www-authenticate"] == "Bearer")
         }
         for header in ["Bearer nlt_wrong", "Basic \(Self.admin)", "Bearer", "Bearer \(Self.admin)x"] {
             #expect(try await c.request(follower, "GET", "/v1/status", headers: ["Authorization": header]).status == 401, "\(header)")
@@ -185,6 +195,9 @@ import Testing
         #expect(try await c.request(leader, "DELETE", "/v1/leases/\(leaseId)", headers: bearer(Self.otherNode)).status == 403)
         #expect(try await c.request(follower, "DELETE", "/v1/cluster/nodes/1", headers: bearer(Self.node)).status == 403)
         #expect(try await c.request(follower, "DELETE", "/v1/cluster/replicas/3", headers: bearer(Self.reader)).status == 403)
+        // Unknown paths and wrong methods are 404 and 405 for every role, as without tokens.
+        #expect(try await c.request(follower, "GET", "/v1/nowhere", headers: bearer(Self.node)).status == 404)
+        #expect(try await c.request(follower, "PUT", "/v1/cluster/nodes", headers: bearer(Self.reader)).status == 405)
         // A lease id not granted yet is no lease, whatever comes later.
         #expect(try await c.request(follower, "POST", "/v1/leases/999999/renew", headers: bearer(Self.node)).status == 404)
 
@@ -193,7 +206,8 @@ import Testing
             follower, "POST", "/v1/leases", body: #"{"hostname":"mx1.example.org","holder":"intruder"}"#, headers: bearer(Self.node))
         #expect(taken.status == 409)
         let digest = try #require(taken.json["holder"] as? String)
-        #expect(digest == holderDigest("holder-mx1-secret", clusterID: "nodelease"))
+        #expect(digest == c.replicas[follower]?.authenticator?.holderDigest("holder-mx1-secret"))
+        #expect(!digest.contains("holder-mx1"))
         let takenByAdmin = try await c.request(
             follower, "POST", "/v1/leases", body: #"{"hostname":"mx1.example.org","holder":"intruder"}"#, headers: bearer(Self.admin))
         #expect(takenByAdmin.json["holder"] as? String == "holder-mx1-secret")
@@ -218,6 +232,12 @@ import Testing
             follower, "DELETE", "/v1/leases/\(leaseId)", headers: bearer(Self.node).merging(["Idempotency-Key": "rel-1"]) { $1 })
         #expect(again.status == 200)
         #expect(again.headers["idempotent-replayed"] == "true")
+        // Another node token replaying that key (the lease is gone, so its hostname is not
+        // known beforehand) does not get the first answer: it names a hostname outside its patterns.
+        let stolen = try await c.request(
+            follower, "DELETE", "/v1/leases/\(leaseId)", headers: bearer(Self.otherNode).merging(["Idempotency-Key": "rel-1"]) { $1 })
+        #expect(stolen.status == 403, "\(stolen.body)")
+        #expect(!stolen.body.contains("mx1"))
 
         // SIGHUP's reload: a revoked token stops working; an invalid file changes nothing.
         try Self.tokenFile(includeReader: false).write(toFile: path, atomically: true, encoding: .utf8)
@@ -238,6 +258,17 @@ import Testing
     }
 }
 
+/// Collects what a raw connection receives.
+final class ResponseCounter: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    private let received = NIOLockedValueBox("")
+    var text: String { received.withLockedValue { $0 } }
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let s = String(buffer: unwrapInboundIn(data))
+        received.withLockedValue { $0 += s }
+    }
+}
+
 /// Limits against slow or greedy clients on the client port.
 @Suite(.serialized) struct ClientLimitTests {
     @Test func aClientTricklingItsHeaderIsCutOff() async throws {
@@ -255,6 +286,25 @@ import Testing
         }
         #expect(!channel.isActive, "still connected after \(sent) bytes")
         #expect(ContinuousClock.now - start < .seconds(3))
+        // The same after a first exchange on the connection, and after one the server answered
+        // before the request's body came in (a 404 for a body of 1 byte, sent after it).
+        for first in ["GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n", "POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n"] {
+            let reader = ResponseCounter()
+            let again = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(reader) } }
+                .connect(host: "127.0.0.1", port: port).get()
+            try await again.writeAndFlush(ByteBuffer(string: first)).get()
+            #expect(await eventually(3) { reader.text.contains("HTTP/1.1 ") }, "no answer to \(first)")
+            if first.hasPrefix("POST") { try await again.writeAndFlush(ByteBuffer(string: "x")).get() }
+            let since = ContinuousClock.now
+            for byte in Array("GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".utf8) {
+                guard again.isActive else { break }
+                try? await again.writeAndFlush(ByteBuffer(bytes: [byte])).get()
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(!again.isActive, "still connected after \(first)")
+            #expect(ContinuousClock.now - since < .seconds(3))
+        }
         // Everyone else is served as usual.
         #expect(try await c.get(1, "/v1/status").status == 200)
         await c.stopAll()
@@ -323,9 +373,20 @@ import Testing
         let lease = try await client.acquire(hostname: "mx1.example.org", holder: "h1")
         #expect(try await client.renew(leaseId: lease.leaseId).leaseId == lease.leaseId)
         #expect(try await client.nodes().map(\.hostname) == ["mx1.example.org"])
-        // A membership change through a follower is passed to the leader over HTTPS.
         let config = try await client.replicas()
         #expect(config.replicas.count == 3)
+        // A membership change through a follower is passed to the leader over HTTPS: a stale
+        // expectedConfigIndex is the leader's answer (a failed pass-on would be 503).
+        let leader = try #require(await c.leader())
+        let follower = ReplicaID(leader.rawValue % 3 + 1)
+        #expect(
+            await eventually(10) {
+                let replicas = (try? await c.get(follower, "/v1/cluster/replicas"))?.json["replicas"] as? [[String: Any]] ?? []
+                return replicas.count == 3 && replicas.allSatisfy { ($0["clientAddress"] as? String ?? "") != "" }
+            })
+        let stale = try await c.request(follower, "DELETE", "/v1/cluster/replicas/\(follower)?expectedConfigIndex=1")
+        #expect(stale.status == 409, "\(stale.body)")
+        #expect(stale.json["error"] as? String == "stale_config")
 
         // Without the CA, the replicas' certificates are not trusted; plain HTTP gets nowhere.
         let untrusting = NodeLeaseClient(endpoints: endpoints, timeout: .seconds(1))

@@ -56,7 +56,10 @@ import Testing
         let ports: [ReplicaID: Int] = [1: try freePort(), 2: try freePort()]
         let realLog = CapturedLog()
         let inbox2 = Inbox()
-        let b = make(2, ports: ports, tls: try tls(pki, "r2", uris: ["nodelease://c/replica/2"]), log: realLog, inbox: inbox2)
+        // Replica 2 knows no peers: it never dials, so every line in its log is its acceptor's.
+        let b = make(2, ports: [2: ports[2]!], tls: try tls(pki, "r2", uris: ["nodelease://c/replica/2"]), log: realLog, inbox: inbox2) {
+            $0.strangerLogInterval = .zero
+        }
         try await b.start()
         let verifyFailed = "did not verify against the cluster's CA"
         // What replica 2 logs, and what the stranger logs (when it learns more).
@@ -87,23 +90,35 @@ import Testing
             stranger.send([Message(kind: .append, from: 1, to: 2, term: 99)])
             await stranger.shutdown()
         }
-        // TLS that trusts the cluster's CA but presents no certificate: refused in the handshake.
-        var noCertificate = TLSConfiguration.makeClientConfiguration()
-        noCertificate.trustRoots = .file(pki.caCertificate)
-        noCertificate.certificateVerification = .noHostnameVerification
-        let context = try NIOSSLContext(configuration: noCertificate)
-        let before = realLog.all.count
-        let bare = try await ClientBootstrap(group: group)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: context, serverHostname: nil))
-                }
+        // Raw TLS connections that send a hello and then a message at once, without waiting
+        // for the answer: neither message may be delivered. One presents no certificate, one a
+        // certificate of the CA that names another replica.
+        let wrong = try pki.issue("raw3", uris: ["nodelease://c/replica/3"])
+        for (what, certificate, reason) in [
+            ("no certificate", nil, "no certificate was presented"), ("names replica 3", wrong, "names nodelease://c/replica/3"),
+        ] as [(String, (certificate: String, key: String)?, String)] {
+            var configuration = TLSConfiguration.makeClientConfiguration()
+            configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(pki.caCertificate))
+            configuration.certificateVerification = .noHostnameVerification
+            if let certificate {
+                configuration.certificateChain = try NIOSSLCertificate.fromPEMFile(certificate.certificate).map { .certificate($0) }
+                configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: certificate.key, format: .pem))
             }
-            .connect(host: "127.0.0.1", port: ports[2]!).get()
-        let hello = Frame.hello(clusterID: "c", from: 1, to: 2, incarnation: 1, dataDirectoryID: 1, clientAddress: "", peerAddress: "127.0.0.1:1")
-        bare.writeAndFlush(ByteBuffer(bytes: hello.encoded()), promise: nil)
-        #expect(await eventually(5) { realLog.all.dropFirst(before).contains { $0.contains("no certificate was presented") } }, "\(realLog.all.dropFirst(before))")
-        #expect(await eventually(5) { !bare.isActive })
+            let context = try NIOSSLContext(configuration: configuration)
+            let before = realLog.all.count
+            let bare = try await ClientBootstrap(group: group)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: context, serverHostname: nil))
+                    }
+                }
+                .connect(host: "127.0.0.1", port: ports[2]!).get()
+            let hello = Frame.hello(clusterID: "c", from: 1, to: 2, incarnation: 1, dataDirectoryID: 1, clientAddress: "", peerAddress: "127.0.0.1:1")
+            let message = Frame.message(Message(kind: .append, from: 1, to: 2, term: 99))
+            bare.writeAndFlush(ByteBuffer(bytes: hello.encoded() + message.encoded()), promise: nil)
+            #expect(await eventually(5) { realLog.all.dropFirst(before).contains { $0.contains(reason) } }, "\(what): \(realLog.all.dropFirst(before))")
+            #expect(await eventually(5) { !bare.isActive }, "\(what)")
+        }
         try await Task.sleep(for: .milliseconds(100))
         #expect(inbox2.messages.isEmpty, "a refused stranger's message got through")
         await b.shutdown()
@@ -118,11 +133,16 @@ import Testing
         let log = CapturedLog()
         let a = make(1, ports: ports, tls: try tls(pki, "r1", uris: ["nodelease://c/replica/1"]), log: log, inbox: Inbox())
         // Listens where 1 expects replica 2, with replica 2's id but replica 3's certificate;
-        // it also admits 1 (whose certificate is fine).
-        let b = make(2, ports: ports, tls: try tls(pki, "r3", uris: ["nodelease://c/replica/3"]), log: log, inbox: Inbox())
+        // it knows no peers (it never dials) and admits 1, whose certificate is fine.
+        let otherLog = CapturedLog()
+        let b = make(2, ports: [2: ports[2]!], tls: try tls(pki, "r3", uris: ["nodelease://c/replica/3"]), log: otherLog, inbox: Inbox())
         try await a.start()
         try await b.start()
-        #expect(await eventually(5) { log.all.contains { $0.contains("names nodelease://c/replica/3, not nodelease://c/replica/2") } })
+        #expect(
+            await eventually(5) {
+                log.all.contains { $0.contains("this replica refused it: its certificate names nodelease://c/replica/3, not nodelease://c/replica/2") }
+            }, "\(log.all)")
+        try await Task.sleep(for: .milliseconds(300))
         #expect(!a.isConnected(2))
         await a.shutdown()
         await b.shutdown()
@@ -136,7 +156,7 @@ import Testing
         let inbox2 = Inbox()
         let b = make(2, ports: ports, tls: nil, log: log, inbox: inbox2) {
             $0.handshakeTimeout = .milliseconds(500)
-            $0.maxInboundConnections = 8
+            $0.strangerLogInterval = .zero
         }
         try await b.start()
         // A frame header announcing 200 MiB, before any hello: refused on its length alone.
@@ -148,13 +168,34 @@ import Testing
         let idle = try await RawConnection.open(port: ports[2]!, group: group)
         #expect(await eventually(5) { !idle.channel.isActive })
         #expect(log.all.contains { $0.contains("no handshake within") })
-        // A flood of connections beyond the cap is shed, and the real peer still gets in.
+        await b.shutdown()
+    }
+
+    /// Strangers holding connections open in their handshake, from many addresses, fill the
+    /// caps; a real peer (from its known host) still gets in while they hold them.
+    @Test func aFloodOfStrangersLeavesRoomForThePeers() async throws {
+        let ports: [ReplicaID: Int] = [1: try freePort(), 2: try freePort()]
+        let log = CapturedLog()
+        let inbox2 = Inbox()
+        let b = make(2, ports: ports, tls: nil, log: log, inbox: inbox2) {
+            $0.handshakeTimeout = .seconds(4)
+            $0.maxPendingConnections = 8
+            $0.maxPendingPerSource = 4
+            $0.strangerLogInterval = .zero
+        }
+        try await b.start()
         var flood: [RawConnection] = []
-        for _ in 0..<20 { flood.append(try await RawConnection.open(port: ports[2]!, group: group)) }
-        #expect(await eventually(5) { log.all.contains { $0.contains("are open already") } })
-        let a = make(1, ports: ports, tls: nil, log: log, inbox: Inbox()) { $0.handshakeTimeout = .milliseconds(500) }
+        for source in 2...5 {
+            for _ in 0..<6 { flood.append(try await RawConnection.open(port: ports[2]!, group: group, from: "127.0.0.\(source)")) }
+        }
+        #expect(await eventually(2) { log.all.contains { $0.contains("connections from 127.0.0.") && $0.contains("in their handshake already") } })
+        #expect(await eventually(2) { log.all.contains { $0.contains("8 connections are in their handshake already") } })
+        let started = ContinuousClock.now
+        let a = make(1, ports: ports, tls: nil, log: CapturedLog(), inbox: Inbox())
         try await a.start()
-        #expect(await eventually(10) { a.isConnected(2) })
+        #expect(await eventually(2) { a.isConnected(2) })
+        #expect(ContinuousClock.now - started < .seconds(3), "the peer got in only once the strangers timed out")
+        #expect(flood.filter { $0.channel.isActive }.count == 8, "the strangers' admitted connections are still held")
         a.send([Message(kind: .heartbeat, from: 1, to: 2, term: 1)])
         #expect(await eventually(5) { inbox2.messages.count == 1 })
         for c in flood { try? await c.channel.close() }
@@ -167,8 +208,9 @@ import Testing
 struct RawConnection {
     let channel: any Channel
 
-    static func open(port: Int, group: any EventLoopGroup) async throws -> RawConnection {
-        let channel = try await ClientBootstrap(group: group).connect(host: "127.0.0.1", port: port).get()
+    static func open(port: Int, group: any EventLoopGroup, from source: String = "127.0.0.1") async throws -> RawConnection {
+        let channel = try await ClientBootstrap(group: group).bind(to: try SocketAddress(ipAddress: source, port: 0))
+            .connect(host: "127.0.0.1", port: port).get()
         return RawConnection(channel: channel)
     }
 

@@ -53,6 +53,14 @@ public enum SHA256 {
         return out
     }
 
+    /// HMAC-SHA-256 (RFC 2104) of `message` under `key`.
+    public static func hmac(key: [UInt8], message: some Collection<UInt8>) -> [UInt8] {
+        var k = key.count > 64 ? hash(key) : key
+        k += [UInt8](repeating: 0, count: 64 - k.count)
+        let inner = hash(k.map { $0 ^ 0x36 } + Array(message))
+        return hash(k.map { $0 ^ 0x5c } + inner)
+    }
+
     /// Lower-case hex of the digest of `text`'s UTF-8 bytes.
     public static func hex(_ text: String) -> String { hexString(hash(Array(text.utf8))) }
 

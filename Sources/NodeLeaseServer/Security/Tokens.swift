@@ -201,31 +201,48 @@ public struct TokenFile: Sendable, Equatable {
 public final class Authenticator: Sendable {
     public let path: String
     private let tokens: NIOLockedValueBox<TokenFile>
+    /// The key of the holder digest: secret from API clients (derived from the token file,
+    /// which only the replicas read), the same on every replica with the same file.
+    private let digestKey: NIOLockedValueBox<[UInt8]>
 
     /// Loads `path`; throws if it cannot be read or has a bad line.
     public init(path: String) throws(ConfigError) {
         self.path = path
-        self.tokens = NIOLockedValueBox(try Self.load(path))
+        let (file, key) = try Self.load(path)
+        self.tokens = NIOLockedValueBox(file)
+        self.digestKey = NIOLockedValueBox(key)
     }
 
     /// For tests: a fixed set of tokens.
     public init(tokens: TokenFile) {
         self.path = ""
         self.tokens = NIOLockedValueBox(tokens)
+        self.digestKey = NIOLockedValueBox(Self.key(Array(tokens.entries.map(\.line).joined(separator: "\n").utf8)))
     }
 
-    static func load(_ path: String) throws(ConfigError) -> TokenFile {
+    static func load(_ path: String) throws(ConfigError) -> (TokenFile, [UInt8]) {
         guard let data = FileManager.default.contents(atPath: path) else { throw ConfigError("--token-file", "cannot read \(path)") }
         guard data.count <= 4 << 20 else { throw ConfigError("--token-file", "\(path) is over 4 MiB") }
-        return try TokenFile.parse(String(decoding: data, as: UTF8.self))
+        return (try TokenFile.parse(String(decoding: data, as: UTF8.self)), key(Array(data)))
+    }
+
+    static func key(_ file: [UInt8]) -> [UInt8] { SHA256.hash(Array("nodelease holder digest\u{0}".utf8) + file) }
+
+    /// What the 409 `hostname_in_use` shows of the holder to a caller that is not an admin:
+    /// enough to tell two machines apart, not enough to take the lease over (acquiring with
+    /// the holder's id would renew its lease), nor to test guesses of it offline (keyed).
+    public func holderDigest(_ holder: String) -> String {
+        let key = digestKey.withLockedValue { $0 }
+        return "hmac:" + String(SHA256.hexString(SHA256.hmac(key: key, message: Array(holder.utf8))).prefix(16))
     }
 
     /// Reads the file again; on any error the tokens in use stay (and the error is returned
     /// for the log). Answers how many tokens are now in use.
     public func reload() -> Result<Int, ConfigError> {
         do throws(ConfigError) {
-            let fresh = try Self.load(path)
+            let (fresh, key) = try Self.load(path)
             tokens.withLockedValue { $0 = fresh }
+            digestKey.withLockedValue { $0 = key }
             return .success(fresh.entries.count)
         } catch {
             return .failure(error)
@@ -246,9 +263,3 @@ public final class Authenticator: Sendable {
     }
 }
 
-/// What the 409 `hostname_in_use` shows of the holder to a caller that is not an admin when
-/// authentication is on: enough to tell two machines apart, not enough to take the lease over
-/// (acquiring with the holder's id would renew its lease).
-public func holderDigest(_ holder: String, clusterID: String) -> String {
-    "sha256:" + String(SHA256.hex(clusterID + "\u{0}" + holder).prefix(16))
-}

@@ -1,0 +1,35 @@
+import AsyncHTTPClient
+import NIOCore
+import NIOHTTP1
+
+/// Thrown when an exchange's deadline passes first.
+public struct HTTPDeadlineExceeded: Error, CustomStringConvertible {
+    public var description: String { "no complete answer before the deadline" }
+}
+
+extension HTTPClient {
+    /// One request and its whole answer, head and body, within `deadline`. AsyncHTTPClient's
+    /// own deadline stops at the response head, so a replica that sends a head and then
+    /// stalls would hold the body's read forever; here a timer races the whole exchange and
+    /// cancels it (which AsyncHTTPClient honours by closing the connection).
+    public func exchange(_ request: HTTPClientRequest, deadline: ContinuousClock.Instant, maxBody: Int) async throws
+        -> (status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer)
+    {
+        let left = (deadline - .now).components
+        let nioDeadline = NIODeadline.now() + .nanoseconds(max(0, left.seconds * 1_000_000_000 + left.attoseconds / 1_000_000_000))
+        return try await withThrowingTaskGroup(of: (status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer)?.self) { group in
+            group.addTask {
+                let response = try await self.execute(request, deadline: nioDeadline)
+                let body = try await response.body.collect(upTo: maxBody)
+                return (response.status, response.headers, body)
+            }
+            group.addTask {
+                try await _Concurrency.Task.sleep(until: deadline)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let answer = first else { throw HTTPDeadlineExceeded() }
+            return answer
+        }
+    }
+}

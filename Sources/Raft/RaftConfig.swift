@@ -29,6 +29,9 @@ public struct RaftConfig: Sendable {
     /// The last index the state machine had applied when the replica started (nil: the
     /// snapshot index; committed entries after it are handed out again).
     public var applied: LogIndex?
+    /// What a leader does when a follower's in-flight window is full and the follower answers
+    /// a heartbeat (see `FullWindowPolicy`).
+    public var fullWindow: FullWindowPolicy = .emptyAppend
     /// Deliberately broken behaviour, for tests that prove the checkers catch it. Never set
     /// outside tests.
     public var faults: FaultInjection
@@ -65,6 +68,25 @@ public struct RaftConfig: Sendable {
         if maxMessageBytes < 1 { throw RaftError.invalid("maxMessageBytes must be at least 1") }
         if learnerCatchUpEntries < 0 { throw RaftError.invalid("learnerCatchUpEntries must not be negative") }
     }
+}
+
+/// A follower in replicate state whose window of in-flight appends is full, and that answers
+/// a heartbeat, is alive: either its appends' answers are still on their way (a slow disk, a
+/// long queue) or some appends were lost. The two ways on:
+///
+/// - `emptyAppend` (etcd's, and ours): stay in replicate and send one append with no entries
+///   at the window's end. The follower acknowledges it once everything before it arrived,
+///   which frees the window, or rejects it, which sends the leader back to probing from
+///   where the follower's log ends. Nothing is sent twice while the follower is merely slow.
+/// - `probe` (ours before): drop to probe and send again from `match + 1`, up to a message's
+///   worth. One round trip sooner when appends were really lost, but a slow follower gets
+///   what it is still receiving a second time, and pipelining stops until it answers.
+///
+/// `nodelease-sim --flow-bench` measures both on a slow follower and on a lossy link; its
+/// figures (the README's core section) chose `emptyAppend`.
+public enum FullWindowPolicy: String, Sendable, CaseIterable {
+    case emptyAppend
+    case probe
 }
 
 /// Rule-breaking switches for checker tests. Each one disables one safety mechanism.

@@ -115,6 +115,23 @@ extension RaftNode {
         return true
     }
 
+    /// An append with no entries at the end of what was sent to `target`, past its full
+    /// window: acknowledged once everything before it arrived (freeing the window), rejected
+    /// if some of it was lost (back to probing from where the follower's log ends). When that
+    /// part of the log is compacted, the follower gets the snapshot instead.
+    private mutating func sendEmptyAppend(to target: ReplicaID) {
+        guard var pr = progress[target], pr.state == .replicate else { return }
+        let prevIndex = pr.next - 1
+        guard let prevTerm = try? log.term(prevIndex) else {
+            _ = sendSnapshot(to: target)
+            return
+        }
+        // The follower takes the commit index only as far as its log matches ours.
+        send(Message(kind: .append, from: id, to: target, logTerm: prevTerm, index: prevIndex, entries: [], commit: log.committed))
+        pr.sentCommit = log.committed
+        progress[target] = pr
+    }
+
     private mutating func sendSnapshot(to target: ReplicaID) -> Bool {
         guard var pr = progress[target], pr.recentActive else { return false }
         guard let snap = try? log.snapshot(), !snap.isEmpty else { return false }
@@ -202,15 +219,26 @@ extension RaftNode {
         pr.recentActive = true
         pr.silentTicks = 0
         pr.probeSent = false
+        // A full window (see `FullWindowPolicy`): the follower is alive, and its answers are
+        // late or some appends were lost.
+        var windowFull = false
         if pr.state == .replicate && pr.inflights.isFull {
-            // Appends may have been lost: make room for one more try.
             pr.inflights.free(upTo: pr.match)
-            if pr.inflights.isFull { pr.becomeProbe() }
+            if pr.inflights.isFull {
+                switch config.fullWindow {
+                case .emptyAppend: windowFull = true
+                case .probe: pr.becomeProbe()
+                }
+            }
         }
         progress[m.from] = pr
-        // A follower in probe gets an append even when it looks caught up: its answer is what
-        // moves it back to replicate.
-        if pr.match < log.lastIndex() || pr.state == .probe { sendAppend(to: m.from) }
+        if windowFull {
+            sendEmptyAppend(to: m.from)
+        } else if pr.match < log.lastIndex() || pr.state == .probe {
+            // A follower in probe gets an append even when it looks caught up: its answer is
+            // what moves it back to replicate.
+            sendAppend(to: m.from)
+        }
         if m.context != 0 { acknowledgeRead(sequence: m.context, from: m.from) }
     }
 

@@ -56,6 +56,8 @@ struct NodeLeaseSim: AsyncParsableCommand {
     @Option(help: "Seeds run in parallel (default: one per core). Output stays in seed order.")
     var jobs: Int?
 
+    @Flag(help: "Instead of seeds: compare the leader's flow-control policies on a slow follower (figures, deterministic).")
+    var flowBench = false
     @Flag(help: "Print the event trace of each seed run.")
     var trace = false
 
@@ -79,6 +81,21 @@ struct NodeLeaseSim: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if flowBench {
+            print("scenario                               policy       | entries sent  resent  appends  dropped | catch-up ticks  mean lag | committed")
+            for scenario in FlowBenchmark.Scenario.standard {
+                for policy in FullWindowPolicy.allCases {
+                    let r = try FlowBenchmark.run(scenario, policy: policy)
+                    func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
+                    func left(_ s: String, _ n: Int) -> String { s.count >= n ? s : String(repeating: " ", count: n - s.count) + s }
+                    print(
+                        pad(scenario.name, 38) + " " + pad(policy.rawValue, 12) + " | " + left("\(r.entriesSent)", 12) + left("\(r.entriesResent)", 8)
+                            + left("\(r.appendsSent)", 9) + left("\(r.dropped)", 9) + " | " + left(r.catchUpTicks.map { "\($0)" } ?? "never", 14)
+                            + left("\(Int(r.meanLag.rounded()))", 10) + " | " + left("\(r.committed)", 9))
+                }
+            }
+            return
+        }
         let list: [UInt64] = seed.map { [$0] } ?? (0..<UInt64(seeds)).map { first &+ $0 }
         var faults: FaultInjection = []
         for name in breakRules { faults.insert(FaultInjection.names[name]!) }

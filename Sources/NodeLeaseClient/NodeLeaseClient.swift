@@ -110,9 +110,12 @@ public final class NodeLeaseClient: Sendable {
         func configuration() throws -> TLSConfiguration {
             var c = TLSConfiguration.makeClientConfiguration()
             if let caFile { c.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caFile)) }
-            if let certificateFile, let keyFile {
+            switch (certificateFile, keyFile) {
+            case (let certificateFile?, let keyFile?):
                 c.certificateChain = try NIOSSLCertificate.fromPEMFile(certificateFile).map { .certificate($0) }
                 c.privateKey = .privateKey(try NIOSSLPrivateKey(file: keyFile, format: .pem))
+            case (nil, nil): break
+            default: throw NodeLeaseError.invalidRequest("a client certificate needs both its certificate and its key file")
             }
             c.minimumTLSVersion = .tlsv12
             return c
@@ -194,6 +197,7 @@ public final class NodeLeaseClient: Sendable {
 
     /// Every endpoint's status, in endpoint order; unreachable ones as errors.
     public func statusOfAll() async -> [(endpoint: URL, status: Result<ReplicaStatusView, NodeLeaseError>)] {
+        if let tlsProblem { return endpoints.map { ($0, .failure(.invalidRequest(tlsProblem))) } }
         var out: [(URL, Result<ReplicaStatusView, NodeLeaseError>)] = []
         for url in endpoints {
             do {
@@ -355,7 +359,7 @@ public final class NodeLeaseClient: Sendable {
             // Another endpoint after a jittered, capped backoff, while the deadline allows.
             let cap = min(1000, 50 << min(attempt, 5))
             let backoff = Duration.milliseconds(cap / 2 + Int.random(in: 0...(cap / 2)))
-            guard ContinuousClock.now + backoff < deadline else { throw lastError }
+            guard ContinuousClock.now + backoff < deadline, !Task.isCancelled else { throw lastError }
             try? await Task.sleep(for: backoff)
         }
     }

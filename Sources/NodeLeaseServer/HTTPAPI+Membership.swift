@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import Logging
 import NodeLeaseClient
 import HTTPTypes
 import Hummingbird
@@ -190,8 +191,15 @@ extension HTTPAPI {
                 if let v = answer.headers.first(name: name.rawName) { headers[name] = v }
             }
             return Response(status: HTTPResponse.Status(code: Int(answer.status.code)), headers: headers, body: .init(byteBuffer: answer.body))
-        } catch {
-            return await noLeader()
+        } catch let failure {
+            // Most often TLS: the leader's certificate does not name its client address, is
+            // not from --peer-ca, or (with --client-ca) this replica's is not from that CA.
+            logger.error("could not pass a membership change on to the leader at \(address): \(failure)")
+            var r = error(
+                .serviceUnavailable, "no_leader", "the leader at \(address) could not be reached to pass the change on (\(failure)); retry, or send it there")
+            r.headers[.retryAfter] = "1"
+            await addReadHeaders(&r)
+            return r
         }
     }
 

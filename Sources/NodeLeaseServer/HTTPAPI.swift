@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import HTTPTypes
+import Logging
 import Hummingbird
 import LeaseRegistry
 import NIOConcurrencyHelpers
@@ -18,6 +19,7 @@ struct HTTPAPI: Sendable {
     let passOnClient: HTTPClient
     /// Requests in progress, capped at `config.maxConcurrentRequests`.
     let gate = RequestGate()
+    var logger = Logger(label: "nodelease")
     static let maxBody = 64 * 1024
     static let indexHeader = HTTPField.Name("X-NodeLease-Index")!
     static let replicaHeader = HTTPField.Name("X-NodeLease-Replica")!

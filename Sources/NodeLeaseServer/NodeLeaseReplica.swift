@@ -126,8 +126,15 @@ public final class NodeLeaseReplica: Service, Sendable {
         }
         let head = TimeAmount.milliseconds(Int64(config.httpHeadTimeoutMillis))
         let body = TimeAmount.milliseconds(Int64(config.httpBodyTimeoutMillis))
+        let connections = ConnectionCapHandler.Counter()
+        let (connectionLimit, capLogger) = (config.maxClientConnections, logger)
+        let responseTimeout = TimeAmount.milliseconds(2 * Int64(config.requestTimeoutMillis) + Int64(config.httpResponseGraceMillis))
         let http1 = HTTPServerBuilder.http1(
-            configuration: .init(additionalChannelHandlers: [RequestDeadlineHandler(headTimeout: head, bodyTimeout: body)]))
+            configuration: .init(additionalChannelHandlers: [
+                ConnectionCapHandler(counter: connections, limit: connectionLimit, logger: capLogger),
+                RequestDeadlineHandler(
+                    headTimeout: head, bodyTimeout: body, responseTimeout: responseTimeout),
+            ]))
         let server: HTTPServerBuilder
         var clientChain: [NIOSSLCertificate] = []
         var clientKey: NIOSSLPrivateKey?
@@ -176,6 +183,7 @@ public final class NodeLeaseReplica: Service, Sendable {
         self.passOnClient = HTTPClient(eventLoopGroupProvider: .shared(group), configuration: passOn)
         var api = HTTPAPI(driver: driver, config: config, metrics: metrics, passOnClient: passOnClient)
         api.auth = authenticator
+        api.logger = logger
         self.app = Application(
             responder: CallbackResponder { [api] request, _ in await api.respond(to: request) },
             server: server,
@@ -188,6 +196,10 @@ public final class NodeLeaseReplica: Service, Sendable {
         do {
             try await serve()
         } catch {
+            // Whatever failed (the client port taken, say), nothing of this replica runs on.
+            await driver.shutdown()
+            inbox.finish()
+            await transport.shutdown()
             try? await passOnClient.shutdown()
             throw error
         }

@@ -52,8 +52,14 @@ public struct ServerConfig: Sendable {
     /// previous response, and the rest of the request within `httpBodyTimeoutMillis` of it.
     public var httpHeadTimeoutMillis = 10_000
     public var httpBodyTimeoutMillis = 30_000
+    /// While responses are pending, a connection is closed after twice the request timeout
+    /// and this much more (no answer takes longer; a request pipelined behind one the server
+    /// closes after is never answered).
+    public var httpResponseGraceMillis = 10_000
     /// Requests in progress on this replica beyond which new ones get 503 at once.
     public var maxConcurrentRequests = 1024
+    /// Client connections open at once beyond which new ones are closed at once.
+    public var maxClientConnections = 4096
 
     public init(replicaID: ReplicaID, peers: [ReplicaID: PeerAddress], clientListen: PeerAddress, dataDir: String) {
         self.replicaID = replicaID

@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
+import NIOTLS
 import Raft
 
 /// Where a peer listens.
@@ -101,14 +102,14 @@ public final class RaftTransport: Sendable {
 
     /// Logs a line about strangers (over the caps, slow handshakes, failed TLS) at most every
     /// `strangerLogInterval` per kind, so a flood of them does not flood the log too.
-    func warnThrottled(_ kind: String, _ message: @autoclosure () -> String) {
+    func warnThrottled(_ kind: String, level: Logger.Level = .warning, _ message: @autoclosure () -> String) {
         let now = NIODeadline.now()
         let due = lastLogged.withLockedValue { last -> Bool in
             if let t = last[kind], now - t < config.strangerLogInterval { return false }
             last[kind] = now
             return true
         }
-        if due { logger.warning("\(message())") }
+        if due { logger.log(level: level, "\(message())") }
     }
 
     /// Takes a pending slot for a connection from `source`, or says why not.
@@ -576,7 +577,9 @@ final class AcceptorHandler: ChannelDuplexHandler, @unchecked Sendable {
     /// Caps connections in their handshake (in all, and by source address, with room kept
     /// for the hosts of known peers), and gives each a deadline for its handshake and hello.
     func channelActive(context: ChannelHandlerContext) {
-        let source = context.remoteAddress?.ipAddress ?? "unknown"
+        let address = context.remoteAddress?.ipAddress ?? "unknown"
+        // An IPv4 peer seen by a socket listening on IPv6.
+        let source = address.hasPrefix("::ffff:") && address.contains(".") ? String(address.dropFirst(7)) : address
         if let refusal = transport.admitPending(from: source) {
             transport.warnThrottled("cap", "refusing peer connections from \(source) and others: \(refusal)")
             context.close(promise: nil)
@@ -593,6 +596,13 @@ final class AcceptorHandler: ChannelDuplexHandler, @unchecked Sendable {
         context.fireChannelActive()
     }
 
+    /// A TLS handshake that completed proves a certificate of the cluster's CA: no longer a
+    /// stranger, so its slot goes back before its hello.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let e = event as? TLSUserEvent, case .handshakeCompleted = e { releasePending() }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     private func releasePending() {
         if let source = pendingSource {
             pendingSource = nil
@@ -604,7 +614,7 @@ final class AcceptorHandler: ChannelDuplexHandler, @unchecked Sendable {
         let frame = unwrapInboundIn(data)
         guard let peer else {
             guard case .hello(let cluster, let from, let to, let incarnation, let directory, let client, let peerAddress) = frame else {
-                transport.logger.warning("peer connection from \(String(describing: context.remoteAddress)) did not start with a hello; closing")
+                transport.warnThrottled("no hello", "peer connection from \(String(describing: context.remoteAddress)) did not start with a hello; closing")
                 context.close(promise: nil)
                 return
             }
@@ -612,7 +622,10 @@ final class AcceptorHandler: ChannelDuplexHandler, @unchecked Sendable {
                 clusterID: cluster, from: from, to: to, incarnation: incarnation, directory: directory, client: client,
                 peer: peerAddress, channel: context.channel)
             {
-                transport.logger.error("refused a peer connection from \(String(describing: context.remoteAddress)) claiming replica \(from): \(reason)")
+                // Once per reason every 10 s: a misconfigured replica redials often.
+                transport.warnThrottled(
+                    "hello: \(reason)", level: .error,
+                    "refused a peer connection from \(String(describing: context.remoteAddress)) claiming replica \(from): \(reason)")
                 let channel = context.channel
                 context.writeAndFlush(wrapOutboundOut(.refused(reason: reason))).whenComplete { _ in channel.close(promise: nil) }
                 return
@@ -645,7 +658,11 @@ final class AcceptorHandler: ChannelDuplexHandler, @unchecked Sendable {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         let from = String(describing: context.remoteAddress)
         if let e = error as? FrameError {
-            transport.logger.warning("closing a peer connection from \(from)\(peer.map { " (replica \($0))" } ?? ""): \(e)")
+            if let peer {
+                transport.logger.warning("closing a peer connection from \(from) (replica \(peer)): \(e)")
+            } else {
+                transport.warnThrottled("frame", "closing a peer connection from \(from): \(e)")
+            }
         } else if error is NIOSSLError || error is BoringSSLError {
             transport.warnThrottled("tls", "refused a peer connection from \(from): TLS handshake failed: \(PeerTLS.explain(error))")
         }

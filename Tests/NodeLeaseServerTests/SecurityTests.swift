@@ -310,6 +310,55 @@ final class ResponseCounter: ChannelInboundHandler, @unchecked Sendable {
         await c.stopAll()
     }
 
+    /// A request pipelined behind one with `Connection: close` is never answered (the server
+    /// half-closes and reads no more): the connection still has a deadline, and is closed.
+    @Test func aRequestPipelinedBehindAClosingOneDoesNotHoldTheConnection() async throws {
+        let c = try LocalCluster(size: 1) {
+            $0.httpHeadTimeoutMillis = 800
+            $0.requestTimeoutMillis = 200
+            $0.httpResponseGraceMillis = 300
+        }
+        try await c.startAll()
+        let port = c.configs[1]!.clientListen.port
+        let reader = ResponseCounter()
+        // The client keeps its side open when the server half-closes (as an attacker would).
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(reader) } }
+            .connect(host: "127.0.0.1", port: port).get()
+        try await channel.writeAndFlush(
+            ByteBuffer(string: "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        ).get()
+        #expect(await eventually(3) { reader.text.contains("HTTP/1.1 200") })
+        // The server half-closed after the first answer; once its deadline closes the socket
+        // for good, bytes sent to it are refused (a reset), which closes this side too.
+        try await Task.sleep(for: .milliseconds(1500))
+        for _ in 0..<5 where channel.isActive {
+            try? await channel.writeAndFlush(ByteBuffer(string: "x")).get()
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(await eventually(2) { !channel.isActive }, "the connection stayed open with a request nobody answers")
+        await c.stopAll()
+    }
+
+    @Test func aFloodOfIdleConnectionsIsCappedAndCleared() async throws {
+        let c = try LocalCluster(size: 1) {
+            $0.maxClientConnections = 5
+            $0.httpHeadTimeoutMillis = 800
+        }
+        try await c.startAll()
+        let port = c.configs[1]!.clientListen.port
+        var flood: [any Channel] = []
+        for _ in 0..<12 {
+            flood.append(try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).get())
+        }
+        // Beyond the cap, closed at once; the rest at the head deadline.
+        #expect(await eventually(0.5) { flood.filter(\.isActive).count <= 5 })
+        #expect(await eventually(3) { flood.allSatisfy { !$0.isActive } })
+        #expect(try await c.get(1, "/v1/status").status == 200)
+        await c.stopAll()
+    }
+
     @Test func aBodyOfManyFieldsIsReadWholeAndItsDuplicateFound() async throws {
         let c = try LocalCluster(size: 1)
         try await c.startAll()

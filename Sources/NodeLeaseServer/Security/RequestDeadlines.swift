@@ -1,4 +1,6 @@
 import Hummingbird
+import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTPTypes
 
@@ -17,15 +19,21 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     let headTimeout: TimeAmount
     let bodyTimeout: TimeAmount
+    /// While responses are pending: no request of ours takes longer (the request timeout,
+    /// and a margin). A connection is never without a deadline: a client that pipelines a
+    /// request behind one the server closes after (`Connection: close`) would otherwise keep
+    /// it open for ever, unanswered.
+    let responseTimeout: TimeAmount
     private var timer: Scheduled<Void>?
     /// A request's head arrived and its end has not.
     private var receiving = false
     /// Requests whose response has not ended yet (more than one when a client pipelines).
     private var unanswered = 0
 
-    init(headTimeout: TimeAmount, bodyTimeout: TimeAmount) {
+    init(headTimeout: TimeAmount, bodyTimeout: TimeAmount, responseTimeout: TimeAmount) {
         self.headTimeout = headTimeout
         self.bodyTimeout = bodyTimeout
+        self.responseTimeout = responseTimeout
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -66,9 +74,9 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     /// No request is arriving: wait for the next head if every response has gone out, else
-    /// for the responses (no deadline of ours).
+    /// for the responses.
     private func settle(_ context: ChannelHandlerContext) {
-        if unanswered == 0 { arm(context, headTimeout) } else { cancel() }
+        arm(context, unanswered == 0 ? headTimeout : responseTimeout)
     }
 
     private func cancel() {
@@ -80,5 +88,84 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
         timer?.cancel()
         let channel = context.channel
         timer = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+    }
+}
+
+/// Caps the client connections open at once: one beyond `limit` is closed as soon as it
+/// opens, so a flood of connections cannot use up the replica's file descriptors, and the
+/// head deadline above clears idle ones: to keep real clients out, a flood must open
+/// `limit` connections every head timeout (4096 every 10 s by default).
+final class ConnectionCapHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+
+    /// The connections open now, shared by every connection's handler.
+    final class Counter: Sendable {
+        private let open = NIOLockedValueBox(0)
+        private let lastLogged = NIOLockedValueBox<NIODeadline?>(nil)
+        func enter(limit: Int) -> Bool {
+            open.withLockedValue { n in
+                guard n < limit else { return false }
+                n += 1
+                return true
+            }
+        }
+        func leave() { open.withLockedValue { $0 -= 1 } }
+        var count: Int { open.withLockedValue { $0 } }
+        /// Whether a refusal should be logged now (at most every 10 s).
+        func shouldLog() -> Bool {
+            let now = NIODeadline.now()
+            return lastLogged.withLockedValue { last in
+                if let l = last, now - l < .seconds(10) { return false }
+                last = now
+                return true
+            }
+        }
+    }
+
+    let counter: Counter
+    let limit: Int
+    let logger: Logger
+    private var counted = false
+
+    init(counter: Counter, limit: Int, logger: Logger) {
+        self.counter = counter
+        self.limit = limit
+        self.logger = logger
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { enter(context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        enter(context)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        leave()
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) { leave() }
+
+    private func enter(_ context: ChannelHandlerContext) {
+        guard !counted else { return }
+        if counter.enter(limit: limit) {
+            counted = true
+        } else {
+            if counter.shouldLog() {
+                logger.warning("refusing client connections: \(limit) are open (logged at most every 10 s)")
+            }
+            context.close(promise: nil)
+        }
+    }
+
+    private func leave() {
+        if counted {
+            counted = false
+            counter.leave()
+        }
     }
 }

@@ -3,7 +3,6 @@ import HTTPTypes
 import Logging
 import Hummingbird
 import LeaseRegistry
-import NIOConcurrencyHelpers
 import NIOCore
 import Raft
 
@@ -18,7 +17,7 @@ struct HTTPAPI: Sendable {
     /// Passes membership changes on to the leader.
     let passOnClient: HTTPClient
     /// Requests in progress, capped at `config.maxConcurrentRequests`.
-    let gate = RequestGate()
+    let gate = BoundedCounter()
     var logger = Logger(label: "nodelease")
     static let maxBody = 64 * 1024
     static let indexHeader = HTTPField.Name("X-NodeLease-Index")!
@@ -79,20 +78,6 @@ struct HTTPAPI: Sendable {
         default: return nil
         }
         return template
-    }
-
-    /// Counts requests in progress.
-    final class RequestGate: Sendable {
-        private let count = NIOLockedValueBox(0)
-        func enter(limit: Int) -> Bool {
-            count.withLockedValue { n in
-                guard n < limit else { return false }
-                n += 1
-                return true
-            }
-        }
-        func leave() { count.withLockedValue { $0 -= 1 } }
-        var inProgress: Int { count.withLockedValue { $0 } }
     }
 
     // MARK: Authentication

@@ -13,16 +13,11 @@ struct Token: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Print a new random token, then the line to add to the token file (which holds only its hash).")
 
-        @Option(help: "node, reader or admin.")
-        var role: String
-        @Option(help: "For a node token: the hostnames it may lease, comma-separated (mx1.example.org, *.example.org).")
-        var hostnames: String?
-        @Option(help: "A label for the log (letters, digits, '-', '_', '.', '@').")
-        var name: String?
+        @OptionGroup var entry: EntryOptions
 
         func run() throws {
             let token = TokenFile.newToken()
-            let line = try Token.line(token: token, role: role, hostnames: hostnames, name: name)
+            let line = try entry.line(token: token)
             print("token: \(token)")
             print("token file line: \(line)")
             FileHandle.standardError.write(
@@ -34,19 +29,26 @@ struct Token: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Read a token from standard input and print its token-file line (to re-issue a line, or rotate roles).")
 
-        @Option(help: "node, reader or admin.")
-        var role: String
-        @Option(help: "For a node token: the hostnames it may lease, comma-separated.")
-        var hostnames: String?
-        @Option(help: "A label for the log.")
-        var name: String?
+        @OptionGroup var entry: EntryOptions
 
         func run() throws {
             let input = FileHandle.standardInput.readDataToEndOfFile()
             let token = String(decoding: input, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
             guard !token.isEmpty else { throw ValidationError("no token on standard input") }
-            print(try Token.line(token: token, role: role, hostnames: hostnames, name: name))
+            print(try entry.line(token: token))
         }
+    }
+
+    /// What a token-file line says besides the hash.
+    struct EntryOptions: ParsableArguments {
+        @Option(help: "node, reader or admin.")
+        var role: String
+        @Option(help: "For a node token: the hostnames it may lease, comma-separated (mx1.example.org, *.example.org).")
+        var hostnames: String?
+        @Option(help: "A label for the log (letters, digits, '-', '_', '.', '@').")
+        var name: String?
+
+        func line(token: String) throws -> String { try Token.line(token: token, role: role, hostnames: hostnames, name: name) }
     }
 
     /// The token file's line for `token`, checked by the same parser the replicas use.

@@ -35,7 +35,7 @@ final class LocalCluster: @unchecked Sendable {
     /// Sent with every request the cluster's own helpers make (a token, with authentication on).
     var headers: [String: String] = [:]
     /// When set, every replica logs everything here (trace level) instead of warnings to stderr.
-    var capture: LogCapture?
+    var capture: CapturedLog?
     /// When set, the replicas serve HTTPS and the helpers talk it with this TLS configuration.
     var tls: TLSConfiguration? {
         didSet {
@@ -69,10 +69,7 @@ final class LocalCluster: @unchecked Sendable {
     func start(_ id: ReplicaID) async throws {
         var logger = Logger(label: "it")
         logger.logLevel = .warning
-        if let capture {
-            logger = Logger(label: "it", factory: { _ in CapturingLogHandler(capture: capture) })
-            logger.logLevel = .trace
-        }
+        if let capture { logger = capture.logger }
         let r = try NodeLeaseReplica(config: configs[id]!, logger: logger, onFatal: { Issue.record("replica \(id) failed: \($0)") })
         replicas[id] = r
         tasks[id] = Task { try await r.run() }
@@ -147,28 +144,6 @@ final class LocalCluster: @unchecked Sendable {
 
     func get(_ id: ReplicaID, _ path: String) async throws -> HTTPResult { try await request(id, "GET", path) }
     func post(_ id: ReplicaID, _ path: String, _ body: String) async throws -> HTTPResult { try await request(id, "POST", path, body: body) }
-}
-
-/// Every log line of the replicas that log here, as text.
-final class LogCapture: Sendable {
-    private let lines = NIOLockedValueBox<[String]>([])
-    func add(_ line: String) { lines.withLockedValue { $0.append(line) } }
-    var all: [String] { lines.withLockedValue { $0 } }
-}
-
-struct CapturingLogHandler: LogHandler {
-    let capture: LogCapture
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-    func log(event: LogEvent) {
-        var all = metadata
-        if let m = event.metadata { all.merge(m, uniquingKeysWith: { $1 }) }
-        capture.add("\(event.level) \(event.message) \(all)")
-    }
 }
 
 func eventually(_ seconds: Double, _ condition: () async -> Bool) async -> Bool {

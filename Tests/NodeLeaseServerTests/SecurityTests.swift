@@ -151,7 +151,7 @@ import Testing
         let path = dir + "/tokens"
         try Self.tokenFile().write(toFile: path, atomically: true, encoding: .utf8)
         let c = try LocalCluster { $0.tokenFile = path }
-        let capture = LogCapture()
+        let capture = CapturedLog()
         c.capture = capture
         c.headers = bearer(Self.admin)
         try await c.startAll()

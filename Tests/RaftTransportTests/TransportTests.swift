@@ -8,29 +8,6 @@ import RaftTransport
 import TestSupport
 import Testing
 
-/// Collects log lines, for tests that check what an operator would read.
-final class CapturedLog: Sendable {
-    let lines = NIOLockedValueBox<[String]>([])
-    var all: [String] { lines.withLockedValue { $0 } }
-
-    var logger: Logger {
-        Logger(label: "test") { _ in Handler(sink: self) }
-    }
-
-    struct Handler: LogHandler {
-        let sink: CapturedLog
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .trace
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-        func log(event: LogEvent) {
-            sink.lines.withLockedValue { $0.append("\(event.level) \(event.message)") }
-        }
-    }
-}
-
 final class Inbox: Sendable {
     let box = NIOLockedValueBox<[Message]>([])
     func add(_ m: Message) { box.withLockedValue { $0.append(m) } }

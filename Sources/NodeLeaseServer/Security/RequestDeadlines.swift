@@ -91,6 +91,22 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 }
 
+/// A count of things in progress (requests, connections) that refuses to go past a limit.
+final class BoundedCounter: Sendable {
+    private let count = NIOLockedValueBox(0)
+
+    /// Counts one more, unless `limit` are in progress: then false.
+    func enter(limit: Int) -> Bool {
+        count.withLockedValue { n in
+            guard n < limit else { return false }
+            n += 1
+            return true
+        }
+    }
+
+    func leave() { count.withLockedValue { $0 -= 1 } }
+}
+
 /// Caps the client connections open at once: one beyond `limit` is closed as soon as it
 /// opens, so a flood of connections cannot use up the replica's file descriptors, and the
 /// head deadline above clears idle ones: to keep real clients out, a flood must open
@@ -101,17 +117,8 @@ final class ConnectionCapHandler: ChannelInboundHandler, RemovableChannelHandler
 
     /// The connections open now, shared by every connection's handler.
     final class Counter: Sendable {
-        private let open = NIOLockedValueBox(0)
+        let open = BoundedCounter()
         private let lastLogged = NIOLockedValueBox<NIODeadline?>(nil)
-        func enter(limit: Int) -> Bool {
-            open.withLockedValue { n in
-                guard n < limit else { return false }
-                n += 1
-                return true
-            }
-        }
-        func leave() { open.withLockedValue { $0 -= 1 } }
-        var count: Int { open.withLockedValue { $0 } }
         /// Whether a refusal should be logged now (at most every 10 s).
         func shouldLog() -> Bool {
             let now = NIODeadline.now()
@@ -152,7 +159,7 @@ final class ConnectionCapHandler: ChannelInboundHandler, RemovableChannelHandler
 
     private func enter(_ context: ChannelHandlerContext) {
         guard !counted else { return }
-        if counter.enter(limit: limit) {
+        if counter.open.enter(limit: limit) {
             counted = true
         } else {
             if counter.shouldLog() {
@@ -165,7 +172,7 @@ final class ConnectionCapHandler: ChannelInboundHandler, RemovableChannelHandler
     private func leave() {
         if counted {
             counted = false
-            counter.leave()
+            counter.open.leave()
         }
     }
 }

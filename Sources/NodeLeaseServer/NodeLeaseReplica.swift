@@ -127,7 +127,7 @@ public final class NodeLeaseReplica: Service, Sendable {
         let head = TimeAmount.milliseconds(Int64(config.httpHeadTimeoutMillis))
         let body = TimeAmount.milliseconds(Int64(config.httpBodyTimeoutMillis))
         let connections = ConnectionCapHandler.Counter()
-        let (connectionLimit, capLogger) = (config.maxClientConnections, logger)
+        let (connectionLimit, capLogger) = (Self.clientConnectionLimit(config.maxClientConnections, logger: logger), logger)
         let responseTimeout = TimeAmount.milliseconds(2 * Int64(config.requestTimeoutMillis) + Int64(config.httpResponseGraceMillis))
         let http1 = HTTPServerBuilder.http1(
             configuration: .init(additionalChannelHandlers: [
@@ -256,6 +256,30 @@ public final class NodeLeaseReplica: Service, Sendable {
         } onGracefulShutdown: {
             // Nothing more: app.run() returns, and the shutdown above follows it.
         }
+    }
+
+    /// The client-connection cap the process's file descriptors allow: the soft limit is
+    /// raised to the hard one, and 256 are kept for the log, snapshots and peers, so a flood of
+    /// connections meets the cap before the descriptors run out (an open that fails there stops
+    /// the replica).
+    static func clientConnectionLimit(_ wanted: Int, logger: Logger) -> Int {
+        #if os(Linux)
+            var limit = rlimit()
+            let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+            guard getrlimit(resource, &limit) == 0 else { return wanted }
+            if limit.rlim_cur < limit.rlim_max {
+                var raised = limit
+                raised.rlim_cur = limit.rlim_max
+                if setrlimit(resource, &raised) == 0 { limit = raised }
+            }
+            let available = Int(clamping: limit.rlim_cur) - 256
+            if available < wanted {
+                let cap = max(16, available)
+                logger.warning("at most \(cap) client connections: the file descriptor limit is \(limit.rlim_cur) (raise it to allow \(wanted))")
+                return cap
+            }
+        #endif
+        return wanted
     }
 
     static func isLoopback(_ host: String) -> Bool {

@@ -62,7 +62,9 @@ actor RaftDriver {
         private let faultClock: FaultClock?
     #endif
     private var stopped = false
-    private var shuttingDown = false
+    /// The shutdown under way or done: a replica may be stopped both by its run ending and by
+    /// `stop()`, and each caller returns only once it is complete.
+    private var shutdownTask: Task<Void, Never>?
     /// The data directory each replica took part with, as the registry records it; read by the
     /// transport's admission check on event-loop threads.
     nonisolated let knownDirectories = NIOLockedValueBox<[UInt64: UInt64]>([:])
@@ -242,9 +244,13 @@ actor RaftDriver {
 
     /// Stops taking work; as leader, hands leadership to the most caught-up peer first.
     func shutdown() async {
-        // Once: a replica may be stopped both by its run ending and by `stop()`.
-        guard !shuttingDown else { return }
-        shuttingDown = true
+        if let running = shutdownTask { return await running.value }
+        let task = Task { await self.shutDownOnce() }
+        shutdownTask = task
+        await task.value
+    }
+
+    private func shutDownOnce() async {
         // The most caught-up peer we are connected to (a transfer to an unreachable one would
         // only delay the shutdown).
         let peers = core.node.status.peers.filter { $0.id != config.replicaID && transport.isConnected($0.id) }

@@ -53,8 +53,9 @@ public struct ServerConfig: Sendable {
     public var httpHeadTimeoutMillis = 10_000
     public var httpBodyTimeoutMillis = 30_000
     /// While responses are pending, a connection is closed after twice the request timeout
-    /// and this much more (no answer takes longer; a request pipelined behind one the server
-    /// closes after is never answered).
+    /// and this much more (no answer takes longer today; a request pipelined behind one the
+    /// server closes after is never answered). Long polls (API.md's `wait`, up to 5 min, not
+    /// served yet) will have to extend it by their wait.
     public var httpResponseGraceMillis = 10_000
     /// Requests in progress on this replica beyond which new ones get 503 at once.
     public var maxConcurrentRequests = 1024

@@ -87,6 +87,15 @@ public struct PeerTLS: Sendable {
         }
     }
 
+    /// Whether the TLS peer on `channel` presented a certificate naming some replica of `cluster`.
+    static func namesAReplica(_ channel: any Channel, cluster: String) -> Bool {
+        guard let handler = try? channel.pipeline.syncOperations.handler(type: NIOSSLHandler.self),
+            let certificate = handler.peerCertificate
+        else { return false }
+        let prefix = "nodelease://\(cluster)/replica/"
+        return uris(certificate).contains { $0.hasPrefix(prefix) && UInt64($0.dropFirst(prefix.count)) != nil }
+    }
+
     /// Why the TLS peer on `channel` is not `identity`, or nil if it is.
     static func mismatch(_ channel: any Channel, expected identity: String) -> String? {
         guard let handler = try? channel.pipeline.syncOperations.handler(type: NIOSSLHandler.self) else {

@@ -315,34 +315,36 @@ public final class RaftTransport: Sendable {
 
     // MARK: Accepting side
 
-    /// Checks a hello; nil means welcome, otherwise the reason to refuse.
+    /// Checks a hello; nil means welcome, otherwise the kind of refusal (a fixed word, for
+    /// throttling its log line) and the reason.
     func admit(
         clusterID: String, from: ReplicaID, to: ReplicaID, incarnation: UInt64, directory: UInt64, client: String, peer: String,
         channel: any Channel
-    ) -> String? {
+    ) -> (kind: String, reason: String)? {
         if clusterID != config.clusterID {
-            return "cluster id \"\(clusterID)\" does not match this replica's cluster \"\(config.clusterID)\""
+            // A stranger chooses this text: only its start goes into the log.
+            return ("cluster", "cluster id \"\(clusterID.prefix(64))\" does not match this replica's cluster \"\(config.clusterID)\"")
         }
         if to != config.replicaID {
-            return "this is replica \(config.replicaID), not replica \(to): check the peer addresses"
+            return ("to", "this is replica \(config.replicaID), not replica \(to): check the peer addresses")
         }
         if from == config.replicaID {
-            return "the caller claims this replica's own id \(from): two replicas share one id"
+            return ("self", "the caller claims this replica's own id \(from): two replicas share one id")
         }
         if config.tls != nil, let why = PeerTLS.mismatch(channel, expected: PeerTLS.identity(cluster: clusterID, replica: from.rawValue)) {
-            return "it claims to be replica \(from), but \(why)"
+            return ("identity", "it claims to be replica \(from), but \(why)")
         }
         if removed.withLockedValue({ $0.contains(from) }) {
-            return "replica \(from) was removed from this cluster; its id is never used again"
+            return ("removed", "replica \(from) was removed from this cluster; its id is never used again")
         }
-        if let check = checkPeer.withLockedValue({ $0 }), let reason = check(from, directory) { return reason }
+        if let check = checkPeer.withLockedValue({ $0 }), let reason = check(from, directory) { return ("directory", reason) }
         // Checked last, so only a replica that passed every check is linked back to.
         if link(from) == nil && !learnPeer(from, address: peer) {
-            return "replica \(from) is not a member of this cluster as this replica knows it"
+            return ("member", "replica \(from) is not a member of this cluster as this replica knows it")
         }
         return inbound.withLockedValue { conns in
             if let existing = conns[from], existing.incarnation != incarnation, existing.channel.isActive {
-                return "replica \(from) is already connected from another process (two replicas share id \(from))"
+                return ("duplicate", "replica \(from) is already connected from another process (two replicas share id \(from))")
             }
             conns[from] = (incarnation, channel, directory, client)
             return nil
@@ -596,10 +598,13 @@ final class AcceptorHandler: ChannelDuplexHandler, @unchecked Sendable {
         context.fireChannelActive()
     }
 
-    /// A TLS handshake that completed proves a certificate of the cluster's CA: no longer a
-    /// stranger, so its slot goes back before its hello.
+    /// A TLS handshake that completed with a certificate of the cluster's CA naming a replica
+    /// of this cluster: no longer a stranger, so its slot goes back before its hello (a CA
+    /// certificate for anything else, a client's say, keeps it until then).
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let e = event as? TLSUserEvent, case .handshakeCompleted = e { releasePending() }
+        if let e = event as? TLSUserEvent, case .handshakeCompleted = e, PeerTLS.namesAReplica(context.channel, cluster: transport.config.clusterID) {
+            releasePending()
+        }
         context.fireUserInboundEventTriggered(event)
     }
 
@@ -618,13 +623,14 @@ final class AcceptorHandler: ChannelDuplexHandler, @unchecked Sendable {
                 context.close(promise: nil)
                 return
             }
-            if let reason = transport.admit(
+            if let (kind, reason) = transport.admit(
                 clusterID: cluster, from: from, to: to, incarnation: incarnation, directory: directory, client: client,
                 peer: peerAddress, channel: context.channel)
             {
-                // Once per reason every 10 s: a misconfigured replica redials often.
+                // Once per kind every 10 s: a misconfigured replica redials often, and a
+                // stranger could vary the text without end.
                 transport.warnThrottled(
-                    "hello: \(reason)", level: .error,
+                    "hello: \(kind)", level: .error,
                     "refused a peer connection from \(String(describing: context.remoteAddress)) claiming replica \(from): \(reason)")
                 let channel = context.channel
                 context.writeAndFlush(wrapOutboundOut(.refused(reason: reason))).whenComplete { _ in channel.close(promise: nil) }

@@ -7,8 +7,9 @@ import NIOHTTPTypes
 /// Deadlines for slow clients on the client port. A connection must deliver a request's head
 /// within `headTimeout` of opening or of the end of the previous exchange (a client trickling
 /// a header a byte a second is cut off then, as is an idle keep-alive connection), and the
-/// rest of the request within `bodyTimeout` of its head. The time a response takes is not
-/// limited here (the request timeout bounds it). An exchange ends when both its request and
+/// rest of the request within `bodyTimeout` of its head; while responses are pending, the
+/// connection lives at most `responseTimeout` more (beyond what any answer takes). An
+/// exchange ends when both its request and
 /// its response have ended, in either order: the server answers some requests (401, 403, 413)
 /// before their body has arrived, and the body must still come in time.
 final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler {
@@ -73,6 +74,8 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
         context.fireChannelInactive()
     }
 
+    func handlerRemoved(context: ChannelHandlerContext) { cancel() }
+
     /// No request is arriving: wait for the next head if every response has gone out, else
     /// for the responses.
     private func settle(_ context: ChannelHandlerContext) {
@@ -86,7 +89,9 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     private func arm(_ context: ChannelHandlerContext, _ timeout: TimeAmount) {
         timer?.cancel()
+        timer = nil
         let channel = context.channel
+        guard channel.isActive else { return }
         timer = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
     }
 }
@@ -146,8 +151,8 @@ final class ConnectionCapHandler: ChannelInboundHandler, RemovableChannelHandler
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        enter(context)
-        context.fireChannelActive()
+        // A refused connection goes no further (the handlers after this one arm no timers).
+        if enter(context) { context.fireChannelActive() }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -157,16 +162,19 @@ final class ConnectionCapHandler: ChannelInboundHandler, RemovableChannelHandler
 
     func handlerRemoved(context: ChannelHandlerContext) { leave() }
 
-    private func enter(_ context: ChannelHandlerContext) {
-        guard !counted else { return }
+    /// Counts this connection in; false (and closes it) when `limit` are open.
+    @discardableResult
+    private func enter(_ context: ChannelHandlerContext) -> Bool {
+        guard !counted else { return true }
         if counter.open.enter(limit: limit) {
             counted = true
-        } else {
-            if counter.shouldLog() {
-                logger.warning("refusing client connections: \(limit) are open (logged at most every 10 s)")
-            }
-            context.close(promise: nil)
+            return true
         }
+        if counter.shouldLog() {
+            logger.warning("refusing client connections: \(limit) are open (logged at most every 10 s)")
+        }
+        context.close(promise: nil)
+        return false
     }
 
     private func leave() {

@@ -107,7 +107,7 @@ public final class NodeLeaseClient: Sendable {
         }
 
         /// The TLS configuration, with the certificate and key read from their files.
-        func configuration() throws -> TLSConfiguration {
+        public func configuration() throws -> TLSConfiguration {
             var c = TLSConfiguration.makeClientConfiguration()
             if let caFile { c.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caFile)) }
             switch (certificateFile, keyFile) {

@@ -29,8 +29,10 @@ struct HTTPAPI: Sendable {
     func respond(to request: Request) async -> Response {
         let start = ContinuousClock.now
         let parts = request.uri.path.split(separator: "/", omittingEmptySubsequences: true)
+        // The route, once: for the role check, the open health paths and the metrics label.
+        let template = Self.template(parts)
         let response: Response
-        let health = parts.count == 1 && (parts[0] == "healthz" || parts[0] == "readyz")
+        let health = template == "/healthz" || template == "/readyz"
         if !health && !gate.enter(limit: config.maxConcurrentRequests) {
             // The contract's 503 code, so clients retry elsewhere as for any unavailable replica.
             var r = error(.serviceUnavailable, "no_leader", "this replica is at its limit of \(config.maxConcurrentRequests) requests in progress; retry, or ask another replica")
@@ -38,19 +40,14 @@ struct HTTPAPI: Sendable {
             response = r
         } else {
             defer { if !health { gate.leave() } }
-            switch authenticate(request, parts) {
-            case .success(let access): response = await route(request, parts, access)
+            switch authenticate(request, open: health) {
+            case .success(let access): response = await route(request, parts, template, access)
             case .failure(let refusal): response = refusal.response
             }
         }
         metrics.request(
-            endpoint: Self.endpoint(request.method, parts), status: response.status.code, duration: ContinuousClock.now - start)
+            endpoint: "\(request.method.rawValue) \(template ?? "other")", status: response.status.code, duration: ContinuousClock.now - start)
         return response
-    }
-
-    /// The route template, for metrics (never the raw path: ids would explode the labels).
-    static func endpoint(_ method: HTTPRequest.Method, _ parts: [Substring]) -> String {
-        "\(method.rawValue) \(template(parts) ?? "other")"
     }
 
     /// The methods each route takes (any other is 405).
@@ -61,7 +58,8 @@ struct HTTPAPI: Sendable {
         "/v1/cluster/replicas/{id}/promote": [.post],
     ]
 
-    /// The route of a path, or nil for an unknown path.
+    /// The route of a path, or nil for an unknown path (also the metrics label: never the raw
+    /// path, whose ids would explode the labels).
     static func template(_ parts: [Substring]) -> String? {
         let template: String
         switch parts.count {
@@ -98,9 +96,8 @@ struct HTTPAPI: Sendable {
 
     /// `/healthz` and `/readyz` are open; with a token file, everything else needs a token
     /// from it. The token is hashed and compared in constant time, and is never logged.
-    private func authenticate(_ request: Request, _ parts: [Substring]) -> Result<Access, ErrorResponse> {
-        guard let auth else { return .success(Access(entry: nil)) }
-        if parts.count == 1 && (parts[0] == "healthz" || parts[0] == "readyz") { return .success(Access(entry: nil)) }
+    private func authenticate(_ request: Request, open: Bool) -> Result<Access, ErrorResponse> {
+        guard let auth, !open else { return .success(Access(entry: nil)) }
         let values = request.headers[values: .authorization]
         guard values.count == 1, let entry = auth.authenticate(authorization: values[0]) else {
             var r = error(
@@ -139,12 +136,12 @@ struct HTTPAPI: Sendable {
         return id > found.applied ? error(.notFound, LeaseError.leaseNotFound) : nil
     }
 
-    private func route(_ request: Request, _ parts: [Substring], _ access: Access) async -> Response {
+    private func route(_ request: Request, _ parts: [Substring], _ template: String?, _ access: Access) async -> Response {
         let method = request.method
         // The role's reach, by route, once the path and method are known to exist (an unknown
         // path is 404 and a wrong method 405 for every role); a node token's hostnames are
         // checked once known.
-        if let template = Self.template(parts), Self.methods[template]?.contains(method) == true {
+        if let template, Self.methods[template]?.contains(method) == true {
             switch template {
             case "/healthz", "/readyz": break
             case "/v1/leases", "/v1/leases/{leaseId}", "/v1/leases/{leaseId}/renew":

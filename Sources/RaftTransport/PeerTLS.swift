@@ -89,20 +89,31 @@ public struct PeerTLS: Sendable {
 
     /// Whether the TLS peer on `channel` presented a certificate naming some replica of `cluster`.
     static func namesAReplica(_ channel: any Channel, cluster: String) -> Bool {
-        guard let handler = try? channel.pipeline.syncOperations.handler(type: NIOSSLHandler.self),
-            let certificate = handler.peerCertificate
-        else { return false }
+        guard case .presented(let names) = peerNames(channel) else { return false }
         let prefix = "nodelease://\(cluster)/replica/"
-        return uris(certificate).contains { $0.hasPrefix(prefix) && UInt64($0.dropFirst(prefix.count)) != nil }
+        return names.contains { $0.hasPrefix(prefix) && UInt64($0.dropFirst(prefix.count)) != nil }
+    }
+
+    /// What the TLS peer on `channel` presented: the URIs of its certificate.
+    enum PeerNames {
+        case noTLS, noCertificate
+        case presented([String])
+    }
+
+    static func peerNames(_ channel: any Channel) -> PeerNames {
+        guard let handler = try? channel.pipeline.syncOperations.handler(type: NIOSSLHandler.self) else { return .noTLS }
+        guard let certificate = handler.peerCertificate else { return .noCertificate }
+        return .presented(uris(certificate))
     }
 
     /// Why the TLS peer on `channel` is not `identity`, or nil if it is.
     static func mismatch(_ channel: any Channel, expected identity: String) -> String? {
-        guard let handler = try? channel.pipeline.syncOperations.handler(type: NIOSSLHandler.self) else {
-            return "no TLS on this connection"
+        let names: [String]
+        switch peerNames(channel) {
+        case .noTLS: return "no TLS on this connection"
+        case .noCertificate: return "no certificate was presented"
+        case .presented(let n): names = n
         }
-        guard let certificate = handler.peerCertificate else { return "no certificate was presented" }
-        let names = uris(certificate)
         if names.contains(identity) { return nil }
         return "its certificate names \(names.isEmpty ? "no nodelease:// URI" : names.joined(separator: ", ")), not \(identity)"
     }

@@ -116,11 +116,7 @@ final class TestCluster: Sendable {
         c.httpVersion = .http1Only
         // A refused connection is reported at once (and counted as not delivered).
         c.connectionPool.retryConnectionEstablishment = false
-        if let tls {
-            var t = TLSConfiguration.makeClientConfiguration()
-            t.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(tls.caFile))
-            c.tlsConfiguration = t
-        }
+        if let tls { c.tlsConfiguration = try NodeLeaseClient.TLS(caFile: tls.caFile).configuration() }
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: c)
     }
 

@@ -155,6 +155,7 @@ let package = Package(
             dependencies: [
                 "NodeLeaseServer", "NodeLeaseClient", "Raft", "RaftTransport", "nodelease", "JepsenCheckers", "TestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),

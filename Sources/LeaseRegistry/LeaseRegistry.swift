@@ -55,6 +55,10 @@ public struct LeaseRegistry: Sendable {
     private var byLease: [UInt64: NodeID] = [:]
     /// The log index of the last command applied.
     public private(set) var appliedIndex: UInt64 = 0
+    /// The log index of the last entry that changed any node's ID, hostname or status (a
+    /// grant, release, expiry, retirement or forget; never a renewal): what a watcher of the
+    /// registry waits on (shared/API.md, "Watching the registry").
+    public private(set) var registryIndex: UInt64 = 0
     /// Coordinator replica id → the id of the data directory it took part with.
     public private(set) var replicaDirectories: [UInt64: UInt64] = [:]
     /// Derived (not snapshotted): all IDs in `cursorLower..<cursor` are taken.
@@ -216,6 +220,7 @@ public struct LeaseRegistry: Sendable {
                 guard let r = nodes[id] else { throw LeaseError.nodeNotFound }
                 guard r.status != .active else { throw LeaseError.nodeActive(id) }
                 remove(id)
+                registryIndex = max(registryIndex, index)
                 return .success(.node(r))
             case .registerReplica(let replica, let dir):
                 // The first directory seen is the one that counts.
@@ -293,7 +298,8 @@ public struct LeaseRegistry: Sendable {
         return r.lease
     }
 
-    private func grant(_ r: inout NodeRecord, holder: String, ttl: UInt32, now: UInt64, index: UInt64) {
+    private mutating func grant(_ r: inout NodeRecord, holder: String, ttl: UInt32, now: UInt64, index: UInt64) {
+        registryIndex = max(registryIndex, index)
         r.leaseID = index
         r.holder = holder
         r.ttlSeconds = ttl
@@ -307,6 +313,7 @@ public struct LeaseRegistry: Sendable {
 
     private mutating func setStatus(_ id: NodeID, _ status: NodeStatus, now: UInt64, index: UInt64) {
         let r = nodes[id]!
+        registryIndex = max(registryIndex, index)
         if r.status == .active && status != .active { byLease[r.leaseID] = nil }
         count(r.status, -1)
         count(status, 1)
@@ -374,7 +381,7 @@ public struct LeaseRegistry: Sendable {
 extension LeaseRegistry: Equatable {
     /// Equal registries hold the same records and applied index (derived caches aside).
     public static func == (a: LeaseRegistry, b: LeaseRegistry) -> Bool {
-        a.appliedIndex == b.appliedIndex && a.order == b.order && a.order.allSatisfy { a.nodes[$0] == b.nodes[$0] }
+        a.appliedIndex == b.appliedIndex && a.registryIndex == b.registryIndex && a.order == b.order && a.order.allSatisfy { a.nodes[$0] == b.nodes[$0] }
             && a.replicaDirectories == b.replicaDirectories && a.idempotencyWindow == b.idempotencyWindow
             && a.clock == b.clock && a.lastStamp == b.lastStamp && a.rememberedInOrder.elementsEqual(b.rememberedInOrder) { $0.0 == $1.0 && $0.1 == $1.1 }
     }
@@ -389,8 +396,10 @@ extension LeaseRegistry: Equatable {
 
 extension LeaseRegistry {
     static let snapshotMagic: [UInt8] = Array("NLREG".utf8)
-    /// Version 3 added the idempotency keys; version 2 snapshots still load (with none).
-    static let snapshotVersion: UInt8 = 3
+    /// Version 3 added the idempotency keys, version 4 the registry index; versions 2 and 3
+    /// still load (with no keys; with the applied index as the registry index, which may wake
+    /// a watcher once for nothing but never lets one miss a change).
+    static let snapshotVersion: UInt8 = 4
 
     /// The whole registry in a compact, versioned binary form with a CRC-32C checksum.
     public func snapshot() -> [UInt8] {
@@ -398,6 +407,7 @@ extension LeaseRegistry {
         w.bytes.append(contentsOf: Self.snapshotMagic)
         w.u8(Self.snapshotVersion)
         w.u64(appliedIndex)
+        w.u64(registryIndex)
         w.u32(UInt32(order.count))
         for id in order { w.record(nodes[id]!) }
         w.u32(UInt32(replicaDirectories.count))
@@ -441,8 +451,10 @@ extension LeaseRegistry {
         var r = ByteReader(Array(bytes[0..<body]), at: Self.snapshotMagic.count)
         do {
             let version = try r.u8()
-            guard version == 2 || version == Self.snapshotVersion else { throw SnapshotError.unknownVersion(version) }
+            guard (2...Self.snapshotVersion).contains(version) else { throw SnapshotError.unknownVersion(version) }
             appliedIndex = try r.u64()
+            registryIndex = version >= 4 ? try r.u64() : appliedIndex
+            guard registryIndex <= appliedIndex else { throw SnapshotError.malformed("registry index beyond the applied index") }
             let n = Int(try r.u32())
             var last: NodeID?
             for _ in 0..<n {

@@ -25,6 +25,8 @@ struct HTTPAPI: Sendable {
     static let leaderHeader = HTTPField.Name("X-NodeLease-Leader")!
     static let idempotencyKeyHeader = HTTPField.Name("Idempotency-Key")!
     static let replayedHeader = HTTPField.Name("Idempotent-Replayed")!
+    static let registryIndexHeader = HTTPField.Name("X-NodeLease-Registry-Index")!
+    static let indexResetHeader = HTTPField.Name("X-NodeLease-Index-Reset")!
 
     func respond(to request: Request) async -> Response {
         let start = ContinuousClock.now
@@ -33,13 +35,16 @@ struct HTTPAPI: Sendable {
         let template = Self.template(parts)
         let response: Response
         let health = template == "/healthz" || template == "/readyz"
-        if !health && !gate.enter(limit: config.maxConcurrentRequests) {
+        // A long poll waits outside the gate (it holds a place among `maxWatches` instead),
+        // so a thousand watchers do not starve the writes.
+        let ungated = health || ((template == "/v1/cluster/nodes" || template == "/v1/cluster/nodes/{nodeId}") && request.uri.queryParameters["waitIndex"] != nil)
+        if !ungated && !gate.enter(limit: config.maxConcurrentRequests) {
             // The contract's 503 code, so clients retry elsewhere as for any unavailable replica.
             var r = error(.serviceUnavailable, "no_leader", "this replica is at its limit of \(config.maxConcurrentRequests) requests in progress; retry, or ask another replica")
             r.headers[.retryAfter] = "1"
             response = r
         } else {
-            defer { if !health { gate.leave() } }
+            defer { if !ungated { gate.leave() } }
             switch authenticate(request, open: health) {
             case .success(let access): response = await route(request, parts, template, access)
             case .failure(let refusal): response = refusal.response
@@ -318,56 +323,118 @@ struct HTTPAPI: Sendable {
 
     private enum Consistency { case local, linearizable }
 
-    private func readQuery(_ request: Request) -> Result<(Consistency, NodeStatus?), ErrorResponse> {
+    private struct ReadQuery {
         var consistency = Consistency.local
         var status: NodeStatus?
+        var watch: WatchQuery?
+    }
+
+    private func readQuery(_ request: Request) -> Result<ReadQuery, ErrorResponse> {
+        var q = ReadQuery()
+        var wait: UInt64?
         for (k, v) in request.uri.queryParameters {
             switch k {
             case "consistency":
                 switch v {
-                case "linearizable": consistency = .linearizable
-                case "serializable", "local": consistency = .local
+                case "linearizable": q.consistency = .linearizable
+                case "serializable", "local": q.consistency = .local
                 default: return .failure(ErrorResponse(invalid("consistency", "unknown value \"\(v)\" (linearizable or serializable)")))
                 }
             case "status":
                 guard let s = NodeStatus(name: String(v)) else {
                     return .failure(ErrorResponse(invalid("status", "unknown value \"\(v)\" (active, stale or inactive)")))
                 }
-                status = s
+                q.status = s
+            case "waitIndex":
+                guard let n = UInt64(v) else { return .failure(ErrorResponse(invalid("waitIndex", "must be a registry index (a whole number), not \"\(v)\""))) }
+                q.watch = WatchQuery(waitIndex: n, waitNanos: WatchQuery.defaultWait)
+            case "wait":
+                guard let n = GoDuration.nanoseconds(v[...]) else {
+                    return .failure(ErrorResponse(invalid("wait", "\"\(v)\" is not a duration (such as 1500ms, 30s or 5m)")))
+                }
+                guard n >= 0 else { return .failure(ErrorResponse(invalid("wait", "must not be negative"))) }
+                guard UInt64(n) <= WatchQuery.maxWait else { return .failure(ErrorResponse(invalid("wait", "is at most 5m"))) }
+                wait = UInt64(n)
             default:
                 return .failure(ErrorResponse(error(.badRequest, "invalid_request", "unknown query parameter \"\(k)\"")))
             }
         }
-        return .success((consistency, status))
+        if let wait { q.watch?.waitNanos = wait }
+        return .success(q)
+    }
+
+    /// Reads the registry as `query` asks, after its long poll if it has one: nil and the
+    /// response to give instead when there is nothing to read (no leader, not caught up).
+    private func read(
+        _ query: ReadQuery, _ body: @escaping @Sendable (LeaseRegistry) -> [NodeRecord]
+    ) async -> Result<(nodes: [NodeRecord], index: LogIndex, leader: ReplicaID?, registryIndex: UInt64, reset: Bool), ErrorResponse> {
+        var reset = false
+        if let watch = query.watch {
+            var random = SystemRandomNumberGenerator()
+            switch await driver.watch(after: watch.waitIndex, waitNanos: watch.jittered(using: &random)) {
+            case .changed, .timedOut: break
+            case .reset: reset = true
+            case .noLeader:
+                return .failure(ErrorResponse(await unavailable("this replica has known no leader for longer than the election timeout; ask another replica")))
+            case .full:
+                return .failure(ErrorResponse(await unavailable("this replica is at its limit of \(config.maxWatches) waiting watches; retry, or ask another replica")))
+            case .stopping:
+                return .failure(ErrorResponse(await unavailable("this replica is shutting down; ask another replica")))
+            }
+        }
+        if query.consistency == .linearizable {
+            do { _ = try await driver.linearizableBarrier() } catch { return .failure(ErrorResponse(await noLeader())) }
+        }
+        guard let r = await driver.read(confirmed: query.consistency == .linearizable, body) else { return .failure(ErrorResponse(await notCaughtUp())) }
+        return .success((r.nodes, r.index, r.leader, r.registryIndex, reset))
     }
 
     private func listNodes(_ request: Request) async -> Response {
         switch readQuery(request) {
         case .failure(let e): return e.response
-        case .success(let (consistency, status)):
-            if consistency == .linearizable {
-                do { _ = try await driver.linearizableBarrier() } catch { return await noLeader() }
+        case .success(let query):
+            let status = query.status
+            switch await read(query, { $0.nodes(status: status) }) {
+            case .failure(let e): return e.response
+            case .success(let r):
+                var res = readResponse(jsonArray(r.nodes.map(nodeJSON)), r.index, r.leader)
+                setRegistryHeaders(&res, r.registryIndex, reset: r.reset)
+                return res
             }
-            guard let r = await driver.read(confirmed: consistency == .linearizable, { $0.nodes(status: status) }) else { return await notCaughtUp() }
-            return readResponse(jsonArray(r.nodes.map(nodeJSON)), r.index, r.leader)
         }
     }
 
     private func oneNode(_ id: NodeID, _ request: Request) async -> Response {
         switch readQuery(request) {
         case .failure(let e): return e.response
-        case .success(let (consistency, _)):
-            if consistency == .linearizable {
-                do { _ = try await driver.linearizableBarrier() } catch { return await noLeader() }
-            }
-            guard let r = await driver.read(confirmed: consistency == .linearizable, { $0.node(id).map { [$0] } ?? [] }) else { return await notCaughtUp() }
-            guard let n = r.nodes.first else {
-                var res = error(.notFound, LeaseError.nodeNotFound)
-                setReadHeaders(&res, r.index, r.leader)
+        case .success(let query):
+            switch await read(query, { $0.node(id).map { [$0] } ?? [] }) {
+            case .failure(let e): return e.response
+            case .success(let r):
+                var res: Response
+                if let n = r.nodes.first {
+                    res = readResponse(nodeJSON(n), r.index, r.leader)
+                } else {
+                    res = error(.notFound, LeaseError.nodeNotFound)
+                    setReadHeaders(&res, r.index, r.leader)
+                }
+                setRegistryHeaders(&res, r.registryIndex, reset: r.reset)
                 return res
             }
-            return readResponse(nodeJSON(n), r.index, r.leader)
         }
+    }
+
+    private func setRegistryHeaders(_ r: inout Response, _ registryIndex: UInt64, reset: Bool) {
+        r.headers[Self.registryIndexHeader] = String(registryIndex)
+        if reset { r.headers[Self.indexResetHeader] = "true" }
+    }
+
+    /// 503 `no_leader` with `Retry-After`, saying why.
+    private func unavailable(_ message: String) async -> Response {
+        var r = error(.serviceUnavailable, "no_leader", message)
+        r.headers[.retryAfter] = "1"
+        await addReadHeaders(&r)
+        return r
     }
 
     private func status() async -> Response {
@@ -380,6 +447,7 @@ struct HTTPAPI: Sendable {
         if let l = s.leader { o.field("leaderId", l.rawValue) } else { o.null("leaderId") }
         o.field("commitIndex", s.commitIndex.rawValue)
         o.field("appliedIndex", s.appliedIndex.rawValue)
+        o.field("registryIndex", s.registryIndex)
         let peers = s.peers.map { p -> [UInt8] in
             var po = JSONObject()
             po.field("replicaId", p.id.rawValue)

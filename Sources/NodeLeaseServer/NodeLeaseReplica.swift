@@ -254,7 +254,10 @@ public final class NodeLeaseReplica: Service, Sendable {
             await transport.shutdown()
             try? await passOnClient.shutdown()
         } onGracefulShutdown: {
-            // Nothing more: app.run() returns, and the shutdown above follows it.
+            // Long polls end now (503, so their clients ask another replica): the HTTP server
+            // waits for requests in progress before app.run() returns, and the shutdown above
+            // follows it.
+            Task { await driver.endWatches() }
         }
     }
 

@@ -26,6 +26,9 @@ public struct ReplicaStatus: Sendable {
     public var peers: [(id: ReplicaID, reachable: Bool, match: LogIndex?, address: String, role: MemberRole)]
     public var counts: (active: Int, stale: Int, inactive: Int)
     public var fsyncCount: Int
+    /// The registry index (shared/API.md, "Watching the registry") and the long polls waiting.
+    public var registryIndex: UInt64
+    public var watches: Int
 }
 
 /// The shell around `ReplicaCore`, which makes every decision: this actor feeds it ticks,
@@ -47,6 +50,14 @@ actor RaftDriver {
     private var writeWaiters: [UInt64: CheckedContinuation<WriteResult, any Error>] = [:]
     private var readWaiters: [UInt64: CheckedContinuation<LogIndex, any Error>] = [:]
     private var confWaiters: [UInt64: CheckedContinuation<Result<ConfChangeDone, ConfChangeFailure>, any Error>] = [:]
+    /// Long polls of the registry (decisions in `RegistryWatches`; their requests wait here).
+    private var watches: RegistryWatches
+    private var watchWaiters: [UInt64: CheckedContinuation<WatchEnd, Never>] = [:]
+    private var nextWatchID: UInt64 = 0
+    /// The registry index the watches were last told.
+    private var watchedRegistryIndex: UInt64 = 0
+    /// A graceful shutdown has begun: no new long poll waits.
+    private var draining = false
     /// The configuration the transport was last given.
     private var transportMembership: Membership?
     private var pumpScheduled = false
@@ -117,6 +128,9 @@ actor RaftDriver {
         coreConfig.peerAddress = (config.peers[config.replicaID] ?? config.peerListen).description
         coreConfig.clientAddress = config.advertisedClientAddress
         self.core = ReplicaCore(config: coreConfig, node: node, registry: registry)
+        self.watches = RegistryWatches(
+            limit: config.maxWatches, leaderlessLimitNanos: UInt64(config.tickMillis * config.electionTicks) * 1_000_000)
+        self.watchedRegistryIndex = registry.registryIndex
         raftState.set(term: node.term, role: node.role)
         let dirs = registry.replicaDirectories
         knownDirectories.withLockedValue { $0 = dirs }
@@ -145,6 +159,9 @@ actor RaftDriver {
             now: now, wall: wall, peerDirectories: leader ? transport.peerDirectories() : [:],
             peerClientAddresses: leader ? transport.peerClientAddresses() : [:])
         carryOut()
+        for (id, outcome) in watches.tick(now: now, leaderKnown: core.node.leader != nil) {
+            endWatch(id, outcome == .noLeader ? .noLeader : .timedOut)
+        }
     }
 
     func receive(_ messages: [Message]) {
@@ -193,6 +210,57 @@ actor RaftDriver {
         }
     }
 
+    /// How a long poll of the registry ended (shared/API.md, "Watching the registry").
+    enum WatchEnd: Sendable, Equatable {
+        /// The registry index is beyond the one waited on.
+        case changed
+        /// The wait passed with no change.
+        case timedOut
+        /// The index waited on is beyond what the cluster has committed.
+        case reset
+        /// No leader known for longer than the election timeout (or none reachable to learn
+        /// the cluster's commit index).
+        case noLeader
+        /// `maxWatches` wait already.
+        case full
+        case stopping
+    }
+
+    /// Waits until the registry index is beyond `after`, or `waitNanos` pass. An `after`
+    /// beyond what this replica has committed is checked against the leader's commit index
+    /// (a read index), so a lagging follower does not take a client's index for one from
+    /// another cluster.
+    func watch(after: UInt64, waitNanos: UInt64) async -> WatchEnd {
+        guard !stopped, !draining else { return .stopping }
+        if watches.leaderLost(now: now) { return .noLeader }
+        if after > core.node.commitIndex.rawValue {
+            guard let committed = try? await linearizableBarrier() else { return stopped ? .stopping : .noLeader }
+            if after > committed.rawValue { return .reset }
+        }
+        guard !stopped, !draining else { return .stopping }
+        if core.registry.registryIndex > after { return .changed }
+        nextWatchID += 1
+        let id = nextWatchID
+        guard watches.add(.init(id: id, after: after, deadline: now + waitNanos)) else { return .full }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { c in watchWaiters[id] = c }
+        } onCancel: {
+            Task { await self.endWatch(id, .timedOut, remove: true) }
+        }
+    }
+
+    /// Ends every long poll, and those that come later, with `.stopping` (a graceful
+    /// shutdown has begun: the HTTP server waits for requests in progress).
+    func endWatches() {
+        draining = true
+        for id in watches.removeAll() { endWatch(id, .stopping) }
+    }
+
+    private func endWatch(_ id: UInt64, _ end: WatchEnd, remove: Bool = false) {
+        if remove { watches.remove(id: id) }
+        watchWaiters.removeValue(forKey: id)?.resume(returning: end)
+    }
+
     /// A membership change (see `ReplicaCore.submitConfChange`): the new configuration once
     /// it committed, or why not. Throws `DriverError.noLeader` at the request timeout.
     func changeMembership(_ change: ConfChange, expectedConfigIndex: LogIndex?, force: Bool, key: String) async throws
@@ -218,11 +286,14 @@ actor RaftDriver {
         }
         return ReplicaStatus(
             replicaID: config.replicaID, role: s.role, term: s.term, leader: s.leader, commitIndex: s.commitIndex,
-            appliedIndex: s.appliedIndex, peers: peers, counts: core.registry.counts(), fsyncCount: storage.syncCount)
+            appliedIndex: s.appliedIndex, peers: peers, counts: core.registry.counts(), fsyncCount: storage.syncCount,
+            registryIndex: core.registry.registryIndex, watches: watches.count)
     }
 
     /// What the read headers need, cheaply.
-    var headerState: (index: LogIndex, leader: ReplicaID?) { (core.node.appliedIndex, core.node.leader) }
+    var headerState: (index: LogIndex, leader: ReplicaID?, registryIndex: UInt64) {
+        (core.node.appliedIndex, core.node.leader, core.registry.registryIndex)
+    }
 
     var isReady: Bool { core.isReady }
 
@@ -230,9 +301,9 @@ actor RaftDriver {
     /// before this replica caught up with a leader since it started (its applied state may be
     /// older than what it served before a restart). `confirmed`: a linearizable barrier just
     /// completed, so the state is current anyway.
-    func read(confirmed: Bool, _ body: (LeaseRegistry) -> [NodeRecord]) -> (nodes: [NodeRecord], index: LogIndex, leader: ReplicaID?)? {
+    func read(confirmed: Bool, _ body: (LeaseRegistry) -> [NodeRecord]) -> (nodes: [NodeRecord], index: LogIndex, leader: ReplicaID?, registryIndex: UInt64)? {
         guard core.mayServeLocalRead(confirmed: confirmed) else { return nil }
-        return (body(core.registry), core.node.appliedIndex, core.node.leader)
+        return (body(core.registry), core.node.appliedIndex, core.node.leader, core.registry.registryIndex)
     }
 
     var appliedIndex: LogIndex { core.node.appliedIndex }
@@ -251,6 +322,8 @@ actor RaftDriver {
     }
 
     private func shutDownOnce() async {
+        // Long polls end at once (a client asks another replica), not after the handover.
+        for id in watches.removeAll() { endWatch(id, .stopping) }
         // The most caught-up peer we are connected to (a transfer to an unreachable one would
         // only delay the shutdown).
         let peers = core.node.status.peers.filter { $0.id != config.replicaID && transport.isConnected($0.id) }
@@ -263,6 +336,7 @@ actor RaftDriver {
             }
         }
         stopped = true
+        for id in watches.removeAll() { endWatch(id, .stopping) }
         // Let an fsync in flight finish before the files close under it.
         while persisting || snapshotting { try? await Task.sleep(for: .milliseconds(2)) }
         for (_, c) in writeWaiters { c.resume(throwing: DriverError.stopping) }
@@ -321,6 +395,11 @@ actor RaftDriver {
             case .fatal(let why):
                 fatal(why)
             }
+        }
+        let registryIndex = core.registry.registryIndex
+        if registryIndex != watchedRegistryIndex {
+            watchedRegistryIndex = registryIndex
+            for (id, _) in watches.registryChanged(to: registryIndex) { endWatch(id, .changed) }
         }
         let m = core.node.membership
         if m != transportMembership {
@@ -433,6 +512,7 @@ actor RaftDriver {
     private func fatal(_ why: String) {
         logger.critical("\(why); stopping this replica")
         stopped = true
+        for id in watches.removeAll() { endWatch(id, .stopping) }
         onFatal(why)
     }
 }

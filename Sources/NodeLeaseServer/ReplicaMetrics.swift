@@ -16,6 +16,8 @@ final class ReplicaMetrics: Sendable {
     let fsync: Metrics.Timer
     let roles: [(String, Metrics.Gauge)]
     let nodes: [(String, Metrics.Gauge)]
+    let watches: Metrics.Gauge
+    let registryIndex: Metrics.Gauge
 
     init() {
         var f = PrometheusMetricsFactory(registry: registry)
@@ -32,6 +34,8 @@ final class ReplicaMetrics: Sendable {
         fsync = Metrics.Timer(label: "nodelease_wal_fsync_seconds", factory: f)
         roles = ["leader", "follower", "candidate"].map { ($0, Metrics.Gauge(label: "nodelease_raft_role", dimensions: [("role", $0)], factory: f)) }
         nodes = ["active", "stale", "inactive"].map { ($0, Metrics.Gauge(label: "nodelease_nodes", dimensions: [("status", $0)], factory: f)) }
+        watches = Metrics.Gauge(label: "nodelease_registry_watches", factory: f)
+        registryIndex = Metrics.Gauge(label: "nodelease_registry_index", factory: f)
     }
 
     /// One timer per endpoint and status, made on first use (not on every request).
@@ -60,6 +64,8 @@ final class ReplicaMetrics: Sendable {
         for (name, g) in roles { g.record(name == role ? 1 : 0) }
         let counts = [("active", s.counts.active), ("stale", s.counts.stale), ("inactive", s.counts.inactive)]
         for ((_, g), (_, n)) in zip(nodes, counts) { g.record(n) }
+        watches.record(s.watches)
+        registryIndex.record(Int64(s.registryIndex))
         for p in s.peers {
             Metrics.Gauge(label: "nodelease_peer_reachable", dimensions: [("peer", p.id.description)], factory: factory).record(p.reachable ? 1 : 0)
         }

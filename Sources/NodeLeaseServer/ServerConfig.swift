@@ -54,9 +54,12 @@ public struct ServerConfig: Sendable {
     public var httpBodyTimeoutMillis = 30_000
     /// While responses are pending, a connection is closed after twice the request timeout
     /// and this much more (no answer takes longer today; a request pipelined behind one the
-    /// server closes after is never answered). Long polls (API.md's `wait`, up to 5 min, not
-    /// served yet) will have to extend it by their wait.
+    /// server closes after is never answered). A long poll (API.md's `wait`) extends it by its
+    /// wait.
     public var httpResponseGraceMillis = 10_000
+    /// Long polls of the registry waiting at once on this replica; one beyond gets 503 at once.
+    /// They do not count against `maxConcurrentRequests` while they wait.
+    public var maxWatches = 4096
     /// Requests in progress on this replica beyond which new ones get 503 at once.
     public var maxConcurrentRequests = 1024
     /// Client connections open at once beyond which new ones are closed at once.

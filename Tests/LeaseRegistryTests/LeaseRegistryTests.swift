@@ -257,4 +257,51 @@ struct RegistrySnapshotTests {
         #expect(throws: LeaseRegistry.SnapshotError.checksumMismatch) { try LeaseRegistry(snapshot: bytes) }
         #expect(throws: LeaseRegistry.SnapshotError.badMagic) { try LeaseRegistry(snapshot: [1, 2, 3]) }
     }
+
+    @Test func theRegistryIndexMovesWithIDsHostnamesAndStatusesNotRenewals() throws {
+        var h = Harness()
+        #expect(h.registry.registryIndex == 0)
+        let a = try h.acquire("mx1", "a")  // 1: a new node
+        #expect(h.registry.registryIndex == 1)
+        h.run(.renew(leaseID: a.leaseID))  // 2: a renewal
+        _ = try h.acquire("mx1", "a")  // 3: the same holder again, only renewed
+        h.run(.registerReplica(replica: 1, dataDirectoryID: 9))  // 4
+        h.run(.expire(leaseID: a.leaseID, renewalIndex: 1))  // 5: refused, renewed since
+        #expect(h.registry.registryIndex == 1 && h.registry.appliedIndex == 5)
+        h.run(.expire(leaseID: a.leaseID, renewalIndex: 3))  // 6: stale
+        #expect(h.registry.registryIndex == 6)
+        let b = try h.acquire("mx1", "b")  // 7: stale -> active, another holder
+        #expect(h.registry.registryIndex == 7)
+        h.run(.release(leaseID: b.leaseID))  // 8: inactive
+        #expect(h.registry.registryIndex == 8)
+        h.run(.release(leaseID: b.leaseID))  // 9: 404, nothing changed
+        #expect(h.registry.registryIndex == 8)
+        h.run(.forget(nodeID: b.nodeID))  // 10: gone
+        #expect(h.registry.registryIndex == 10 && h.registry.count == 0)
+        h.run(.forget(nodeID: b.nodeID))  // 11: 404
+        #expect(h.registry.registryIndex == 10)
+        let restored = try LeaseRegistry(snapshot: h.registry.snapshot())
+        #expect(restored.registryIndex == 10 && restored == h.registry)
+    }
+
+    @Test func aVersion3SnapshotLoadsWithItsAppliedIndexAsTheRegistryIndex() throws {
+        var h = Harness()
+        let a = try h.acquire("mx1", "a")
+        h.run(.renew(leaseID: a.leaseID))
+        // Version 4 without its registry index is version 3.
+        var v4 = h.registry.snapshot()
+        let at = 5 + 1 + 8
+        #expect(v4[5] == 4)
+        var v3 = Array(v4[0..<5]) + [3] + Array(v4[6..<at]) + Array(v4[(at + 8)..<(v4.count - 4)])
+        let crc = CRC32C.checksum(v3)
+        v3 += [UInt8(crc & 0xff), UInt8(crc >> 8 & 0xff), UInt8(crc >> 16 & 0xff), UInt8(crc >> 24)]
+        let old = try LeaseRegistry(snapshot: v3)
+        #expect(old.registryIndex == 2 && old.appliedIndex == 2 && old.nodes() == h.registry.nodes())
+        // A registry index beyond the applied index is damage.
+        v4[at] = 0xff
+        let body = Array(v4[0..<(v4.count - 4)])
+        let crc4 = CRC32C.checksum(body)
+        let bad = body + [UInt8(crc4 & 0xff), UInt8(crc4 >> 8 & 0xff), UInt8(crc4 >> 16 & 0xff), UInt8(crc4 >> 24)]
+        #expect(throws: LeaseRegistry.SnapshotError.malformed("registry index beyond the applied index")) { try LeaseRegistry(snapshot: bad) }
+    }
 }

@@ -9,6 +9,7 @@ import NIOPosix
 import NodeLeaseServer
 import Raft
 import RaftTransport
+import ServiceLifecycle
 import TestSupport
 import Testing
 
@@ -32,6 +33,8 @@ final class LocalCluster: @unchecked Sendable {
     var configs: [ReplicaID: ServerConfig] = [:]
     var replicas: [ReplicaID: NodeLeaseReplica] = [:]
     var tasks: [ReplicaID: Task<Void, any Error>] = [:]
+    /// Each replica runs in a service group of its own, as `nodelease serve` runs it.
+    var groups: [ReplicaID: ServiceGroup] = [:]
     /// Sent with every request the cluster's own helpers make (a token, with authentication on).
     var headers: [String: String] = [:]
     /// When set, every replica logs everything here (trace level) instead of warnings to stderr.
@@ -72,7 +75,9 @@ final class LocalCluster: @unchecked Sendable {
         if let capture { logger = capture.logger }
         let r = try NodeLeaseReplica(config: configs[id]!, logger: logger, onFatal: { Issue.record("replica \(id) failed: \($0)") })
         replicas[id] = r
-        tasks[id] = Task { try await r.run() }
+        let group = ServiceGroup(configuration: .init(services: [.init(service: r)], logger: logger))
+        groups[id] = group
+        tasks[id] = Task { try await group.run() }
         #expect(await eventually(10) { (try? await self.get(id, "/healthz"))?.status == 200 })
     }
 
@@ -81,8 +86,16 @@ final class LocalCluster: @unchecked Sendable {
         #expect(await eventually(10) { await self.leader() != nil }, "no leader elected")
     }
 
+    /// Stops a replica as SIGTERM does: the HTTP server finishes the requests in progress.
+    func stopGracefully(_ id: ReplicaID) async {
+        guard replicas.removeValue(forKey: id) != nil else { return }
+        await groups.removeValue(forKey: id)?.triggerGracefulShutdown()
+        _ = try? await tasks.removeValue(forKey: id)?.value
+    }
+
     func stop(_ id: ReplicaID) async {
         guard let r = replicas.removeValue(forKey: id) else { return }
+        groups[id] = nil
         tasks.removeValue(forKey: id)?.cancel()
         await r.stop()
         try? await Task.sleep(for: .milliseconds(100))

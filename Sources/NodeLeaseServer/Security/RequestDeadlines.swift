@@ -30,6 +30,9 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
     private var receiving = false
     /// Requests whose response has not ended yet (more than one when a client pipelines).
     private var unanswered = 0
+    /// The longest wait of the long polls among them (shared/API.md's `wait`): their
+    /// responses may take that much longer.
+    private var longPoll = TimeAmount.zero
 
     init(headTimeout: TimeAmount, bodyTimeout: TimeAmount, responseTimeout: TimeAmount) {
         self.headTimeout = headTimeout
@@ -48,9 +51,12 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
-        case .head:
+        case .head(let head):
             receiving = true
             unanswered += 1
+            if let path = head.path, let wait = WatchQuery.responseAllowance(path: path) {
+                longPoll = max(longPoll, .nanoseconds(Int64(wait)))
+            }
             arm(context, bodyTimeout)
         case .body: break
         case .end:
@@ -79,7 +85,8 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// No request is arriving: wait for the next head if every response has gone out, else
     /// for the responses.
     private func settle(_ context: ChannelHandlerContext) {
-        arm(context, unanswered == 0 ? headTimeout : responseTimeout)
+        if unanswered == 0 { longPoll = .zero }
+        arm(context, unanswered == 0 ? headTimeout : responseTimeout + longPoll)
     }
 
     private func cancel() {

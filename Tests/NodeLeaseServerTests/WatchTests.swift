@@ -1,0 +1,227 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import NodeLeaseServer
+import Raft
+import TestSupport
+import Testing
+
+/// Long polls of the registry (shared/API.md, "Watching the registry") on a real cluster.
+@Suite(.serialized) struct WatchTests {
+    static let acquireBody = #"{"hostname":"mx1.example.org","holder":"h-1","ttlSeconds":60}"#
+
+    private func registryIndex(_ r: HTTPResult) -> UInt64? { r.headers["x-nodelease-registry-index"].flatMap(UInt64.init) }
+
+    /// A cluster with one node, its lease id, a follower and the registry index after the acquire.
+    private func started(_ configure: @escaping (inout ServerConfig) -> Void = { _ in }) async throws
+        -> (c: LocalCluster, leader: ReplicaID, follower: ReplicaID, leaseID: String, index: UInt64)
+    {
+        let c = try LocalCluster(configure: configure)
+        try await c.startAll()
+        let leader = try #require(await c.leader())
+        let follower = ReplicaID(leader.rawValue % 3 + 1)
+        let acquired = try await c.post(leader, "/v1/leases", Self.acquireBody)
+        #expect(acquired.status == 200)
+        let leaseID = try #require(acquired.json["leaseId"] as? String)
+        let read = try await c.get(follower, "/v1/cluster/nodes?consistency=linearizable")
+        let index = try #require(registryIndex(read), "no X-NodeLease-Registry-Index on \(read.headers)")
+        #expect(index == UInt64(acquired.headers["x-nodelease-index"] ?? ""), "the acquire is the last change")
+        return (c, leader, follower, leaseID, index)
+    }
+
+    @Test func aPollBlocksForItsWaitAndReturnsTheSameIndexAndARenewDoesNotWakeIt() async throws {
+        let (c, leader, follower, leaseID, index) = try await started()
+        // Renewals go on meanwhile; none moves the registry index.
+        let renewing = Task {
+            for _ in 0..<8 {
+                _ = try? await c.post(leader, "/v1/leases/\(leaseID)/renew", "")
+                try? await Task.sleep(for: .milliseconds(150))
+            }
+        }
+        let start = ContinuousClock.now
+        let r = try await c.get(follower, "/v1/cluster/nodes?waitIndex=\(index)&wait=1500ms")
+        let took = ContinuousClock.now - start
+        await renewing.value
+        #expect(r.status == 200)
+        #expect(registryIndex(r) == index)
+        #expect(UInt64(r.headers["x-nodelease-index"] ?? "") ?? 0 > index, "the renewals applied, the registry index stayed")
+        // The wait, its jitter (a sixteenth) and a tick.
+        #expect(took >= .milliseconds(1500) && took < .milliseconds(2200), "took \(took)")
+        #expect(r.array.count == 1 && r.headers["x-nodelease-index-reset"] == nil)
+        await c.stopAll()
+    }
+
+    @Test func anAcquireOnAnotherReplicaWakesAPollWithinASecond() async throws {
+        let (c, leader, follower, _, index) = try await started()
+        let other = ReplicaID(6 - leader.rawValue - follower.rawValue)
+        // Node 2 does not exist yet: its poll starts from a 404.
+        for path in ["/v1/cluster/nodes/2", "/v1/cluster/nodes"] {
+            let before = try await c.get(follower, path)
+            let waitIndex = registryIndex(before)!
+            let poll = Task { () -> (HTTPResult, ContinuousClock.Instant) in
+                let r = try await c.get(follower, "\(path)?waitIndex=\(waitIndex)&wait=30s")
+                return (r, ContinuousClock.now)
+            }
+            try await Task.sleep(for: .milliseconds(400))
+            let n = path.hasSuffix("2") ? 2 : 3
+            let sent = ContinuousClock.now
+            let acquired = try await c.post(other, "/v1/leases", #"{"hostname":"mx\#(n).example.org","holder":"h-\#(n)"}"#)
+            #expect(acquired.status == 200)
+            let (r, answered) = try await poll.value
+            #expect(answered - sent < .seconds(1), "woken \(answered - sent) after the acquire was sent")
+            #expect(r.status == 200)
+            #expect(registryIndex(r)! > index && registryIndex(r) == UInt64(acquired.headers["x-nodelease-index"] ?? ""))
+            #expect(r.body.contains("mx\(n).example.org"))
+        }
+        await c.stopAll()
+    }
+
+    @Test func anIndexBeyondTheCommittedOneResetsAtOnceAndBadParametersAre400() async throws {
+        let (c, leader, follower, _, index) = try await started()
+        for id in [leader, follower] {
+            let start = ContinuousClock.now
+            let r = try await c.get(id, "/v1/cluster/nodes?waitIndex=\(index + 1_000_000)&wait=30s")
+            #expect(ContinuousClock.now - start < .seconds(1))
+            #expect(r.status == 200 && r.headers["x-nodelease-index-reset"] == "true" && registryIndex(r) == index)
+        }
+        // An index below the current one answers at once, without a reset.
+        let now = try await c.get(follower, "/v1/cluster/nodes?waitIndex=0")
+        #expect(now.status == 200 && registryIndex(now) == index && now.headers["x-nodelease-index-reset"] == nil)
+        for bad in ["waitIndex=x", "waitIndex=-1", "waitIndex=1&wait=-1s", "waitIndex=1&wait=6m", "waitIndex=1&wait=30", "waitIndex=1&wait=soon"] {
+            let r = try await c.get(follower, "/v1/cluster/nodes?\(bad)")
+            #expect(r.status == 400 && r.json["error"] as? String == "invalid_request", "\(bad): \(r.status) \(r.body)")
+        }
+        // `consistency=linearizable` combines with a wait.
+        let lin = try await c.get(follower, "/v1/cluster/nodes?waitIndex=\(index - 1)&consistency=linearizable")
+        #expect(lin.status == 200 && registryIndex(lin) == index)
+        await c.stopAll()
+    }
+
+    @Test func aFollowerThatLostItsLeaderEndsItsWaitsWith503() async throws {
+        let (c, leader, follower, _, index) = try await started()
+        let poll = Task { try await c.get(follower, "/v1/cluster/nodes?waitIndex=\(index)&wait=60s") }
+        try await Task.sleep(for: .milliseconds(300))
+        let start = ContinuousClock.now
+        for id in c.replicas.keys where id != follower { await c.stop(id) }
+        _ = leader
+        let r = try await poll.value
+        // Losing the leader takes an election timeout (500 ms), then 500 ms more without one.
+        #expect(r.status == 503 && r.json["error"] as? String == "no_leader", "\(r.status) \(r.body)")
+        #expect(ContinuousClock.now - start < .seconds(4))
+        // New polls too, at once.
+        let again = try await c.get(follower, "/v1/cluster/nodes?waitIndex=\(index)&wait=60s")
+        #expect(again.status == 503)
+        await c.stopAll()
+    }
+
+    @Test func aLeaderKilledMidWaitStillDeliversTheNextChange() async throws {
+        let (c, leader, follower, _, index) = try await started()
+        // A client's loop: ask again after a 503, as the library does.
+        let poll = Task { () -> HTTPResult? in
+            for _ in 0..<50 {
+                let r = try await c.get(follower, "/v1/cluster/nodes?waitIndex=\(index)&wait=30s")
+                if r.status == 200 { return r }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            return nil
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        await c.stop(leader)
+        #expect(await eventually(10) { await c.leader() != nil })
+        let newLeader = try #require(await c.leader())
+        let acquired = try await c.post(newLeader, "/v1/leases", #"{"hostname":"mx9.example.org","holder":"h-9"}"#)
+        #expect(acquired.status == 200)
+        let r = try #require(try await poll.value)
+        #expect(r.body.contains("mx9.example.org") && registryIndex(r)! > index)
+        await c.stopAll()
+    }
+
+    @Test func thePollOutlivesTheConnectionsResponseDeadline() async throws {
+        // Without a long poll, a connection with a response pending lives 2 x 500 ms + 300 ms.
+        let (c, _, follower, _, index) = try await started {
+            $0.requestTimeoutMillis = 500
+            $0.httpResponseGraceMillis = 300
+        }
+        let start = ContinuousClock.now
+        let r = try await c.get(follower, "/v1/cluster/nodes?waitIndex=\(index)&wait=2s")
+        #expect(r.status == 200 && registryIndex(r) == index)
+        #expect(ContinuousClock.now - start >= .seconds(2))
+        await c.stopAll()
+    }
+
+    /// Opens `n` raw connections that each send a long poll and do not read yet.
+    private func rawPolls(_ n: Int, port: Int, path: String) async throws -> [(channel: any Channel, reader: ResponseCounter)] {
+        var out: [(any Channel, ResponseCounter)] = []
+        for _ in 0..<n {
+            let reader = ResponseCounter()
+            let ch = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .channelInitializer { ch in ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(reader) } }
+                .connect(host: "127.0.0.1", port: port).get()
+            try await ch.writeAndFlush(ByteBuffer(string: "GET \(path) HTTP/1.1\r\nHost: x\r\n\r\n")).get()
+            out.append((ch, reader))
+        }
+        return out
+    }
+
+    private func watches(_ c: LocalCluster, _ id: ReplicaID) async -> Int? {
+        guard let m = try? await c.get(id, "/metrics") else { return nil }
+        for line in m.body.split(separator: "\n") where line.hasPrefix("nodelease_registry_watches ") {
+            return Int(Double(line.split(separator: " ")[1]) ?? -1)
+        }
+        return nil
+    }
+
+    private static func residentBytes() -> Int {
+        guard let statm = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+        let pages = statm.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+
+    @Test func aThousandWaitersStayWithinAMeasuredBoundAndOneChangeWakesThemAll() async throws {
+        let (c, leader, follower, _, index) = try await started {
+            // Waiting polls do not hold these places.
+            $0.maxConcurrentRequests = 16
+            $0.maxWatches = 1000
+        }
+        let port = c.configs[follower]!.clientListen.port
+        // Warm up the paths the measurement goes through.
+        for ch in try await rawPolls(20, port: port, path: "/v1/cluster/nodes?waitIndex=0") {
+            #expect(await eventually(3) { ch.reader.text.contains("HTTP/1.1 200") })
+            try await ch.channel.close()
+        }
+        let before = Self.residentBytes()
+        let polls = try await rawPolls(1000, port: port, path: "/v1/cluster/nodes?waitIndex=\(index)&wait=60s")
+        #expect(await eventually(10) { await self.watches(c, follower) == 1000 })
+        let perWaiter = (Self.residentBytes() - before) / 1000
+        // Both ends of each connection are in this process: the server's channel, request task
+        // and waiter, and the client's channel.
+        print("registry watch: \(perWaiter) bytes of resident memory per waiting long poll (both ends of the connection)")
+        #expect(perWaiter < 64 * 1024, "\(perWaiter) bytes per waiter")
+        // One more is refused at once, and writes still go through while they wait.
+        let refused = try await c.get(follower, "/v1/cluster/nodes?waitIndex=\(index)&wait=60s")
+        #expect(refused.status == 503 && (refused.json["message"] as? String)?.contains("limit of 1000 waiting watches") == true)
+        let acquired = try await c.post(follower, "/v1/leases", #"{"hostname":"mx2.example.org","holder":"h-2"}"#)
+        #expect(acquired.status == 200)
+        #expect(await eventually(5) { polls.allSatisfy { $0.reader.text.contains("HTTP/1.1 200") } }, "not every waiter was woken")
+        #expect(polls.allSatisfy { $0.reader.text.contains("mx2.example.org") })
+        #expect(await watches(c, follower) == 0)
+        for p in polls { try? await p.channel.close() }
+        _ = leader
+        await c.stopAll()
+    }
+
+    @Test func stoppingAReplicaReleasesItsWaitersAtOnce() async throws {
+        let (c, _, follower, _, index) = try await started()
+        let port = c.configs[follower]!.clientListen.port
+        let polls = try await rawPolls(20, port: port, path: "/v1/cluster/nodes?waitIndex=\(index)&wait=60s")
+        #expect(await eventually(5) { await self.watches(c, follower) == 20 })
+        let start = ContinuousClock.now
+        await c.stopGracefully(follower)
+        // Each is answered 503 at once, not at the end of its wait (the HTTP server waits for
+        // requests in progress before it stops).
+        #expect(polls.allSatisfy { $0.reader.text.contains("HTTP/1.1 503") && $0.reader.text.contains("shutting down") })
+        #expect(ContinuousClock.now - start < .seconds(5), "stopping took \(ContinuousClock.now - start)")
+        for p in polls { try? await p.channel.close() }
+        await c.stopAll()
+    }
+}

@@ -215,6 +215,109 @@ public final class NodeLeaseClient: Sendable {
         return out
     }
 
+    // MARK: Watching the registry
+
+    /// The registry at one registry index (shared/API.md, "Watching the registry").
+    public struct RegistrySnapshot: Sendable, Hashable {
+        /// Every node (or those of the watch's status), by node ID.
+        public var nodes: [ClusterNode]
+        /// The index of the last change of any node's ID, hostname or status.
+        public var registryIndex: UInt64
+        /// The replica that answered.
+        public var replica: UInt64?
+        /// The index went back (another replica behind, or a restored cluster): this is the
+        /// registry afresh, not a change from the one before.
+        public var reset: Bool
+    }
+
+    /// The registry, then the registry again after every change of a node's ID, hostname or
+    /// status (never for a renewal alone), as long as the loop runs: long polls of `wait`
+    /// each, sent where the client's calls go (the leader once known, the next replica of the
+    /// endpoint list after a failure or a `503`, the list refreshed from the replica
+    /// configuration as for every call). A snapshot whose index goes backwards, or that the
+    /// replica marks as a reset, is the registry afresh (`reset`). Transport errors and `503`
+    /// are retried with a jittered backoff of up to 5 s; an error no retry can help
+    /// (`unauthenticated`, `forbidden`, `invalidRequest`) ends the sequence with it.
+    public func watchNodes(status: String? = nil, wait: Duration = .seconds(60)) -> RegistryWatch {
+        RegistryWatch(client: self, status: status, wait: wait)
+    }
+
+    /// `watchNodes()`' sequence.
+    public struct RegistryWatch: AsyncSequence, Sendable {
+        public typealias Element = RegistrySnapshot
+        let client: NodeLeaseClient
+        let status: String?
+        let wait: Duration
+
+        public func makeAsyncIterator() -> Iterator { Iterator(watch: self) }
+
+        /// What a poll's answer gives, after the snapshot of index `last` (nil: none yet): the
+        /// snapshot to hand on (nil: the wait passed with no change) and the index to wait on
+        /// next. An index that went back, or a reset, is the registry afresh.
+        static func step(last: UInt64?, answer s: RegistrySnapshot) -> (RegistrySnapshot?, UInt64) {
+            guard let last else { return (s, s.registryIndex) }
+            if s.reset || s.registryIndex < last {
+                var fresh = s
+                fresh.reset = true
+                return (fresh, s.registryIndex)
+            }
+            return (s.registryIndex > last ? s : nil, Swift.max(last, s.registryIndex))
+        }
+
+        public struct Iterator: AsyncIteratorProtocol {
+            let watch: RegistryWatch
+            /// The index of the last snapshot given (nil: none yet).
+            var index: UInt64?
+            var failures = 0
+
+            public mutating func next() async throws -> RegistrySnapshot? {
+                while !Task.isCancelled {
+                    let waitIndex = index
+                    do {
+                        let s = try await watch.client.poll(status: watch.status, waitIndex: waitIndex, wait: watch.wait)
+                        failures = 0
+                        let (given, next) = RegistryWatch.step(last: waitIndex, answer: s)
+                        index = next
+                        if let given { return given }
+                        // The wait passed with no change: ask again.
+                    } catch let e {
+                        switch e {
+                        case .unauthenticated, .forbidden, .invalidRequest: throw e
+                        default: break
+                        }
+                        failures += 1
+                        let cap = Swift.min(5000, 100 << Swift.min(failures, 6))
+                        try? await Task.sleep(for: .milliseconds(cap / 2 + Int.random(in: 0...(cap / 2))))
+                    }
+                }
+                return nil
+            }
+        }
+    }
+
+    /// One long poll (or, without `waitIndex`, one read) of the registry.
+    func poll(status: String?, waitIndex: UInt64?, wait: Duration) async throws(NodeLeaseError) -> RegistrySnapshot {
+        var q: [String] = []
+        if let status { q.append("status=\(status)") }
+        var timeout = self.timeout
+        if let waitIndex {
+            let ms = max(0, wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000)
+            q.append("waitIndex=\(waitIndex)")
+            q.append("wait=\(ms)ms")
+            // The wait, its jitter (a sixteenth) and the client's own timeout for the rest.
+            timeout = .milliseconds(ms + ms / 16) + self.timeout
+        }
+        let path = "/v1/cluster/nodes" + (q.isEmpty ? "" : "?" + q.joined(separator: "&"))
+        let answer = try await exchange("GET", path, body: nil, timeout: timeout, refresh: true) { data, headers in
+            RegistrySnapshot(
+                nodes: try JSONDecoder().decode([ClusterNode].self, from: data),
+                registryIndex: headers.first(name: "X-NodeLease-Registry-Index").flatMap(UInt64.init) ?? 0,
+                replica: headers.first(name: "X-NodeLease-Replica").flatMap(UInt64.init),
+                reset: headers.first(name: "X-NodeLease-Index-Reset") == "true")
+        }
+        return answer.value
+    }
+
     // MARK: Replicas (membership)
 
     /// The replica configuration (`GET /v1/cluster/replicas`); its client addresses become this
@@ -318,6 +421,13 @@ public final class NodeLeaseClient: Sendable {
     private func exchange<T: Decodable>(_ method: String, _ path: String, body: [String: Any]?, timeout: Duration?, refresh: Bool)
         async throws(NodeLeaseError) -> (value: T, endpoint: URL)
     {
+        try await exchange(method, path, body: body, timeout: timeout, refresh: refresh) { data, _ in try JSONDecoder().decode(T.self, from: data) }
+    }
+
+    /// `exchange` with the answer's body and headers decoded by `decode`.
+    private func exchange<T>(
+        _ method: String, _ path: String, body: [String: Any]?, timeout: Duration?, refresh: Bool, decode: (Data, HTTPHeaders) throws -> T
+    ) async throws(NodeLeaseError) -> (value: T, endpoint: URL) {
         if let tlsProblem { throw NodeLeaseError.invalidRequest(tlsProblem) }
         // One key for the logical request, the same on every retry; its retries end well inside
         // the servers' idempotency window (10 minutes), or a late one could apply again.
@@ -333,9 +443,9 @@ public final class NodeLeaseClient: Sendable {
             var lastError: NodeLeaseError
             do {
                 let seconds = max(0.05, Self.seconds(deadline - ContinuousClock.now))
-                let (status, data) = try await send(url, method, path, body: body, key: key, timeout: seconds)
+                let (status, data, headers) = try await sendReturningHeaders(url, method, path, body: body, key: key, timeout: seconds)
                 if status == 200 {
-                    do { return (try JSONDecoder().decode(T.self, from: data), url) } catch {
+                    do { return (try decode(data, headers), url) } catch {
                         throw NodeLeaseError.unexpected(status: status, body: String(decoding: data, as: UTF8.self))
                     }
                 }
@@ -426,6 +536,13 @@ public final class NodeLeaseClient: Sendable {
     /// One HTTP exchange with its own deadline (AsyncHTTPClient keeps it, and cancels the
     /// request when the calling task is cancelled).
     private func send(_ url: URL, _ method: String, _ path: String, body: [String: Any]?, key: String?, timeout: Double) async throws -> (Int, Data) {
+        let (status, data, _) = try await sendReturningHeaders(url, method, path, body: body, key: key, timeout: timeout)
+        return (status, data)
+    }
+
+    private func sendReturningHeaders(_ url: URL, _ method: String, _ path: String, body: [String: Any]?, key: String?, timeout: Double) async throws
+        -> (Int, Data, HTTPHeaders)
+    {
         var base = url.absoluteString
         while base.hasSuffix("/") { base.removeLast() }
         var request = HTTPClientRequest(url: base + path)
@@ -445,7 +562,7 @@ public final class NodeLeaseClient: Sendable {
                 $0.leader = leader
             }
         }
-        return (Int(response.status.code), Data(buffer.readableBytesView))
+        return (Int(response.status.code), Data(buffer.readableBytesView), response.headers)
     }
 
     /// The largest answer read (a registry of 2^16 nodes is well under it).

@@ -84,6 +84,38 @@ enum Render {
         })
     }
 
+    /// One line per change between two registries (by node ID): a node that appeared, changed
+    /// status, went to another hostname, or was forgotten. Renewals are not changes.
+    static func changes(from old: [ClusterNode], to new: [ClusterNode]) -> [String] {
+        var before: [UInt32: ClusterNode] = [:]
+        for n in old { before[n.nodeId] = n }
+        var lines: [String] = []
+        var seen = Set<UInt32>()
+        for n in new {
+            seen.insert(n.nodeId)
+            guard let b = before[n.nodeId] else {
+                lines.append("node \(n.nodeId) (\(n.hostname)) appeared, \(n.status)")
+                continue
+            }
+            if b.hostname != n.hostname {
+                lines.append("node \(n.nodeId) went from \(b.hostname) to \(n.hostname), \(n.status)")
+            } else if b.status != n.status {
+                let what =
+                    switch n.status {
+                    case "stale": "became stale (its lease expired)"
+                    case "inactive": b.status == "stale" ? "became inactive (stale beyond the retention)" : "became inactive (released)"
+                    case "active": "is active again"
+                    default: "is \(n.status)"
+                    }
+                lines.append("node \(n.nodeId) (\(n.hostname)) \(what)")
+            }
+        }
+        for n in old where !seen.contains(n.nodeId) {
+            lines.append("node \(n.nodeId) (\(n.hostname)) was forgotten")
+        }
+        return lines
+    }
+
     static func statusTable(_ all: [(endpoint: URL, status: Result<ReplicaStatusView, NodeLeaseError>)]) -> String {
         let leaderCommit = all.compactMap { try? $0.status.get() }.first { $0.role == "leader" }?.commitIndex
         var rows = [["REPLICA", "ENDPOINT", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAG", "REACHABLE"]]
@@ -165,23 +197,46 @@ struct Nodes: AsyncParsableCommand {
     var status: String?
     @Flag(help: "Read through the leader's quorum (linearizable) instead of any replica's applied state.")
     var linearizable = false
-    @Flag(help: "Redraw whenever the registry changes (Ctrl-C to stop).")
+    @Flag(help: "Follow the registry through long polls (Ctrl-C to stop): a line per change (appeared, stale, inactive, forgotten); on a terminal, the table redrawn above the latest changes; with --json, one snapshot per line.")
     var watch = false
     @OptionGroup var client: ClientOptions
 
     func run() async throws {
         let c = try client.client()
-        var last = ""
-        repeat {
+        guard watch else {
             let nodes = try await clientCall { () async throws(NodeLeaseError) in try await c.nodes(status: status, linearizable: linearizable) }
-            let text = client.json ? "[" + nodes.map(Render.json).joined(separator: ",") + "]" : Render.nodesTable(nodes, now: Date())
-            if text != last {
-                if watch && !client.json { print("\u{1B}[2J\u{1B}[H", terminator: "") }
-                print(text)
-                last = text
+            print(client.json ? "[" + nodes.map(Render.json).joined(separator: ",") + "]" : Render.nodesTable(nodes, now: Date()))
+            return
+        }
+        let terminal = isatty(STDOUT_FILENO) == 1 && !client.json
+        var previous: [ClusterNode]?
+        var recent: [String] = []
+        do {
+            for try await snapshot in c.watchNodes(status: status) {
+                let stamp = ISO8601DateFormatter().string(from: Date())
+                if client.json {
+                    print("{\"registryIndex\":\(snapshot.registryIndex),\"nodes\":[" + snapshot.nodes.map(Render.json).joined(separator: ",") + "]}")
+                } else {
+                    var lines = previous.map { Render.changes(from: $0, to: snapshot.nodes) } ?? []
+                    if snapshot.reset && previous != nil { lines.insert("the registry index went back (another cluster or a restore): the registry afresh", at: 0) }
+                    let stamped = lines.map { "\(stamp)  \($0)" }
+                    if terminal {
+                        recent = Array((recent + stamped).suffix(20))
+                        print("\u{1B}[2J\u{1B}[H" + Render.nodesTable(snapshot.nodes, now: Date()), terminator: "\n")
+                        print("\nregistry index \(snapshot.registryIndex)" + (recent.isEmpty ? "" : "; latest changes:\n" + recent.joined(separator: "\n")))
+                    } else if previous == nil {
+                        print(Render.nodesTable(snapshot.nodes, now: Date()))
+                    } else {
+                        for line in stamped { print(line) }
+                    }
+                }
+                fflush(nil)  // every output stream: a pipe sees each change at once
+                previous = snapshot.nodes
             }
-            if watch { try await Task.sleep(for: .seconds(1)) }
-        } while watch
+        } catch let e as NodeLeaseError {
+            FileHandle.standardError.write(Data("nodelease: \(e)\n".utf8))
+            throw ExitCode(1)
+        }
     }
 }
 

@@ -79,6 +79,8 @@ struct ReplicaOptions: ParsableArguments {
     var logLevel: String?
     @Option(help: "Token file (SHA-256 hashes with roles; see `nodelease token create`): every request but /healthz and /readyz then needs a token. Reloaded on SIGHUP. Env NODELEASE_TOKEN_FILE.")
     var tokenFile: String?
+    @Option(help: "Long polls of the registry (GET /v1/cluster/nodes?waitIndex=...) waiting at once; one more gets 503 (4096). Env NODELEASE_MAX_WATCHES.")
+    var maxWatches: String?
 
     static func env(_ flag: String) -> String? {
         let name = "NODELEASE_" + flag.dropFirst(2).uppercased().replacingOccurrences(of: "-", with: "_")
@@ -120,6 +122,8 @@ struct ReplicaOptions: ParsableArguments {
         c.idempotencyWindow.maxKeys = try number(idempotencyKeys, "--idempotency-keys", default: c.idempotencyWindow.maxKeys)
         if noFsync || Self.env("--no-fsync") == "1" { c.fsync = false }
         if let f = value(tokenFile, "--token-file") { c.tokenFile = f }
+        c.maxWatches = try number(maxWatches, "--max-watches", default: c.maxWatches)
+        guard c.maxWatches >= 1 else { throw ConfigError("--max-watches", "must be at least 1") }
         // Planted bugs: only in a fault build; a normal build refuses to start with them set.
         c.faults = try FaultOptions.fromEnvironment()
         try c.validate()

@@ -2,6 +2,8 @@ import Foundation
 import NIOCore
 import NIOPosix
 import NodeLeaseServer
+@testable import NodeLeaseClient
+@testable import nodelease
 import Raft
 import TestSupport
 import Testing
@@ -223,5 +225,85 @@ import Testing
         #expect(ContinuousClock.now - start < .seconds(5), "stopping took \(ContinuousClock.now - start)")
         for p in polls { try? await p.channel.close() }
         await c.stopAll()
+    }
+}
+
+/// Collects a watch's snapshots as they come.
+actor SnapshotLog {
+    var snapshots: [NodeLeaseClient.RegistrySnapshot] = []
+    func add(_ s: NodeLeaseClient.RegistrySnapshot) { snapshots.append(s) }
+    var count: Int { snapshots.count }
+    var last: NodeLeaseClient.RegistrySnapshot? { snapshots.last }
+}
+
+/// `watchNodes()` and `nodelease nodes --watch`.
+@Suite(.serialized) struct LibraryWatchTests {
+    @Test func aWatchFollowsChangesNotRenewalsAndRidesOutALeaderFailover() async throws {
+        let c = try LocalCluster()
+        try await c.startAll()
+        let client = c.client()
+        let lease = try await client.acquire(hostname: "mx1.example.org", holder: "h-1", ttlSeconds: 60)
+        let log = SnapshotLog()
+        let watching = Task {
+            for try await s in client.watchNodes(wait: .seconds(2)) { await log.add(s) }
+        }
+        #expect(await eventually(5) { await log.count == 1 })
+        #expect(await log.last?.nodes.map(\.hostname) == ["mx1.example.org"])
+        // Renewals, through a wait that passes: nothing new.
+        for _ in 0..<5 {
+            _ = try await client.renew(leaseId: lease.leaseId)
+            try await Task.sleep(for: .milliseconds(500))
+        }
+        #expect(await log.count == 1)
+        _ = try await client.acquire(hostname: "mx2.example.org", holder: "h-2")
+        #expect(await eventually(2) { await log.count == 2 })
+        #expect(await log.last?.nodes.map(\.hostname) == ["mx1.example.org", "mx2.example.org"])
+        // The leader goes; the next change still arrives.
+        let leader = try #require(await c.leader())
+        await c.stop(leader)
+        _ = try await client.release(leaseId: lease.leaseId)
+        #expect(await eventually(10) { await log.count == 3 })
+        let last = await log.last
+        #expect(last?.nodes.first?.status == "inactive" && last?.reset == false)
+        watching.cancel()
+        await c.stopAll()
+    }
+
+    @Test func anIndexThatGoesBackIsTheRegistryAfresh() {
+        typealias Snap = NodeLeaseClient.RegistrySnapshot
+        let a = Snap(nodes: [], registryIndex: 10, replica: 1, reset: false)
+        #expect(NodeLeaseClient.RegistryWatch.step(last: nil, answer: a) == (a, 10))
+        // The wait passed: nothing to give, the same index again.
+        #expect(NodeLeaseClient.RegistryWatch.step(last: 10, answer: a) == (nil, 10))
+        let b = Snap(nodes: [], registryIndex: 12, replica: 1, reset: false)
+        #expect(NodeLeaseClient.RegistryWatch.step(last: 10, answer: b) == (b, 12))
+        // Backwards, or marked by the replica: the registry afresh, from its index.
+        var back = Snap(nodes: [], registryIndex: 4, replica: 2, reset: false)
+        var fresh = back
+        fresh.reset = true
+        #expect(NodeLeaseClient.RegistryWatch.step(last: 10, answer: back) == (fresh, 4))
+        back.registryIndex = 30
+        back.reset = true
+        #expect(NodeLeaseClient.RegistryWatch.step(last: 10, answer: back) == (back, 30))
+    }
+
+    @Test func changesAreNamedForPeople() {
+        func n(_ id: UInt32, _ host: String, _ status: String) -> ClusterNode {
+            ClusterNode(nodeId: id, hostname: host, lastRenewal: "2026-01-01T00:00:00Z", status: status)
+        }
+        let before = [n(1, "mx1", "active"), n(2, "mx2", "active"), n(3, "mx3", "stale"), n(4, "mx4", "inactive"), n(5, "mx5", "stale")]
+        var renewed = before
+        renewed[0].lastRenewal = "2026-01-01T00:00:10Z"
+        #expect(Render.changes(from: before, to: renewed).isEmpty)
+        let after = [n(1, "mx1", "stale"), n(2, "mx2", "inactive"), n(3, "mx3", "inactive"), n(4, "mx9", "active"), n(6, "mx6", "active")]
+        #expect(Render.changes(from: before, to: after) == [
+            "node 1 (mx1) became stale (its lease expired)",
+            "node 2 (mx2) became inactive (released)",
+            "node 3 (mx3) became inactive (stale beyond the retention)",
+            "node 4 went from mx4 to mx9, active",
+            "node 6 (mx6) appeared, active",
+            "node 5 (mx5) was forgotten",
+        ])
+        #expect(Render.changes(from: [n(1, "mx1", "stale")], to: [n(1, "mx1", "active")]) == ["node 1 (mx1) is active again"])
     }
 }

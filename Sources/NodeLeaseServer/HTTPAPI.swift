@@ -3,6 +3,7 @@ import HTTPTypes
 import Logging
 import Hummingbird
 import LeaseRegistry
+import Mustache
 import NIOCore
 import Raft
 
@@ -14,6 +15,8 @@ struct HTTPAPI: Sendable {
     let metrics: ReplicaMetrics
     /// The token file's tokens; nil: authentication is off (shared/API.md).
     var auth: Authenticator? = nil
+    /// The web console's templates (`ConsoleAssets`).
+    var consoleTemplates: MustacheLibrary? = nil
     /// Passes membership changes on to the leader.
     let passOnClient: HTTPClient
     /// Requests in progress, capped at `config.maxConcurrentRequests`.
@@ -37,7 +40,12 @@ struct HTTPAPI: Sendable {
         let health = template == "/healthz" || template == "/readyz"
         // A long poll waits outside the gate (it holds a place among `maxWatches` instead),
         // so a thousand watchers do not starve the writes.
-        let ungated = health || ((template == "/v1/cluster/nodes" || template == "/v1/cluster/nodes/{nodeId}") && request.uri.queryParameters["waitIndex"] != nil)
+        let ungated =
+            health
+            || ((template == "/v1/cluster/nodes" || template == "/v1/cluster/nodes/{nodeId}" || template == "/ui/live")
+                && request.uri.queryParameters["waitIndex"] != nil)
+        // The console authenticates its own way (a sign-in form and a cookie, or the header).
+        let isConsole = template?.hasPrefix("/ui") == true || template == "/favicon.ico" || parts.first == "ui"
         if !ungated && !gate.enter(limit: config.maxConcurrentRequests) {
             // The contract's 503 code, so clients retry elsewhere as for any unavailable replica.
             var r = error(.serviceUnavailable, "no_leader", "this replica is at its limit of \(config.maxConcurrentRequests) requests in progress; retry, or ask another replica")
@@ -45,9 +53,13 @@ struct HTTPAPI: Sendable {
             response = r
         } else {
             defer { if !ungated { gate.leave() } }
-            switch authenticate(request, open: health) {
-            case .success(let access): response = await route(request, parts, template, access)
-            case .failure(let refusal): response = refusal.response
+            if isConsole {
+                response = await console(request, parts)
+            } else {
+                switch authenticate(request, open: health) {
+                case .success(let access): response = await route(request, parts, template, access)
+                case .failure(let refusal): response = refusal.response
+                }
             }
         }
         metrics.request(
@@ -68,7 +80,9 @@ struct HTTPAPI: Sendable {
     static func template(_ parts: [Substring]) -> String? {
         let template: String
         switch parts.count {
-        case 1 where ["healthz", "readyz", "metrics"].contains(parts[0]): template = "/" + parts[0]
+        case 1 where ["healthz", "readyz", "metrics", "favicon.ico", "ui"].contains(parts[0]): template = "/" + parts[0]
+        case 2 where parts[0] == "ui" && ["live", "login", "logout", "console.js", "console.css"].contains(parts[1]): template = "/ui/" + parts[1]
+        case 4 where parts[0] == "ui" && parts[1] == "nodes" && parts[3] == "forget": template = "/ui/nodes/{nodeId}/forget"
         case 2 where parts[0] == "v1" && (parts[1] == "status" || parts[1] == "leases"): template = "/v1/" + parts[1]
         case 3 where parts[0] == "v1" && parts[1] == "leases": template = "/v1/leases/{leaseId}"
         case 4 where parts[0] == "v1" && parts[1] == "leases" && parts[3] == "renew": template = "/v1/leases/{leaseId}/renew"

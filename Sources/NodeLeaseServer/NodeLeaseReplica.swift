@@ -183,6 +183,7 @@ public final class NodeLeaseReplica: Service, Sendable {
         self.passOnClient = HTTPClient(eventLoopGroupProvider: .shared(group), configuration: passOn)
         var api = HTTPAPI(driver: driver, config: config, metrics: metrics, passOnClient: passOnClient)
         api.auth = authenticator
+        api.consoleTemplates = try ConsoleAssets.library()
         api.logger = logger
         self.app = Application(
             responder: CallbackResponder { [api] request, _ in await api.respond(to: request) },

@@ -308,6 +308,36 @@ actor RaftDriver {
 
     var appliedIndex: LogIndex { core.node.appliedIndex }
 
+    /// What the console shows of the registry: up to `limit` nodes (of `status`, if given) of
+    /// the `matching` ones, the counts, and how many IDs of `range` are taken (by active or
+    /// stale nodes: an inactive node's ID can go to a new hostname).
+    struct RegistryView {
+        var nodes: [NodeRecord]
+        var matching: Int
+        var counts: (active: Int, stale: Int, inactive: Int)
+        var occupiedInRange: Int
+        var registryIndex: UInt64
+        var appliedIndex: UInt64
+        var caughtUp: Bool
+    }
+
+    func registryView(status: NodeStatus?, limit: Int, range: ClosedRange<UInt32>) -> RegistryView {
+        let registry = core.registry
+        var nodes: [NodeRecord] = []
+        var matching = 0
+        var occupied = 0
+        for id in registry.order {
+            guard let n = registry.node(id) else { continue }
+            if n.status != .inactive && range.contains(id.rawValue) { occupied += 1 }
+            guard status == nil || n.status == status else { continue }
+            matching += 1
+            if nodes.count < limit { nodes.append(n) }
+        }
+        return RegistryView(
+            nodes: nodes, matching: matching, counts: registry.counts(), occupiedInRange: occupied, registryIndex: registry.registryIndex,
+            appliedIndex: core.node.appliedIndex.rawValue, caughtUp: core.mayServeLocalRead(confirmed: false))
+    }
+
     /// The hostname of lease `id` if it is current here, with the index applied.
     func leaseHostname(_ id: UInt64) -> (hostname: String?, applied: UInt64) {
         (core.registry.lease(id)?.hostname, core.node.appliedIndex.rawValue)

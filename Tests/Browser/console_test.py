@@ -168,7 +168,10 @@ class ConsoleTest:
             "--no-sandbox",
             "--disable-dev-shm-usage",
             "--window-size=1400,900",
-            # Loopback only: no proxy, no component updates, no background requests.
+            # Loopback only. Even headless, Chromium asks Google's servers for the time, for
+            # component updates and for signed-in accounts; no host name resolves (so not even
+            # a DNS query leaves the machine), and the pages use 127.0.0.1 literally.
+            "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
             "--no-proxy-server",
             "--disable-component-update",
             "--disable-background-networking",
@@ -570,7 +573,13 @@ class ConsoleTest:
 
     def save_failure(self):
         if self.current is None:
-            return
+            # The failure came before the browser was needed: show the page as it is.
+            try:
+                self.driver = self.current = self.new_driver(javascript=True)
+                self.current.get(self.url(self.follower or self.replicas[0], "/ui"))
+            except (Failure, WebDriverException) as e:
+                print(f"console: no failure screenshot: {getattr(e, 'msg', None) or e}", file=sys.stderr, flush=True)
+                return
         try:
             self.current.save_screenshot(str(self.outdir / "console-failure.png"))
             (self.outdir / "console-failure.html").write_text(self.current.page_source)

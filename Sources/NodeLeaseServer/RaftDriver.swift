@@ -232,6 +232,8 @@ actor RaftDriver {
     /// another cluster.
     func watch(after: UInt64, waitNanos: UInt64) async -> WatchEnd {
         guard !stopped, !draining else { return .stopping }
+        // As of now, not of the last tick (a leader found since then counts).
+        watches.observe(leaderKnown: core.node.leader != nil, now: now)
         if watches.leaderLost(now: now) { return .noLeader }
         if after > core.node.commitIndex.rawValue {
             guard let committed = try? await linearizableBarrier() else { return stopped ? .stopping : .noLeader }

@@ -51,6 +51,16 @@ public struct RegistryWatches: Sendable {
         return now >= since && now - since > leaderlessLimit
     }
 
+    /// Whether a leader is known at `now` (each tick says so; so does a new watch, so that a
+    /// leader found since the last tick counts).
+    public mutating func observe(leaderKnown: Bool, now: UInt64) {
+        if leaderKnown {
+            leaderlessSince = nil
+        } else if leaderlessSince == nil {
+            leaderlessSince = now
+        }
+    }
+
     /// Adds a waiter; false when `limit` already wait.
     public mutating func add(_ w: Waiter) -> Bool {
         guard waiters.count < limit else { return false }
@@ -74,11 +84,7 @@ public struct RegistryWatches: Sendable {
     /// A tick at `now`, with or without a known leader: the waiters whose wait has passed, and
     /// every waiter once no leader has been known for longer than `leaderlessLimit`.
     public mutating func tick(now: UInt64, leaderKnown: Bool) -> [(id: UInt64, outcome: Outcome)] {
-        if leaderKnown {
-            leaderlessSince = nil
-        } else if leaderlessSince == nil {
-            leaderlessSince = now
-        }
+        observe(leaderKnown: leaderKnown, now: now)
         if leaderLost(now: now) { return take { _ in .noLeader } }
         return take { $0.deadline <= now ? .timedOut : nil }
     }

@@ -138,6 +138,7 @@ class ConsoleTest:
         self.leader = None
         self.follower = None
         self.live_hostname = LIVE_HOSTNAME
+        self.xss_lease = None
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -315,7 +316,6 @@ class ConsoleTest:
     # -- the checks, in order ----------------------------------------------------------------
 
     def run(self):
-        self.outdir.mkdir(parents=True, exist_ok=True)
         for stale in ("console.png", "console-failure.png", "console-failure.html", "console-nojs.png"):
             (self.outdir / stale).unlink(missing_ok=True)
 
@@ -576,10 +576,13 @@ class ConsoleTest:
             # The failure came before the browser was needed: show the page as it is.
             try:
                 self.driver = self.current = self.new_driver(javascript=True)
-                self.current.get(self.url(self.follower or self.replicas[0], "/ui"))
             except (Failure, WebDriverException) as e:
-                print(f"console: no failure screenshot: {getattr(e, 'msg', None) or e}", file=sys.stderr, flush=True)
+                print(f"console: no failure screenshot: {e}", file=sys.stderr, flush=True)
                 return
+            try:
+                self.current.get(self.url(self.follower or self.replicas[0], "/ui"))
+            except WebDriverException:
+                pass  # the browser's error page is the screenshot then
         try:
             self.current.save_screenshot(str(self.outdir / "console-failure.png"))
             (self.outdir / "console-failure.html").write_text(self.current.page_source)
@@ -619,6 +622,11 @@ def main():
                         help="run as SCRIPT kill N to SIGKILL replica N (default: %(default)s)")
     args = parser.parse_args()
 
+    try:
+        Path(args.outdir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"console: setup: FAILED: cannot make the output directory: {e}", file=sys.stderr)
+        sys.exit(1)
     test = ConsoleTest(args)
     failed = None
     try:

@@ -84,7 +84,7 @@ import Testing
             let start = ContinuousClock.now
             let r = try await c.get(id, "/v1/cluster/nodes?waitIndex=\(index + 1_000_000)&wait=30s")
             #expect(ContinuousClock.now - start < .seconds(1))
-            #expect(r.status == 200 && r.headers["x-nodelease-index-reset"] == "true" && registryIndex(r) == index)
+            #expect(r.status == 200 && r.headers["x-nodelease-index-reset"] == "true" && registryIndex(r) == index, "replica \(id): \(r.status) \(r.headers) \(r.body)")
         }
         // An index below the current one answers at once, without a reset.
         let now = try await c.get(follower, "/v1/cluster/nodes?waitIndex=0")

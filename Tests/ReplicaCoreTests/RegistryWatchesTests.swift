@@ -40,6 +40,9 @@ struct RegistryWatchesTests {
         let ended = w.tick(now: 13 * second + 1, leaderKnown: false)
         #expect(ended.map(\.id) == [1, 2] && ended.allSatisfy { $0.outcome == .noLeader })
         #expect(w.leaderLost(now: 13 * second + 1))
+        // A leader known between ticks counts at once.
+        w.observe(leaderKnown: true, now: 13 * second + 2)
+        #expect(!w.leaderLost(now: 13 * second + 2))
     }
 
     @Test func theLimitRefusesAndRemovalFreesAPlace() {

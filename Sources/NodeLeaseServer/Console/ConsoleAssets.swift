@@ -44,7 +44,7 @@ enum ConsoleAssets {
         <main id="live" data-registry-index="{{registryIndex}}" data-status="{{filter}}">
         {{> live}}
         </main>
-        <footer class="muted">Registry index {{registryIndex}}. Updates live with scripts on; without them, reload the page. <a href="/ui{{filterQuery}}">Reload</a></footer>
+        <footer class="muted">Updates live with scripts on; without them, reload the page. <a href="/ui{{filterQuery}}">Reload</a></footer>
         </body>
         </html>
         """

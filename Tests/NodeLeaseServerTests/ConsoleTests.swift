@@ -94,6 +94,14 @@ import Testing
         #expect(ContinuousClock.now - start >= .milliseconds(500))
         #expect(live.status == 200 && live.header("X-NodeLease-Registry-Index") == String(index))
         #expect(!live.body.contains("<html") && rows(live.body) == [1, 2, 3])
+        #expect(!live.body.contains("id=\"banner\""))
+
+        // Alone, the follower says it knows no leader, and shows the others unreachable.
+        for id in c.replicas.keys where id != follower { await c.stop(id) }
+        #expect(await eventually(5) { (try? await send(c, follower, .GET, "/ui/live"))?.body.contains("This replica knows no leader") == true })
+        let alone = try await send(c, follower, .GET, "/ui")
+        #expect(alone.status == 200 && rows(alone.body) == [1, 2, 3])
+        #expect(alone.body.components(separatedBy: #"<span class="badge bad">no</span>"#).count == 3 && !alone.body.contains(#"class="badge leader""#))
         await c.stopAll()
     }
 

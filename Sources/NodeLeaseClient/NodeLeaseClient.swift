@@ -238,8 +238,10 @@ public final class NodeLeaseClient: Sendable {
     /// replica marks as a reset, is the registry afresh (`reset`). Transport errors and `503`
     /// are retried with a jittered backoff of up to 5 s; an error no retry can help
     /// (`unauthenticated`, `forbidden`, `invalidRequest`) ends the sequence with it.
-    public func watchNodes(status: String? = nil, wait: Duration = .seconds(60)) -> RegistryWatch {
-        RegistryWatch(client: self, status: status, wait: wait)
+    /// `wait` is at most 5 minutes (longer is taken as 5); `linearizable` reads each snapshot
+    /// through the leader's quorum.
+    public func watchNodes(status: String? = nil, linearizable: Bool = false, wait: Duration = .seconds(60)) -> RegistryWatch {
+        RegistryWatch(client: self, status: status, linearizable: linearizable, wait: min(wait, .seconds(300)))
     }
 
     /// `watchNodes()`' sequence.
@@ -247,6 +249,7 @@ public final class NodeLeaseClient: Sendable {
         public typealias Element = RegistrySnapshot
         let client: NodeLeaseClient
         let status: String?
+        let linearizable: Bool
         let wait: Duration
 
         public func makeAsyncIterator() -> Iterator { Iterator(watch: self) }
@@ -274,7 +277,7 @@ public final class NodeLeaseClient: Sendable {
                 while !Task.isCancelled {
                     let waitIndex = index
                     do {
-                        let s = try await watch.client.poll(status: watch.status, waitIndex: waitIndex, wait: watch.wait)
+                        let s = try await watch.client.poll(status: watch.status, linearizable: watch.linearizable, waitIndex: waitIndex, wait: watch.wait)
                         failures = 0
                         let (given, next) = RegistryWatch.step(last: waitIndex, answer: s)
                         index = next
@@ -295,10 +298,13 @@ public final class NodeLeaseClient: Sendable {
         }
     }
 
-    /// One long poll (or, without `waitIndex`, one read) of the registry.
-    func poll(status: String?, waitIndex: UInt64?, wait: Duration) async throws(NodeLeaseError) -> RegistrySnapshot {
+    /// One long poll (or, without `waitIndex`, one read) of the registry, sent once: the
+    /// sequence retries, with a whole wait each time (a retry inside one call would have only
+    /// what is left of the call's deadline, and time out on a healthy replica).
+    func poll(status: String?, linearizable: Bool, waitIndex: UInt64?, wait: Duration) async throws(NodeLeaseError) -> RegistrySnapshot {
         var q: [String] = []
         if let status { q.append("status=\(status)") }
+        if linearizable { q.append("consistency=linearizable") }
         var timeout = self.timeout
         if let waitIndex {
             let ms = max(0, wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000)
@@ -308,7 +314,7 @@ public final class NodeLeaseClient: Sendable {
             timeout = .milliseconds(ms + ms / 16) + self.timeout
         }
         let path = "/v1/cluster/nodes" + (q.isEmpty ? "" : "?" + q.joined(separator: "&"))
-        let answer = try await exchange("GET", path, body: nil, timeout: timeout, refresh: true) { data, headers in
+        let answer = try await exchange("GET", path, body: nil, timeout: timeout, refresh: true, once: true) { data, headers in
             RegistrySnapshot(
                 nodes: try JSONDecoder().decode([ClusterNode].self, from: data),
                 registryIndex: headers.first(name: "X-NodeLease-Registry-Index").flatMap(UInt64.init) ?? 0,
@@ -421,12 +427,14 @@ public final class NodeLeaseClient: Sendable {
     private func exchange<T: Decodable>(_ method: String, _ path: String, body: [String: Any]?, timeout: Duration?, refresh: Bool)
         async throws(NodeLeaseError) -> (value: T, endpoint: URL)
     {
-        try await exchange(method, path, body: body, timeout: timeout, refresh: refresh) { data, _ in try JSONDecoder().decode(T.self, from: data) }
+        try await exchange(method, path, body: body, timeout: timeout, refresh: refresh, once: false) { data, _ in try JSONDecoder().decode(T.self, from: data) }
     }
 
     /// `exchange` with the answer's body and headers decoded by `decode`.
+    /// `once`: one attempt, no retry (the caller retries).
     private func exchange<T>(
-        _ method: String, _ path: String, body: [String: Any]?, timeout: Duration?, refresh: Bool, decode: (Data, HTTPHeaders) throws -> T
+        _ method: String, _ path: String, body: [String: Any]?, timeout: Duration?, refresh: Bool, once: Bool,
+        decode: (Data, HTTPHeaders) throws -> T
     ) async throws(NodeLeaseError) -> (value: T, endpoint: URL) {
         if let tlsProblem { throw NodeLeaseError.invalidRequest(tlsProblem) }
         // One key for the logical request, the same on every retry; its retries end well inside
@@ -466,6 +474,7 @@ public final class NodeLeaseClient: Sendable {
                     if claimRefresh(periodic: false) { await refreshEndpoints(deadline: deadline, afterFailures: true) }
                 }
             }
+            if once { throw lastError }
             // Another endpoint after a jittered, capped backoff, while the deadline allows.
             let cap = min(1000, 50 << min(attempt, 5))
             let backoff = Duration.milliseconds(cap / 2 + Int.random(in: 0...(cap / 2)))

@@ -4,6 +4,7 @@ import HTTPTypes
 import Hummingbird
 import LeaseRegistry
 import Mustache
+import NIOConcurrencyHelpers
 import NIOCore
 import Raft
 
@@ -23,7 +24,7 @@ extension HTTPAPI {
     /// A follower this far behind the leader's commit index is shown as lagging.
     static let consoleLagEntries: UInt64 = 100
 
-    func console(_ request: Request, _ parts: [Substring]) async -> Response {
+    func console(_ request: Request, _ parts: [Substring], connection: (any Channel)?, parked: @escaping @Sendable () -> Void) async -> Response {
         let method = request.method
         switch parts.count {
         case 1 where parts[0] == "favicon.ico":
@@ -48,7 +49,14 @@ extension HTTPAPI {
         }
         let session: ConsoleSession
         switch consoleSession(request) {
-        case .none: return page("login", loginContext(problem: nil), status: .unauthorized, challenge: true)
+        case .none:
+            if parts.count == 2 && parts[1] == "live" {
+                // The page's script: a 401 it reloads on, not a sign-in page to swap in.
+                var r = error(.unauthorized, "unauthenticated", "sign in again")
+                r.headers[.wwwAuthenticate] = "Bearer"
+                return r
+            }
+            return page("login", loginContext(problem: nil), status: .unauthorized, challenge: true)
         case .some(let s): session = s
         }
         guard session.access.mayRead else {
@@ -60,7 +68,7 @@ extension HTTPAPI {
             return await consolePage(request, session)
         case 2 where parts[1] == "live":
             guard method == .get else { return methodNotAllowed() }
-            return await liveFragment(request, session)
+            return await liveFragment(request, session, connection: connection, parked: parked)
         case 4 where parts[1] == "nodes" && parts[3] == "forget":
             guard let raw = UInt32(parts[2]) else { return error(.notFound, LeaseError.nodeNotFound) }
             guard session.access.isAdmin else {
@@ -80,25 +88,26 @@ extension HTTPAPI {
 
     struct ConsoleSession {
         var access: Access
-        /// The token the browser presented (nil: authentication is off).
-        var token: String?
-        /// What a form must carry back: derived from the token, so another site cannot know it.
+        /// What a form must carry back: derived from the session, so another site cannot know it.
         var csrf = "open"
     }
 
-    /// Who the browser is: its `Authorization` header or the console's cookie; nil when
-    /// authentication is on and neither holds a token of the file.
+    /// How long a console session lasts.
+    static let consoleSessionSeconds: UInt64 = 43_200
+
+    /// Who the browser is: its `Authorization` header or the console's session cookie; nil
+    /// when authentication is on and neither is valid.
     private func consoleSession(_ request: Request) -> ConsoleSession? {
-        guard let auth else { return ConsoleSession(access: Access(entry: nil), token: nil) }
+        guard let auth else { return ConsoleSession(access: Access(entry: nil)) }
         if let header = request.headers[.authorization] {
             guard let entry = auth.authenticate(authorization: header) else { return nil }
-            let token = String(header.split(separator: " ").last ?? "")
-            return ConsoleSession(access: Access(entry: entry), token: token, csrf: "csrf-" + auth.holderDigest("console\u{0}" + token))
+            return ConsoleSession(access: Access(entry: entry), csrf: "csrf-" + auth.holderDigest("console\u{0}" + header))
         }
-        guard let token = Self.cookieValue(request, Self.consoleCookie), !token.isEmpty,
-            let entry = auth.authenticate(authorization: "Bearer " + token)
+        let now = UInt64(Date().timeIntervalSince1970)
+        guard let cookie = Self.cookieValue(request, Self.consoleCookie), !cookie.isEmpty, cookie.utf8.count <= 512,
+            let entry = auth.entry(session: cookie, now: now)
         else { return nil }
-        return ConsoleSession(access: Access(entry: entry), token: token, csrf: "csrf-" + auth.holderDigest("console\u{0}" + token))
+        return ConsoleSession(access: Access(entry: entry), csrf: "csrf-" + auth.holderDigest("console\u{0}" + cookie))
     }
 
     static func cookieValue(_ request: Request, _ name: String) -> String? {
@@ -143,8 +152,12 @@ extension HTTPAPI {
         guard entry.role != .node else {
             return page("login", loginContext(problem: "A node token may not read the registry: use a reader or admin token."), status: .forbidden)
         }
+        let expires = UInt64(Date().timeIntervalSince1970) + Self.consoleSessionSeconds
+        guard let session = auth.session(for: token, expires: expires) else {
+            return page("login", loginContext(problem: "That token is not valid here."), status: .unauthorized, challenge: true)
+        }
         var r = redirect("/ui")
-        r.headers[.setCookie] = cookie(value: token, maxAge: 43_200)
+        r.headers[.setCookie] = cookie(value: session, maxAge: Int(Self.consoleSessionSeconds))
         return r
     }
 
@@ -188,7 +201,7 @@ extension HTTPAPI {
 
     /// The live part alone, after a long poll of the registry (`waitIndex`, `wait`), for the
     /// page's script. With no leader for too long, the part says so (rather than a 503).
-    private func liveFragment(_ request: Request, _ session: ConsoleSession) async -> Response {
+    private func liveFragment(_ request: Request, _ session: ConsoleSession, connection: (any Channel)?, parked: @escaping @Sendable () -> Void) async -> Response {
         let filter: NodeStatus?
         switch consoleFilter(request) {
         case .failure(let r): return r.response
@@ -203,12 +216,17 @@ extension HTTPAPI {
                 wait = UInt64(n)
             }
             var random = SystemRandomNumberGenerator()
-            end = await driver.watch(after: after, waitNanos: WatchQuery(waitIndex: after, waitNanos: wait).jittered(using: &random))
+            end = await driver.watch(after: after, waitNanos: WatchQuery(waitIndex: after, waitNanos: wait).jittered(using: &random), connection: connection, parked: parked)
             switch end {
             case .full?, .stopping?:
                 var r = error(.serviceUnavailable, "no_leader", "this replica is stopping or at its limit of waiting watches")
                 r.headers[.retryAfter] = "1"
                 return r
+            case .noLeader?:
+                // Answered at once, so the wait here: the page shows the banner and asks again
+                // in its own time, not in a tight loop.
+                parked()
+                try? await Task.sleep(for: .nanoseconds(Int64(min(wait, 5_000_000_000))))
             default: break
             }
         }
@@ -245,7 +263,7 @@ extension HTTPAPI {
         let view = await driver.registryView(status: filter, limit: Self.consoleRowLimit, range: config.nodeIDRange)
         let status = await driver.status()
         let membership = await driver.membership
-        let others = await peerStatuses(membership, token: session.token)
+        let others = await peerStatuses(membership)
         let wallNow = UInt64(Date().timeIntervalSince1970)
         var c: [String: Any] = [:]
         c["registryIndex"] = view.registryIndex
@@ -310,7 +328,7 @@ extension HTTPAPI {
                 row["reachable"] = true
             } else {
                 for k in ["role", "term", "leader", "commit", "applied", "behind"] { row[k] = "—" }
-                row["role"] = "unreachable"
+                row["role"] = m.clientAddress.isEmpty ? "client address not known yet" : "unreachable"
                 row["reachable"] = false
             }
             rows.append(row)
@@ -337,9 +355,19 @@ extension HTTPAPI {
 
     static func roleName(_ r: Role) -> String { r == .leader ? "leader" : r == .follower ? "follower" : "candidate" }
 
-    /// Every other member's `/v1/status`, asked at once with a one-second deadline each (with
-    /// the browser's token when authentication is on); those that did not answer are missing.
-    private func peerStatuses(_ m: Membership, token: String?) async -> [ReplicaID: PeerStatus] {
+    /// Every other member's `/v1/status`, asked at once with a one-second deadline each, and
+    /// kept for a second (every open console asks every two seconds); those that did not
+    /// answer are missing. With authentication on, it presents the replicas' own status token
+    /// (derived from the token file), never a user's.
+    private func peerStatuses(_ m: Membership) async -> [ReplicaID: PeerStatus] {
+        if let cached = peerStatusCache.fresh(membership: m) { return cached }
+        let fetched = await fetchPeerStatuses(m)
+        peerStatusCache.store(fetched, membership: m)
+        return fetched
+    }
+
+    private func fetchPeerStatuses(_ m: Membership) async -> [ReplicaID: PeerStatus] {
+        let token = auth?.replicaStatusToken
         let scheme = config.clientTLS == nil ? "http" : "https"
         let targets: [(ReplicaID, String)] = m.members.compactMap { member in
             guard member.id != config.replicaID, let address = Self.reachableAddress(member) else { return nil }
@@ -458,5 +486,26 @@ extension HTTPAPI {
         h[HTTPField.Name("X-Content-Type-Options")!] = "nosniff"
         h[HTTPField.Name("X-Frame-Options")!] = "DENY"
         h[HTTPField.Name("Referrer-Policy")!] = "no-referrer"
+    }
+}
+
+/// The console's last fetch of the other replicas' status, reused for a second.
+final class PeerStatusCache: Sendable {
+    private struct Entry {
+        var at: ContinuousClock.Instant
+        var membership: Membership
+        var statuses: [ReplicaID: HTTPAPI.PeerStatus]
+    }
+    private let entry = NIOLockedValueBox<Entry?>(nil)
+
+    func fresh(membership: Membership) -> [ReplicaID: HTTPAPI.PeerStatus]? {
+        entry.withLockedValue { e in
+            guard let e, e.membership == membership, ContinuousClock.now - e.at < .seconds(1) else { return nil }
+            return e.statuses
+        }
+    }
+
+    func store(_ statuses: [ReplicaID: HTTPAPI.PeerStatus], membership: Membership) {
+        entry.withLockedValue { $0 = Entry(at: .now, membership: membership, statuses: statuses) }
     }
 }

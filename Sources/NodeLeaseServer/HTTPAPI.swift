@@ -17,6 +17,8 @@ struct HTTPAPI: Sendable {
     var auth: Authenticator? = nil
     /// The web console's templates (`ConsoleAssets`).
     var consoleTemplates: MustacheLibrary? = nil
+    /// The other replicas' status as the console last fetched it.
+    let peerStatusCache = PeerStatusCache()
     /// Passes membership changes on to the leader.
     let passOnClient: HTTPClient
     /// Requests in progress, capped at `config.maxConcurrentRequests`.
@@ -31,33 +33,38 @@ struct HTTPAPI: Sendable {
     static let registryIndexHeader = HTTPField.Name("X-NodeLease-Registry-Index")!
     static let indexResetHeader = HTTPField.Name("X-NodeLease-Index-Reset")!
 
-    func respond(to request: Request) async -> Response {
+    /// What a request's handling may need of its connection: when it closes (a long poll
+    /// then gives up its place), and a way to leave the request gate while it only waits.
+    struct Exchange: Sendable {
+        var connection: (any Channel)?
+        var parked: @Sendable () -> Void
+    }
+
+    func respond(to request: Request, connection: (any Channel)? = nil) async -> Response {
         let start = ContinuousClock.now
         let parts = request.uri.path.split(separator: "/", omittingEmptySubsequences: true)
         // The route, once: for the role check, the open health paths and the metrics label.
         let template = Self.template(parts)
         let response: Response
         let health = template == "/healthz" || template == "/readyz"
-        // A long poll waits outside the gate (it holds a place among `maxWatches` instead),
-        // so a thousand watchers do not starve the writes.
-        let ungated =
-            health
-            || ((template == "/v1/cluster/nodes" || template == "/v1/cluster/nodes/{nodeId}" || template == "/ui/live")
-                && request.uri.queryParameters["waitIndex"] != nil)
-        // The console authenticates its own way (a sign-in form and a cookie, or the header).
+        // The console authenticates its own way (a sign-in form and a session cookie, or the header).
         let isConsole = template?.hasPrefix("/ui") == true || template == "/favicon.ico" || parts.first == "ui"
-        if !ungated && !gate.enter(limit: config.maxConcurrentRequests) {
+        let slot = GateSlot(gate)
+        if !health && !slot.enter(limit: config.maxConcurrentRequests) {
             // The contract's 503 code, so clients retry elsewhere as for any unavailable replica.
             var r = error(.serviceUnavailable, "no_leader", "this replica is at its limit of \(config.maxConcurrentRequests) requests in progress; retry, or ask another replica")
             r.headers[.retryAfter] = "1"
             response = r
         } else {
-            defer { if !ungated { gate.leave() } }
+            // A long poll leaves the gate while it waits (it holds a place among `maxWatches`
+            // instead), so a thousand watchers do not starve the writes.
+            defer { slot.leave() }
+            let exchange = Exchange(connection: connection, parked: { slot.leave() })
             if isConsole {
-                response = await console(request, parts)
+                response = await console(request, parts, connection: connection, parked: exchange.parked)
             } else {
-                switch authenticate(request, open: health) {
-                case .success(let access): response = await route(request, parts, template, access)
+                switch authenticate(request, open: health, template: template) {
+                case .success(let access): response = await route(request, parts, template, access, exchange)
                 case .failure(let refusal): response = refusal.response
                 }
             }
@@ -115,9 +122,13 @@ struct HTTPAPI: Sendable {
 
     /// `/healthz` and `/readyz` are open; with a token file, everything else needs a token
     /// from it. The token is hashed and compared in constant time, and is never logged.
-    private func authenticate(_ request: Request, open: Bool) -> Result<Access, ErrorResponse> {
+    private func authenticate(_ request: Request, open: Bool, template: String?) -> Result<Access, ErrorResponse> {
         guard let auth, !open else { return .success(Access(entry: nil)) }
         let values = request.headers[values: .authorization]
+        // Another replica's console asking for this one's status, with the replicas' token.
+        if template == "/v1/status", request.method == .get, values.count == 1, auth.isReplicaStatusToken(authorization: values[0]) {
+            return .success(Access(entry: TokenEntry(digest: [], role: .reader, name: "replica")))
+        }
         guard values.count == 1, let entry = auth.authenticate(authorization: values[0]) else {
             var r = error(
                 .unauthorized, "unauthenticated",
@@ -155,7 +166,7 @@ struct HTTPAPI: Sendable {
         return id > found.applied ? error(.notFound, LeaseError.leaseNotFound) : nil
     }
 
-    private func route(_ request: Request, _ parts: [Substring], _ template: String?, _ access: Access) async -> Response {
+    private func route(_ request: Request, _ parts: [Substring], _ template: String?, _ access: Access, _ exchange: Exchange) async -> Response {
         let method = request.method
         // The role's reach, by route, once the path and method are known to exist (an unknown
         // path is 404 and a wrong method 405 for every role); a node token's hostnames are
@@ -212,12 +223,12 @@ struct HTTPAPI: Sendable {
             return await write(.renew(leaseID: id), request, access)
         case 3 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "nodes":
             guard method == .get else { return methodNotAllowed() }
-            return await listNodes(request)
+            return await listNodes(request, exchange)
         case 4 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "nodes":
             guard method == .get || method == .delete else { return methodNotAllowed() }
             guard let raw = UInt32(parts[3]) else { return error(.notFound, LeaseError.nodeNotFound) }
             if method == .delete { return await write(.forget(nodeID: NodeID(raw)), request, access) }
-            return await oneNode(NodeID(raw), request)
+            return await oneNode(NodeID(raw), request, exchange)
         case 3 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "replicas":
             switch method {
             case .get: return await listReplicas()
@@ -380,12 +391,12 @@ struct HTTPAPI: Sendable {
     /// Reads the registry as `query` asks, after its long poll if it has one: nil and the
     /// response to give instead when there is nothing to read (no leader, not caught up).
     private func read(
-        _ query: ReadQuery, _ body: @escaping @Sendable (LeaseRegistry) -> [NodeRecord]
+        _ query: ReadQuery, _ exchange: Exchange, _ body: @escaping @Sendable (LeaseRegistry) -> [NodeRecord]
     ) async -> Result<(nodes: [NodeRecord], index: LogIndex, leader: ReplicaID?, registryIndex: UInt64, reset: Bool), ErrorResponse> {
         var reset = false
         if let watch = query.watch {
             var random = SystemRandomNumberGenerator()
-            switch await driver.watch(after: watch.waitIndex, waitNanos: watch.jittered(using: &random)) {
+            switch await driver.watch(after: watch.waitIndex, waitNanos: watch.jittered(using: &random), connection: exchange.connection, parked: exchange.parked) {
             case .changed, .timedOut: break
             case .reset: reset = true
             case .noLeader:
@@ -403,12 +414,12 @@ struct HTTPAPI: Sendable {
         return .success((r.nodes, r.index, r.leader, r.registryIndex, reset))
     }
 
-    private func listNodes(_ request: Request) async -> Response {
+    private func listNodes(_ request: Request, _ exchange: Exchange) async -> Response {
         switch readQuery(request) {
         case .failure(let e): return e.response
         case .success(let query):
             let status = query.status
-            switch await read(query, { $0.nodes(status: status) }) {
+            switch await read(query, exchange, { $0.nodes(status: status) }) {
             case .failure(let e): return e.response
             case .success(let r):
                 var res = readResponse(jsonArray(r.nodes.map(nodeJSON)), r.index, r.leader)
@@ -418,11 +429,11 @@ struct HTTPAPI: Sendable {
         }
     }
 
-    private func oneNode(_ id: NodeID, _ request: Request) async -> Response {
+    private func oneNode(_ id: NodeID, _ request: Request, _ exchange: Exchange) async -> Response {
         switch readQuery(request) {
         case .failure(let e): return e.response
         case .success(let query):
-            switch await read(query, { $0.node(id).map { [$0] } ?? [] }) {
+            switch await read(query, exchange, { $0.node(id).map { [$0] } ?? [] }) {
             case .failure(let e): return e.response
             case .success(let r):
                 var res: Response

@@ -20,7 +20,7 @@ public final class NodeLeaseReplica: Service, Sendable {
     let transport: RaftTransport
     let logger: Logger
     private let inbox: MessageInbox
-    private let app: Application<CallbackResponder<BasicRequestContext>>
+    private let app: Application<CallbackResponder<ReplicaRequestContext>>
     private let passOnClient: HTTPClient
     /// The tokens of `--token-file`; nil when authentication is off.
     public let authenticator: Authenticator?
@@ -39,6 +39,13 @@ public final class NodeLeaseReplica: Service, Sendable {
                 throw ConfigError("NODELEASE_FAULT", "planted faults need the fault build (-Xswiftc -DNODELEASE_FAULTS); refusing to start")
             }
         #endif
+        // Long polls hold a connection each: at most half the connections may wait, so acquires
+        // and renewals always find a place.
+        let connectionCap = Self.clientConnectionLimit(config.maxClientConnections, logger: logger)
+        if config.maxWatches > connectionCap / 2 {
+            logger.warning("at most \(connectionCap / 2) long polls may wait (half the \(connectionCap) client connections), not \(config.maxWatches)")
+            config.maxWatches = max(1, connectionCap / 2)
+        }
         self.config = config
         var logger = logger
         logger[metadataKey: "replica"] = "\(config.replicaID)"
@@ -127,7 +134,7 @@ public final class NodeLeaseReplica: Service, Sendable {
         let head = TimeAmount.milliseconds(Int64(config.httpHeadTimeoutMillis))
         let body = TimeAmount.milliseconds(Int64(config.httpBodyTimeoutMillis))
         let connections = ConnectionCapHandler.Counter()
-        let (connectionLimit, capLogger) = (Self.clientConnectionLimit(config.maxClientConnections, logger: logger), logger)
+        let (connectionLimit, capLogger) = (connectionCap, logger)
         let responseTimeout = TimeAmount.milliseconds(2 * Int64(config.requestTimeoutMillis) + Int64(config.httpResponseGraceMillis))
         let http1 = HTTPServerBuilder.http1(
             configuration: .init(additionalChannelHandlers: [
@@ -186,7 +193,7 @@ public final class NodeLeaseReplica: Service, Sendable {
         api.consoleTemplates = try ConsoleAssets.library()
         api.logger = logger
         self.app = Application(
-            responder: CallbackResponder { [api] request, _ in await api.respond(to: request) },
+            responder: CallbackResponder { [api] request, context in await api.respond(to: request, connection: context.connection) },
             server: server,
             configuration: .init(address: .hostname(config.clientListen.host, port: config.clientListen.port), serverName: nil),
             eventLoopGroupProvider: .shared(group), logger: logger)
@@ -356,4 +363,16 @@ final class RaftStateBox: Sendable {
 /// Lets the transport's forward callback reach the driver created after it.
 final class DriverBox: @unchecked Sendable {
     var driver: RaftDriver?
+}
+
+/// Hummingbird's basic context, and the request's connection: a long poll ends when its
+/// client goes away (HTTP/1 does not turn that into a cancellation of the request).
+struct ReplicaRequestContext: RequestContext {
+    var coreContext: CoreRequestContextStorage
+    let connection: any Channel
+
+    init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        connection = source.channel
+    }
 }

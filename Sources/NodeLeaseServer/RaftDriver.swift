@@ -1,5 +1,6 @@
 import Foundation
 import LeaseRegistry
+import NIOCore
 import NIOConcurrencyHelpers
 import Logging
 import Raft
@@ -53,6 +54,8 @@ actor RaftDriver {
     /// Long polls of the registry (decisions in `RegistryWatches`; their requests wait here).
     private var watches: RegistryWatches
     private var watchWaiters: [UInt64: CheckedContinuation<WatchEnd, Never>] = [:]
+    /// Each waiting poll's connection, checked every tick.
+    private var watchConnections: [UInt64: any Channel] = [:]
     private var nextWatchID: UInt64 = 0
     /// The registry index the watches were last told.
     private var watchedRegistryIndex: UInt64 = 0
@@ -162,6 +165,8 @@ actor RaftDriver {
         for (id, outcome) in watches.tick(now: now, leaderKnown: core.node.leader != nil) {
             endWatch(id, outcome == .noLeader ? .noLeader : .timedOut)
         }
+        // Polls whose client went away give their place back.
+        for (id, connection) in watchConnections where !connection.isActive { endWatch(id, .timedOut, remove: true) }
     }
 
     func receive(_ messages: [Message]) {
@@ -229,8 +234,10 @@ actor RaftDriver {
     /// Waits until the registry index is beyond `after`, or `waitNanos` pass. An `after`
     /// beyond what this replica has committed is checked against the leader's commit index
     /// (a read index), so a lagging follower does not take a client's index for one from
-    /// another cluster.
-    func watch(after: UInt64, waitNanos: UInt64) async -> WatchEnd {
+    /// another cluster. `connection`: the request's, whose close ends the wait within a tick
+    /// (HTTP/1 does not cancel a request whose client went away). `parked` is called once the
+    /// request waits.
+    func watch(after: UInt64, waitNanos: UInt64, connection: (any Channel)? = nil, parked: @Sendable () -> Void = {}) async -> WatchEnd {
         guard !stopped, !draining else { return .stopping }
         // As of now, not of the last tick (a leader found since then counts).
         watches.observe(leaderKnown: core.node.leader != nil, now: now)
@@ -244,12 +251,17 @@ actor RaftDriver {
         nextWatchID += 1
         let id = nextWatchID
         guard watches.add(.init(id: id, after: after, deadline: now + waitNanos)) else { return .full }
+        parked()
+        if let connection { watchConnections[id] = connection }
         return await withTaskCancellationHandler {
             await withCheckedContinuation { c in watchWaiters[id] = c }
         } onCancel: {
             Task { await self.endWatch(id, .timedOut, remove: true) }
         }
     }
+
+    /// Long polls waiting now.
+    var watchCount: Int { watches.count }
 
     /// Ends every long poll, and those that come later, with `.stopping` (a graceful
     /// shutdown has begun: the HTTP server waits for requests in progress).
@@ -260,6 +272,7 @@ actor RaftDriver {
 
     private func endWatch(_ id: UInt64, _ end: WatchEnd, remove: Bool = false) {
         if remove { watches.remove(id: id) }
+        watchConnections[id] = nil
         watchWaiters.removeValue(forKey: id)?.resume(returning: end)
     }
 

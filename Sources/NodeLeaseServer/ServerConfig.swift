@@ -58,8 +58,9 @@ public struct ServerConfig: Sendable {
     /// wait.
     public var httpResponseGraceMillis = 10_000
     /// Long polls of the registry waiting at once on this replica; one beyond gets 503 at once.
-    /// They do not count against `maxConcurrentRequests` while they wait.
-    public var maxWatches = 4096
+    /// They do not count against `maxConcurrentRequests` while they wait. At most half of
+    /// `maxClientConnections` (each holds a connection), so writes always find one.
+    public var maxWatches = 1024
     /// Requests in progress on this replica beyond which new ones get 503 at once.
     public var maxConcurrentRequests = 1024
     /// Client connections open at once beyond which new ones are closed at once.

@@ -20,10 +20,18 @@ struct WatchQuery: Sendable, Equatable {
     /// deadline, which sees the raw request before routing.
     static func responseAllowance(path: String) -> UInt64? {
         guard let q = path.firstIndex(of: "?") else { return nil }
+        // Only the paths that wait: any other request gets no longer deadline for asking.
+        let route = path[..<q].split(separator: "/")
+        let watches =
+            (route.count == 3 && route[0] == "v1" && route[1] == "cluster" && route[2] == "nodes")
+            || (route.count == 4 && route[0] == "v1" && route[1] == "cluster" && route[2] == "nodes")
+            || (route.count == 2 && route[0] == "ui" && route[1] == "live")
+        guard watches else { return nil }
         var isWatch = false
         var wait = defaultWait
         for pair in path[path.index(after: q)...].split(separator: "&") {
-            let (k, v) = pair.firstIndex(of: "=").map { (pair[..<$0], pair[pair.index(after: $0)...]) } ?? (pair, "")
+            let (rawKey, v) = pair.firstIndex(of: "=").map { (pair[..<$0], pair[pair.index(after: $0)...]) } ?? (pair, "")
+            let k = rawKey.removingPercentEncodingASCII
             if k == "waitIndex" { isWatch = true }
             if k == "wait" {
                 if let n = GoDuration.nanoseconds(v.removingPercentEncodingASCII), n >= 0, UInt64(n) <= maxWait { wait = UInt64(n) } else { wait = maxWait }

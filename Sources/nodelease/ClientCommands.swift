@@ -208,16 +208,23 @@ struct Nodes: AsyncParsableCommand {
             print(client.json ? "[" + nodes.map(Render.json).joined(separator: ",") + "]" : Render.nodesTable(nodes, now: Date()))
             return
         }
+        if let status, !["active", "stale", "inactive"].contains(status) {
+            throw ValidationError("--status: unknown value \"\(status)\" (active, stale or inactive)")
+        }
         let terminal = isatty(STDOUT_FILENO) == 1 && !client.json
         var previous: [ClusterNode]?
         var recent: [String] = []
         do {
-            for try await snapshot in c.watchNodes(status: status) {
+            // The whole registry is watched and filtered here, so a node leaving the filter is
+            // named for what happened to it (not "forgotten").
+            for try await whole in c.watchNodes(linearizable: linearizable) {
+                var snapshot = whole
+                if let status { snapshot.nodes = whole.nodes.filter { $0.status == status } }
                 let stamp = ISO8601DateFormatter().string(from: Date())
                 if client.json {
                     print("{\"registryIndex\":\(snapshot.registryIndex),\"nodes\":[" + snapshot.nodes.map(Render.json).joined(separator: ",") + "]}")
                 } else {
-                    var lines = previous.map { Render.changes(from: $0, to: snapshot.nodes) } ?? []
+                    var lines = previous.map { Render.changes(from: $0, to: whole.nodes) } ?? []
                     if snapshot.reset && previous != nil { lines.insert("the registry index went back (another cluster or a restore): the registry afresh", at: 0) }
                     let stamped = lines.map { "\(stamp)  \($0)" }
                     if terminal {
@@ -231,7 +238,7 @@ struct Nodes: AsyncParsableCommand {
                     }
                 }
                 fflush(nil)  // every output stream: a pipe sees each change at once
-                previous = snapshot.nodes
+                previous = whole.nodes
             }
         } catch let e as NodeLeaseError {
             FileHandle.standardError.write(Data("nodelease: \(e)\n".utf8))

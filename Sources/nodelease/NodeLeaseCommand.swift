@@ -79,7 +79,7 @@ struct ReplicaOptions: ParsableArguments {
     var logLevel: String?
     @Option(help: "Token file (SHA-256 hashes with roles; see `nodelease token create`): every request but /healthz and /readyz then needs a token. Reloaded on SIGHUP. Env NODELEASE_TOKEN_FILE.")
     var tokenFile: String?
-    @Option(help: "Long polls of the registry (GET /v1/cluster/nodes?waitIndex=...) waiting at once; one more gets 503 (4096). Env NODELEASE_MAX_WATCHES.")
+    @Option(help: "Long polls of the registry (GET /v1/cluster/nodes?waitIndex=...) waiting at once; one more gets 503 (1024; at most half the client connections). Env NODELEASE_MAX_WATCHES.")
     var maxWatches: String?
 
     static func env(_ flag: String) -> String? {

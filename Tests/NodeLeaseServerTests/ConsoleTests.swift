@@ -131,13 +131,17 @@ import Testing
         #expect(try await send(c, follower, .POST, "/ui/login", form: "token=\(AuthenticationTests.node)").status == 403)
         #expect(try await send(c, follower, .POST, "/ui/login", form: "token=\(AuthenticationTests.reader)", headers: ["Origin": "http://evil.example"]).status == 403)
 
-        // A reader signs in: a cookie for /ui only.
-        let signedIn = try await send(c, follower, .POST, "/ui/login", form: "token=\(AuthenticationTests.reader)")
-        #expect(signedIn.status == 303 && signedIn.header("Location") == "/ui")
-        let setCookie = try #require(signedIn.header("Set-Cookie"))
-        #expect(setCookie.hasPrefix("nodelease_console=\(AuthenticationTests.reader);"))
-        for attribute in ["Path=/ui", "HttpOnly", "SameSite=Strict"] { #expect(setCookie.contains(attribute)) }
-        let readerCookie = ["Cookie": "nodelease_console=\(AuthenticationTests.reader)"]
+        // A reader signs in: a session cookie for /ui only, which is not the token.
+        func signIn(_ token: String) async throws -> [String: String] {
+            let r = try await send(c, follower, .POST, "/ui/login", form: "token=\(token)")
+            #expect(r.status == 303 && r.header("Location") == "/ui")
+            let setCookie = try #require(r.header("Set-Cookie"))
+            for attribute in ["Path=/ui", "HttpOnly", "SameSite=Strict", "Max-Age=43200"] { #expect(setCookie.contains(attribute)) }
+            let value = String(setCookie.split(separator: ";")[0].dropFirst("nodelease_console=".count))
+            #expect(value.hasPrefix("v1.") && !value.contains(token))
+            return ["Cookie": "nodelease_console=\(value)"]
+        }
+        let readerCookie = try await signIn(AuthenticationTests.reader)
         let readerPage = try await send(c, follower, .GET, "/ui", headers: readerCookie)
         #expect(readerPage.status == 200 && rows(readerPage.body) == [1, 2])
         // A reader sees holders as digests, and no way to forget.
@@ -146,10 +150,23 @@ import Testing
         #expect(try await send(c, follower, .GET, "/ui/nodes/2/forget", headers: readerCookie).status == 403)
         // The cookie is the console's only: the API wants the header.
         #expect(try await c.request(follower, "GET", "/v1/cluster/nodes", headers: ["Authorization": "", "Cookie": readerCookie["Cookie"]!]).status == 401)
+        // A session altered, or the raw token as a cookie, does not get in; the live part says 401.
+        var forged = readerCookie["Cookie"]!
+        forged = String(forged.dropLast()) + (forged.last == "0" ? "1" : "0")
+        #expect(try await send(c, follower, .GET, "/ui", headers: ["Cookie": forged]).status == 401)
+        #expect(try await send(c, follower, .GET, "/ui", headers: ["Cookie": "nodelease_console=\(AuthenticationTests.reader)"]).status == 401)
+        let expired = try await send(c, follower, .GET, "/ui/live", headers: ["Cookie": forged])
+        #expect(expired.status == 401 && expired.header("Content-Type") == "application/json")
+        // The console's page shows the other replicas (asked with the replicas' own token, once
+        // each has recorded its client address in the log).
+        #expect(await eventually(5) {
+            let body = (try? await send(c, follower, .GET, "/ui", headers: readerCookie))?.body ?? ""
+            return body.components(separatedBy: #"<span class="badge ok">yes</span>"#).count == 4
+        }, "every replica answered the status request")
 
         // An admin forgets the inactive node: a confirmation page, then a POST from this
         // origin that carries the page's token.
-        let adminCookie = ["Cookie": "nodelease_console=\(AuthenticationTests.admin)"]
+        let adminCookie = try await signIn(AuthenticationTests.admin)
         let adminPage = try await send(c, follower, .GET, "/ui", headers: adminCookie)
         #expect(adminPage.body.contains("holder-one") && adminPage.body.contains("/ui/nodes/2/forget") && !adminPage.body.contains("/ui/nodes/1/forget"))
         let confirm = try await send(c, follower, .GET, "/ui/nodes/2/forget", headers: adminCookie)

@@ -16,12 +16,28 @@ struct WatchQueryTests {
         #expect(GoDuration.nanoseconds(text[...]) == nil, "\(text)")
     }
 
+    @Test func theReplicasStatusTokenAndConsoleSessions() throws {
+        let a = Authenticator(tokens: try TokenFile.parse("sha256:\(SHA256.hex("tok"))  role=reader\n"))
+        #expect(a.isReplicaStatusToken(authorization: "Bearer \(a.replicaStatusToken)"))
+        #expect(!a.isReplicaStatusToken(authorization: "Bearer tok"))
+        let s = try #require(a.session(for: "tok", expires: 100))
+        #expect(a.entry(session: s, now: 99)?.role == .reader)
+        #expect(a.entry(session: s, now: 100) == nil, "expired")
+        #expect(a.entry(session: s.replacingOccurrences(of: "v1.100.", with: "v1.999."), now: 99) == nil, "extended")
+        #expect(a.session(for: "other", expires: 100) == nil)
+    }
+
     @Test func theConnectionDeadlineSeesALongPollsWait() {
         #expect(WatchQuery.responseAllowance(path: "/v1/cluster/nodes") == nil)
         #expect(WatchQuery.responseAllowance(path: "/v1/cluster/nodes?status=active") == nil)
         #expect(WatchQuery.responseAllowance(path: "/v1/cluster/nodes?waitIndex=4") == 60_000_000_000 + 60_000_000_000 / 16)
         #expect(WatchQuery.responseAllowance(path: "/v1/cluster/nodes?wait=16s&waitIndex=4") == 17_000_000_000)
         #expect(WatchQuery.responseAllowance(path: "/v1/cluster/nodes?waitIndex=4&wait=%31%36s") == 17_000_000_000)
+        // Only the paths that wait get longer: any other request asking for it does not.
+        #expect(WatchQuery.responseAllowance(path: "/healthz?waitIndex=1&wait=5m") == nil)
+        #expect(WatchQuery.responseAllowance(path: "/v1/status?waitIndex=1") == nil)
+        #expect(WatchQuery.responseAllowance(path: "/v1/cluster/nodes/7?waitIndex=1&wait=1s") == 1_000_000_000 + 1_000_000_000 / 16)
+        #expect(WatchQuery.responseAllowance(path: "/ui/live?w%61itIndex=1&wait=2s") == 2_000_000_000 + 2_000_000_000 / 16)
         // A wait the API refuses counts as the longest allowed.
         #expect(WatchQuery.responseAllowance(path: "/v1/cluster/nodes?waitIndex=4&wait=9h") == 300_000_000_000 + 300_000_000_000 / 16)
     }

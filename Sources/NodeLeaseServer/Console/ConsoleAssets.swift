@@ -182,7 +182,11 @@ enum ConsoleAssets {
             return '/ui/live?' + q;
           }
           function poll() {
-            fetch(next(), { credentials: 'same-origin', cache: 'no-store' }).then(function (r) {
+            // A replica that stops answering (paused, cut off) is noticed within 10 s.
+            var abort = window.AbortController ? new AbortController() : null;
+            var timer = abort ? window.setTimeout(function () { abort.abort(); }, 10000) : 0;
+            fetch(next(), { credentials: 'same-origin', cache: 'no-store', signal: abort ? abort.signal : undefined }).then(function (r) {
+              window.clearTimeout(timer);
               if (r.status === 401) { window.location.reload(); return; }
               if (!r.ok) { throw new Error('the replica answered ' + r.status); }
               var index = r.headers.get('X-NodeLease-Registry-Index');
@@ -193,6 +197,7 @@ enum ConsoleAssets {
                 show('');
               });
             }).catch(function (e) {
+              window.clearTimeout(timer);
               failures += 1;
               show('Live updates paused: this replica cannot be reached (' + (e && e.message ? e.message : e) + '). Retrying; another replica\\'s console shows the cluster too.');
             }).then(function () {

@@ -54,7 +54,7 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
         case .head(let head):
             receiving = true
             unanswered += 1
-            if let path = head.path, let wait = WatchQuery.responseAllowance(path: path) {
+            if head.method == .get, let path = head.path, let wait = WatchQuery.responseAllowance(path: path) {
                 longPoll = max(longPoll, .nanoseconds(Int64(wait)))
             }
             arm(context, bodyTimeout)
@@ -78,6 +78,16 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
     func channelInactive(context: ChannelHandlerContext) {
         cancel()
         context.fireChannelInactive()
+    }
+
+    /// The client closed its side while a long poll waits for its answer: it went away (the
+    /// server allows half-closed connections, so nothing else would notice until the answer,
+    /// minutes later). Closing the connection lets the poll give its place back.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let e = event as? ChannelEvent, e == .inputClosed, unanswered > 0, longPoll > .zero {
+            context.close(promise: nil)
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) { cancel() }
@@ -117,6 +127,30 @@ final class BoundedCounter: Sendable {
     }
 
     func leave() { count.withLockedValue { $0 -= 1 } }
+}
+
+/// One request's place in a `BoundedCounter`, given back once however often `leave` is
+/// called (a long poll leaves while it waits, and again when it ends).
+final class GateSlot: Sendable {
+    private let counter: BoundedCounter
+    /// 0: not entered, 1: in, 2: left.
+    private let state = NIOLockedValueBox(0)
+
+    init(_ counter: BoundedCounter) { self.counter = counter }
+
+    func enter(limit: Int) -> Bool {
+        guard counter.enter(limit: limit) else { return false }
+        state.withLockedValue { $0 = 1 }
+        return true
+    }
+
+    func leave() {
+        let wasIn = state.withLockedValue { s -> Bool in
+            defer { if s == 1 { s = 2 } }
+            return s == 1
+        }
+        if wasIn { counter.leave() }
+    }
 }
 
 /// Caps the client connections open at once: one beyond `limit` is closed as soon as it

@@ -251,6 +251,48 @@ public final class Authenticator: Sendable {
 
     public var count: Int { tokens.withLockedValue { $0.entries.count } }
 
+    /// Keyed by the token file: the same on every replica with the same file, unknown to
+    /// clients.
+    private func mac(_ label: String, _ message: String) -> [UInt8] {
+        let key = digestKey.withLockedValue { $0 }
+        return SHA256.hmac(key: key, message: Array((label + "\u{0}" + message).utf8))
+    }
+
+    private static func sameBytes(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        guard a.count == b.count else { return false }
+        var difference: UInt8 = 0
+        for i in 0..<a.count { difference |= a[i] ^ b[i] }
+        return difference == 0
+    }
+
+    /// What one replica's console presents to another's `GET /v1/status` (and nothing else),
+    /// so that no user's token is sent on: derived from the token file every replica has.
+    public var replicaStatusToken: String { "nlr_" + SHA256.hexString(mac("replica status", "")) }
+
+    public func isReplicaStatusToken(authorization: String?) -> Bool {
+        guard let header = authorization else { return false }
+        return Self.sameBytes(Array(header.utf8), Array("Bearer \(replicaStatusToken)".utf8))
+    }
+
+    /// A console session for `token` until `expires` (Unix seconds): the token's hash, the
+    /// expiry and a MAC over both, so the cookie is not the token, cannot be extended or
+    /// forged without the token file, and ends when the token leaves the file.
+    public func session(for token: String, expires: UInt64) -> String? {
+        guard let entry = authenticate(authorization: "Bearer " + token) else { return nil }
+        let digest = SHA256.hexString(entry.digest)
+        return "v1.\(expires).\(digest).\(SHA256.hexString(mac("console session", "\(expires).\(digest)")))"
+    }
+
+    /// The entry of a console session cookie that is valid at `now` (Unix seconds), or nil.
+    public func entry(session: String, now: UInt64) -> TokenEntry? {
+        let parts = session.split(separator: ".")
+        guard parts.count == 4, parts[0] == "v1", let expires = UInt64(parts[1]), now < expires,
+            let digest = TokenFile.decodeHex(parts[2]), digest.count == 32, let given = TokenFile.decodeHex(parts[3])
+        else { return nil }
+        guard Self.sameBytes(given, mac("console session", "\(expires).\(parts[2])")) else { return nil }
+        return tokens.withLockedValue { file in file.entries.first { Self.sameBytes($0.digest, digest) } }
+    }
+
     /// The entry of `Authorization: Bearer TOKEN`, or nil.
     public func authenticate(authorization: String?) -> TokenEntry? {
         guard let header = authorization else { return nil }

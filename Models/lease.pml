@@ -29,12 +29,24 @@
  *   P4 fencing tokens (the index of the granting entry) strictly increase.
  */
 
+#ifndef K
 #define K 2             /* TTL, in ticks */
+#endif
+#ifndef M
 #define M 1             /* the margin, in ticks (half the TTL: the ratio is what matters) */
-#define TMAX 8          /* real time explored */
-#define SENDS 3         /* requests A sends at most: acquires and renews */
-#define SENDS_B 2       /* acquires B sends at most (B only acquires, then holds) */
+#endif
+#ifndef TMAX
+#define TMAX 7          /* real time explored */
+#endif
+#ifndef SENDS
+#define SENDS 2         /* requests A sends at most: acquires and renews */
+#endif
+#ifndef SENDS_B
+#define SENDS_B 1       /* acquires B sends at most (B only acquires, then holds) */
+#endif
+#ifndef CHANGES
 #define CHANGES 1       /* leader changes at most */
+#endif
 #define NONE 0
 
 #ifdef NO_MARGIN
@@ -103,13 +115,16 @@ byte sends[2];
 
 #define valid(h) (has[h] && T < hdeadline[h])
 
+/* When both slots are taken, the oldest answer is lost. */
 inline answer(h, okv, l, s) {
     if
+    :: ansUsed[0] && ansUsed[1] ->
+        ans[0].holder = ans[1].holder; ans[0].ok = ans[1].ok; ans[0].lease = ans[1].lease; ans[0].seq = ans[1].seq; ansUsed[1] = false
+    :: else -> skip
+    fi;
+    if
     :: !ansUsed[0] -> ans[0].holder = h; ans[0].ok = okv; ans[0].lease = l; ans[0].seq = s; ansUsed[0] = true
-    :: else -> if
-               :: !ansUsed[1] -> ans[1].holder = h; ans[1].ok = okv; ans[1].lease = l; ans[1].seq = s; ansUsed[1] = true
-               :: else -> skip   /* no room: the answer is lost */
-               fi
+    :: else -> ans[1].holder = h; ans[1].ok = okv; ans[1].lease = l; ans[1].seq = s; ansUsed[1] = true
     fi
 }
 
@@ -283,8 +298,19 @@ inline receive(i) {
     compactAns()
 }
 
+/* Room for one more request: when both slots are taken, the oldest request is lost. */
+inline roomForRequest() {
+    if
+    :: reqUsed[0] && reqUsed[1] ->
+        req[0].kind = req[1].kind; req[0].holder = req[1].holder; req[0].lease = req[1].lease; req[0].seq = req[1].seq;
+        reqUsed[1] = false; req[1].kind = 0; req[1].holder = 0; req[1].lease = 0; req[1].seq = 0
+    :: else -> skip
+    fi
+}
+
 inline send(h, k) {
     sends[h]++; hseq[h]++; inflight[h] = true; hsent[h] = T; hkind[h] = k;
+    roomForRequest();
     if
     :: !reqUsed[0] -> req[0].kind = k; req[0].holder = h; req[0].lease = hlease[h]; req[0].seq = hseq[h]; reqUsed[0] = true
     :: else -> req[1].kind = k; req[1].holder = h; req[1].lease = hlease[h]; req[1].seq = hseq[h]; reqUsed[1] = true
@@ -304,35 +330,31 @@ active proctype world() {
             if
             :: LC++
             :: sinceGain == K + M -> LC = LC + 2; sinceGain = 0
-            fi }
-       /* A holder's watchdog: at its deadline the lease is lost (validity already ended). */
-       :: atomic { has[0] && T >= hdeadline[0] -> has[0] = false; hlease[0] = 0; hdeadline[0] = 0; printf("t=%d  A's deadline passed: stops\n", T) }
-       :: atomic { has[1] && T >= hdeadline[1] -> has[1] = false; hlease[1] = 0; hdeadline[1] = 0; printf("t=%d  B's deadline passed: stops\n", T) }
+            fi;
+            /* Each holder's watchdog fires at its deadline. */
+            if :: has[0] && T >= hdeadline[0] -> has[0] = false; hlease[0] = 0; hdeadline[0] = 0; printf("t=%d  A's deadline passed: stops\n", T) :: else -> skip fi;
+            if :: has[1] && T >= hdeadline[1] -> has[1] = false; hlease[1] = 0; hdeadline[1] = 0; printf("t=%d  B's deadline passed: stops\n", T) :: else -> skip fi }
        /* A holder sends an acquire (holding nothing) or a renew (holding), one at a time. */
-       :: atomic { !inflight[0] && sends[0] < SENDS && !(reqUsed[0] && reqUsed[1]) ->
+       /* (A request in flight since an earlier tick may be given up on: its answer is then ignored.) */
+       :: atomic { (!inflight[0] || hsent[0] < T) && sends[0] < SENDS ->
             if :: has[0] -> send(0, REN) :: else -> send(0, ACQ) fi }
-       :: atomic { !inflight[1] && !has[1] && sends[1] < SENDS_B && !(reqUsed[0] && reqUsed[1]) -> send(1, ACQ) }
-       /* ... gives up on the request in flight (its answer is then ignored). */
-       :: atomic { inflight[0] -> inflight[0] = false; hsent[0] = 0; hkind[0] = 0 }
-       :: atomic { inflight[1] -> inflight[1] = false; hsent[1] = 0; hkind[1] = 0 }
+       :: atomic { (!inflight[1] || hsent[1] < T) && !has[1] && sends[1] < SENDS_B -> send(1, ACQ) }
        /* ... releases: stops using the ID first, then tells the leader. */
-       :: atomic { valid(0) && !inflight[0] && !(reqUsed[0] && reqUsed[1]) ->
-            has[0] = false; sends[0] = SENDS;
+       :: atomic { valid(0) ->
+            has[0] = false; sends[0] = SENDS; inflight[0] = false; hsent[0] = 0; hkind[0] = 0;
+            roomForRequest();
             if
             :: !reqUsed[0] -> req[0].kind = REL; req[0].holder = 0; req[0].lease = hlease[0]; reqUsed[0] = true
             :: else -> req[1].kind = REL; req[1].holder = 0; req[1].lease = hlease[0]; reqUsed[1] = true
             fi;
             printf("t=%d  A stops and releases lease %d\n", T, hlease[0]); hlease[0] = 0; hdeadline[0] = 0 }
-       /* The network delivers a request to the leader (which proposes it), or loses it. */
+       /* The network delivers a request to the leader (which proposes it), in any order. One
+          never delivered is lost: it stays until a third message pushes the oldest out. */
        :: atomic { reqUsed[0] && nlog < 3 -> deliver(0) }
        :: atomic { reqUsed[1] && nlog < 3 -> deliver(1) }
-       :: atomic { reqUsed[0] -> reqUsed[0] = false; req[0].kind = 0; req[0].holder = 0; req[0].lease = 0; req[0].seq = 0; compactReq(); printf("t=%d  request lost\n", T) }
-       :: atomic { reqUsed[1] -> reqUsed[1] = false; req[1].kind = 0; req[1].holder = 0; req[1].lease = 0; req[1].seq = 0; printf("t=%d  request lost\n", T) }
-       /* An answer reaches its holder, or is lost. */
+       /* An answer reaches its holder, in any order; one never delivered is lost likewise. */
        :: atomic { ansUsed[0] -> receive(0) }
        :: atomic { ansUsed[1] -> receive(1) }
-       :: atomic { ansUsed[0] -> ansUsed[0] = false; ans[0].holder = 0; ans[0].ok = false; ans[0].lease = 0; ans[0].seq = 0; compactAns() }
-       :: atomic { ansUsed[1] -> ansUsed[1] = false; ans[1].holder = 0; ans[1].ok = false; ans[1].lease = 0; ans[1].seq = 0 }
        /* The leader decides an expiry: its deadline passed on its clock. */
        :: atomic { ready && dlSet && LC >= dl && nlog < 3 &&
                    !(nlog > 0 && log[0].kind == EXP) && !(nlog > 1 && log[1].kind == EXP) && !(nlog > 2 && log[2].kind == EXP) ->

@@ -182,7 +182,7 @@ import Testing
     @Test func aThousandWaitersStayWithinAMeasuredBoundAndOneChangeWakesThemAll() async throws {
         let (c, leader, follower, _, index) = try await started {
             // Waiting polls do not hold these places.
-            $0.maxConcurrentRequests = 16
+            $0.maxConcurrentRequests = 64
             $0.maxWatches = 1000
         }
         let port = c.configs[follower]!.clientListen.port

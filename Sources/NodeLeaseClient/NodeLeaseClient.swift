@@ -277,7 +277,8 @@ public final class NodeLeaseClient: Sendable {
                 while !Task.isCancelled {
                     let waitIndex = index
                     do {
-                        let s = try await watch.client.poll(status: watch.status, linearizable: watch.linearizable, waitIndex: waitIndex, wait: watch.wait)
+                        let s = try await watch.client.poll(
+                            status: watch.status, linearizable: watch.linearizable, waitIndex: waitIndex, wait: watch.wait, attempt: failures)
                         failures = 0
                         let (given, next) = RegistryWatch.step(last: waitIndex, answer: s)
                         index = next
@@ -301,7 +302,9 @@ public final class NodeLeaseClient: Sendable {
     /// One long poll (or, without `waitIndex`, one read) of the registry, sent once: the
     /// sequence retries, with a whole wait each time (a retry inside one call would have only
     /// what is left of the call's deadline, and time out on a healthy replica).
-    func poll(status: String?, linearizable: Bool, waitIndex: UInt64?, wait: Duration) async throws(NodeLeaseError) -> RegistrySnapshot {
+    /// `attempt`: how many polls failed in a row; after a failure the next goes to the next
+    /// endpoint in turn, not again to the leader (whose watch places may be full).
+    func poll(status: String?, linearizable: Bool, waitIndex: UInt64?, wait: Duration, attempt: Int = 0) async throws(NodeLeaseError) -> RegistrySnapshot {
         var q: [String] = []
         if let status { q.append("status=\(status)") }
         if linearizable { q.append("consistency=linearizable") }
@@ -314,7 +317,7 @@ public final class NodeLeaseClient: Sendable {
             timeout = .milliseconds(ms + ms / 16) + self.timeout
         }
         let path = "/v1/cluster/nodes" + (q.isEmpty ? "" : "?" + q.joined(separator: "&"))
-        let answer = try await exchange("GET", path, body: nil, timeout: timeout, refresh: true, once: true) { data, headers in
+        let answer = try await exchange("GET", path, body: nil, timeout: timeout, refresh: true, once: true, firstAttempt: attempt) { data, headers in
             RegistrySnapshot(
                 nodes: try JSONDecoder().decode([ClusterNode].self, from: data),
                 registryIndex: headers.first(name: "X-NodeLease-Registry-Index").flatMap(UInt64.init) ?? 0,
@@ -433,7 +436,7 @@ public final class NodeLeaseClient: Sendable {
     /// `exchange` with the answer's body and headers decoded by `decode`.
     /// `once`: one attempt, no retry (the caller retries).
     private func exchange<T>(
-        _ method: String, _ path: String, body: [String: Any]?, timeout: Duration?, refresh: Bool, once: Bool,
+        _ method: String, _ path: String, body: [String: Any]?, timeout: Duration?, refresh: Bool, once: Bool, firstAttempt: Int = 0,
         decode: (Data, HTTPHeaders) throws -> T
     ) async throws(NodeLeaseError) -> (value: T, endpoint: URL) {
         if let tlsProblem { throw NodeLeaseError.invalidRequest(tlsProblem) }
@@ -444,7 +447,7 @@ public final class NodeLeaseClient: Sendable {
         if refresh, claimRefresh(periodic: true) { await refreshEndpoints(deadline: deadline, afterFailures: false) }
         var unreachable: Set<URL> = []
         var refreshedAfterFailures = !refresh
-        var attempt = 0
+        var attempt = firstAttempt
         while true {
             let url = pickEndpoint(attempt: attempt)
             attempt += 1

@@ -93,7 +93,7 @@ extension HTTPAPI {
     }
 
     /// How long a console session lasts.
-    static let consoleSessionSeconds: UInt64 = 43_200
+    static let consoleSessionSeconds: UInt64 = Authenticator.maxSessionSeconds
 
     /// Who the browser is: its `Authorization` header or the console's session cookie; nil
     /// when authentication is on and neither is valid.

@@ -224,7 +224,12 @@ struct Nodes: AsyncParsableCommand {
                 if client.json {
                     print("{\"registryIndex\":\(snapshot.registryIndex),\"nodes\":[" + snapshot.nodes.map(Render.json).joined(separator: ",") + "]}")
                 } else {
-                    var lines = previous.map { Render.changes(from: $0, to: whole.nodes) } ?? []
+                    // Changes of the nodes shown before or now (named by the whole registry).
+                    var lines = previous.map { before -> [String] in
+                        guard let status else { return Render.changes(from: before, to: whole.nodes) }
+                        let shown = Set(before.filter { $0.status == status }.map(\.nodeId) + snapshot.nodes.map(\.nodeId))
+                        return Render.changes(from: before.filter { shown.contains($0.nodeId) }, to: whole.nodes.filter { shown.contains($0.nodeId) })
+                    } ?? []
                     if snapshot.reset && previous != nil { lines.insert("the registry index went back (another cluster or a restore): the registry afresh", at: 0) }
                     let stamped = lines.map { "\(stamp)  \($0)" }
                     if terminal {

@@ -22,6 +22,13 @@ struct WatchQueryTests {
         #expect(!a.isReplicaStatusToken(authorization: "Bearer tok"))
         let s = try #require(a.session(for: "tok", expires: 100))
         #expect(a.entry(session: s, now: 99)?.role == .reader)
+        // Another replica (another secret) does not take it; nor does any session that claims
+        // to last longer than the longest a session is given.
+        let b = Authenticator(tokens: try TokenFile.parse("sha256:\(SHA256.hex("tok"))  role=reader\n"))
+        #expect(b.entry(session: s, now: 99) == nil)
+        #expect(b.replicaStatusToken == a.replicaStatusToken, "replicas with the same tokens agree")
+        let long = try #require(a.session(for: "tok", expires: 99 + Authenticator.maxSessionSeconds + 1))
+        #expect(a.entry(session: long, now: 99) == nil)
         #expect(a.entry(session: s, now: 100) == nil, "expired")
         #expect(a.entry(session: s.replacingOccurrences(of: "v1.100.", with: "v1.999."), now: 99) == nil, "extended")
         #expect(a.session(for: "other", expires: 100) == nil)

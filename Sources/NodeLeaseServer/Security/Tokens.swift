@@ -251,12 +251,13 @@ public final class Authenticator: Sendable {
 
     public var count: Int { tokens.withLockedValue { $0.entries.count } }
 
-    /// Keyed by the token file: the same on every replica with the same file, unknown to
-    /// clients.
-    private func mac(_ label: String, _ message: String) -> [UInt8] {
-        let key = digestKey.withLockedValue { $0 }
-        return SHA256.hmac(key: key, message: Array((label + "\u{0}" + message).utf8))
-    }
+    /// This replica's own secret for console sessions, random at start: the token file holds
+    /// only hashes, and whoever reads it must not be able to mint a session. A browser talks
+    /// to one replica, so a session need not be valid on another (and a restart signs out).
+    private let sessionKey: [UInt8] = {
+        var rng = SystemRandomNumberGenerator()
+        return (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
+    }()
 
     private static func sameBytes(_ a: [UInt8], _ b: [UInt8]) -> Bool {
         guard a.count == b.count else { return false }
@@ -266,30 +267,38 @@ public final class Authenticator: Sendable {
     }
 
     /// What one replica's console presents to another's `GET /v1/status` (and nothing else),
-    /// so that no user's token is sent on: derived from the token file every replica has.
-    public var replicaStatusToken: String { "nlr_" + SHA256.hexString(mac("replica status", "")) }
+    /// so that no user's token is sent on. Derived from the tokens in the file, in a canonical
+    /// order (comments, order and spacing do not change it, so replicas agree through a
+    /// rolling SIGHUP): whoever can read the token file can read the replicas' status, no more.
+    public var replicaStatusToken: String {
+        let canonical = tokens.withLockedValue { file in file.entries.map(\.line).sorted().joined(separator: "\n") }
+        return "nlr_" + SHA256.hexString(SHA256.hmac(key: Array("nodelease replica status".utf8), message: Array(canonical.utf8)))
+    }
 
     public func isReplicaStatusToken(authorization: String?) -> Bool {
         guard let header = authorization else { return false }
         return Self.sameBytes(Array(header.utf8), Array("Bearer \(replicaStatusToken)".utf8))
     }
 
+    /// The longest a console session lasts.
+    public static let maxSessionSeconds: UInt64 = 43_200
+
     /// A console session for `token` until `expires` (Unix seconds): the token's hash, the
-    /// expiry and a MAC over both, so the cookie is not the token, cannot be extended or
-    /// forged without the token file, and ends when the token leaves the file.
+    /// expiry and a MAC over both with this replica's secret, so the cookie is not the token,
+    /// cannot be extended or forged, and ends when the token leaves the file.
     public func session(for token: String, expires: UInt64) -> String? {
         guard let entry = authenticate(authorization: "Bearer " + token) else { return nil }
         let digest = SHA256.hexString(entry.digest)
-        return "v1.\(expires).\(digest).\(SHA256.hexString(mac("console session", "\(expires).\(digest)")))"
+        return "v1.\(expires).\(digest).\(SHA256.hexString(SHA256.hmac(key: sessionKey, message: Array("\(expires).\(digest)".utf8))))"
     }
 
     /// The entry of a console session cookie that is valid at `now` (Unix seconds), or nil.
     public func entry(session: String, now: UInt64) -> TokenEntry? {
         let parts = session.split(separator: ".")
-        guard parts.count == 4, parts[0] == "v1", let expires = UInt64(parts[1]), now < expires,
+        guard parts.count == 4, parts[0] == "v1", let expires = UInt64(parts[1]), now < expires, expires <= now + Self.maxSessionSeconds,
             let digest = TokenFile.decodeHex(parts[2]), digest.count == 32, let given = TokenFile.decodeHex(parts[3])
         else { return nil }
-        guard Self.sameBytes(given, mac("console session", "\(expires).\(parts[2])")) else { return nil }
+        guard Self.sameBytes(given, SHA256.hmac(key: sessionKey, message: Array("\(expires).\(parts[2])".utf8))) else { return nil }
         return tokens.withLockedValue { file in file.entries.first { Self.sameBytes($0.digest, digest) } }
     }
 

@@ -48,7 +48,7 @@ struct HTTPAPI: Sendable {
         let response: Response
         let health = template == "/healthz" || template == "/readyz"
         // The console authenticates its own way (a sign-in form and a session cookie, or the header).
-        let isConsole = template?.hasPrefix("/ui") == true || template == "/favicon.ico" || parts.first == "ui"
+        let isConsole = parts.first == "ui" || template == "/favicon.ico"
         let slot = GateSlot(gate)
         if !health && !slot.enter(limit: config.maxConcurrentRequests) {
             // The contract's 503 code, so clients retry elsewhere as for any unavailable replica.
@@ -454,14 +454,6 @@ struct HTTPAPI: Sendable {
         if reset { r.headers[Self.indexResetHeader] = "true" }
     }
 
-    /// 503 `no_leader` with `Retry-After`, saying why.
-    private func unavailable(_ message: String) async -> Response {
-        var r = error(.serviceUnavailable, "no_leader", message)
-        r.headers[.retryAfter] = "1"
-        await addReadHeaders(&r)
-        return r
-    }
-
     private func status() async -> Response {
         let s = await driver.status()
         var o = JSONObject()
@@ -549,10 +541,7 @@ struct HTTPAPI: Sendable {
 
     /// A replica that has not caught up since it started does not serve local reads.
     private func notCaughtUp() async -> Response {
-        var r = error(.serviceUnavailable, "no_leader", "this replica has not caught up with a leader since it started; retry, or ask another replica")
-        r.headers[.retryAfter] = "1"
-        await addReadHeaders(&r)
-        return r
+        await unavailable("this replica has not caught up with a leader since it started; retry, or ask another replica")
     }
 
     // MARK: Errors
@@ -595,7 +584,13 @@ struct HTTPAPI: Sendable {
     }
 
     func noLeader() async -> Response {
-        var r = error(.serviceUnavailable, "no_leader", "no leader with a quorum could be reached within the request timeout; retry")
+        await unavailable("no leader with a quorum could be reached within the request timeout; retry")
+    }
+
+    /// 503 `no_leader` (the contract's code for "ask another replica") with `Retry-After` and
+    /// the read headers, saying why.
+    func unavailable(_ message: String) async -> Response {
+        var r = error(.serviceUnavailable, "no_leader", message)
         r.headers[.retryAfter] = "1"
         await addReadHeaders(&r)
         return r

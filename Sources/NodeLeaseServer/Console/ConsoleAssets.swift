@@ -34,6 +34,12 @@ enum ConsoleAssets {
         </header>
         """
 
+    /// The end of the head and the page header, for the pages without a script.
+    static let top = head + """
+        </head>
+        <body>
+        """ + header
+
     static let page = head + """
         <script src="/ui/console.js" defer></script>
         </head>
@@ -81,10 +87,7 @@ enum ConsoleAssets {
         </table>
         """
 
-    static let login = head + """
-        </head>
-        <body>
-        """ + header + """
+    static let login = top + """
         <main class="narrow">
         <h2>Sign in</h2>
         <p>This cluster needs a token with the <b>reader</b> role (or <b>admin</b>, to forget nodes).</p>
@@ -99,10 +102,7 @@ enum ConsoleAssets {
         </html>
         """
 
-    static let confirmForget = head + """
-        </head>
-        <body>
-        """ + header + """
+    static let confirmForget = top + """
         <main class="narrow">
         <h2>Forget node {{nodeId}}?</h2>
         <p>Node <b>{{nodeId}}</b> ({{hostname}}) is <span class="badge status-{{status}}">{{status}}</span>. Forgetting it frees its ID and its hostname: the next acquire for {{hostname}} may get another ID, and ID {{nodeId}} may go to another hostname.</p>
@@ -115,10 +115,7 @@ enum ConsoleAssets {
         </html>
         """
 
-    static let message = head + """
-        </head>
-        <body>
-        """ + header + """
+    static let message = top + """
         <main class="narrow">
         <h2>{{heading}}</h2>
         <p{{#problem}} class="banner"{{/problem}}>{{text}}</p>

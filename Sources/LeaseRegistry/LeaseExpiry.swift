@@ -150,7 +150,8 @@ public struct LeaseExpiry: Sendable {
 
         if out.count < config.maxCommandsPerTick, lastRetireScan.map({ now >= $0 + config.retireScanNanos }) ?? true {
             lastRetireScan = now
-            for r in registry.nodes(status: .stale) where out.count < config.maxCommandsPerTick {
+            for r in registry.staleNodes() {
+                guard out.count < config.maxCommandsPerTick else { break }
                 guard r.statusSince + config.retentionSeconds <= wallSeconds else { continue }
                 if let sent = retiresInFlight[r.nodeID], now < sent + config.retryNanos { continue }
                 retiresInFlight[r.nodeID] = now

@@ -13,7 +13,7 @@ struct Microbench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "nodelease-microbench",
         abstract: "Benchmarks of the write-ahead log and the lease registry.",
-        subcommands: [StorageBench.self, RegistryBench.self, IdempotencyBench.self, StorageWriter.self])
+        subcommands: [StorageBench.self, RegistryBench.self, AllocationBench.self, IdempotencyBench.self, StorageWriter.self])
 }
 
 /// Prints what the write-ahead log sustains on this machine's disk, beside the raw fsync
@@ -124,6 +124,7 @@ struct RegistryBench: ParsableCommand {
         var registry = LeaseRegistry()
         var index: UInt64 = 0
         let range: ClosedRange<UInt32> = 1...UInt32(max(nodes, 1))
+        let residentBefore = IdempotencyBench().residentBytes()
         let t0 = clock.now
         for i in 0..<nodes {
             index += 1
@@ -134,6 +135,7 @@ struct RegistryBench: ParsableCommand {
             _ = registry.apply(entry: data, index: index)
         }
         let build = clock.now - t0
+        let residentAfter = IdempotencyBench().residentBytes()
         // A mix of states: a quarter stale, a quarter inactive.
         for i in stride(from: 0, to: nodes, by: 4) {
             let lease = UInt64(i + 1)
@@ -161,6 +163,7 @@ struct RegistryBench: ParsableCommand {
         let counts = registry.counts()
         print("registry of \(registry.count) nodes (\(counts.active) active, \(counts.stale) stale, \(counts.inactive) inactive)")
         print("  build by \(nodes) acquires: \(ms(build)) ms (\(us(build) / Double(nodes)) us per acquire)")
+        print("  resident memory: +\((residentAfter - residentBefore) / 1_048_576) MiB (\((residentAfter - residentBefore) / max(1, nodes)) bytes per node)")
         print("  snapshot: \(snapshot.count) bytes, best of 5 \(ms(snapTimes.min()!)) ms")
         print("  restore:  best of 5 \(ms(restoreTimes.min()!)) ms")
         print("  renew apply: \(us(renewTime) / Double(renewals)) us per renew")
@@ -168,6 +171,77 @@ struct RegistryBench: ParsableCommand {
 
     func us(_ d: Duration) -> Double { StorageBench.micros(d) }
     func ms(_ d: Duration) -> Double { (StorageBench.micros(d) / 100).rounded() / 10 }
+}
+
+/// What one acquire of a new hostname costs the state machine as the registry grows, in the
+/// three ways an ID is found: the next never-used ID, a forgotten ID below the highest one,
+/// and (the range full) the ID inactive the longest.
+struct AllocationBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "allocation",
+        abstract: "Microseconds per acquire of a new hostname at each registry size (default 1k and 1M nodes).")
+
+    @Option(help: "Registry sizes, comma-separated.")
+    var nodes: String = "1000,1000000"
+
+    @Option(help: "Acquires timed per case.")
+    var acquires: Int = 2000
+
+    func run() throws {
+        print("nodes      | next free ID | forgotten ID below the top | range full: longest inactive   (us per acquire, apply only)")
+        for n in nodes.split(separator: ",").compactMap({ Int($0) }) {
+            let (fresh, hole, reuse) = measure(n)
+            print("\(StorageBench.pad(String(n), 10)) | \(StorageBench.pad(StorageBench.fmt(fresh), 12)) | \(StorageBench.pad(StorageBench.fmt(hole), 26)) | \(StorageBench.pad(StorageBench.fmt(reuse), 14))")
+        }
+    }
+
+    func measure(_ n: Int) -> (Double, Double, Double) {
+        let clock = ContinuousClock()
+        let wide: ClosedRange<UInt32> = 1...UInt32.max
+        var registry = LeaseRegistry()
+        var index: UInt64 = 0
+        func acquire(_ name: String, _ range: ClosedRange<UInt32>) -> Result<LeaseReply, LeaseError> {
+            index += 1
+            return registry.apply(.acquire(hostname: name, holder: "bench", ttlSeconds: 30, idRange: range), now: 1_767_225_600, index: index)
+        }
+        for i in 0..<n { _ = acquire("mx\(i).example.org", wide) }
+        // Next free ID, at the top of the registry.
+        let t0 = clock.now
+        for i in 0..<acquires { _ = acquire("fresh\(i).example.org", wide) }
+        let fresh = StorageBench.micros(clock.now - t0) / Double(acquires)
+        // Release and forget IDs spread through the registry, then acquire them back.
+        let step = max(1, n / acquires)
+        var forgotten = 0
+        for k in stride(from: 0, to: n, by: step) where forgotten < acquires {
+            guard case .success(.lease(let lease)) = acquire("mx\(k).example.org", wide) else { continue }
+            index += 1
+            _ = registry.apply(.release(leaseID: lease.leaseID), now: 1_767_225_600, index: index)
+            index += 1
+            _ = registry.apply(.forget(nodeID: lease.nodeID), now: 1_767_225_600, index: index)
+            forgotten += 1
+        }
+        let t1 = clock.now
+        for i in 0..<forgotten { _ = acquire("hole\(i).example.org", wide) }
+        let hole = StorageBench.micros(clock.now - t1) / Double(max(1, forgotten))
+        // The range is full: release some nodes spread through it, then new hostnames take
+        // the IDs inactive the longest.
+        let full: ClosedRange<UInt32> = 1...UInt32(registry.count)
+        var released = 0
+        for k in stride(from: 0, to: registry.count, by: max(1, registry.count / acquires)) where released < acquires {
+            guard let r = registry.node(NodeID(UInt32(k + 1))), r.status == .active else { continue }
+            index += 1
+            _ = registry.apply(.release(leaseID: r.leaseID), now: 1_767_225_600, index: index)
+            released += 1
+        }
+        let t2 = clock.now
+        var reused = 0
+        for i in 0..<released {
+            if case .success = acquire("reuse\(i).example.org", full) { reused += 1 }
+        }
+        precondition(reused == released, "the full range did not reuse every inactive ID")
+        let reuse = StorageBench.micros(clock.now - t2) / Double(max(1, released))
+        return (fresh, hole, reuse)
+    }
 }
 
 /// How much memory the remembered idempotency keys take, and what they cost per write.

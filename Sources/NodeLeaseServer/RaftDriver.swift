@@ -529,11 +529,13 @@ actor RaftDriver {
         guard !stopped else { return }
         do {
             let snap = try result.get()
+            let t0 = ContinuousClock.now
             try storage.adoptSnapshot(snap)
             let index = snap.metadata.index
             let keep = config.keepAfterSnapshot
             if index.rawValue > keep { try storage.compact(through: index - Int(keep)) }
-            logger.info("snapshot at index \(index) (\(nodes) nodes); log compacted")
+            let ms = Double((ContinuousClock.now - t0).nanoseconds) / 1e6
+            logger.info("snapshot at index \(index) (\(nodes) nodes); log compacted (\(String(format: "%.1f", ms)) ms on the driver)")
         } catch {
             fatal("cannot write a snapshot: \(error)")
         }

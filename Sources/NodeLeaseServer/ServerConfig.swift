@@ -22,7 +22,10 @@ public struct ServerConfig: Sendable {
     public var requestTimeoutMillis: Int = 5000
     /// fsync every batch. Off only for benchmarks (logged loudly).
     public var fsync: Bool = true
-    public var snapshotEvery: UInt64 = 10_000
+    /// 100,000 (etcd's default too): a snapshot carries the idempotency window, up to 100,000
+    /// keys and 15 MB, so at 10,000 a busy leader wrote and fsynced 15 MB every 10,000 writes
+    /// (8 % of its CPU, on the disk its WAL fsyncs).
+    public var snapshotEvery: UInt64 = 100_000
     /// ... or more: this many entries per registered node, so that a snapshot (whose cost grows
     /// with the registry) costs each entry at most 1/snapshotEntriesPerNode of a record.
     public var snapshotEntriesPerNode: UInt64 = 2

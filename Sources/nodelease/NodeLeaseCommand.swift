@@ -65,7 +65,7 @@ struct ReplicaOptions: ParsableArguments {
     var heartbeatInterval: String?
     @Option(help: "Milliseconds a client request may wait for the cluster (5000). Env NODELEASE_REQUEST_TIMEOUT.")
     var requestTimeout: String?
-    @Option(help: "Snapshot every this many log entries, or twice the registry's size if more (10000). Env NODELEASE_SNAPSHOT_EVERY.")
+    @Option(help: "Snapshot every this many log entries, or twice the registry's size if more (100000). Env NODELEASE_SNAPSHOT_EVERY.")
     var snapshotEvery: String?
     @Option(help: "Log entries kept behind a snapshot for slow followers (5000). Env NODELEASE_SNAPSHOT_KEEP.")
     var snapshotKeep: String?

@@ -15,9 +15,11 @@ struct Bench: AsyncParsableCommand {
         abstract: "Load a cluster: ops/s, latency percentiles, errors and replica CPU time.")
 
     @Option(help: "Endpoints (host:port, comma-separated).") var endpoints: String = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403"
-    @Option(help: "acquire, renew, read or mixed (5% acquire, 90% renew, 5% read).") var op: String = "renew"
+    @Option(help: "acquire, renew, read, mixed (5% acquire, 90% renew, 5% read) or fleet (--nodes leases, each renewed every TTL/3).") var op: String = "renew"
     @Option(help: "Concurrent workers (connections).") var concurrency: Int = 16
-    @Option(help: "Measured time: 10s, 1500ms, 2m, or plain seconds.", transform: BenchSeconds.parse) var duration: Double = 10
+    @Option(help: "Measured time: 10s, 1500ms, 2m, or plain seconds (default 10 s; a fleet: 3 TTLs).", transform: BenchSeconds.parse) var duration: Double?
+    @Option(help: "Fleet: how many nodes, each with its own lease.") var nodes: Int = 100_000
+    @Option(help: "Fleet: the leases' TTL in seconds; each node renews every TTL/3, on schedule.") var ttl: Int = 30
     @Option(help: "Load before measuring, in the same units.", transform: BenchSeconds.parse) var warmup: Double = 2
     @Option(help: "Hostnames (leases) renewed in the renew and mixed workloads (default: one per worker).") var hostnames: Int?
     @Option(help: "Send writes to the leader or to a follower (reads always go to a follower).") var target: String = "leader"
@@ -27,10 +29,11 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Talk HTTPS, trusting this CA (PEM); the token comes from NODELEASE_TOKEN. Env NODELEASE_CA_FILE.") var caFile: String?
 
     func validate() throws {
-        guard ["acquire", "renew", "read", "mixed"].contains(op) else { throw ValidationError("--op must be acquire, renew, read or mixed") }
+        guard ["acquire", "renew", "read", "mixed", "fleet"].contains(op) else { throw ValidationError("--op must be acquire, renew, read, mixed or fleet") }
+        guard nodes >= 1, ttl >= 3 else { throw ValidationError("--nodes must be at least 1 and --ttl at least 3") }
         guard ["leader", "follower"].contains(target) else { throw ValidationError("--target must be leader or follower") }
         guard ["nodelease", "etcd"].contains(system) else { throw ValidationError("--system must be nodelease or etcd") }
-        guard concurrency >= 1, duration > 0, warmup >= 0 else { throw ValidationError("--concurrency, --duration and --warmup must be positive") }
+        guard concurrency >= 1, (duration ?? 1) > 0, warmup >= 0 else { throw ValidationError("--concurrency, --duration and --warmup must be positive") }
     }
 
     func run() async throws {
@@ -61,6 +64,11 @@ struct Bench: AsyncParsableCommand {
         }
         let followerIndex = addresses.count > 1 ? (leaderIndex + 1) % addresses.count : 0
         let writeIndex = target == "leader" ? leaderIndex : followerIndex
+        if op == "fleet" {
+            try await runFleet(write: addresses[writeIndex], etcd: etcd)
+            return
+        }
+        let duration = self.duration ?? 10
 
         // Prepare: leases to renew, and a node to read.
         let leaseCount = hostnames ?? concurrency
@@ -86,10 +94,16 @@ struct Bench: AsyncParsableCommand {
         }
 
         let stats = BenchStats()
-        let cpuBefore = Self.cpuSeconds(pids: Self.pidList(pids))
         let clock = ContinuousClock()
         let startMeasure = clock.now + .milliseconds(Int(warmup * 1000))
         let end = startMeasure + .milliseconds(Int(duration * 1000))
+        // Replica CPU over the measured window only (not the warm-up).
+        let pidList = Self.pidList(pids)
+        let cpuBefore = NIOLockedValueBox<[(String, Double)]>([])
+        let sampler = Task {
+            try? await Task.sleep(until: startMeasure, clock: .continuous)
+            cpuBefore.withLockedValue { $0 = Self.cpuSeconds(pids: pidList) }
+        }
         let progress = Task {
             while clock.now < end {
                 guard (try? await Task.sleep(for: .seconds(1))) != nil else { break }
@@ -110,10 +124,11 @@ struct Bench: AsyncParsableCommand {
             }
         }
         progress.cancel()
+        await sampler.value
         FileHandle.standardError.write(Data("\r".utf8))
-        let cpuAfter = Self.cpuSeconds(pids: Self.pidList(pids))
-        let cpu = zip(cpuBefore, cpuAfter).map { ($0.0, max(0, $1.1 - $0.1)) }  // a process that died reads as 0
-        print(stats.report(system: system, op: op, concurrency: concurrency, seconds: duration, cpu: cpu, json: json))
+        let cpuAfter = Self.cpuSeconds(pids: pidList)
+        let cpu = zip(cpuBefore.withLockedValue { $0 }, cpuAfter).map { ($0.0, max(0, $1.1 - $0.1)) }  // a process that died reads as 0
+        print(stats.report(system: system, op: op, concurrency: concurrency, seconds: duration, cpu: cpu, rss: Self.residentBytes(pids: pidList), json: json))
     }
 
     static func acquireBody(etcd: Bool, hostname: String) -> Data {
@@ -167,7 +182,7 @@ struct Bench: AsyncParsableCommand {
             }
             let latency = clock.now - t0
             guard t0 >= start else { continue }
-            if result.status == 200 { stats.record(latency) } else { stats.error("http \(result.status)") }
+            if result.status == 200 { stats.record(latency, kind: kind) } else { stats.error("http \(result.status)") }
         }
     }
 
@@ -180,6 +195,17 @@ struct Bench: AsyncParsableCommand {
             }
         }
         return out
+    }
+
+    /// Resident memory of each process (VmRSS in /proc/PID/status), in bytes.
+    static func residentBytes(pids: [(String, Int32)]) -> [(String, Int)] {
+        pids.compactMap { name, pid in
+            guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+                let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+                let kb = line.split(separator: " ").dropFirst().first.flatMap({ Int($0) })
+            else { return nil }
+            return (name, kb * 1024)
+        }
     }
 
     /// User + system CPU seconds of each process, from /proc.
@@ -195,46 +221,87 @@ struct Bench: AsyncParsableCommand {
     }
 }
 
-/// Latencies and errors over all workers.
+/// Latencies (by operation) and errors over all workers.
 final class BenchStats: Sendable {
-    private let state = NIOLockedValueBox<(latencies: [UInt64], errors: [String: Int])>(([], [:]))
+    private let state = NIOLockedValueBox<(latencies: [String: [UInt64]], errors: [String: Int])>(([:], [:]))
 
-    func record(_ d: Duration) {
-        let micros = UInt64(d.components.seconds) * 1_000_000 + UInt64(d.components.attoseconds / 1_000_000_000_000)
-        state.withLockedValue { $0.latencies.append(micros) }
+    static func micros(_ d: Duration) -> UInt64 {
+        let (s, a) = d.components
+        return s < 0 ? 0 : UInt64(s) * 1_000_000 + UInt64(max(0, a) / 1_000_000_000_000)
+    }
+
+    func record(_ d: Duration, kind: String) {
+        let micros = Self.micros(d)
+        state.withLockedValue { $0.latencies[kind, default: []].append(micros) }
     }
 
     func error(_ kind: String) { state.withLockedValue { $0.errors[kind, default: 0] += 1 } }
 
-    func counts() -> (Int, Int) { state.withLockedValue { ($0.latencies.count, $0.errors.values.reduce(0, +)) } }
+    func counts() -> (Int, Int) {
+        state.withLockedValue { ($0.latencies.values.reduce(0) { $0 + $1.count }, $0.errors.values.reduce(0, +)) }
+    }
 
-    func report(system: String, op: String, concurrency: Int, seconds: Double, cpu: [(String, Double)], json: Bool) -> String {
-        let (lat, errors) = state.withLockedValue { ($0.latencies.sorted(), $0.errors) }
-        func pct(_ p: Double) -> Double {
-            guard !lat.isEmpty else { return 0 }
-            return Double(lat[min(lat.count - 1, Int(Double(lat.count) * p))]) / 1000
+    /// Percentiles of one sorted list, in milliseconds.
+    struct Summary {
+        var count: Int
+        var p50, p90, p99, p999, max: Double
+
+        init(_ lat: [UInt64]) {
+            func pct(_ p: Double) -> Double {
+                guard !lat.isEmpty else { return 0 }
+                return Double(lat[min(lat.count - 1, Int(Double(lat.count) * p))]) / 1000
+            }
+            count = lat.count
+            (p50, p90, p99, p999, max) = (pct(0.5), pct(0.9), pct(0.99), pct(0.999), Double(lat.last ?? 0) / 1000)
         }
-        let rate = Double(lat.count) / seconds
+
+        var line: String {
+            func f(_ v: Double) -> String { String(format: "%.2f", v) }
+            return "p50 \(f(p50))  p90 \(f(p90))  p99 \(f(p99))  p99.9 \(f(p999))  max \(f(max))"
+        }
+
+        var json: [String: Any] { ["ops": count, "p50Ms": p50, "p90Ms": p90, "p99Ms": p99, "p999Ms": p999, "maxMs": max] }
+    }
+
+    func summaries() -> (all: Summary, byKind: [(String, Summary)], errors: [String: Int]) {
+        let (byKind, errors) = state.withLockedValue { ($0.latencies, $0.errors) }
+        let all = Summary(byKind.values.flatMap { $0 }.sorted())
+        return (all, byKind.keys.sorted().map { ($0, Summary(byKind[$0]!.sorted())) }, errors)
+    }
+
+    func report(system: String, op: String, concurrency: Int, seconds: Double, cpu: [(String, Double)], rss: [(String, Int)], json: Bool) -> String {
+        let (all, byKind, errors) = summaries()
+        let rate = Double(all.count) / seconds
         let cpuTotal = cpu.reduce(0) { $0 + $1.1 }
+        let cpuPerOp = all.count == 0 ? 0 : cpuTotal * 1e6 / Double(all.count)
         if json {
             var o: [String: Any] = [
-                "system": system, "op": op, "concurrency": concurrency, "seconds": seconds, "ops": lat.count, "opsPerSecond": rate,
-                "p50Ms": pct(0.5), "p90Ms": pct(0.9), "p99Ms": pct(0.99), "p999Ms": pct(0.999), "maxMs": Double(lat.last ?? 0) / 1000,
-                "errors": errors,
+                "system": system, "op": op, "concurrency": concurrency, "seconds": seconds, "opsPerSecond": rate, "errors": errors,
             ]
+            o.merge(all.json) { a, _ in a }
+            if byKind.count > 1 {
+                o["byOp"] = Dictionary(uniqueKeysWithValues: byKind.map { k, v in (k, v.json.merging(["opsPerSecond": Double(v.count) / seconds]) { a, _ in a }) })
+            }
             o["cpuSeconds"] = Dictionary(uniqueKeysWithValues: cpu.map { ($0.0, $0.1) })
-            o["cpuMicrosPerOp"] = lat.isEmpty ? 0 : cpuTotal * 1e6 / Double(lat.count)
+            o["cpuMicrosPerOp"] = cpuPerOp
+            o["rssBytes"] = Dictionary(uniqueKeysWithValues: rss.map { ($0.0, $0.1) })
             let data = (try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])) ?? Data()
             return String(decoding: data, as: UTF8.self)
         }
         func f(_ v: Double) -> String { String(format: "%.2f", v) }
         var lines = [
             "\(system) \(op), \(concurrency) connections, \(Int(seconds)) s: \(Int(rate)) ops/s",
-            "latency ms: p50 \(f(pct(0.5)))  p90 \(f(pct(0.9)))  p99 \(f(pct(0.99)))  p99.9 \(f(pct(0.999)))  max \(f(Double(lat.last ?? 0) / 1000))",
-            "errors: " + (errors.isEmpty ? "none" : errors.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", ")),
+            "latency ms: " + all.line,
         ]
+        if byKind.count > 1 {
+            for (k, v) in byKind { lines.append("  \(k): \(Int(Double(v.count) / seconds)) ops/s, " + v.line) }
+        }
+        lines.append("errors: " + (errors.isEmpty ? "none" : errors.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", ")))
         if !cpu.isEmpty {
-            lines.append("replica CPU s: " + cpu.map { "\($0.0) \(f($0.1))" }.joined(separator: ", ") + "  (\(Int(lat.isEmpty ? 0 : cpuTotal * 1e6 / Double(lat.count))) us per op in total)")
+            lines.append("replica CPU s: " + cpu.map { "\($0.0) \(f($0.1))" }.joined(separator: ", ") + "  (\(Int(cpuPerOp)) us per op in total)")
+        }
+        if !rss.isEmpty {
+            lines.append("replica RSS MiB: " + rss.map { "\($0.0) \(f(Double($0.1) / 1_048_576))" }.joined(separator: ", "))
         }
         return lines.joined(separator: "\n")
     }

@@ -62,10 +62,14 @@ extension Bench {
         let registerTime = Self.seconds(clock.now - t0)
         let missing = registered.filter(\.isEmpty).count
         let reg = registration.summaries()
-        print("fleet: \(n) nodes, TTL \(ttlSeconds) s, each renewing every \(String(format: "%.1f", period)) s (\(Int(Double(n) / period)) renewals/s), \(connections) connections, \(Int(measured)) s")
-        print("registered \(n - missing) nodes in \(String(format: "%.1f", registerTime)) s (\(Int(Double(n - missing) / registerTime)) acquires/s; acquire latency ms: \(reg.all.line))")
+        // With --json, only the JSON object goes to stdout.
+        let say: (String) -> Void = { [json] line in
+            if json { FileHandle.standardError.write(Data((line + "\n").utf8)) } else { print(line) }
+        }
+        say("fleet: \(n) nodes, TTL \(ttlSeconds) s, each renewing every \(String(format: "%.1f", period)) s (\(Int(Double(n) / period)) renewals/s), \(connections) connections, \(Int(measured)) s")
+        say("registered \(n - missing) nodes in \(String(format: "%.1f", registerTime)) s (\(Int(Double(n - missing) / registerTime)) acquires/s; acquire latency ms: \(reg.all.line))")
         guard missing == 0 else {
-            print("could not register \(missing) nodes: " + reg.errors.map { "\($0.key): \($0.value)" }.sorted().joined(separator: ", "))
+            say("could not register \(missing) nodes: " + reg.errors.map { "\($0.key): \($0.value)" }.sorted().joined(separator: ", "))
             throw ExitCode(1)
         }
 

@@ -1,5 +1,5 @@
 /// A sorted set kept as a list of short sorted arrays. Insert and remove move at most one
-/// chunk (`chunkLimit` elements) and a binary search over the chunks' first elements, so their
+/// chunk (at most 2 × `chunkLimit` elements) and a binary search over the chunks' first elements, so their
 /// cost does not grow with the set the way a single sorted array's does (a million node IDs in
 /// one array made every insert below the top a 4 MB move). Iteration is in ascending order.
 public struct SortedChunks<Element: Comparable & Sendable>: Sendable, Sequence, Equatable {

@@ -326,7 +326,9 @@ enum HTTP1 {
     }
 
     /// Connects, runs `body` with the connection, closes it.
-    static func withConnection<T: Sendable>(host: String, port: Int, _ body: (inout Session) async throws -> T) async throws -> T {
+    static func withConnection<T: Sendable>(
+        host: String, port: Int, readTimeout: TimeAmount = .seconds(5), _ body: (inout Session) async throws -> T
+    ) async throws -> T {
         let (tls, token) = security.withLockedValue { $0 }
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -336,7 +338,7 @@ enum HTTP1 {
                     // No byte for this long while open: the connection is closed, and a
                     // request waiting on it fails instead of hanging.
                     if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: nil)) }
-                    try channel.pipeline.syncOperations.addHandlers([IdleStateHandler(readTimeout: .seconds(5)), CloseWhenIdle()])
+                    try channel.pipeline.syncOperations.addHandlers([IdleStateHandler(readTimeout: readTimeout), CloseWhenIdle()])
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
                     return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
                 }

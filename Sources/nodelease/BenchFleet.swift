@@ -1,13 +1,16 @@
 import ArgumentParser
 import Foundation
 import NIOConcurrencyHelpers
+import NIOCore
 
 /// `nodelease bench --op fleet`: a fleet of `--nodes` mail servers, each with its own lease,
 /// each renewing every TTL/3 on a fixed schedule (open loop: a slow answer does not slow the
 /// schedule down). Latency counts from the instant a renewal was due, not from when a busy
 /// connection got round to sending it, so a cluster (or a client) that falls behind shows in
 /// the percentiles instead of hiding in them. The fleet holds when p99 stays under 50 ms and no
-/// lease expires (a renewal answered 404).
+/// lease expires (a renewal answered 404; from etcd, 200 with no TTL left). Each connection
+/// registers its share and renews what it has registered meanwhile, so a fleet larger than
+/// the cluster can register within a TTL still starts with every lease alive.
 extension Bench {
     func runFleet(write: (String, Int), etcd: Bool) async throws {
         let n = nodes
@@ -17,126 +20,148 @@ extension Bench {
         let measured = duration ?? Double(3 * ttlSeconds)
         let clock = ContinuousClock()
         let pidList = Self.pidList(pids)
-
-        // 1. Register every node (closed loop, all connections).
-        let leases = NIOLockedValueBox<[String]>(Array(repeating: "", count: n))
-        let registration = BenchStats()
-        let t0 = clock.now
-        await withTaskGroup(of: Void.self) { group in
-            for w in 0..<connections {
-                group.addTask {
-                    var i = w
-                    var failures = 0
-                    while i < n && failures < 20 {
-                        do {
-                            try await HTTP1.withConnection(host: write.0, port: write.1) { c in
-                                while i < n {
-                                    let body =
-                                        etcd
-                                        ? Data("{\"TTL\":\(ttlSeconds)}".utf8)
-                                        : Data("{\"hostname\":\"fleet-\(i).example.org\",\"holder\":\"fleet\",\"ttlSeconds\":\(ttlSeconds)}".utf8)
-                                    let sent = clock.now
-                                    let r = try await c.request(.POST, etcd ? "/v3/lease/grant" : "/v1/leases", body)
-                                    let obj = (try? JSONSerialization.jsonObject(with: Data(r.body))) as? [String: Any] ?? [:]
-                                    if r.status == 200, let id = (etcd ? obj["ID"] : obj["leaseId"]) as? String {
-                                        leases.withLockedValue { $0[i] = id }
-                                        registration.record(clock.now - sent, kind: "acquire")
-                                        i += connections
-                                    } else {
-                                        registration.error("acquire: http \(r.status)")
-                                        failures += 1
-                                        guard failures < 20 else { return }
-                                    }
-                                }
-                            }
-                        } catch {
-                            registration.error("acquire: connection lost or timed out")
-                            failures += 1
-                            try? await Task.sleep(for: .milliseconds(100))
-                        }
-                    }
-                }
-            }
-        }
-        let registered = leases.withLockedValue { $0 }
-        let registerTime = Self.seconds(clock.now - t0)
-        let missing = registered.filter(\.isEmpty).count
-        let reg = registration.summaries()
         // With --json, only the JSON object goes to stdout.
         let say: (String) -> Void = { [json] line in
             if json { FileHandle.standardError.write(Data((line + "\n").utf8)) } else { print(line) }
         }
-        say("fleet: \(n) nodes, TTL \(ttlSeconds) s, each renewing every \(String(format: "%.1f", period)) s (\(Int(Double(n) / period)) renewals/s), \(connections) connections, \(Int(measured)) s")
-        say("registered \(n - missing) nodes in \(String(format: "%.1f", registerTime)) s (\(Int(Double(n - missing) / registerTime)) acquires/s; acquire latency ms: \(reg.all.line))")
-        guard missing == 0 else {
-            say("could not register \(missing) nodes: " + reg.errors.map { "\($0.key): \($0.value)" }.sorted().joined(separator: ", "))
-            throw ExitCode(1)
-        }
 
-        // 2. Renew on schedule. Node i is due at start + period * i / n, then every period.
+        // One loop per connection registers its share of the nodes and, between
+        // registrations, renews those already registered when they are due, so no lease waits
+        // for the whole fleet to register. Node i renews at phase i/n of the period (the fleet
+        // spread evenly, as in steady state), first within a period of its registration.
+        // Renewals are measured once every connection has registered its share.
+        let registration = BenchStats()
         let fromSchedule = BenchStats()
         let service = BenchStats()
         let expired = NIOLockedValueBox<Set<Int>>([])
-        let start = clock.now + .milliseconds(200)
-        let end = start + .milliseconds(Int(measured * 1000))
-        let cpuBefore = Self.cpuSeconds(pids: pidList)
+        let missing = NIOLockedValueBox(0)
+        // Set when the last connection has registered its share: (measuring from, until).
+        let window = NIOLockedValueBox<(start: ContinuousClock.Instant, end: ContinuousClock.Instant)?>(nil)
+        let registering = NIOLockedValueBox(connections)
+        let t0 = clock.now
+        let readTimeout = TimeAmount.milliseconds(Int64((period + 5) * 1000))
         let progress = Task {
-            while clock.now < end {
+            while !Task.isCancelled {
                 guard (try? await Task.sleep(for: .seconds(1))) != nil else { break }
+                let (r, _) = registration.counts()
                 let (done, e) = fromSchedule.counts()
-                FileHandle.standardError.write(Data("\r\(done) renewals, \(e) errors   ".utf8))
+                FileHandle.standardError.write(Data("\r\(r) registered, \(done) renewals measured, \(e) errors   ".utf8))
             }
+        }
+        // Replica CPU from the start of the measured window.
+        let cpuBefore = NIOLockedValueBox<[(String, Double)]>([])
+        let sampler = Task {
+            while window.withLockedValue({ $0 }) == nil { try? await Task.sleep(for: .milliseconds(20)) }
+            if let w = window.withLockedValue({ $0 }) { try? await Task.sleep(until: w.start, clock: .continuous) }
+            cpuBefore.withLockedValue { $0 = Self.cpuSeconds(pids: pidList) }
         }
         await withTaskGroup(of: Void.self) { group in
             for w in 0..<connections {
                 group.addTask {
                     let mine = Array(stride(from: w, to: n, by: connections))
-                    guard !mine.isEmpty else { return }
-                    var round = 0
-                    var k = 0
-                    func due() -> ContinuousClock.Instant {
-                        start + .nanoseconds(Int64((period * (Double(mine[k]) / Double(n) + Double(round)) * 1e9).rounded()))
+                    var ids = [String](repeating: "", count: mine.count)
+                    var next = 0
+                    var due = DueQueue()
+                    var failures = 0
+                    func finishRegistering() {
+                        let last = registering.withLockedValue { left -> Bool in
+                            left -= 1
+                            return left == 0
+                        }
+                        if last {
+                            let start = clock.now + .milliseconds(200)
+                            window.withLockedValue { $0 = (start, start + .milliseconds(Int64(measured * 1000))) }
+                        }
                     }
-                    while due() < end {
+                    if mine.isEmpty { finishRegistering() }
+                    while true {
+                        if next == mine.count && due.isEmpty { return }
                         do {
-                            try await HTTP1.withConnection(host: write.0, port: write.1) { c in
+                            try await HTTP1.withConnection(host: write.0, port: write.1, readTimeout: readTimeout) { c in
                                 while true {
-                                    let at = due()
-                                    guard at < end else { return }
-                                    if clock.now < at { try? await Task.sleep(until: at, clock: .continuous) }
-                                    let i = mine[k]
-                                    let id = registered[i]
-                                    let sent = clock.now
-                                    let r = try await c.request(
-                                        .POST, etcd ? "/v3/lease/keepalive" : "/v1/leases/\(id)/renew", etcd ? Data("{\"ID\":\"\(id)\"}".utf8) : nil)
-                                    let answered = clock.now
-                                    if r.status == 200 {
-                                        fromSchedule.record(answered - at, kind: "renew")
-                                        service.record(answered - sent, kind: "renew")
-                                    } else if r.status == 404 {
-                                        expired.withLockedValue { _ = $0.insert(i) }
-                                        fromSchedule.error("404 (lease expired)")
+                                    let now = clock.now
+                                    let measuring = window.withLockedValue { $0 }
+                                    if let top = due.first, top.at <= now || next == mine.count {
+                                        if let measuring, top.at >= measuring.end { return }
+                                        if now < top.at { try? await Task.sleep(until: top.at, clock: .continuous) }
+                                        due.removeFirst()
+                                        due.insert(at: top.at + .nanoseconds(Int64(period * 1e9)), k: top.k)
+                                        let sent = clock.now
+                                        let id = ids[top.k]
+                                        let r = try await c.request(
+                                            .POST, etcd ? "/v3/lease/keepalive" : "/v1/leases/\(id)/renew", etcd ? Data("{\"ID\":\"\(id)\"}".utf8) : nil)
+                                        let answered = clock.now
+                                        let counted = window.withLockedValue { $0 }.map { top.at >= $0.start } ?? false
+                                        if r.status == 200 && !(etcd && Self.etcdKeepaliveExpired(r.body)) {
+                                            if counted {
+                                                fromSchedule.record(answered - top.at, kind: "renew")
+                                                service.record(answered - sent, kind: "renew")
+                                            }
+                                        } else if r.status == 404 || r.status == 200 {
+                                            // 404 from us; 200 with no TTL left from etcd.
+                                            expired.withLockedValue { _ = $0.insert(mine[top.k]) }
+                                            fromSchedule.error("lease expired")
+                                        } else {
+                                            fromSchedule.error("renew: http \(r.status)")
+                                        }
+                                    } else if next < mine.count {
+                                        let i = mine[next]
+                                        let body =
+                                            etcd
+                                            ? Data("{\"TTL\":\(ttlSeconds)}".utf8)
+                                            : Data("{\"hostname\":\"fleet-\(i).example.org\",\"holder\":\"fleet\",\"ttlSeconds\":\(ttlSeconds)}".utf8)
+                                        let sent = clock.now
+                                        let r = try await c.request(.POST, etcd ? "/v3/lease/grant" : "/v1/leases", body)
+                                        let obj = (try? JSONSerialization.jsonObject(with: Data(r.body))) as? [String: Any] ?? [:]
+                                        if r.status == 200, let id = (etcd ? obj["ID"] : obj["leaseId"]) as? String {
+                                            registration.record(clock.now - sent, kind: "acquire")
+                                            ids[next] = id
+                                            due.insert(at: Self.firstRenewal(of: i, n: n, period: period, from: t0, registeredAt: sent), k: next)
+                                            next += 1
+                                        } else {
+                                            registration.error("acquire: http \(r.status)")
+                                            failures += 1
+                                            if failures >= 20 {
+                                                missing.withLockedValue { $0 += mine.count - next }
+                                                next = mine.count
+                                            }
+                                        }
+                                        if next == mine.count { finishRegistering() }
                                     } else {
-                                        fromSchedule.error("http \(r.status)")
+                                        return
                                     }
-                                    k += 1
-                                    if k == mine.count { (k, round) = (0, round + 1) }
                                 }
                             }
+                            return
                         } catch {
-                            fromSchedule.error("connection lost or timed out")
-                            k += 1
-                            if k == mine.count { (k, round) = (0, round + 1) }
+                            (next < mine.count ? registration : fromSchedule).error("connection lost or timed out")
+                            failures += next < mine.count ? 1 : 0
+                            if failures >= 20 && next < mine.count {
+                                missing.withLockedValue { $0 += mine.count - next }
+                                next = mine.count
+                                finishRegistering()
+                            }
                             try? await Task.sleep(for: .milliseconds(100))
                         }
                     }
                 }
             }
         }
+        await sampler.value
+        let registerTime = Self.seconds((window.withLockedValue { $0 }?.start ?? clock.now) - t0) - 0.2
+        let reg = registration.summaries()
+        let lostNodes = missing.withLockedValue { $0 }
+        say("fleet: \(n) nodes, TTL \(ttlSeconds) s, each renewing every \(String(format: "%.1f", period)) s (\(Int(Double(n) / period)) renewals/s), \(connections) connections, \(Int(measured)) s")
+        say("registered \(n - lostNodes) nodes in \(String(format: "%.1f", registerTime)) s (\(Int(Double(n - lostNodes) / registerTime)) acquires/s, renewing those registered meanwhile; acquire latency ms: \(reg.all.line))")
+        guard lostNodes == 0 else {
+            progress.cancel()
+            say("could not register \(lostNodes) nodes: " + reg.errors.map { "\($0.key): \($0.value)" }.sorted().joined(separator: ", "))
+            throw ExitCode(1)
+        }
         progress.cancel()
         FileHandle.standardError.write(Data("\r".utf8))
         let cpuAfter = Self.cpuSeconds(pids: pidList)
-        let cpu = zip(cpuBefore, cpuAfter).map { ($0.0, max(0, $1.1 - $0.1)) }
+        let cpu = zip(cpuBefore.withLockedValue { $0 }, cpuAfter).map { ($0.0, max(0, $1.1 - $0.1)) }
         let renewals = fromSchedule.summaries()
         let times = service.summaries()
         let lost = expired.withLockedValue { $0.count }
@@ -171,7 +196,67 @@ extension Bench {
         if !holds { throw ExitCode(3) }
     }
 
+    /// The first instant after `registeredAt` at node i's phase (t0 + period × i/n, modulo the
+    /// period): at most a period after its registration.
+    static func firstRenewal(
+        of i: Int, n: Int, period: Double, from t0: ContinuousClock.Instant, registeredAt: ContinuousClock.Instant
+    ) -> ContinuousClock.Instant {
+        let phase = period * Double(i) / Double(n)
+        let since = seconds(registeredAt - t0)
+        let rounds = max(0, ((since - phase) / period).rounded(.up))
+        var at = t0 + .nanoseconds(Int64((phase + rounds * period) * 1e9))
+        if at <= registeredAt { at = at + .nanoseconds(Int64(period * 1e9)) }
+        return at
+    }
+
+    /// etcd answers a keepalive of an expired lease with 200 and no TTL left.
+    static func etcdKeepaliveExpired(_ body: [UInt8]) -> Bool {
+        guard let obj = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any] else { return true }
+        let result = obj["result"] as? [String: Any] ?? obj
+        guard let ttl = result["TTL"] else { return true }
+        return (Int("\(ttl)") ?? 0) <= 0
+    }
+
     static func seconds(_ d: Duration) -> Double {
         Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+    }
+}
+
+/// A connection's renewals by the instant they are due (a binary min-heap).
+struct DueQueue {
+    private var heap: [(at: ContinuousClock.Instant, k: Int)] = []
+
+    var isEmpty: Bool { heap.isEmpty }
+    var first: (at: ContinuousClock.Instant, k: Int)? { heap.first }
+
+    private static func less(_ a: (at: ContinuousClock.Instant, k: Int), _ b: (at: ContinuousClock.Instant, k: Int)) -> Bool {
+        a.at != b.at ? a.at < b.at : a.k < b.k
+    }
+
+    mutating func insert(at: ContinuousClock.Instant, k: Int) {
+        heap.append((at, k))
+        var i = heap.count - 1
+        while i > 0 {
+            let p = (i - 1) / 2
+            guard Self.less(heap[i], heap[p]) else { break }
+            heap.swapAt(i, p)
+            i = p
+        }
+    }
+
+    mutating func removeFirst() {
+        heap.swapAt(0, heap.count - 1)
+        heap.removeLast()
+        var i = 0
+        while true {
+            let l = 2 * i + 1
+            let r = l + 1
+            var m = i
+            if l < heap.count && Self.less(heap[l], heap[m]) { m = l }
+            if r < heap.count && Self.less(heap[r], heap[m]) { m = r }
+            if m == i { break }
+            heap.swapAt(i, m)
+            i = m
+        }
     }
 }

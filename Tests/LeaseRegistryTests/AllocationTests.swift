@@ -33,7 +33,7 @@ struct AllocationTests {
         for step in 0..<1500 {
             index += 1
             let range = ranges[Int(random.next() % UInt64(ranges.count))]
-            switch random.next() % 8 {
+            switch random.next() % 9 {
             case 0, 1, 2:
                 fresh += 1
                 let expected = Self.expectedID(registry, range: range)
@@ -54,6 +54,16 @@ struct AllocationTests {
                 let id = NodeID(UInt32(1 + random.next() % 45))
                 _ = registry.apply(.retire(nodeID: id, statusIndex: registry.node(id)?.statusIndex ?? 0), now: 1000, index: index)
             case 6: _ = registry.apply(.forget(nodeID: NodeID(UInt32(1 + random.next() % 45))), now: 1000, index: index)
+            case 7 where fresh > 0:
+                // An earlier hostname again, by its holder or another: a stale or inactive
+                // node becomes active (leaving the age indexes), a live one is refused or renewed.
+                let name = "n\(1 + random.next() % UInt64(fresh)).example.org"
+                let holder = random.next() % 2 == 0 ? "h" : "g"
+                if case .success(.lease(let l)) = registry.apply(
+                    .acquire(hostname: name, holder: holder, ttlSeconds: 30, idRange: range), now: 1000, index: index)
+                {
+                    leases.append(l.leaseID)
+                }
             default:
                 // A restart: the derived indexes are rebuilt from a snapshot.
                 registry = try LeaseRegistry(snapshot: registry.snapshot())

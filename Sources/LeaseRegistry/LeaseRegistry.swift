@@ -84,8 +84,8 @@ public struct LeaseRegistry: Sendable {
     /// not scan the registry.
     private var staleByAge = SortedChunks<StatusKey>()
     private var inactiveByAge = SortedChunks<StatusKey>()
-    private var byHostname: [String: NodeID] = [:]
-    private var byLease: [UInt64: NodeID] = [:]
+    private var byHostname = ShardedDictionary<String, NodeID>()
+    private var byLease = ShardedDictionary<UInt64, NodeID>()
     /// The log index of the last command applied.
     public private(set) var appliedIndex: UInt64 = 0
     /// The log index of the last entry that changed any node's ID, hostname or status (a
@@ -100,11 +100,10 @@ public struct LeaseRegistry: Sendable {
     private var cursorLower: UInt64 = 0
     private var cursor: UInt64 = 0
     private var freeBelowCursor = SortedChunks<NodeID>()
-    /// Outcomes of keyed commands by key, and the keys in the order they applied (from
-    /// `rememberedHead` on), which is also the order of their `at`.
-    private var remembered: [IdempotencyKey: Remembered] = [:]
-    private var rememberedOrder: [IdempotencyKey] = []
-    private var rememberedHead = 0
+    /// Outcomes of keyed commands by key, and the keys in the order they applied, which is
+    /// also the order of their `at` (both in pieces: ChunkedStorage.swift).
+    private var remembered = ShardedDictionary<IdempotencyKey, Remembered>()
+    private var rememberedOrder = ChunkedArray<IdempotencyKey>()
     public private(set) var idempotencyWindow = IdempotencyWindow()
     /// Leader time as the log tells it, in nanoseconds: 0 until the first
     /// `configureIdempotency` entry (so every replica starts it at the same index), then
@@ -207,8 +206,7 @@ public struct LeaseRegistry: Sendable {
 
     /// Drops the oldest keys while there are too many or they are older than the window.
     private mutating func forgetExpiredKeys() {
-        while rememberedHead < rememberedOrder.count {
-            let key = rememberedOrder[rememberedHead]
+        while let key = rememberedOrder.first {
             let at = remembered[key]!.at
             var window = idempotencyWindow
             if faults.contains(.forgetKeysEarly) { window = IdempotencyWindow(seconds: window.seconds / 2, maxKeys: window.maxKeys / 2) }
@@ -216,11 +214,7 @@ public struct LeaseRegistry: Sendable {
             let expired = clock != 0 && !overflow && at < clock && clock - at > span
             guard remembered.count > window.maxKeys || expired else { break }
             remembered[key] = nil
-            rememberedHead += 1
-        }
-        if rememberedHead > 1024 && rememberedHead * 2 > rememberedOrder.count {
-            rememberedOrder.removeFirst(rememberedHead)
-            rememberedHead = 0
+            rememberedOrder.removeFirst()
         }
     }
 
@@ -437,7 +431,7 @@ extension LeaseRegistry: Equatable {
 
     /// The remembered outcomes, oldest first.
     var rememberedInOrder: [(IdempotencyKey, Remembered)] {
-        rememberedOrder[rememberedHead...].map { ($0, remembered[$0]!) }
+        rememberedOrder.map { ($0, remembered[$0]!) }
     }
 }
 
@@ -470,7 +464,7 @@ extension LeaseRegistry {
         w.u64(lastStamp.term)
         w.u64(lastStamp.nanos)
         w.u32(UInt32(remembered.count))
-        for key in rememberedOrder[rememberedHead...] {
+        for key in rememberedOrder {
             let m = remembered[key]!
             w.u8(key.origin.rawValue)
             w.string(key.value)

@@ -2,10 +2,11 @@
 /// array. A dictionary of records kept every record inline in each of its buckets, two to
 /// three times the record count (a 112-byte record in a bucket 62 % empty): 65,536 nodes took
 /// 15 MB there, 8 MB here. Slots are reused after a removal; their order never shows (the
-/// registry lists and snapshots by `order`).
+/// registry lists and snapshots by `order`). Both are in pieces (ChunkedStorage.swift), so the
+/// write after a snapshot's copy copies one piece, not the table.
 struct NodeTable: Sendable {
-    private var slots: [NodeID: UInt32] = [:]
-    private var records: [NodeRecord] = []
+    private var slots = ShardedDictionary<NodeID, UInt32>()
+    private var records = ChunkedArray<NodeRecord>()
     private var freeSlots: [UInt32] = []
 
     init() {}
@@ -13,7 +14,6 @@ struct NodeTable: Sendable {
     /// Preallocates room for `n` records (a snapshot's count).
     mutating func reserve(_ n: Int) {
         slots.reserveCapacity(n)
-        records.reserveCapacity(n)
     }
 
     var count: Int { slots.count }

@@ -517,10 +517,17 @@ actor RaftDriver {
             return
         }
         snapshotting = true
-        let copy = core.registry
+        // The copy lives only while it is encoded: while it does, each write here copies the
+        // piece of the registry it changes.
+        let copy = NIOLockedValueBox<LeaseRegistry?>(core.registry)
+        let nodes = core.registry.count
         snapshotQueue.async { [self] in
-            let result = Result { try writer.write(copy.snapshot()) }
-            Task { await self.snapshotWritten(result, nodes: copy.count) }
+            let bytes = copy.withLockedValue { registry in
+                defer { registry = nil }
+                return registry?.snapshot() ?? []
+            }
+            let result = Result { try writer.write(bytes) }
+            Task { await self.snapshotWritten(result, nodes: nodes) }
         }
     }
 

@@ -1,4 +1,4 @@
-import LeaseRegistry
+@testable import LeaseRegistry
 import Raft
 import Testing
 
@@ -194,5 +194,80 @@ struct IdempotencyTests {
         #expect(timed.requestID == 7)
         let keyed = TimedCommand(.renew(leaseID: 42), now: 1000, requestID: 7, key: IdempotencyKey(origin: .client, value: "x"))
         #expect(TimedCommand(decoding: keyed.encoded()) == keyed)
+    }
+}
+
+/// The chunked containers behind the registry, past their chunk sizes (ChunkedStorage.swift).
+struct ChunkedStorageTests {
+    @Test func aWindowOfThousandsOfKeysForgetsTheOldestAndSurvivesASnapshot() throws {
+        var log = IdempotencyTests.Log()
+        log.run(.configureIdempotency(windowSeconds: 600, maxKeys: 1500))
+        let lease = try #require(IdempotencyTests.lease(log.acquire("mx1.example.org", "a", key: "acquire")))
+        for i in 0..<5000 { log.run(.renew(leaseID: lease.leaseID), key: "k\(i)") }
+        #expect(log.registry.rememberedKeys == 1500)
+        let restored = try LeaseRegistry(snapshot: log.registry.snapshot())
+        #expect(restored == log.registry)
+        for var replica in [log, IdempotencyTests.Log(registry: restored, index: log.index)] {
+            // The newest 1500 replay; the ones before them apply again.
+            #expect(replica.run(.renew(leaseID: lease.leaseID), key: "k4999").replayed)
+            #expect(replica.run(.renew(leaseID: lease.leaseID), key: "k3500").replayed)
+            #expect(replica.run(.renew(leaseID: lease.leaseID), key: "k3499").replayed == false)
+            #expect(replica.run(.renew(leaseID: lease.leaseID), key: "k0").replayed == false)
+        }
+    }
+
+    @Test func chunkedArrayMatchesAnArrayAcrossChunks() {
+        var random = DeterministicGenerator(seed: 11)
+        var chunked = ChunkedArray<Int>()
+        var reference: [Int] = []
+        for step in 0..<20_000 {
+            switch random.next() % 10 {
+            case 0..<6:
+                chunked.append(step)
+                reference.append(step)
+            case 6..<9 where !reference.isEmpty:
+                chunked.removeFirst()
+                reference.removeFirst()
+            case 9 where !reference.isEmpty:
+                let i = Int(random.next() % UInt64(reference.count))
+                chunked[i] = -step
+                reference[i] = -step
+            default: break
+            }
+            if step % 500 == 0 || reference.count < 3 {
+                #expect(Array(chunked) == reference)
+                #expect(chunked.count == reference.count)
+                #expect(chunked.first == reference.first)
+            }
+        }
+        // Emptied across several chunk boundaries, then used again.
+        while !reference.isEmpty {
+            chunked.removeFirst()
+            reference.removeFirst()
+        }
+        #expect(chunked.isEmpty && Array(chunked).isEmpty)
+        chunked.append(7)
+        #expect(Array(chunked) == [7])
+    }
+
+    @Test func shardedDictionaryMatchesADictionary() {
+        var random = DeterministicGenerator(seed: 12)
+        var sharded = ShardedDictionary<UInt64, Int>()
+        var strings = ShardedDictionary<String, Int>()
+        var reference: [UInt64: Int] = [:]
+        for step in 0..<20_000 {
+            let k = random.next() % 3000
+            if random.next() % 3 == 0 {
+                #expect(sharded.removeValue(forKey: k) == reference.removeValue(forKey: k))
+                strings["s\(k)"] = nil
+            } else {
+                sharded[k] = step
+                strings["s\(k)"] = step
+                reference[k] = step
+            }
+            #expect(sharded[k] == reference[k])
+            #expect(strings["s\(k)"] == reference[k])
+        }
+        #expect(sharded.count == reference.count && strings.count == reference.count)
     }
 }

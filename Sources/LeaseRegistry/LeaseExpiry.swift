@@ -1,3 +1,5 @@
+import Raft
+
 /// The leader's view of lease deadlines. Pure: time comes in as arguments (the leader's
 /// monotonic clock in nanoseconds for deadlines, its wall clock in seconds for retention), and
 /// the output is commands to propose.
@@ -48,7 +50,7 @@ public struct LeaseExpiry: Sendable {
     public private(set) var isReady = false
     private var deadlines: [UInt64: Deadline] = [:]
     /// Min-heap of (deadline, lease id); entries that no longer match `deadlines` are skipped.
-    private var heap: [(at: UInt64, lease: UInt64)] = []
+    private var heap = MinHeap<Due>()
     private var inFlight: [UInt64: UInt64] = [:]
     private var retiresInFlight: [NodeID: UInt64] = [:]
     private var lastRetireScan: UInt64?
@@ -76,7 +78,7 @@ public struct LeaseExpiry: Sendable {
         isLeader = false
         isReady = false
         deadlines = [:]
-        heap = []
+        heap = MinHeap()
         inFlight = [:]
         retiresInFlight = [:]
         lastRetireScan = nil
@@ -122,7 +124,7 @@ public struct LeaseExpiry: Sendable {
         guard isLeader && isReady && hasQuorum else { return [] }
         var out: [TimedCommand] = []
         var retry: [(UInt64, UInt64)] = []
-        while out.count < config.maxCommandsPerTick, let top = heap.first, top.at <= now {
+        while out.count < config.maxCommandsPerTick, let top = heap.min, top.at <= now {
             popMin()
             guard let d = deadlines[top.lease], d.at == top.at else { continue }  // superseded
             if let sent = inFlight[top.lease], now < sent + config.retryNanos {
@@ -161,36 +163,15 @@ public struct LeaseExpiry: Sendable {
         return out
     }
 
-    // MARK: Heap
+    private mutating func push(_ item: (at: UInt64, lease: UInt64)) { heap.insert(Due(at: item.at, lease: item.lease)) }
 
-    private static func less(_ a: (at: UInt64, lease: UInt64), _ b: (at: UInt64, lease: UInt64)) -> Bool {
-        a.at != b.at ? a.at < b.at : a.lease < b.lease
-    }
+    private mutating func popMin() { heap.removeMin() }
 
-    private mutating func push(_ item: (at: UInt64, lease: UInt64)) {
-        heap.append(item)
-        var i = heap.count - 1
-        while i > 0 {
-            let p = (i - 1) / 2
-            guard Self.less(heap[i], heap[p]) else { break }
-            heap.swapAt(i, p)
-            i = p
-        }
-    }
+    /// A deadline in the heap, ordered by instant, then lease.
+    struct Due: Comparable, Sendable {
+        var at: UInt64
+        var lease: UInt64
 
-    private mutating func popMin() {
-        heap.swapAt(0, heap.count - 1)
-        heap.removeLast()
-        var i = 0
-        while true {
-            let l = 2 * i + 1
-            let r = l + 1
-            var m = i
-            if l < heap.count && Self.less(heap[l], heap[m]) { m = l }
-            if r < heap.count && Self.less(heap[r], heap[m]) { m = r }
-            if m == i { break }
-            heap.swapAt(i, m)
-            i = m
-        }
+        static func < (a: Due, b: Due) -> Bool { a.at != b.at ? a.at < b.at : a.lease < b.lease }
     }
 }

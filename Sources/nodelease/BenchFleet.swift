@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
+import Raft
 
 /// `nodelease bench --op fleet`: a fleet of `--nodes` mail servers, each with its own lease,
 /// each renewing every TTL/3 on a fixed schedule (open loop: a slow answer does not slow the
@@ -61,7 +62,7 @@ extension Bench {
                     let mine = Array(stride(from: w, to: n, by: connections))
                     var ids = [String](repeating: "", count: mine.count)
                     var next = 0
-                    var due = DueQueue()
+                    var due = MinHeap<FleetDue>()
                     var failures = 0
                     func finishRegistering() {
                         let last = registering.withLockedValue { left -> Bool in
@@ -81,11 +82,11 @@ extension Bench {
                                 while true {
                                     let now = clock.now
                                     let measuring = window.withLockedValue { $0 }
-                                    if let top = due.first, top.at <= now || next == mine.count {
+                                    if let top = due.min, top.at <= now || next == mine.count {
                                         if let measuring, top.at >= measuring.end { return }
                                         if now < top.at { try? await Task.sleep(until: top.at, clock: .continuous) }
-                                        due.removeFirst()
-                                        due.insert(at: top.at + .nanoseconds(Int64(period * 1e9)), k: top.k)
+                                        due.removeMin()
+                                        due.insert(FleetDue(at: top.at + .nanoseconds(Int64(period * 1e9)), k: top.k))
                                         let sent = clock.now
                                         let id = ids[top.k]
                                         let r = try await c.request(
@@ -116,7 +117,7 @@ extension Bench {
                                         if r.status == 200, let id = (etcd ? obj["ID"] : obj["leaseId"]) as? String {
                                             registration.record(clock.now - sent, kind: "acquire")
                                             ids[next] = id
-                                            due.insert(at: Self.firstRenewal(of: i, n: n, period: period, from: t0, registeredAt: sent), k: next)
+                                            due.insert(FleetDue(at: Self.firstRenewal(of: i, n: n, period: period, from: t0, registeredAt: sent), k: next))
                                             next += 1
                                         } else {
                                             registration.error("acquire: http \(r.status)")
@@ -222,41 +223,10 @@ extension Bench {
     }
 }
 
-/// A connection's renewals by the instant they are due (a binary min-heap).
-struct DueQueue {
-    private var heap: [(at: ContinuousClock.Instant, k: Int)] = []
+/// A renewal due: when, and which of the connection's nodes.
+struct FleetDue: Comparable, Sendable {
+    var at: ContinuousClock.Instant
+    var k: Int
 
-    var isEmpty: Bool { heap.isEmpty }
-    var first: (at: ContinuousClock.Instant, k: Int)? { heap.first }
-
-    private static func less(_ a: (at: ContinuousClock.Instant, k: Int), _ b: (at: ContinuousClock.Instant, k: Int)) -> Bool {
-        a.at != b.at ? a.at < b.at : a.k < b.k
-    }
-
-    mutating func insert(at: ContinuousClock.Instant, k: Int) {
-        heap.append((at, k))
-        var i = heap.count - 1
-        while i > 0 {
-            let p = (i - 1) / 2
-            guard Self.less(heap[i], heap[p]) else { break }
-            heap.swapAt(i, p)
-            i = p
-        }
-    }
-
-    mutating func removeFirst() {
-        heap.swapAt(0, heap.count - 1)
-        heap.removeLast()
-        var i = 0
-        while true {
-            let l = 2 * i + 1
-            let r = l + 1
-            var m = i
-            if l < heap.count && Self.less(heap[l], heap[m]) { m = l }
-            if r < heap.count && Self.less(heap[r], heap[m]) { m = r }
-            if m == i { break }
-            heap.swapAt(i, m)
-            i = m
-        }
-    }
+    static func < (a: FleetDue, b: FleetDue) -> Bool { a.at != b.at ? a.at < b.at : a.k < b.k }
 }

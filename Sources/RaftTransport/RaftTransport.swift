@@ -90,6 +90,8 @@ public final class RaftTransport: Sendable {
     /// Replicas removed from the cluster: refused for good.
     let removed = NIOLockedValueBox<Set<ReplicaID>>([])
     let started = NIOLockedValueBox(false)
+    /// `shutdown` has begun: no connection is admitted any more.
+    let stopping = NIOLockedValueBox(false)
     let inbound = NIOLockedValueBox<[ReplicaID: (incarnation: UInt64, channel: any Channel, directory: UInt64, client: String)]>([:])
     /// Extra admission check (the server refuses replicas whose data directory was replaced).
     let checkPeer = NIOLockedValueBox<(@Sendable (ReplicaID, UInt64) -> String?)?>(nil)
@@ -307,10 +309,14 @@ public final class RaftTransport: Sendable {
     /// Closes every connection and the listener; no redialing afterwards.
     public func shutdown() async {
         started.withLockedValue { $0 = false }
+        stopping.withLockedValue { $0 = true }
+        // The listener first: a peer whose connection closes below redials at once, and
+        // must not be accepted again meanwhile (it then stayed connected to a replica that
+        // had stopped). A hello admitted from now on is refused (see `admit`).
+        if let s = server.withLockedValue({ $0 }) { try? await s.close() }
         for link in links.withLockedValue({ Array($0.values) }) { link.stop() }
         let channels = inbound.withLockedValue { $0.values.map(\.channel) }
         for c in channels { try? await c.close() }
-        if let s = server.withLockedValue({ $0 }) { try? await s.close() }
     }
 
     // MARK: Accepting side
@@ -342,13 +348,23 @@ public final class RaftTransport: Sendable {
         if link(from) == nil && !learnPeer(from, address: peer) {
             return ("member", "replica \(from) is not a member of this cluster as this replica knows it")
         }
-        return inbound.withLockedValue { conns in
+        let refusal: (kind: String, reason: String)? = inbound.withLockedValue { conns in
             if let existing = conns[from], existing.incarnation != incarnation, existing.channel.isActive {
                 return ("duplicate", "replica \(from) is already connected from another process (two replicas share id \(from))")
             }
             conns[from] = (incarnation, channel, directory, client)
             return nil
         }
+        // Checked after the connection is recorded: `shutdown` sets `stopping` before it
+        // reads the connections to close, so one admitted meanwhile is either closed there
+        // or refused here.
+        if refusal == nil && stopping.withLockedValue({ $0 }) {
+            inbound.withLockedValue { conns in
+                if conns[from]?.channel === channel { conns[from] = nil }
+            }
+            return ("stopping", "this replica is shutting down")
+        }
+        return refusal
     }
 
     func inboundClosed(_ from: ReplicaID, channel: any Channel) {

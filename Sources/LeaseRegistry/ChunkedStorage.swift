@@ -7,9 +7,9 @@
 // waited out. Split in pieces, a write copies only the piece it touches.
 
 /// How a key picks its shard: integer keys by their low bits (dense IDs spread evenly, and
-/// the key is hashed once, inside its shard), others by their hash (within this process
-/// only: nothing iterates the shards, so their order never reaches a decision, a snapshot or
-/// the log).
+/// the key is hashed once, inside its shard), strings by a fixed hash of their bytes (FNV-1a:
+/// not Swift's per-process seeded `hashValue`, so the registry's layout, like its contents,
+/// is the same on every replica and every run).
 protocol ShardKey: Hashable, Sendable {
     var shardBits: Int { get }
 }
@@ -23,11 +23,15 @@ extension NodeID: ShardKey {
 }
 
 extension String: ShardKey {
-    var shardBits: Int { hashValue }
+    var shardBits: Int {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return Int(truncatingIfNeeded: h ^ (h >> 32))
+    }
 }
 
 extension IdempotencyKey: ShardKey {
-    var shardBits: Int { hashValue }
+    var shardBits: Int { value.shardBits ^ Int(origin.rawValue) }
 }
 
 /// A dictionary in 64 shards (a power of two: the shard is the key's low bits).

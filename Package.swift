@@ -106,7 +106,7 @@ let package = Package(
         .executableTarget(
             name: "nodelease",
             dependencies: [
-                "NodeLeaseServer", "NodeLeaseClient", "Raft", "RaftTransport", "CNodeLeaseShims",
+                "NodeLeaseServer", "NodeLeaseClient", "Raft", "RaftTransport", "RaftStorage", "LeaseRegistry", "CNodeLeaseShims",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -155,7 +155,7 @@ let package = Package(
         .testTarget(
             name: "NodeLeaseServerTests",
             dependencies: [
-                "NodeLeaseServer", "NodeLeaseClient", "Raft", "RaftTransport", "nodelease", "JepsenCheckers", "TestSupport",
+                "NodeLeaseServer", "NodeLeaseClient", "Raft", "RaftTransport", "RaftStorage", "LeaseRegistry", "nodelease", "JepsenCheckers", "TestSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -20,6 +20,7 @@ public struct PlantedBug: Sendable, Hashable {
         PlantedBug(name: "no-dedup", nemesis: "kill,partition", checkers: ["idempotency", "linearizability", "lease-safety", "indexed-reads"]),
         PlantedBug(name: "reacquire-new-lease", nemesis: "none", checkers: ["linearizability"]),
         PlantedBug(name: "retire-at-once", nemesis: "none", checkers: ["linearizability"]),
+        PlantedBug(name: "early-cluster-version", nemesis: "upgrade", checkers: ["cluster-version"]),
     ]
 
     public static func named(_ name: String) -> PlantedBug? { all.first { $0.name == name } }

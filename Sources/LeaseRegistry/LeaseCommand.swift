@@ -20,12 +20,15 @@ public enum LeaseCommand: Sendable, Hashable {
     /// "Exactly once"). Decided in the log, so every replica evicts the same keys at the
     /// same index; the leader proposes it when its configuration differs from the registry's.
     case configureIdempotency(windowSeconds: UInt64, maxKeys: UInt32)
+    /// The cluster version moves up to `version` (ClusterVersion.swift): proposed by the
+    /// leader once every member supports it. Cluster version 2 and later only.
+    case setClusterVersion(UInt32)
 
     /// Whether a client asked for this change (and so it may carry an idempotency key).
     public var isClientWrite: Bool {
         switch self {
         case .acquire, .renew, .release, .forget: true
-        case .expire, .retire, .registerReplica, .configureIdempotency: false
+        case .expire, .retire, .registerReplica, .configureIdempotency, .setClusterVersion: false
         }
     }
 }
@@ -73,6 +76,31 @@ public struct TimedCommand: Sendable, Hashable {
         }
         command.encode(now: now, into: &w)
         return w.bytes
+    }
+
+    /// Why an entry payload is of a format this build does not know, a version or a command
+    /// kind a newer build wrote (`supported`: the newest cluster version the replica supports,
+    /// lower for a replica that plays an older build); nil for one it knows (whether it
+    /// decodes or is malformed). A
+    /// replica must stop at such an entry, never apply it as malformed: the replicas that know
+    /// it apply it for real, and the states would part.
+    public static func unknownFormat(_ bytes: [UInt8], supporting supported: UInt32 = ClusterVersion.newest) -> String? {
+        guard let version = bytes.first else { return nil }
+        if version > Self.version {
+            return "registry command format version \(version) is unknown to this build (it reads versions 1 to \(Self.version))"
+        }
+        guard version >= 1 else { return nil }
+        var r = ByteReader(bytes, at: 1)
+        guard let kind = try? { () throws -> UInt8 in
+            _ = try r.u64()
+            if version >= 2 {
+                _ = try r.u64()
+                if try r.u8() != 0 { _ = try r.string() }
+            }
+            return try r.u8()
+        }() else { return nil }
+        let known = ClusterVersion.commandKinds(supported)
+        return known.contains(kind) ? nil : "registry command kind \(kind) is unknown to this build (it knows kinds \(known))"
     }
 
     /// Decodes an entry payload; nil for anything malformed or of an unknown version.
@@ -175,6 +203,10 @@ extension LeaseCommand {
             w.u64(now)
             w.u64(window)
             w.u32(maxKeys)
+        case .setClusterVersion(let version):
+            w.u8(9)
+            w.u64(now)
+            w.u32(version)
         }
     }
 
@@ -199,6 +231,7 @@ extension LeaseCommand {
         case 6: command = .forget(nodeID: NodeID(try r.u32()))
         case 7: command = .registerReplica(replica: try r.u64(), dataDirectoryID: try r.u64())
         case 8: command = .configureIdempotency(windowSeconds: try r.u64(), maxKeys: try r.u32())
+        case 9: command = .setClusterVersion(try r.u32())
         default: return nil
         }
         return (command, now)

@@ -6,6 +6,8 @@ public enum LeaseReply: Sendable, Hashable {
     case lease(Lease)
     /// release, expire, retire or forget: the node as it is now (for forget: as it was).
     case node(NodeRecord)
+    /// setClusterVersion: the cluster version now in force.
+    case clusterVersion(UInt32)
     /// registerReplica: the directory recorded for the replica.
     case replica(replica: UInt64, dataDirectoryID: UInt64)
     /// configureIdempotency: the window now in force.
@@ -105,6 +107,8 @@ public struct LeaseRegistry: Sendable {
     private var remembered = ShardedDictionary<IdempotencyKey, Remembered>()
     private var rememberedOrder = ChunkedArray<IdempotencyKey>()
     public private(set) var idempotencyWindow = IdempotencyWindow()
+    /// The cluster version agreed through the log (ClusterVersion.swift); 1 until raised.
+    public private(set) var clusterVersion: UInt32 = 1
     /// Leader time as the log tells it, in nanoseconds: 0 until the first
     /// `configureIdempotency` entry (so every replica starts it at the same index), then
     /// moved by the monotonic time between consecutive stamped entries of one term (one
@@ -256,6 +260,10 @@ public struct LeaseRegistry: Sendable {
                 // The first directory seen is the one that counts.
                 if replicaDirectories[replica] == nil { replicaDirectories[replica] = dir }
                 return .success(.replica(replica: replica, dataDirectoryID: replicaDirectories[replica]!))
+            case .setClusterVersion(let version):
+                // Only up: a late or repeated proposal of a lower one changes nothing.
+                clusterVersion = max(clusterVersion, version)
+                return .success(.clusterVersion(clusterVersion))
             case .configureIdempotency(let seconds, let maxKeys):
                 guard seconds >= 1, maxKeys >= 1 else {
                     throw LeaseError.invalid(field: "idempotency", message: "the window and the key limit must be at least 1")
@@ -441,16 +449,19 @@ extension LeaseRegistry {
     static let snapshotMagic: [UInt8] = Array("NLREG".utf8)
     /// Version 3 added the idempotency keys, version 4 the registry index; versions 2 and 3
     /// still load (with no keys; with the applied index as the registry index, which may wake
-    /// a watcher once for nothing but never lets one miss a change).
-    static let snapshotVersion: UInt8 = 4
+    /// a watcher once for nothing but never lets one miss a change). Version 5 (cluster
+    /// version 2 on) adds the cluster version; a registry still at cluster version 1 is
+    /// written as version 4, which every replica of the first release reads.
+    static let snapshotVersion: UInt8 = 5
 
     /// The whole registry in a compact, versioned binary form with a CRC-32C checksum.
     public func snapshot() -> [UInt8] {
         var w = ByteWriter(capacity: 64 + order.count * 96)
         w.bytes.append(contentsOf: Self.snapshotMagic)
-        w.u8(Self.snapshotVersion)
+        w.u8(clusterVersion >= 2 ? 5 : 4)
         w.u64(appliedIndex)
         w.u64(registryIndex)
+        if clusterVersion >= 2 { w.u32(clusterVersion) }
         w.u32(UInt32(order.count))
         for id in order { w.record(nodes[id]!) }
         w.u32(UInt32(replicaDirectories.count))
@@ -477,16 +488,47 @@ extension LeaseRegistry {
         return w.bytes
     }
 
-    public enum SnapshotError: Error, Equatable {
-        case badMagic, unknownVersion(UInt8), checksumMismatch, malformed(String)
+    /// This registry as the first state of a cluster restored from a backup of it
+    /// (`nodelease snapshot restore`), whose log starts at `index`: applied there, with a
+    /// registry index there too (so a watcher of the old cluster starts again), and no data
+    /// directories recorded (the restored replicas' directories are new; the old ones' ids must
+    /// not refuse them). Nodes, leases, the ID cursor and the idempotency window are kept.
+    public mutating func rebase(restoredAt index: UInt64) {
+        precondition(index >= appliedIndex, "a restored log starts at or after the backup's index")
+        appliedIndex = index
+        registryIndex = index
+        replicaDirectories = [:]
     }
 
-    /// Rebuilds a registry from `snapshot()` output; throws on any damage.
-    public init(snapshot bytes: [UInt8]) throws {
+    public enum SnapshotError: Error, Equatable, CustomStringConvertible {
+        case badMagic, unknownVersion(UInt8, known: ClosedRange<UInt8>), checksumMismatch, malformed(String)
+
+        public var description: String {
+            switch self {
+            case .badMagic: "not a registry snapshot"
+            case .unknownVersion(let v, let known):
+                "registry snapshot format version \(v) is unknown to this build (it reads versions \(known.lowerBound) to \(known.upperBound))"
+            case .checksumMismatch: "registry snapshot checksum mismatch"
+            case .malformed(let why): "registry snapshot does not decode: \(why)"
+            }
+        }
+    }
+
+    /// Where a snapshot's version byte is, for messages.
+    public static let snapshotVersionOffset = snapshotMagic.count
+
+    /// Rebuilds a registry from `snapshot()` output; throws on any damage, and on a version a
+    /// build supporting cluster versions up to `supported` does not read.
+    public init(snapshot bytes: [UInt8], supporting supported: UInt32 = ClusterVersion.newest) throws {
+        let known = ClusterVersion.snapshotVersions(supported)
         self.init()
         guard bytes.isEmpty == false else { return }
         guard bytes.count >= Self.snapshotMagic.count + 1 + 8 + 4 + 4, Array(bytes.prefix(Self.snapshotMagic.count)) == Self.snapshotMagic else {
             throw SnapshotError.badMagic
+        }
+        // The version before the checksum: a later format may place its checksum elsewhere.
+        guard known.contains(bytes[Self.snapshotVersionOffset]) else {
+            throw SnapshotError.unknownVersion(bytes[Self.snapshotVersionOffset], known: known)
         }
         let body = bytes.count - 4
         var tail = ByteReader(bytes, at: body)
@@ -494,9 +536,12 @@ extension LeaseRegistry {
         var r = ByteReader(Array(bytes[0..<body]), at: Self.snapshotMagic.count)
         do {
             let version = try r.u8()
-            guard (2...Self.snapshotVersion).contains(version) else { throw SnapshotError.unknownVersion(version) }
             appliedIndex = try r.u64()
             registryIndex = version >= 4 ? try r.u64() : appliedIndex
+            if version >= 5 {
+                clusterVersion = try r.u32()
+                guard clusterVersion >= 2 else { throw SnapshotError.malformed("cluster version \(clusterVersion) in a version 5 snapshot") }
+            }
             guard registryIndex <= appliedIndex else { throw SnapshotError.malformed("registry index beyond the applied index") }
             let n = Int(try r.u32())
             nodes.reserve(min(n, r.remaining / 69))  // 69: the smallest encoded record
@@ -594,6 +639,9 @@ extension ByteWriter {
             u8(4)
             u64(w.seconds)
             u32(UInt32(w.maxKeys))
+        case .success(.clusterVersion(let v)):
+            u8(5)
+            u32(v)
         case .failure(.hostnameInUse(let id, let holder, let expires)):
             u8(16)
             u32(id.rawValue)
@@ -635,6 +683,7 @@ extension ByteReader {
         case 2: return .success(.node(try record()))
         case 3: return .success(.replica(replica: try u64(), dataDirectoryID: try u64()))
         case 4: return .success(.idempotency(IdempotencyWindow(seconds: try u64(), maxKeys: Int(try u32()))))
+        case 5: return .success(.clusterVersion(try u32()))
         case 16: return .failure(.hostnameInUse(nodeID: NodeID(try u32()), holder: try string(), expiresInSeconds: try u64()))
         case 17: return .failure(.nodeIDsExhausted)
         case 18: return .failure(.leaseNotFound)

@@ -45,6 +45,11 @@ public struct ReplicaStatusView: Codable, Sendable, Hashable {
     public var commitIndex: UInt64
     public var appliedIndex: UInt64
     public var peers: [Peer]
+    /// The replica's build, the cluster version in force there and the newest it supports;
+    /// nil from a replica of the first release (which supports cluster version 1 only).
+    public var version: String?
+    public var clusterVersion: UInt32?
+    public var supportedClusterVersion: UInt32?
 }
 
 /// One member of the replica configuration (`GET /v1/cluster/replicas`).

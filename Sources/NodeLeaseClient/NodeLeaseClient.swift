@@ -191,6 +191,23 @@ public final class NodeLeaseClient: Sendable {
     }
 
     /// One replica's status (the leader's when it is known, else any that answers).
+    /// A backup of the registry (`GET /v1/snapshot`, admin role): the file's bytes, as the
+    /// server wrote them, and the committed index it reflects. Larger answers are allowed than
+    /// for other calls (`maxBackup`).
+    public func backup(timeout: Duration? = nil) async throws(NodeLeaseError) -> (data: Data, index: UInt64, replica: URL) {
+        let answer = try await exchange("GET", "/v1/snapshot", body: nil, timeout: timeout, refresh: true, once: false, maxBody: Self.maxBackup) {
+            data, headers in
+            guard let index = headers.first(name: "X-NodeLease-Snapshot-Index").flatMap(UInt64.init) else {
+                throw NodeLeaseError.unexpected(status: 200, body: "no X-NodeLease-Snapshot-Index header")
+            }
+            return (data, index)
+        }
+        return (answer.value.0, answer.value.1, answer.endpoint)
+    }
+
+    /// The largest backup read.
+    public static let maxBackup = 4 << 30
+
     public func status() async throws(NodeLeaseError) -> ReplicaStatusView {
         try await call("GET", "/v1/status", body: nil)
     }
@@ -437,7 +454,7 @@ public final class NodeLeaseClient: Sendable {
     /// `once`: one attempt, no retry (the caller retries).
     private func exchange<T>(
         _ method: String, _ path: String, body: [String: Any]?, timeout: Duration?, refresh: Bool, once: Bool, firstAttempt: Int = 0,
-        decode: (Data, HTTPHeaders) throws -> T
+        maxBody: Int = maxAnswer, decode: (Data, HTTPHeaders) throws -> T
     ) async throws(NodeLeaseError) -> (value: T, endpoint: URL) {
         if let tlsProblem { throw NodeLeaseError.invalidRequest(tlsProblem) }
         // One key for the logical request, the same on every retry; its retries end well inside
@@ -454,7 +471,7 @@ public final class NodeLeaseClient: Sendable {
             var lastError: NodeLeaseError
             do {
                 let seconds = max(0.05, Self.seconds(deadline - ContinuousClock.now))
-                let (status, data, headers) = try await sendReturningHeaders(url, method, path, body: body, key: key, timeout: seconds)
+                let (status, data, headers) = try await sendReturningHeaders(url, method, path, body: body, key: key, timeout: seconds, maxBody: maxBody)
                 if status == 200 {
                     do { return (try decode(data, headers), url) } catch {
                         throw NodeLeaseError.unexpected(status: status, body: String(decoding: data, as: UTF8.self))
@@ -552,8 +569,9 @@ public final class NodeLeaseClient: Sendable {
         return (status, data)
     }
 
-    private func sendReturningHeaders(_ url: URL, _ method: String, _ path: String, body: [String: Any]?, key: String?, timeout: Double) async throws
-        -> (Int, Data, HTTPHeaders)
+    private func sendReturningHeaders(
+        _ url: URL, _ method: String, _ path: String, body: [String: Any]?, key: String?, timeout: Double, maxBody: Int = maxAnswer
+    ) async throws -> (Int, Data, HTTPHeaders)
     {
         var base = url.absoluteString
         while base.hasSuffix("/") { base.removeLast() }
@@ -565,7 +583,7 @@ public final class NodeLeaseClient: Sendable {
             request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
             request.headers.add(name: "Content-Type", value: "application/json")
         }
-        let response = try await http.exchange(request, deadline: .now + .milliseconds(Int64(timeout * 1000)), maxBody: Self.maxAnswer)
+        let response = try await http.exchange(request, deadline: .now + .milliseconds(Int64(timeout * 1000)), maxBody: maxBody)
         let buffer = response.body
         if let replica = response.headers.first(name: "X-NodeLease-Replica").flatMap(UInt64.init) {
             let leader = response.headers.first(name: "X-NodeLease-Leader").flatMap(UInt64.init)

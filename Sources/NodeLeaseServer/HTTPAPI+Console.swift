@@ -351,6 +351,14 @@ extension HTTPAPI {
         var leader: UInt64?
         var commit: UInt64
         var applied: UInt64
+        /// The newest cluster version the replica supports; a replica whose status does not
+        /// say (the first release) supports 1.
+        var supportedClusterVersion: UInt32 = 1
+    }
+
+    /// The newest cluster version each other member of `m` supports, for those that answered.
+    func peerSupportedVersions(_ m: Membership) async -> [ReplicaID: UInt32] {
+        (await peerStatuses(m)).mapValues(\.supportedClusterVersion)
     }
 
     static func roleName(_ r: Role) -> String { r == .leader ? "leader" : r == .follower ? "follower" : "candidate" }
@@ -386,7 +394,8 @@ extension HTTPAPI {
                         id,
                         PeerStatus(
                             role: json["role"] as? String ?? "?", term: number("term") ?? 0, leader: number("leaderId"),
-                            commit: number("commitIndex") ?? 0, applied: number("appliedIndex") ?? 0)
+                            commit: number("commitIndex") ?? 0, applied: number("appliedIndex") ?? 0,
+                            supportedClusterVersion: UInt32(clamping: number("supportedClusterVersion") ?? 1))
                     )
                 }
             }

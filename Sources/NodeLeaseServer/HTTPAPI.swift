@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import Foundation
 import HTTPTypes
 import Logging
 import Hummingbird
@@ -6,6 +7,7 @@ import LeaseRegistry
 import Mustache
 import NIOCore
 import Raft
+import RaftStorage
 
 /// The client API of shared/API.md. Routing is a plain switch over the path: every known path
 /// answers 405 to other methods, everything else 404, and every error is the API's JSON.
@@ -32,6 +34,7 @@ struct HTTPAPI: Sendable {
     static let replayedHeader = HTTPField.Name("Idempotent-Replayed")!
     static let registryIndexHeader = HTTPField.Name("X-NodeLease-Registry-Index")!
     static let indexResetHeader = HTTPField.Name("X-NodeLease-Index-Reset")!
+    static let snapshotIndexHeader = HTTPField.Name("X-NodeLease-Snapshot-Index")!
 
     /// What a request's handling may need of its connection: when it closes (a long poll
     /// then gives up its place), and a way to leave the request gate while it only waits.
@@ -79,7 +82,7 @@ struct HTTPAPI: Sendable {
         "/healthz": [.get, .head], "/readyz": [.get, .head], "/metrics": [.get], "/v1/status": [.get], "/v1/leases": [.post],
         "/v1/leases/{leaseId}": [.delete], "/v1/leases/{leaseId}/renew": [.post], "/v1/cluster/nodes": [.get],
         "/v1/cluster/nodes/{nodeId}": [.get, .delete], "/v1/cluster/replicas": [.get, .post], "/v1/cluster/replicas/{id}": [.delete],
-        "/v1/cluster/replicas/{id}/promote": [.post],
+        "/v1/cluster/replicas/{id}/promote": [.post], "/v1/snapshot": [.get],
     ]
 
     /// The route of a path, or nil for an unknown path (also the metrics label: never the raw
@@ -90,7 +93,7 @@ struct HTTPAPI: Sendable {
         case 1 where ["healthz", "readyz", "metrics", "favicon.ico", "ui"].contains(parts[0]): template = "/" + parts[0]
         case 2 where parts[0] == "ui" && ["live", "login", "logout", "console.js", "console.css"].contains(parts[1]): template = "/ui/" + parts[1]
         case 4 where parts[0] == "ui" && parts[1] == "nodes" && parts[3] == "forget": template = "/ui/nodes/{nodeId}/forget"
-        case 2 where parts[0] == "v1" && (parts[1] == "status" || parts[1] == "leases"): template = "/v1/" + parts[1]
+        case 2 where parts[0] == "v1" && (parts[1] == "status" || parts[1] == "leases" || parts[1] == "snapshot"): template = "/v1/" + parts[1]
         case 3 where parts[0] == "v1" && parts[1] == "leases": template = "/v1/leases/{leaseId}"
         case 4 where parts[0] == "v1" && parts[1] == "leases" && parts[3] == "renew": template = "/v1/leases/{leaseId}/renew"
         case 3 where parts[0] == "v1" && parts[1] == "cluster" && parts[2] == "nodes": template = "/v1/cluster/nodes"
@@ -176,6 +179,9 @@ struct HTTPAPI: Sendable {
             case "/healthz", "/readyz": break
             case "/v1/leases", "/v1/leases/{leaseId}", "/v1/leases/{leaseId}/renew":
                 if !access.mayWriteLeases { return forbidden(access, "acquire, renew or release leases") }
+            case "/v1/snapshot":
+                // A backup holds every holder and idempotency outcome: an operator's thing.
+                if !access.isAdmin { return forbidden(access, "take a backup of the registry") }
             default:
                 if method == .get || method == .head {
                     if !access.mayRead { return forbidden(access, "read the registry, status or metrics") }
@@ -199,6 +205,9 @@ struct HTTPAPI: Sendable {
         case 2 where parts[0] == "v1" && parts[1] == "status":
             guard method == .get else { return methodNotAllowed() }
             return await status()
+        case 2 where parts[0] == "v1" && parts[1] == "snapshot":
+            guard method == .get else { return methodNotAllowed() }
+            return await backup()
         case 2 where parts[0] == "v1" && parts[1] == "leases":
             guard method == .post else { return methodNotAllowed() }
             return await acquire(request, access)
@@ -328,7 +337,7 @@ struct HTTPAPI: Sendable {
         switch result {
         case .success(.lease(let l)): return json(.ok, leaseJSON(l))
         case .success(.node(let n)): return json(.ok, nodeJSON(n))
-        case .success(.replica), .success(.idempotency): return error(.internalServerError, "internal", "unexpected reply")
+        case .success(.replica), .success(.idempotency), .success(.clusterVersion): return error(.internalServerError, "internal", "unexpected reply")
         case .failure(let e):
             let status: HTTPResponse.Status =
                 switch e {
@@ -465,6 +474,9 @@ struct HTTPAPI: Sendable {
         o.field("commitIndex", s.commitIndex.rawValue)
         o.field("appliedIndex", s.appliedIndex.rawValue)
         o.field("registryIndex", s.registryIndex)
+        o.field("version", NodeLeaseBuild.version)
+        o.field("clusterVersion", UInt64(s.clusterVersion))
+        o.field("supportedClusterVersion", UInt64(s.supportedClusterVersion))
         let peers = s.peers.map { p -> [UInt8] in
             var po = JSONObject()
             po.field("replicaId", p.id.rawValue)
@@ -476,6 +488,26 @@ struct HTTPAPI: Sendable {
         }
         o.raw("peers", jsonArray(peers))
         return await json(.ok, o.json, headers: true)
+    }
+
+    /// `GET /v1/snapshot`: a backup (RaftStorage's `Backup` format) of the registry at a
+    /// committed index, after a linearizable barrier; `X-NodeLease-Snapshot-Index` names the index.
+    private func backup() async -> Response {
+        let state: (registry: LeaseRegistry, index: LogIndex, term: Term, membership: Membership)
+        do { state = try await driver.backup() } catch { return await noLeader() }
+        // Encoded here, off the driver: a large registry takes tens of milliseconds.
+        let file = Backup(
+            clusterID: config.clusterID, index: state.index, term: state.term,
+            takenAtMillis: UInt64(max(0, Date().timeIntervalSince1970 * 1000)), takenBy: config.replicaID,
+            membership: state.membership, data: state.registry.snapshot()
+        ).encoded()
+        var headers = HTTPFields()
+        headers[.contentType] = "application/octet-stream"
+        headers[.contentDisposition] = "attachment; filename=\"nodelease-\(config.clusterID.filter { $0.isLetter || $0.isNumber || $0 == "-" })-\(state.index.rawValue).backup\""
+        headers[Self.snapshotIndexHeader] = String(state.index.rawValue)
+        var r = Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: file)))
+        setReadHeaders(&r, state.index, await driver.headerState.leader)
+        return r
     }
 
     private func renderMetrics() async -> Response {

@@ -22,6 +22,7 @@ public final class NodeLeaseReplica: Service, Sendable {
     private let inbox: MessageInbox
     private let app: Application<CallbackResponder<ReplicaRequestContext>>
     private let passOnClient: HTTPClient
+    private let api: HTTPAPI
     /// The tokens of `--token-file`; nil when authentication is off.
     public let authenticator: Authenticator?
 
@@ -65,6 +66,10 @@ public final class NodeLeaseReplica: Service, Sendable {
         let storage = try DurableLog(
             directory: config.dataDir, fileSystem: fileSystem, membership: config.membership, options: .init(fsync: config.fsync),
             log: { storageLogger.warning("\($0)") })
+        do { try ClusterIdentity.check(directory: config.dataDir, clusterID: config.clusterID) } catch {
+            storage.close()
+            throw error
+        }
         let inbox = MessageInbox()
         self.inbox = inbox
         var peers = config.peers
@@ -192,6 +197,7 @@ public final class NodeLeaseReplica: Service, Sendable {
         api.auth = authenticator
         api.consoleTemplates = try ConsoleAssets.library()
         api.logger = logger
+        self.api = api
         self.app = Application(
             responder: CallbackResponder { [api] request, context in await api.respond(to: request, connection: context.connection) },
             server: server,
@@ -240,6 +246,15 @@ public final class NodeLeaseReplica: Service, Sendable {
                                 logger.error("\(error): peers will refuse this replica's connections")
                             }
                         }
+                    }
+                }
+                group.addTask { [api] in
+                    // The leader asks the other members which cluster versions they support
+                    // (their status), until the cluster runs the newest this build supports.
+                    while !Task.isCancelled {
+                        try await Task.sleep(for: .seconds(2))
+                        guard let membership = await driver.membershipIfRaisingClusterVersion() else { continue }
+                        await driver.reportPeerVersions(await api.peerSupportedVersions(membership))
                     }
                 }
                 group.addTask { [inbox] in

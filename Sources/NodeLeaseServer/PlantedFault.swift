@@ -26,6 +26,7 @@ public enum PlantedFault: String, CaseIterable, Sendable {
     case noDeduplication = "no-dedup"
     case reacquireNewLease = "reacquire-new-lease"
     case retireAtOnce = "retire-at-once"
+    case earlyClusterVersion = "early-cluster-version"
 
     /// What the bug does, one line.
     public var summary: String {
@@ -40,6 +41,7 @@ public enum PlantedFault: String, CaseIterable, Sendable {
         case .noDeduplication: "entries apply as if they carried no idempotency key, so re-sent writes apply twice"
         case .reacquireNewLease: "the same holder acquiring its live lease again gets a new lease, not the same one"
         case .retireAtOnce: "stale nodes are retired (made inactive, their IDs free) at once instead of after the retention"
+        case .earlyClusterVersion: "the leader raises the cluster version to what it supports itself, without waiting for every member to support it"
         }
     }
 
@@ -122,6 +124,7 @@ public struct FaultOptions: Sendable, Equatable {
             case .noDeduplication: core.breakExactlyOnce = true
             case .reacquireNewLease: core.registryFaults.insert(.reacquireGrantsNewLease)
             case .retireAtOnce: core.expiry.retentionSeconds = 0
+            case .earlyClusterVersion: core.breakClusterVersionGate = true
             case .voteBeforePersist, .noFsync, nil: break
             }
         }

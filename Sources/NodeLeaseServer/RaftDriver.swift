@@ -30,6 +30,9 @@ public struct ReplicaStatus: Sendable {
     /// The registry index (shared/API.md, "Watching the registry") and the long polls waiting.
     public var registryIndex: UInt64
     public var watches: Int
+    /// The cluster version in force, and the newest this replica supports.
+    public var clusterVersion: UInt32
+    public var supportedClusterVersion: UInt32
 }
 
 /// The shell around `ReplicaCore`, which makes every decision: this actor feeds it ticks,
@@ -95,7 +98,15 @@ actor RaftDriver {
         self.logger = logger
         self.onFatal = onFatal
         let snap = try storage.snapshot()
-        let registry = snap.isEmpty ? LeaseRegistry() : try LeaseRegistry(snapshot: snap.data)
+        let registry: LeaseRegistry
+        do {
+            registry = snap.isEmpty ? LeaseRegistry() : try LeaseRegistry(snapshot: snap.data, supporting: config.supportedClusterVersion)
+        } catch let e as LeaseRegistry.SnapshotError {
+            let file = storage.snapshotFile
+            var at = file?.dataOffset ?? 0
+            if case .unknownVersion = e { at += LeaseRegistry.snapshotVersionOffset }
+            throw StorageFailure.corrupt(file: file?.path ?? config.dataDir, offset: UInt64(at), reason: e.description)
+        }
         var raftConfig = RaftConfig(
             id: config.replicaID, electionTicks: config.electionTicks, heartbeatTicks: config.heartbeatTicks,
             autoPromote: config.autoPromote)
@@ -123,6 +134,7 @@ actor RaftDriver {
         coreConfig.idempotencyWindow = config.idempotencyWindow
         coreConfig.expiry = .init(retentionSeconds: config.retentionSeconds)
         coreConfig.dataDirectoryID = storage.directoryID
+        coreConfig.supportedClusterVersion = config.supportedClusterVersion
         #if NODELEASE_FAULTS
             config.faults.apply(to: &coreConfig)
             faultClock = config.faults.clockRateFile.map(FaultClock.init(path:))
@@ -160,7 +172,7 @@ actor RaftDriver {
         let leader = core.node.role == .leader
         core.tick(
             now: now, wall: wall, peerDirectories: leader ? transport.peerDirectories() : [:],
-            peerClientAddresses: leader ? transport.peerClientAddresses() : [:])
+            peerClientAddresses: leader ? transport.peerClientAddresses() : [:], peerVersions: leader ? peerVersions : [:])
         carryOut()
         for (id, outcome) in watches.tick(now: now, leaderKnown: core.node.leader != nil) {
             endWatch(id, outcome == .noLeader ? .noLeader : .timedOut)
@@ -213,6 +225,16 @@ actor RaftDriver {
             readWaiters[id] = c
             carryOut()
         }
+    }
+
+    /// What a backup holds: the registry, the index and term it reflects and the configuration
+    /// there. Taken after a linearizable barrier, so the index is committed and no older than
+    /// anything acknowledged before the request; the registry is a copy (a value), encoded by
+    /// the caller off the actor.
+    func backup() async throws -> (registry: LeaseRegistry, index: LogIndex, term: Term, membership: Membership) {
+        _ = try await linearizableBarrier()
+        let applied = core.node.appliedIndex
+        return (core.registry, applied, try storage.term(applied), core.node.membership(at: applied))
     }
 
     /// How a long poll of the registry ended (shared/API.md, "Watching the registry").
@@ -289,6 +311,21 @@ actor RaftDriver {
         }
     }
 
+    /// The cluster versions the other members last reported supporting (leader only).
+    private var peerVersions: [ReplicaID: UInt32] = [:]
+
+    /// The configuration, when this replica leads and the cluster version is below what it
+    /// supports: then the other members' supported versions are wanted.
+    func membershipIfRaisingClusterVersion() -> Membership? {
+        guard core.node.role == .leader, core.registry.clusterVersion < config.supportedClusterVersion else {
+            peerVersions = [:]
+            return nil
+        }
+        return core.node.membership
+    }
+
+    func reportPeerVersions(_ versions: [ReplicaID: UInt32]) { peerVersions = versions }
+
     /// This replica's current configuration.
     var membership: Membership { core.node.membership }
 
@@ -302,7 +339,8 @@ actor RaftDriver {
         return ReplicaStatus(
             replicaID: config.replicaID, role: s.role, term: s.term, leader: s.leader, commitIndex: s.commitIndex,
             appliedIndex: s.appliedIndex, peers: peers, counts: core.registry.counts(), fsyncCount: storage.syncCount,
-            registryIndex: core.registry.registryIndex, watches: watches.count)
+            registryIndex: core.registry.registryIndex, watches: watches.count, clusterVersion: core.registry.clusterVersion,
+            supportedClusterVersion: config.supportedClusterVersion)
     }
 
     /// What the read headers need, cheaply.
@@ -437,8 +475,8 @@ actor RaftDriver {
                 logger.info("now \(role.rawValue) in term \(term)")
             case .proposedExpiry(let n):
                 logger.info("proposing \(n) lease expirations and retirements")
-            case .fatal(let why):
-                fatal(why)
+            case .fatal(let why, let entry):
+                fatal(why + (entry.flatMap { storage.location(of: $0) }.map { " (\($0))" } ?? ""))
             }
         }
         let registryIndex = core.registry.registryIndex

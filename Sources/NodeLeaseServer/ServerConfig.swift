@@ -34,6 +34,9 @@ public struct ServerConfig: Sendable {
     public var idempotencyWindow = IdempotencyWindow()
     /// The fault build's planted bug and test facilities (empty in a normal build).
     public var faults = FaultOptions()
+    /// The newest cluster version this replica supports (LeaseRegistry's ClusterVersion):
+    /// lower only to play a replica of an older build in tests of rolling upgrades.
+    public var supportedClusterVersion = ClusterVersion.newest
     /// Join an existing cluster: start with no configuration of its own (the leader's log
     /// brings it, once `nodelease member add` made this replica a learner); `--peers` then
     /// only says where the others are until the log does.
@@ -80,8 +83,12 @@ public struct ServerConfig: Sendable {
     /// The configuration a new cluster starts with: every replica of `--peers` a voter (its
     /// client address is filled in by the leader later). A joining replica starts with none.
     public var membership: Membership {
-        if join { return .empty }
-        return Membership(members: peers.map { Member(id: $0.key, role: .voter, peerAddress: $0.value.description) })
+        join ? .empty : Self.voters(peers)
+    }
+
+    /// Every replica of `peers` a voter, at its peer address.
+    public static func voters(_ peers: [ReplicaID: PeerAddress]) -> Membership {
+        Membership(members: peers.map { Member(id: $0.key, role: .voter, peerAddress: $0.value.description) })
     }
 
     /// Where clients reach this replica, as other replicas and clients are told.
@@ -100,6 +107,9 @@ public struct ServerConfig: Sendable {
         if peers.count > Membership.maxMembers { throw ConfigError("--peers", "lists more than \(Membership.maxMembers) replicas") }
         if clusterID.isEmpty || clusterID.utf8.count > 128 { throw ConfigError("--cluster-id", "must be 1 to 128 characters") }
         if dataDir.isEmpty { throw ConfigError("--data-dir", "must not be empty") }
+        if !(1...ClusterVersion.newest).contains(supportedClusterVersion) {
+            throw ConfigError("--max-cluster-version", "must be between 1 and \(ClusterVersion.newest) (this build's newest)")
+        }
         if !ttlRange.contains(defaultTTL) {
             throw ConfigError("--default-ttl", "must be within --min-ttl and --max-ttl (\(ttlRange.lowerBound)-\(ttlRange.upperBound))")
         }

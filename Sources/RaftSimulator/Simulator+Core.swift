@@ -120,7 +120,7 @@ extension Simulation {
             trace("replica \(replicas[i].id) proposes \(n) expiry commands")
         case .confChangeDone(let id, let r):
             trace("replica \(replicas[i].id) membership request \(id): \(r)")
-        case .fatal(let why):
+        case .fatal(let why, _):
             checker.recordFailure(.divergentState, "replica \(replicas[i].id): \(why)")
         }
     }

@@ -166,7 +166,7 @@ extension Simulation {
         switch outcome {
         case .lease(let l): record = registry.node(l.nodeID)
         case .node(let n): record = registry.node(n.nodeID) ?? n
-        case .replica, .idempotency: record = nil
+        case .replica, .idempotency, .clusterVersion: record = nil
         }
         guard let record else { return }
         // When each renewal first applied (the leader applies a committed entry first).

@@ -184,6 +184,22 @@ public final class DurableLog: RaftLogStorage {
 
     public func snapshot() throws -> Snapshot { currentSnapshot }
 
+    /// The current snapshot's file and where its data starts in it, for messages; nil when
+    /// there is no snapshot.
+    public var snapshotFile: (path: String, dataOffset: Int)? {
+        let m = currentSnapshot.metadata
+        guard m.index > 0 else { return nil }
+        return (join(directory, SnapshotFile.name(m)), SnapshotFile.dataOffset(m))
+    }
+
+    /// Where entry `index` is on disk ("FILE at offset N"), for messages; nil if it is not.
+    public func location(of index: LogIndex) -> String? {
+        guard index > offset else { return nil }
+        let i = offset.distance(to: index) - 1
+        guard i < locations.count, let seg = segmentBySequence[locations[i].segment] else { return nil }
+        return "\(seg.path) at offset \(locations[i].offset)"
+    }
+
     private func entry(_ index: LogIndex) throws -> Entry {
         if let e = cache.get(index) { return e }
         let loc = locations[offset.distance(to: index) - 1]
@@ -475,6 +491,13 @@ public final class DurableLog: RaftLogStorage {
             var pos = 0
             while pos < bytes.count {
                 guard WAL.validRecord(in: bytes, at: pos) else {
+                    // A record of a format this build does not know is never taken for a torn
+                    // write (cutting it off would lose what a newer build committed).
+                    if let version = WAL.otherVersion(in: bytes, at: pos) {
+                        throw StorageFailure.corrupt(
+                            file: path, offset: UInt64(pos),
+                            reason: "WAL record format version \(version) is unknown to this build (it reads version \(WAL.version)); a newer nodelease wrote this directory")
+                    }
                     if isLast && !WAL.anyValidRecord(in: bytes, after: pos) {
                         log("\(path): cut off a torn write of \(bytes.count - pos) bytes at offset \(pos) (a write that never completed)")
                         try file.truncate(to: UInt64(pos))

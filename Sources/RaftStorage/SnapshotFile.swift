@@ -24,6 +24,13 @@ enum SnapshotFile {
         return w.bytes
     }
 
+    /// Where the data of the snapshot with `metadata` starts in its file (after its length).
+    static func dataOffset(_ metadata: SnapshotMetadata) -> Int {
+        var w = ByteWriter()
+        w.membership(metadata.membership)
+        return magic.count + 4 + 8 + 8 + w.bytes.count + 4
+    }
+
     /// Decodes a snapshot file; throws `StorageFailure.corrupt` naming the file on any damage.
     static func decode(_ bytes: [UInt8], file: String) throws -> Snapshot {
         func corrupt(_ offset: Int, _ why: String) -> StorageFailure {
@@ -31,14 +38,19 @@ enum SnapshotFile {
         }
         guard bytes.count >= magic.count + 4 + 16 + 4 + 4 + 4 else { throw corrupt(0, "snapshot file too short") }
         guard Array(bytes[0..<magic.count]) == magic else { throw corrupt(0, "not a snapshot file") }
+        // The version before the checksum: a later format may place its checksum elsewhere.
+        var head = ByteReader(bytes, at: magic.count)
+        let v = try head.u32()
+        guard v == version else {
+            throw corrupt(magic.count, "snapshot file format version \(v) is unknown to this build (it reads version \(version)); a newer nodelease wrote it")
+        }
         let body = bytes.count - 4
         var tail = ByteReader(bytes, at: body)
         let stored = try tail.u32()
         guard CRC32C.checksum(bytes[0..<body]) == stored else { throw corrupt(0, "snapshot checksum mismatch") }
         var r = ByteReader(bytes, at: magic.count)
         do {
-            let v = try r.u32()
-            guard v == version else { throw corrupt(magic.count, "unknown snapshot version \(v)") }
+            _ = try r.u32()
             let index = LogIndex(try r.u64())
             let term = Term(try r.u64())
             let membership = try r.membership()

@@ -12,6 +12,8 @@ import Raft
 /// commit is one record and one fsync. Integers are little-endian.
 enum WAL {
     static let magic: UInt32 = 0x314C_574E  // "NWL1"
+    /// The format version: the magic's last character. A later format changes it ("NWL2").
+    static let version = 1
     static let headerSize = 12
     /// Upper bound on one record, so a damaged length field cannot make us read gigabytes.
     static let maxRecord = 1 << 30
@@ -79,6 +81,15 @@ enum WAL {
         let n = Int(len)
         guard n > 0, n <= maxRecord, r.remaining >= n else { return false }
         return bytes.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[r.position..<(r.position + n)])) } == crc
+    }
+
+    /// The version of a record of another format version starting at `offset` ("NWL" and a
+    /// digit other than ours), nil if there is none.
+    static func otherVersion(in bytes: [UInt8], at offset: Int) -> Int? {
+        guard offset + 4 <= bytes.count, bytes[offset] == 0x4E, bytes[offset + 1] == 0x57, bytes[offset + 2] == 0x4C else { return nil }
+        let c = bytes[offset + 3]
+        guard c >= 0x30, c <= 0x39, Int(c - 0x30) != version else { return nil }
+        return Int(c - 0x30)
     }
 
     /// Whether any valid record starts after `offset`: tells damage in the middle of a

@@ -115,7 +115,7 @@ public enum FrameError: Error, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .unsupportedVersion(let v): "unsupported frame version \(v)"
+        case .unsupportedVersion(let v): "peer frame format version \(v) is unknown to this build (it speaks version \(Frame.version)); the peer runs a newer nodelease"
         case .tooLarge(let n): "frame of \(n) bytes is over the limit"
         case .malformed(let why): "malformed frame: \(why)"
         }

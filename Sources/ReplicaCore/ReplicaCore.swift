@@ -55,6 +55,13 @@ public struct ReplicaCore {
         public var peerAddress = ""
         public var clientAddress = ""
 
+        /// Planted bug (fault build): the leader raises the cluster version to what it supports
+        /// itself, without waiting for the members.
+        public var breakClusterVersionGate = false
+        /// The newest cluster version this replica supports (ClusterVersion.swift): lower
+        /// only for a replica that plays an older build in tests of rolling upgrades.
+        public var supportedClusterVersion = ClusterVersion.newest
+
         public init(replicaID: ReplicaID) { self.replicaID = replicaID }
     }
 
@@ -95,12 +102,15 @@ public struct ReplicaCore {
         /// A membership change request's answer: the configuration once the change committed
         /// (and applied here), or why not.
         case confChangeDone(UInt64, Result<ConfChangeDone, ConfChangeFailure>)
-        /// The state cannot go on (a snapshot from the leader that does not decode).
-        case fatal(String)
+        /// The state cannot go on (a snapshot from the leader that does not decode, or a log
+        /// entry, `entry`, of a format this build does not know).
+        case fatal(String, entry: LogIndex? = nil)
     }
 
     public internal(set) var node: RaftNode
     public private(set) var registry: LeaseRegistry
+    /// An entry of a format this build does not know was met: nothing more is applied.
+    public private(set) var halted = false
     public private(set) var expiry: LeaseExpiry
     public let config: Config
 
@@ -141,6 +151,7 @@ public struct ReplicaCore {
     /// The last address update proposed: when, and the configuration it was made on.
     var addressUpdateAttempt: (at: UInt64, configIndex: LogIndex)?
     private var idempotencyConfiguredAt: UInt64?
+    private var clusterVersionProposedAt: UInt64?
     /// A Ready is being persisted by the shell.
     public private(set) var readyInFlight: Ready?
     var effects: [Effect] = []
@@ -170,8 +181,11 @@ public struct ReplicaCore {
 
     // MARK: Inputs
 
+    /// `peerVersions`: the newest cluster version each other member reported supporting (the
+    /// shell asks them); a member missing from it holds the cluster version where it is.
     public mutating func tick(
-        now: UInt64, wall: UInt64, peerDirectories: [ReplicaID: UInt64] = [:], peerClientAddresses: [ReplicaID: String] = [:]
+        now: UInt64, wall: UInt64, peerDirectories: [ReplicaID: UInt64] = [:], peerClientAddresses: [ReplicaID: String] = [:],
+        peerVersions: [ReplicaID: UInt32] = [:]
     ) {
         expireOverdue(now: now)
         node.tick()
@@ -181,6 +195,7 @@ public struct ReplicaCore {
             updateAddresses(now: now, peerClientAddresses: peerClientAddresses)
             registerReplicas(now: now, wall: wall, peerDirectories: peerDirectories)
             configureIdempotency(now: now, wall: wall)
+            raiseClusterVersion(now: now, wall: wall, peerVersions: peerVersions)
             let due = expiry.due(now: now, wallSeconds: wall, registry: registry, hasQuorum: node.hasQuorumContact)
             if !due.isEmpty {
                 effects.append(.proposedExpiry(due.count))
@@ -298,7 +313,7 @@ public struct ReplicaCore {
                     effects.append(.send(messages))
                 case .installSnapshot(let s):
                     // The only step that can fail: nothing after it runs, nor `advance`.
-                    registry = try LeaseRegistry(snapshot: s.data)
+                    registry = try LeaseRegistry(snapshot: s.data, supporting: config.supportedClusterVersion)
                     registry.faults = config.registryFaults
                     effects.append(.installedSnapshot(s.metadata))
                 case .apply(let entries):
@@ -375,6 +390,8 @@ public struct ReplicaCore {
     }
 
     private mutating func apply(_ e: Entry, now: UInt64) {
+        // Nothing after an entry this build cannot apply (the replica is stopping).
+        guard !halted else { return }
         if node.role == .leader && expiry.isLeader && !expiry.isReady && e.term == node.term {
             // Our own first entry committed: now we know every lease and restart their clocks.
             let start = config.breakFailoverReset ? (now > 3_600_000_000_000 ? now - 3_600_000_000_000 : 0) : now
@@ -386,8 +403,24 @@ public struct ReplicaCore {
             return
         }
         guard var timed = TimedCommand(decoding: e.data) else {
+            if let why = TimedCommand.unknownFormat(e.data, supporting: config.supportedClusterVersion) {
+                halted = true
+                effects.append(
+                    .fatal("log entry \(e.index) (term \(e.term)): \(why); a newer replica proposed it: upgrade this replica", entry: e.index))
+                return
+            }
             let applied = registry.applied(entry: e.data, index: e.index.rawValue)
             effects.append(.applied(e, applied, reusedID: false, registry: observed))
+            return
+        }
+        if case .setClusterVersion(let v) = timed.command, v > config.supportedClusterVersion {
+            // What a build of that older version would meet: a command it does not know.
+            let why =
+                config.supportedClusterVersion < 2
+                ? "registry command kind 9 is unknown to this build (it knows kinds \(ClusterVersion.commandKinds(config.supportedClusterVersion)))"
+                : "cluster version \(v) is newer than this build supports (\(config.supportedClusterVersion))"
+            halted = true
+            effects.append(.fatal("log entry \(e.index) (term \(e.term)): \(why); a newer replica proposed it: upgrade this replica", entry: e.index))
             return
         }
         // Only the simulator's observers want `reusedID`: the server skips the lookups.
@@ -405,7 +438,7 @@ public struct ReplicaCore {
             switch reply {
             case .lease(let l): if let r = registry.node(l.nodeID) { expiry.applied(r, now: now) }
             case .node(let n): expiry.applied(registry.node(n.nodeID) ?? n, now: now)
-            case .replica, .idempotency: break
+            case .replica, .idempotency, .clusterVersion: break
             }
         }
         let reusedID: Bool
@@ -555,6 +588,18 @@ public struct ReplicaCore {
             registrationAttempts[replica] = now
             enqueue([TimedCommand(.registerReplica(replica: replica, dataDirectoryID: dir), now: wall, leaderNanos: now).encoded()], now: now)
         }
+    }
+
+    /// Moves the cluster version up, through the log, to the lowest every member supports.
+    private mutating func raiseClusterVersion(now: UInt64, wall: UInt64, peerVersions: [ReplicaID: UInt32]) {
+        var supported = peerVersions
+        supported[config.replicaID] = config.supportedClusterVersion
+        var members = node.membership.members.map(\.id)
+        if config.breakClusterVersionGate { members = [config.replicaID] }
+        guard let target = ClusterVersion.target(current: registry.clusterVersion, members: members, supported: supported) else { return }
+        if let last = clusterVersionProposedAt, now < last + config.leaderCommandRetryNanos { return }
+        clusterVersionProposedAt = now
+        enqueue([TimedCommand(.setClusterVersion(target), now: wall, leaderNanos: now).encoded()], now: now)
     }
 
     /// Writes the configured idempotency window into the log when the registry's differs.

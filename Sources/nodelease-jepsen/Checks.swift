@@ -82,6 +82,9 @@ struct Checks {
                 c.anomalies.append(Anomaly(checker: "membership", detail: e.target))
             }
         }
+        if let older = info?.older, !older.isEmpty {
+            c.anomalies += UpgradeChecks.check(older: older, samples: info?.versions ?? [], nemesis: nemesis, halts: info?.halts ?? [])
+        }
         c.fencedWrites = (fenced.filter(\.accepted).count, fenced.filter { !$0.accepted }.count)
         c.anomalies += LeaseCheckers.electionSafety((info?.leaders ?? []).map { ($0.term, $0.replica) })
         c.linearizability = Linearizability.check(ops, options: options)

@@ -17,8 +17,10 @@ struct JepsenRun: AsyncParsableCommand {
 
     @Option(help: "Replicas: 3 or 5.") var replicas: Int = 3
     @Option(help: "Seconds of workload under faults.") var timeLimit: Int = 60
-    @Option(help: "Faults: any of partition, kill, pause, clock, power, membership, disk-full, drift, disk, slow-disk, election-crash, all, none (comma-separated); membership adds, removes and replaces replicas (not part of all); disk-full needs root (it mounts a small tmpfs per replica), the last four need the fault build.")
+    @Option(help: "Faults: any of partition, kill, pause, clock, power, membership, disk-full, drift, disk, slow-disk, election-crash, all, none (comma-separated); membership adds, removes and replaces replicas (not part of all); disk-full needs root (it mounts a small tmpfs per replica), the last four need the fault build. upgrade (alone): the last replica starts as the older version, then every replica is upgraded one at a time.")
     var nemesis: String?
+    @Option(help: "With --nemesis upgrade: the older version's binary (a build of the previous release); default: this build limited to cluster version 1.")
+    var oldBinary: String?
     @Option(help: "Client processes (mail nodes).") var concurrency: Int = 6
     @Option(help: "Seed for the fault and workload schedule.") var seed: UInt64 = UInt64(Date().timeIntervalSince1970)
     @Option(help: "Target operations per second, over all clients.") var rate: Int = 50
@@ -48,10 +50,13 @@ struct JepsenRun: AsyncParsableCommand {
         guard timeLimit >= 5 else { throw ValidationError("--time-limit must be at least 5 seconds") }
         let known: Set<String> = [
             "partition", "kill", "pause", "clock", "power", "membership", "drift", "disk", "disk-full", "slow-disk", "election-crash", "all", "none",
+            "upgrade",
         ]
         for n in (nemesis ?? "").split(separator: ",") where !known.contains(String(n)) {
             throw ValidationError("unknown nemesis \(n)")
         }
+        if faultNames.contains("upgrade") && faultNames.count > 1 { throw ValidationError("nemesis upgrade runs alone") }
+        if oldBinary != nil && !faultNames.contains("upgrade") { throw ValidationError("--old-binary needs --nemesis upgrade") }
         if let planted {
             guard PlantedBug.named(planted) != nil else {
                 throw ValidationError("unknown planted bug \(planted); known: \(PlantedBug.all.map(\.name).joined(separator: ", "))")
@@ -141,7 +146,13 @@ struct JepsenRun: AsyncParsableCommand {
         }
         let cluster = try TestCluster(
             size: replicas, binary: binary, dir: dir, distinctAddresses: netns, clockLibrary: clockLibrary, idRange: range,
-            retentionSeconds: retention, planted: planted, faultBuild: faultBuild, tls: security)
+            retentionSeconds: retention, planted: planted, faultBuild: faultBuild, tls: security, oldBinary: oldBinary)
+        let upgrading = faults.contains("upgrade")
+        if upgrading {
+            // The last replica runs as the older version until the rolling upgrade reaches it.
+            cluster.older.withLockedValue { $0 = [replicas] }
+            say("upgrade: replica \(replicas) starts as the older version (\(oldBinary ?? "this build with --max-cluster-version 1")); every replica is then upgraded, it last")
+        }
         if faults.contains("disk-full") {
             guard geteuid() == 0 else {
                 say("nemesis disk-full: cannot run (needs root to mount a small tmpfs per replica); leave it out of --nemesis to run without it")
@@ -180,6 +191,7 @@ struct JepsenRun: AsyncParsableCommand {
         // a wider edge to test (80 ms) against the leader's 20 ms tick.
         let activeFaults = faults
         let leaders = LeaderLog()
+        let versions = VersionLog()
         let forgets = info.idReuse
 
         await withTaskGroup(of: Void.self) { group in
@@ -198,6 +210,7 @@ struct JepsenRun: AsyncParsableCommand {
             }
             // Who claims to lead, in which term: two leaders of one term break election safety.
             group.addTask { await leaders.poll(cluster, history: history, until: end) }
+            if upgrading { group.addTask { await versions.poll(cluster, history: history, until: end) } }
         }
         // Heal, let the cluster settle, and take the final linearizable read.
         cluster.healAll()
@@ -205,6 +218,13 @@ struct JepsenRun: AsyncParsableCommand {
         _ = await cluster.waitForLeader(seconds: 30)
         let finalInvoke = history.now()
         let final = await cluster.finalRead()
+        if upgrading {
+            // Every replica runs this build now: the cluster version should follow.
+            let newest = versions.all.map(\.supported).max() ?? 1
+            if await !versions.waitForAll(cluster, history: history, version: newest, seconds: 20) {
+                say("upgrade: not every member reports cluster version \(newest) 20 s after the last upgrade")
+            }
+        }
         if faults.contains("membership") {
             // Who the test counts as members, and the configuration the cluster reports.
             let config = await cluster.configuration()
@@ -222,6 +242,13 @@ struct JepsenRun: AsyncParsableCommand {
         let events = nemesisLog.all
         var stored = info
         stored.leaders = leaders.all
+        if upgrading {
+            stored.older = [replicas]
+            stored.versions = versions.all
+            stored.halts = UpgradeChecks.halts(dir: dir, replicas: 1...cluster.lastReplicaId)
+            let moved = stored.versions?.first { $0.clusterVersion >= 2 }
+            say("upgrade: cluster version 2 first reported at \(moved.map { "\($0.time / 1_000_000) ms by replica \($0.replica)" } ?? "no time")")
+        }
         try Report.saveRunInfo(dir: dir, stored)
         try Report.saveInputs(dir: dir, ops: ops, nemesis: events, final: final)
         keeperProcesses.stopAll()
@@ -241,6 +268,7 @@ extension JepsenRun {
         if let idRange { a += " --id-range \(idRange)" }
         if retention != 6 { a += " --retention \(retention)" }
         if tls { a += " --tls" }
+        if let oldBinary { a += " --old-binary \(oldBinary)" }
         if let planted { a += " --planted \(planted)" } else if faultBuild { a += " --fault-build" }
         return a
     }
@@ -259,6 +287,11 @@ struct RunInfo: Codable, Sendable {
     /// Keeper processes (they share one more hostname).
     var keepers: Int
     var leaders: [LeaderClaim] = []
+    /// The `upgrade` nemesis: the replicas started as the older version, the cluster versions
+    /// the replicas reported, and log lines of replicas that stopped on what they did not know.
+    var older: [Int]?
+    var versions: [VersionSample]?
+    var halts: [String]?
 
     /// Fewer IDs than hostnames: IDs move between hostnames.
     var idReuse: Bool {

@@ -87,6 +87,11 @@ final class TestCluster: Sendable {
     /// and a monotonic-clock rate file per replica are always on.
     let planted: String?
     let faultBuild: Bool
+    /// The `upgrade` nemesis: replicas that run as the older version until upgraded, with
+    /// `oldBinary` if given (a build of the previous release), else this binary limited to
+    /// cluster version 1 (`--max-cluster-version 1`).
+    let older = NIOLockedValueBox<Set<Int>>([])
+    let oldBinary: String?
 
     /// Where Debian's `faketime` package puts the library, if it is installed.
     static func findFaketime() -> String? {
@@ -99,9 +104,10 @@ final class TestCluster: Sendable {
 
     init(
         size: Int, binary: String, dir: String, distinctAddresses: Bool, clockLibrary: String?, idRange: String, retentionSeconds: Int,
-        planted: String?, faultBuild: Bool, tls: JepsenTLS? = nil
+        planted: String?, faultBuild: Bool, tls: JepsenTLS? = nil, oldBinary: String? = nil
     ) throws {
         self.tls = tls
+        self.oldBinary = oldBinary
         self.clockLibrary = clockLibrary
         self.idRange = idRange
         self.retentionSeconds = retentionSeconds
@@ -145,6 +151,8 @@ final class TestCluster: Sendable {
 
     /// The id the next added replica gets (ids are never reused).
     var nextReplicaId: Int { membership.withLockedValue { $0.lastId + 1 } }
+    /// The highest replica id used so far.
+    var lastReplicaId: Int { membership.withLockedValue { $0.lastId } }
 
     /// Replicas killed for good whose removal from the configuration has not been confirmed.
     var unremoved: [Int] { membership.withLockedValue { $0.unremoved.sorted() } }
@@ -178,6 +186,8 @@ final class TestCluster: Sendable {
         // brings it); its --peers names every current member and itself, only to say where the
         // others are until the log does.
         let peerArgument = joiner ? peerList(Array(Set(current + [i])).sorted()) : peers
+        let isOlder = older.withLockedValue { $0.contains(i) }
+        let binary = isOlder ? oldBinary ?? self.binary : self.binary
         let p = Process()
         p.executableURL = URL(fileURLWithPath: binary)
         var arguments = [
@@ -199,6 +209,7 @@ final class TestCluster: Sendable {
         p.arguments = arguments
         var env = ProcessInfo.processInfo.environment
         for k in env.keys where k.hasPrefix("NODELEASE_") { env[k] = nil }
+        if isOlder && oldBinary == nil { env["NODELEASE_MAX_CLUSTER_VERSION"] = "1" }
         if faultBuild {
             // The fault build: a disk that loses unsynced writes on a crash, a monotonic clock
             // whose rate the drift nemesis sets, and the planted bug if there is one.
@@ -437,6 +448,24 @@ final class TestCluster: Sendable {
         return nil
     }
 
+
+    /// Stops replica i as an operator does for an upgrade (SIGTERM: it hands leadership over
+    /// and finishes its requests), SIGKILL after `seconds`; whether it stopped by itself.
+    func stopGracefully(_ i: Int, seconds: Double = 15) async -> Bool {
+        guard let p = processes.withLockedValue({ $0[i] }), p.isRunning else { return true }
+        kill(p.processIdentifier, SIGTERM)
+        if await waitForExit(i, seconds: seconds) { return true }
+        kill9(i)
+        return false
+    }
+
+    /// A rolling upgrade's step: replica i stops gracefully and starts again as this build.
+    func upgrade(_ i: Int) async throws -> Bool {
+        let graceful = await stopGracefully(i)
+        older.withLockedValue { _ = $0.remove(i) }
+        try start(i)
+        return graceful
+    }
 
     /// Heals everything: network, paused and killed replicas.
     func healAll() {

@@ -295,6 +295,10 @@ struct Nemesis: Sendable {
 
     func run(until end: ContinuousClock.Instant) async {
         guard !faults.isEmpty else { return }
+        if faults == ["upgrade"] {
+            await upgradeAll(until: end)
+            return
+        }
         var random = SplitMix(seed: seed)
         let kinds = faults.sorted()
         var membershipRounds = 0

@@ -118,21 +118,29 @@ enum Render {
 
     static func statusTable(_ all: [(endpoint: URL, status: Result<ReplicaStatusView, NodeLeaseError>)]) -> String {
         let leaderCommit = all.compactMap { try? $0.status.get() }.first { $0.role == "leader" }?.commitIndex
-        var rows = [["REPLICA", "ENDPOINT", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAG", "REACHABLE"]]
+        var rows = [["REPLICA", "ENDPOINT", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAG", "VERSION", "REACHABLE"]]
+        var clusterVersions: Set<UInt32> = []
         for (url, r) in all {
             let host = "\(url.host ?? "?"):\(url.port ?? 80)"
             switch r {
             case .success(let s):
                 let lag = leaderCommit.map { $0 > s.appliedIndex ? String($0 - s.appliedIndex) : "0" } ?? "-"
+                // A replica of the first release reports no versions: it supports cluster version 1.
+                let version = "\(s.version ?? "0.1") (max \(s.supportedClusterVersion ?? 1))"
+                clusterVersions.insert(s.clusterVersion ?? 1)
                 rows.append([
                     String(s.replicaId), host, s.role, String(s.term), s.leaderId.map(String.init) ?? "-", String(s.commitIndex),
-                    String(s.appliedIndex), lag, s.peers.map { "\($0.replicaId):\($0.reachable ? "yes" : "no")" }.joined(separator: " "),
+                    String(s.appliedIndex), lag, version, s.peers.map { "\($0.replicaId):\($0.reachable ? "yes" : "no")" }.joined(separator: " "),
                 ])
             case .failure:
-                rows.append(["?", host, "unreachable", "-", "-", "-", "-", "-", "-"])
+                rows.append(["?", host, "unreachable", "-", "-", "-", "-", "-", "-", "-"])
             }
         }
-        return table(rows)
+        let versions = clusterVersions.sorted().map(String.init).joined(separator: ", ")
+        let footer =
+            clusterVersions.count > 1
+            ? "cluster version: \(versions) (replicas that have not applied the latest change yet)" : "cluster version: \(versions)"
+        return table(rows) + (clusterVersions.isEmpty ? "" : "\n" + footer)
     }
 }
 

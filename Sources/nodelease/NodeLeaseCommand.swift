@@ -17,8 +17,10 @@ struct NodeLeaseCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "nodelease",
         abstract: "Unique node IDs for the servers of a mail cluster, by lease, over Raft.",
+        version: "\(NodeLeaseBuild.version) (cluster versions 1 to \(NodeLeaseBuild.newestClusterVersion))",
         subcommands: [
             Serve.self, Dev.self, Acquire.self, Renew.self, Release.self, Forget.self, Nodes.self, Status.self, Member.self, Hold.self, HoldExec.self, Bench.self, Token.self,
+            SnapshotCommand.self,
         ])
 
     /// For the replica and the load generator, runs Swift concurrency's jobs on NIO's event
@@ -81,6 +83,8 @@ struct ReplicaOptions: ParsableArguments {
     var tokenFile: String?
     @Option(help: "Long polls of the registry (GET /v1/cluster/nodes?waitIndex=...) waiting at once; one more gets 503 (1024; at most half the client connections). Env NODELEASE_MAX_WATCHES.")
     var maxWatches: String?
+    @Option(help: "Tests of rolling upgrades: support cluster versions only up to this one, as an older build does (this build's newest). Env NODELEASE_MAX_CLUSTER_VERSION.")
+    var maxClusterVersion: String?
 
     static func env(_ flag: String) -> String? {
         let name = "NODELEASE_" + flag.dropFirst(2).uppercased().replacingOccurrences(of: "-", with: "_")
@@ -124,6 +128,7 @@ struct ReplicaOptions: ParsableArguments {
         if let f = value(tokenFile, "--token-file") { c.tokenFile = f }
         c.maxWatches = try number(maxWatches, "--max-watches", default: c.maxWatches)
         guard c.maxWatches >= 1 else { throw ConfigError("--max-watches", "must be at least 1") }
+        c.supportedClusterVersion = try number(maxClusterVersion, "--max-cluster-version", default: c.supportedClusterVersion)
         // Planted bugs: only in a fault build; a normal build refuses to start with them set.
         c.faults = try FaultOptions.fromEnvironment()
         try c.validate()

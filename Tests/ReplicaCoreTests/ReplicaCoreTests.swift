@@ -1,6 +1,6 @@
 import LeaseRegistry
 import Raft
-import ReplicaCore
+@testable import ReplicaCore
 import Testing
 
 /// Replicas running `ReplicaCore` by hand: messages and forwards wait until delivered, time
@@ -18,6 +18,7 @@ final class CoreCluster {
     var writes: [ReplicaID: [UInt64: ReplicaCore.WriteResult]] = [:]
     var reads: [ReplicaID: [UInt64: LogIndex]] = [:]
     var timedOut: [ReplicaID: [UInt64]] = [:]
+    var fatal: [ReplicaID: String] = [:]
     let ids: [ReplicaID]
 
     init(size: Int = 3, configure: (inout ReplicaCore.Config) -> Void = { _ in }) throws {
@@ -69,6 +70,7 @@ final class CoreCluster {
                 case .writeDone(let r, let w): writes[id, default: [:]][r] = w
                 case .readDone(let r, let index): reads[id, default: [:]][r] = index
                 case .timedOut(let r): timedOut[id, default: []].append(r)
+                case .fatal(let why, _): fatal[id] = why
                 default: break
                 }
             }
@@ -110,6 +112,49 @@ final class CoreCluster {
 let acquire = LeaseCommand.acquire(hostname: "mx1.example.org", holder: "a", ttlSeconds: 30, idRange: 1...511)
 
 struct ReplicaCoreTests {
+    /// The leader raises the cluster version only once every member reports supporting the new
+    /// one; a replica that supports only the old one and meets the raise anyway stops there.
+    @Test func theClusterVersionMovesOnlyWhenEveryMemberSupportsIt() throws {
+        let c = try CoreCluster { if $0.replicaID == 3 { $0.supportedClusterVersion = 1 } }
+        c.elect(1)
+        func tick(_ versions: [ReplicaID: UInt32]) {
+            for _ in 0..<30 {
+                c.now += 100_000_000
+                for id in c.ids { c.with(id) { $0.tick(now: c.now, wall: c.wall, peerVersions: id == 1 ? versions : [:]) } }
+                c.settle()
+            }
+        }
+        tick([:])
+        tick([2: 2])
+        tick([2: 2, 3: 1])
+        for id in c.ids { #expect(c.cores[id]!.registry.clusterVersion == 1) }
+        #expect(c.fatal.isEmpty)
+        // Replica 3 is said to support 2 (an upgrade it did not get): it meets a command it does not know.
+        tick([2: 2, 3: 2])
+        #expect(c.cores[1]!.registry.clusterVersion == 2)
+        #expect(c.cores[2]!.registry.clusterVersion == 2)
+        #expect(c.cores[3]!.registry.clusterVersion == 1)
+        #expect(c.fatal[3]?.contains("registry command kind 9 is unknown to this build") == true)
+        #expect(c.fatal[1] == nil && c.fatal[2] == nil)
+    }
+
+    /// A newer replica's command (a format version this build does not know) stops every
+    /// replica at that entry, naming it; none applies it as malformed, or anything after it.
+    @Test func anEntryOfAFormatThisBuildDoesNotKnowStopsTheReplicaThere() throws {
+        let c = try CoreCluster()
+        c.elect(1)
+        var newer = TimedCommand(acquire, now: c.wall).encoded()
+        newer[0] = 3
+        _ = try c.with(1) { core in try core.node.propose(batch: [newer, TimedCommand(acquire, now: c.wall).encoded()]) }
+        c.settle()
+        c.tick(2)
+        for id in c.ids {
+            #expect(c.fatal[id]?.contains("registry command format version 3 is unknown to this build") == true, "replica \(id)")
+            #expect(c.cores[id]!.halted)
+            #expect(c.cores[id]!.registry.count == 0, "the acquire after it was not applied")
+        }
+    }
+
     @Test func aForwardThatCannotBeSentYetGoesOnceTheLinkIsUp() throws {
         let c = try CoreCluster()
         c.elect(1)

@@ -1,0 +1,122 @@
+import Foundation
+import LeaseRegistry
+import Raft
+import RaftStorage
+
+/// The cluster a data directory belongs to, in the file `CLUSTER`:
+///
+///     nodelease-cluster 1
+///     <cluster id>
+///
+/// Written at a directory's first start (or by a restore); a later start with another
+/// `--cluster-id` is refused, so a restored cluster's directories (which have a new id) can
+/// never be started as, or rejoin, the cluster they were restored from.
+public enum ClusterIdentity {
+    public static let fileName = "CLUSTER"
+    static let header = "nodelease-cluster"
+    static let version = 1
+
+    /// The cluster id recorded in `directory`, nil when none is.
+    public static func read(directory: String) throws -> String? {
+        let path = (directory as NSString).appendingPathComponent(fileName)
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        let lines = String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
+        let head = lines.first?.split(separator: " ") ?? []
+        guard head.count == 2, head[0] == header, let v = Int(head[1]) else {
+            throw StorageFailure.corrupt(file: path, offset: 0, reason: "not a cluster identity file (it should start with \"\(header) \(version)\")")
+        }
+        guard v == version else {
+            throw StorageFailure.corrupt(
+                file: path, offset: UInt64(header.utf8.count + 1),
+                reason: "cluster identity format version \(v) is unknown to this build (it reads version \(version))")
+        }
+        guard lines.count >= 2, !lines[1].isEmpty else {
+            throw StorageFailure.corrupt(file: path, offset: UInt64(lines[0].utf8.count + 1), reason: "no cluster id after the header")
+        }
+        return String(lines[1])
+    }
+
+    /// Writes `clusterID` as `directory`'s cluster, durably (temporary file, fsync, rename).
+    public static func write(directory: String, clusterID: String) throws {
+        let path = (directory as NSString).appendingPathComponent(fileName)
+        let fs = PosixFileSystem()
+        let f = try fs.open(path + ".tmp", create: true)
+        defer { f.close() }
+        try f.truncate(to: 0)
+        try f.write(Array("\(header) \(version)\n\(clusterID)\n".utf8), at: 0)
+        try f.sync()
+        try fs.rename(path + ".tmp", to: path)
+        try fs.syncDirectory(directory)
+    }
+
+    /// Records `clusterID` in a directory that has none; refuses one recorded for another cluster.
+    static func check(directory: String, clusterID: String) throws {
+        guard let recorded = try read(directory: directory) else {
+            try write(directory: directory, clusterID: clusterID)
+            return
+        }
+        guard recorded == clusterID else {
+            throw ConfigError(
+                "--cluster-id",
+                "the data directory \(directory) belongs to cluster \"\(recorded)\", not \"\(clusterID)\"; a restored cluster has a new id "
+                    + "(the one `nodelease snapshot restore` printed), and a directory never changes cluster")
+        }
+    }
+}
+
+/// Builds a new cluster's data directory from a backup (`nodelease snapshot restore`).
+public enum Restore {
+    /// How far above the backup's index the restored log starts: fencing tokens and lease ids
+    /// are log indexes, so every grant of the restored cluster is above every grant the old one
+    /// made after the backup, as long as it wrote fewer entries than this after it (2^40: three
+    /// years at 10,000 writes a second). A client holding a lease granted after the backup then
+    /// gets 404 for it, never another node's lease that happens to have the same id.
+    public static let defaultIndexGap: UInt64 = 1 << 40
+
+    public struct Outcome: Sendable {
+        public var index: LogIndex
+        public var term: Term
+        public var nodes: Int
+        public var counts: (active: Int, stale: Int, inactive: Int)
+        public var idempotencyKeys: Int
+    }
+
+    /// Writes `directory` (which must be missing or empty) as replica `replica` of the new
+    /// cluster `clusterID` with the configuration `membership`, starting from `backup`.
+    public static func restore(
+        _ backup: Backup, into directory: String, replica: ReplicaID, membership: Membership, clusterID: String, indexGap: UInt64 = defaultIndexGap
+    ) throws -> Outcome {
+        guard clusterID != backup.clusterID else {
+            throw ConfigError(
+                "--cluster-id",
+                "must differ from the backed-up cluster's (\"\(backup.clusterID)\"): a restored cluster must never be confused with, or rejoin, the old one")
+        }
+        guard !clusterID.isEmpty, clusterID.utf8.count <= 128, !clusterID.contains("\n") else {
+            throw ConfigError("--cluster-id", "must be 1 to 128 characters on one line")
+        }
+        guard membership.voters.contains(replica) else { throw ConfigError("--peers", "must include this replica (\(replica))") }
+        guard indexGap >= 1, backup.index.rawValue <= UInt64.max - indexGap else { throw ConfigError("--index-gap", "out of range") }
+        let fm = FileManager.default
+        if fm.fileExists(atPath: directory) {
+            let present = try fm.contentsOfDirectory(atPath: directory)
+            guard present.isEmpty else {
+                throw ConfigError("--data-dir", "\(directory) is not empty (\(present.count) entries): a restore writes a new directory and never overwrites one")
+            }
+        } else {
+            try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        }
+        var registry = try LeaseRegistry(snapshot: backup.data)
+        guard registry.appliedIndex <= backup.index.rawValue else {
+            throw StorageFailure.invalid("the backup's registry was applied at \(registry.appliedIndex), past its index \(backup.index)")
+        }
+        let index = LogIndex(backup.index.rawValue + indexGap)
+        registry.rebase(restoredAt: index.rawValue)
+        let storage = try DurableLog(directory: directory, membership: membership)
+        defer { storage.close() }
+        let snapshot = Snapshot(metadata: SnapshotMetadata(index: index, term: backup.term, membership: membership), data: registry.snapshot())
+        try storage.save(hardState: HardState(term: backup.term, vote: nil, commit: index), entries: [], snapshot: snapshot, sync: true)
+        try ClusterIdentity.write(directory: directory, clusterID: clusterID)
+        return Outcome(
+            index: index, term: backup.term, nodes: registry.count, counts: registry.counts(), idempotencyKeys: registry.rememberedKeys)
+    }
+}

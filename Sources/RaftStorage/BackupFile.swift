@@ -1,0 +1,91 @@
+import Raft
+
+/// A backup (`nodelease snapshot save`, `GET /v1/snapshot`): the state machine's snapshot at a
+/// committed index, with what a restore and an operator need to know about where it came from.
+///
+///     "NLBACKUP" | version u32 | cluster id (u32 length + UTF-8) | index u64 | term u64
+///     | taken at (Unix milliseconds) u64 | taken by (replica id) u64 | membership
+///     | data (u32 length + bytes) | crc32c u32 (of everything before it)
+///
+/// `data` is the registry's own snapshot (versioned and checksummed by itself). Integers are
+/// little-endian. A reader meets an unknown version before anything else it could misread.
+public struct Backup: Sendable, Equatable {
+    public static let magic: [UInt8] = Array("NLBACKUP".utf8)
+    /// The version this build writes; it reads every version up to it.
+    public static let version: UInt32 = 1
+
+    public var clusterID: String
+    public var index: LogIndex
+    public var term: Term
+    public var takenAtMillis: UInt64
+    public var takenBy: ReplicaID
+    /// The configuration at `index` (informational: a restore makes its own from `--peers`).
+    public var membership: Membership
+    public var data: [UInt8]
+
+    public init(clusterID: String, index: LogIndex, term: Term, takenAtMillis: UInt64, takenBy: ReplicaID, membership: Membership, data: [UInt8]) {
+        self.clusterID = clusterID
+        self.index = index
+        self.term = term
+        self.takenAtMillis = takenAtMillis
+        self.takenBy = takenBy
+        self.membership = membership
+        self.data = data
+    }
+
+    public func encoded() -> [UInt8] {
+        var w = ByteWriter(capacity: data.count + 256)
+        w.bytes.append(contentsOf: Self.magic)
+        w.u32(Self.version)
+        w.string(clusterID)
+        w.u64(index.rawValue)
+        w.u64(term.rawValue)
+        w.u64(takenAtMillis)
+        w.u64(takenBy.rawValue)
+        w.membership(membership)
+        w.blob(data)
+        w.u32(CRC32C.checksum(w.bytes))
+        return w.bytes
+    }
+
+    /// The checksum stored in the last four bytes of an encoded backup.
+    public static func storedChecksum(_ bytes: [UInt8]) -> UInt32? {
+        guard bytes.count >= 4 else { return nil }
+        var r = ByteReader(bytes, at: bytes.count - 4)
+        return try? r.u32()
+    }
+
+    /// Decodes a backup; throws `StorageFailure.corrupt` naming `file` and the offset on any
+    /// damage, and on a version this build does not know (naming it) before reading further.
+    public init(decoding bytes: [UInt8], file: String) throws {
+        func corrupt(_ offset: Int, _ why: String) -> StorageFailure {
+            .corrupt(file: file, offset: UInt64(offset), reason: why)
+        }
+        guard bytes.count >= Self.magic.count + 4, Array(bytes[0..<Self.magic.count]) == Self.magic else {
+            throw corrupt(0, "not a NodeLease backup (it does not start with \"NLBACKUP\")")
+        }
+        var r = ByteReader(bytes, at: Self.magic.count)
+        let version = try r.u32()
+        guard version >= 1, version <= Self.version else {
+            throw corrupt(Self.magic.count, "backup format version \(version) is unknown to this build (it reads versions 1 to \(Self.version)); use a newer nodelease")
+        }
+        guard bytes.count >= Self.magic.count + 8 else { throw corrupt(bytes.count, "backup file too short") }
+        let body = bytes.count - 4
+        guard Self.storedChecksum(bytes) == CRC32C.checksum(bytes[0..<body]) else {
+            throw corrupt(body, "backup checksum mismatch (the file is damaged or incomplete)")
+        }
+        r = ByteReader(Array(bytes[0..<body]), at: Self.magic.count + 4)
+        do {
+            clusterID = try r.string()
+            index = LogIndex(try r.u64())
+            term = Term(try r.u64())
+            takenAtMillis = try r.u64()
+            takenBy = ReplicaID(try r.u64())
+            membership = try r.membership()
+            data = try r.blob()
+        } catch {
+            throw corrupt(r.position, "backup body does not decode")
+        }
+        guard r.remaining == 0 else { throw corrupt(r.position, "trailing bytes after the backup's data") }
+    }
+}

@@ -541,6 +541,9 @@ extension LeaseRegistry {
             if version >= 5 {
                 clusterVersion = try r.u32()
                 guard clusterVersion >= 2 else { throw SnapshotError.malformed("cluster version \(clusterVersion) in a version 5 snapshot") }
+                guard clusterVersion <= supported else {
+                    throw SnapshotError.malformed("cluster version \(clusterVersion) is newer than this build supports (\(supported))")
+                }
             }
             guard registryIndex <= appliedIndex else { throw SnapshotError.malformed("registry index beyond the applied index") }
             let n = Int(try r.u32())

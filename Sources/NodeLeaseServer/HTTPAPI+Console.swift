@@ -390,6 +390,8 @@ extension HTTPAPI {
                         let json = try? JSONSerialization.jsonObject(with: Data(answer.body.readableBytesView)) as? [String: Any]
                     else { return (id, nil) }
                     func number(_ k: String) -> UInt64? { (json[k] as? NSNumber)?.uint64Value }
+                    // Whatever answers at a member's address must be that member.
+                    guard number("replicaId") == id.rawValue else { return (id, nil) }
                     return (
                         id,
                         PeerStatus(

@@ -494,12 +494,20 @@ struct HTTPAPI: Sendable {
     /// committed index, after a linearizable barrier; `X-NodeLease-Snapshot-Index` names the index.
     private func backup() async -> Response {
         let state: (registry: LeaseRegistry, index: LogIndex, term: Term, membership: Membership)
-        do { state = try await driver.backup() } catch { return await noLeader() }
+        do { state = try await driver.backup() } catch DriverError.stopping {
+            return await unavailable("this replica is shutting down; ask another replica")
+        } catch {
+            return await noLeader()
+        }
         // Encoded here, off the driver: a large registry takes tens of milliseconds.
+        let data = state.registry.snapshot()
+        guard data.count < Int(UInt32.max) - 4096 else {
+            return error(.internalServerError, "internal", "the registry's snapshot (\(data.count) bytes) is beyond what a backup file holds (4 GiB)")
+        }
         let file = Backup(
             clusterID: config.clusterID, index: state.index, term: state.term,
             takenAtMillis: UInt64(max(0, Date().timeIntervalSince1970 * 1000)), takenBy: config.replicaID,
-            membership: state.membership, data: state.registry.snapshot()
+            membership: state.membership, data: data
         ).encoded()
         var headers = HTTPFields()
         headers[.contentType] = "application/octet-stream"

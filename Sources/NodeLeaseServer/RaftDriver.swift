@@ -233,6 +233,7 @@ actor RaftDriver {
     /// the caller off the actor.
     func backup() async throws -> (registry: LeaseRegistry, index: LogIndex, term: Term, membership: Membership) {
         _ = try await linearizableBarrier()
+        guard !stopped, !core.halted else { throw DriverError.stopping }
         let applied = core.node.appliedIndex
         return (core.registry, applied, try storage.term(applied), core.node.membership(at: applied))
     }
@@ -542,7 +543,7 @@ actor RaftDriver {
     /// of the registry (a value: the copy is cheap until the next change), so a large registry
     /// does not stall the actor; the log is compacted once the file is durable.
     private func maybeSnapshot() {
-        guard !snapshotting else { return }
+        guard !snapshotting, !stopped, !core.halted else { return }
         let applied = core.node.appliedIndex
         let every = max(config.snapshotEvery, config.snapshotEntriesPerNode * UInt64(core.registry.count))
         guard let snapIndex = try? storage.snapshot().metadata.index, applied.rawValue >= snapIndex.rawValue + every else { return }

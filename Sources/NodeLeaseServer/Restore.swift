@@ -72,6 +72,16 @@ public enum Restore {
     /// years at 10,000 writes a second). A client holding a lease granted after the backup then
     /// gets 404 for it, never another node's lease that happens to have the same id.
     public static let defaultIndexGap: UInt64 = 1 << 40
+    /// `--index-gap` may be 2^32 to 2^48, and the restored log must start at or below 2^53 (the
+    /// integers every JSON client reads exactly): a smaller gap could hand out again a lease id
+    /// the old cluster granted after the backup, so a renew of it would reach another node's lease.
+    public static let indexGaps: ClosedRange<UInt64> = (1 << 32)...(1 << 48)
+    public static let maxIndex: UInt64 = 1 << 53
+    /// How far above the backup's term the restored cluster starts: a replica of the old
+    /// cluster, however many elections it held after the backup, then never has a log as
+    /// up to date as the restored cluster's, so it can never win its votes (were it started
+    /// with the new cluster id by mistake, it could only follow, and be overwritten).
+    public static let termGap: UInt64 = 1 << 32
 
     public struct Outcome: Sendable {
         public var index: LogIndex
@@ -95,28 +105,48 @@ public enum Restore {
             throw ConfigError("--cluster-id", "must be 1 to 128 characters on one line")
         }
         guard membership.voters.contains(replica) else { throw ConfigError("--peers", "must include this replica (\(replica))") }
-        guard indexGap >= 1, backup.index.rawValue <= UInt64.max - indexGap else { throw ConfigError("--index-gap", "out of range") }
-        let fm = FileManager.default
-        if fm.fileExists(atPath: directory) {
-            let present = try fm.contentsOfDirectory(atPath: directory)
-            guard present.isEmpty else {
-                throw ConfigError("--data-dir", "\(directory) is not empty (\(present.count) entries): a restore writes a new directory and never overwrites one")
-            }
-        } else {
-            try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        guard indexGaps.contains(indexGap) else {
+            throw ConfigError("--index-gap", "must be between 2^32 and 2^48 (\(indexGaps.lowerBound) to \(indexGaps.upperBound))")
+        }
+        guard backup.index.rawValue < maxIndex - indexGap, backup.term.rawValue < UInt64.max - termGap else {
+            throw ConfigError("--index-gap", "the restored log would start above 2^53 (the backup is at index \(backup.index))")
         }
         var registry = try LeaseRegistry(snapshot: backup.data)
         guard registry.appliedIndex <= backup.index.rawValue else {
             throw StorageFailure.invalid("the backup's registry was applied at \(registry.appliedIndex), past its index \(backup.index)")
         }
+        let fm = FileManager.default
+        let created = !fm.fileExists(atPath: directory)
+        if created {
+            try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } else {
+            let present = try fm.contentsOfDirectory(atPath: directory)
+            guard present.isEmpty else {
+                throw ConfigError("--data-dir", "\(directory) is not empty (\(present.count) entries): a restore writes a new directory and never overwrites one")
+            }
+        }
         let index = LogIndex(backup.index.rawValue + indexGap)
+        let term = Term(backup.term.rawValue + termGap)
         registry.rebase(restoredAt: index.rawValue)
-        let storage = try DurableLog(directory: directory, membership: membership)
-        defer { storage.close() }
-        let snapshot = Snapshot(metadata: SnapshotMetadata(index: index, term: backup.term, membership: membership), data: registry.snapshot())
-        try storage.save(hardState: HardState(term: backup.term, vote: nil, commit: index), entries: [], snapshot: snapshot, sync: true)
-        try ClusterIdentity.write(directory: directory, clusterID: clusterID)
-        return Outcome(
-            index: index, term: backup.term, nodes: registry.count, counts: registry.counts(), idempotencyKeys: registry.rememberedKeys)
+        do {
+            // The new cluster's id first: a restore that stops half way leaves a directory that
+            // can only be started as the new cluster (or deleted), never adopted by the old one.
+            try ClusterIdentity.write(directory: directory, clusterID: clusterID)
+            let storage = try DurableLog(directory: directory, membership: membership)
+            defer { storage.close() }
+            let snapshot = Snapshot(metadata: SnapshotMetadata(index: index, term: term, membership: membership), data: registry.snapshot())
+            try storage.save(hardState: HardState(term: term, vote: nil, commit: index), entries: [], snapshot: snapshot, sync: true)
+        } catch {
+            // Nothing half-written is left behind (the directory was missing or empty).
+            if created {
+                try? fm.removeItem(atPath: directory)
+            } else {
+                for name in (try? fm.contentsOfDirectory(atPath: directory)) ?? [] {
+                    try? fm.removeItem(atPath: (directory as NSString).appendingPathComponent(name))
+                }
+            }
+            throw error
+        }
+        return Outcome(index: index, term: term, nodes: registry.count, counts: registry.counts(), idempotencyKeys: registry.rememberedKeys)
     }
 }

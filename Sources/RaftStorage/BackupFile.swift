@@ -22,6 +22,10 @@ public struct Backup: Sendable, Equatable {
     /// The configuration at `index` (informational: a restore makes its own from `--peers`).
     public var membership: Membership
     public var data: [UInt8]
+    /// The format version the file was written in (`version` for one made here).
+    public private(set) var formatVersion: UInt32 = Backup.version
+    /// Where `data` starts in the file (after its length), for messages; 0 for one made here.
+    public private(set) var dataOffset = 0
 
     public init(clusterID: String, index: LogIndex, term: Term, takenAtMillis: UInt64, takenBy: ReplicaID, membership: Membership, data: [UInt8]) {
         self.clusterID = clusterID
@@ -31,6 +35,12 @@ public struct Backup: Sendable, Equatable {
         self.takenBy = takenBy
         self.membership = membership
         self.data = data
+    }
+
+    /// Equal content (where a file was read from does not count).
+    public static func == (a: Backup, b: Backup) -> Bool {
+        a.clusterID == b.clusterID && a.index == b.index && a.term == b.term && a.takenAtMillis == b.takenAtMillis && a.takenBy == b.takenBy
+            && a.membership == b.membership && a.data == b.data
     }
 
     public func encoded() -> [UInt8] {
@@ -66,14 +76,21 @@ public struct Backup: Sendable, Equatable {
         }
         var r = ByteReader(bytes, at: Self.magic.count)
         let version = try r.u32()
+        let body = bytes.count - 4
+        let intact = bytes.count >= Self.magic.count + 8 && Self.storedChecksum(bytes) == CRC32C.checksum(bytes[0..<body])
         guard version >= 1, version <= Self.version else {
-            throw corrupt(Self.magic.count, "backup format version \(version) is unknown to this build (it reads versions 1 to \(Self.version)); use a newer nodelease")
+            // The checksum tells a newer file (intact, if it keeps this layout's checksum) from
+            // a damaged version field.
+            throw corrupt(
+                Self.magic.count,
+                "backup format version \(version) is unknown to this build (it reads versions 1 to \(Self.version)): "
+                    + (intact ? "a newer nodelease wrote it; use that one" : "a newer nodelease wrote it, or the file is damaged (its checksum does not match)"))
         }
         guard bytes.count >= Self.magic.count + 8 else { throw corrupt(bytes.count, "backup file too short") }
-        let body = bytes.count - 4
-        guard Self.storedChecksum(bytes) == CRC32C.checksum(bytes[0..<body]) else {
+        guard intact else {
             throw corrupt(body, "backup checksum mismatch (the file is damaged or incomplete)")
         }
+        formatVersion = version
         r = ByteReader(Array(bytes[0..<body]), at: Self.magic.count + 4)
         do {
             clusterID = try r.string()
@@ -82,6 +99,7 @@ public struct Backup: Sendable, Equatable {
             takenAtMillis = try r.u64()
             takenBy = ReplicaID(try r.u64())
             membership = try r.membership()
+            dataOffset = r.position + 4
             data = try r.blob()
         } catch {
             throw corrupt(r.position, "backup body does not decode")

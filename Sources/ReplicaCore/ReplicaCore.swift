@@ -225,7 +225,9 @@ public struct ReplicaCore {
 
     /// A follower passed us a client's command: proposed with our own clock's time.
     public mutating func forwarded(_ data: [UInt8], now: UInt64, wall: UInt64) {
-        guard node.role == .leader, var timed = TimedCommand(decoding: data) else { return }
+        // Only client writes: a deposed leader's own commands (expiry, the cluster version...)
+        // were decided on what it knew; this leader decides its own.
+        guard node.role == .leader, var timed = TimedCommand(decoding: data), timed.command.isClientWrite else { return }
         timed.now = wall
         timed.leaderNanos = now
         enqueue([timed.encoded()], now: now)
@@ -333,6 +335,9 @@ public struct ReplicaCore {
             effects.append(.fatal("the leader's snapshot does not decode: \(error)"))
             return
         }
+        // Stopped at an entry it cannot apply: the entries after it are not applied either, so
+        // the applied index must not move past them (nor a snapshot be taken there).
+        if halted { return }
         node.advance(rd)
         answerReads()
         afterInput(now: now)

@@ -459,9 +459,11 @@ final class TestCluster: Sendable {
         return false
     }
 
-    /// A rolling upgrade's step: replica i stops gracefully and starts again as this build.
-    func upgrade(_ i: Int) async throws -> Bool {
+    /// A rolling upgrade's step: replica i stops gracefully, stays down for `down` (the new
+    /// binary being put in place), and starts again as this build.
+    func upgrade(_ i: Int, down: Duration) async throws -> Bool {
         let graceful = await stopGracefully(i)
+        try? await Task.sleep(for: down)
         older.withLockedValue { _ = $0.remove(i) }
         try start(i)
         return graceful
@@ -686,7 +688,9 @@ final class TestCluster: Sendable {
         }
     }
 
-    func waitForLeader(seconds: Double) async -> Bool {
+    /// `majority`: a leader named by a majority of the members is enough (not every member
+    /// need answer).
+    func waitForLeader(seconds: Double, majority: Bool = false) async -> Bool {
         let end = Date().addingTimeInterval(seconds)
         while Date() < end {
             var leaders: Set<Int> = []
@@ -698,7 +702,7 @@ final class TestCluster: Sendable {
                     if let l = json["leaderId"] as? Int { leaders.insert(l) }
                 }
             }
-            if answered == current.count && leaders.count == 1 { return true }
+            if (answered == current.count || majority && answered > current.count / 2) && leaders.count == 1 { return true }
             try? await Task.sleep(for: .milliseconds(200))
         }
         return false

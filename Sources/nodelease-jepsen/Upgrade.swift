@@ -62,7 +62,10 @@ extension Nemesis {
             log.add(NemesisEvent(time: now(), fault: "upgrade", target: "\(i)", phase: "start"))
             var outcome = "\(i)"
             do {
-                if try await !cluster.upgrade(i) { outcome += " (did not stop within 15 s of SIGTERM: killed)" }
+                // Down for a few seconds, as while its binary is replaced: a gate that counted an
+                // unreachable member as upgraded would move the version now.
+                if try await !cluster.upgrade(i, down: .seconds(3)) { outcome += " (did not stop within 15 s of SIGTERM: killed)" }
+                log.add(NemesisEvent(time: now(), fault: "upgrade", target: "\(i)", phase: "restarted"))
             } catch {
                 outcome += " NOT RESTARTED: \(error)"
             }
@@ -84,40 +87,40 @@ enum UpgradeChecks {
     static let checker = "cluster-version"
 
     /// - The cluster version never moves while a replica running as the older version is
-    ///   still a member: no sample of it above `older`'s version before the last of them was
-    ///   stopped for its upgrade.
+    ///   still a member: no sample of it above 1 before the last of them was started again as
+    ///   this build (it is down for a few seconds before that).
     /// - No replica stopped on a command or snapshot it does not know (`halts`: such lines from
     ///   the replicas' logs).
     /// - Every older replica was upgraded, and once all were, every member reached the newest
     ///   version any replica supports.
     static func check(older: [Int], samples: [VersionSample], nemesis: [NemesisEvent], halts: [String]) -> [Anomaly] {
         var out: [Anomaly] = []
-        let stops = nemesis.filter { $0.fault == "upgrade" && $0.phase == "start" }
-        var lastOlderStop: UInt64 = 0
+        let stops = nemesis.filter { $0.fault == "upgrade" && $0.phase == "restarted" }
+        var lastOlderUp: UInt64 = 0
         for o in older {
             guard let stop = stops.first(where: { $0.target == "\(o)" }) else {
                 out.append(Anomaly(checker: checker, detail: "replica \(o), started as the older version, was never upgraded (run too short?)"))
                 continue
             }
-            lastOlderStop = max(lastOlderStop, stop.time)
+            lastOlderUp = max(lastOlderUp, stop.time)
         }
         for e in nemesis where e.fault == "upgrade" && e.phase == "end" && e.target.contains("NOT") {
             out.append(Anomaly(checker: checker, detail: "upgrade of replica \(e.target)"))
         }
-        let early = samples.filter { $0.clusterVersion >= 2 && $0.time < lastOlderStop }
+        let early = samples.filter { $0.clusterVersion >= 2 && $0.time < lastOlderUp }
         if let first = early.first {
             out.append(
                 Anomaly(
                     checker: checker,
                     detail: "replica \(first.replica) reported cluster version \(first.clusterVersion) at \(first.time / 1_000_000) ms, "
-                        + "before the last replica running as the older version was stopped for its upgrade (\(lastOlderStop / 1_000_000) ms); "
+                        + "before the last replica running as the older version was started again upgraded (\(lastOlderUp / 1_000_000) ms); "
                         + "\(early.count) such samples"))
         }
         for h in halts { out.append(Anomaly(checker: checker, detail: "a replica stopped on what it does not know: \(h)")) }
         let newest = samples.map(\.supported).max() ?? 1
         var last: [Int: VersionSample] = [:]
         for s in samples { last[s.replica] = s }
-        if !older.isEmpty, lastOlderStop > 0 {
+        if !older.isEmpty, lastOlderUp > 0 {
             let behind = last.values.filter { $0.clusterVersion < newest }.map(\.replica).sorted()
             if !behind.isEmpty || last.isEmpty {
                 out.append(
@@ -136,7 +139,7 @@ enum UpgradeChecks {
             guard let text = try? String(contentsOfFile: "\(dir)/replica-\(i).log", encoding: .utf8) else { continue }
             for line in text.split(separator: "\n")
             where line.contains("unknown to this build") || line.contains("newer than this build supports") {
-                out.append("replica \(i): \(line.suffix(300))")
+                out.append("replica \(i): \(line.suffix(400))")
             }
         }
         return out

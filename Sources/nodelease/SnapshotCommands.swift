@@ -63,6 +63,8 @@ struct SnapshotCommand: AsyncParsableCommand {
             let tmp = path + ".tmp-\(getpid())"
             let f = try fs.open(tmp, create: true)
             do {
+                // A backup holds every holder and remembered outcome: readable by its owner only.
+                guard chmod(tmp, 0o600) == 0 else { throw StorageFailure.io("chmod \(tmp)", errno: errno) }
                 try f.truncate(to: 0)
                 try f.write(bytes, at: 0)
                 try f.sync()
@@ -94,7 +96,7 @@ struct SnapshotCommand: AsyncParsableCommand {
             print(
                 Render.table([
                     ["file", file],
-                    ["format", "NodeLease backup, version \(Backup.version)"],
+                    ["format", "NodeLease backup, version \(backup.formatVersion)"],
                     ["cluster", backup.clusterID],
                     ["index", "\(backup.index)"],
                     ["term", "\(backup.term)"],
@@ -123,7 +125,7 @@ struct SnapshotCommand: AsyncParsableCommand {
         @Option(help: "This replica's id in the new cluster.") var replicaId: UInt64
         @Option(help: "Every replica of the new cluster, ID=HOST:PORT,... (peer addresses), as `serve` takes them.") var peers: String
         @Option(help: "The new cluster's id; must differ from the backed-up cluster's.") var clusterId: String
-        @Option(help: "How many indexes above the backup's the new log starts (2^40).") var indexGap: UInt64 = Restore.defaultIndexGap
+        @Option(help: "How many indexes above the backup's the new log starts (2^40; 2^32 to 2^48).") var indexGap: UInt64 = Restore.defaultIndexGap
 
         func run() async throws {
             let (_, backup, _) = try Describe.load(file)
@@ -132,7 +134,7 @@ struct SnapshotCommand: AsyncParsableCommand {
                 let out = try Restore.restore(
                     backup, into: dataDir, replica: ReplicaID(replicaId), membership: membership, clusterID: clusterId, indexGap: indexGap)
                 print(
-                    "restored \(dataDir): replica \(replicaId) of cluster \(clusterId) (from \(backup.clusterID) at index \(backup.index)); "
+                    "restored \(dataDir): replica \(replicaId) of cluster \(clusterId) (from \(backup.clusterID) at index \(backup.index), term \(backup.term)); "
                         + "log starts at index \(out.index), term \(out.term); \(out.nodes) nodes (\(out.counts.active) active, "
                         + "\(out.counts.stale) stale, \(out.counts.inactive) inactive), \(out.idempotencyKeys) idempotency keys")
                 print("start it with: nodelease serve --replica-id \(replicaId) --cluster-id \(clusterId) --peers \(peers) --data-dir \(dataDir) ...")
@@ -159,7 +161,8 @@ enum Describe {
             do {
                 return (bytes, backup, try LeaseRegistry(snapshot: backup.data))
             } catch {
-                throw StorageFailure.corrupt(file: file, offset: 0, reason: "the registry inside the backup does not decode: \(error)")
+                throw StorageFailure.corrupt(
+                    file: file, offset: UInt64(backup.dataOffset), reason: "the registry inside the backup (from this offset) does not decode: \(error)")
             }
         } catch {
             FileHandle.standardError.write(Data("nodelease: \(error)\n".utf8))
@@ -178,7 +181,7 @@ enum Describe {
 
     static func json(_ b: Backup, _ r: LeaseRegistry, bytes: [UInt8], file: String) -> String {
         let n = r.counts()
-        return "{\"file\":\(Render.q(file)),\"version\":\(Backup.version),\"clusterId\":\(Render.q(b.clusterID)),\"index\":\(b.index),"
+        return "{\"file\":\(Render.q(file)),\"version\":\(b.formatVersion),\"clusterId\":\(Render.q(b.clusterID)),\"index\":\(b.index),"
             + "\"term\":\(b.term),\"takenAtMillis\":\(b.takenAtMillis),\"takenBy\":\(b.takenBy),\"nodes\":\(r.count),"
             + "\"active\":\(n.active),\"stale\":\(n.stale),\"inactive\":\(n.inactive),\"idempotencyKeys\":\(r.rememberedKeys),"
             + "\"bytes\":\(bytes.count),\"crc32c\":\"\(crc(bytes))\"}"

@@ -195,6 +195,15 @@ import Testing
         #expect(try await c.request(leader, "DELETE", "/v1/leases/\(leaseId)", headers: bearer(Self.otherNode)).status == 403)
         #expect(try await c.request(follower, "DELETE", "/v1/cluster/nodes/1", headers: bearer(Self.node)).status == 403)
         #expect(try await c.request(follower, "DELETE", "/v1/cluster/replicas/3", headers: bearer(Self.reader)).status == 403)
+        // A backup holds every holder and remembered outcome: admin only (issue 19).
+        #expect(try await c.request(follower, "GET", "/v1/snapshot", headers: bearer(Self.reader)).status == 403)
+        #expect(try await c.request(follower, "GET", "/v1/snapshot", headers: bearer(Self.node)).status == 403)
+        #expect(try await c.request(follower, "GET", "/v1/snapshot", headers: ["Authorization": ""]).status == 401)
+        let backup = try await c.request(follower, "GET", "/v1/snapshot", headers: bearer(Self.admin))
+        #expect(backup.status == 200)
+        #expect(backup.headers["content-type"] == "application/octet-stream")
+        #expect(backup.headers["x-nodelease-snapshot-index"].flatMap(UInt64.init) != nil)
+        #expect(try await c.request(follower, "POST", "/v1/snapshot", headers: bearer(Self.admin)).status == 405)
         // Unknown paths and wrong methods are 404 and 405 for every role, as without tokens.
         #expect(try await c.request(follower, "GET", "/v1/nowhere", headers: bearer(Self.node)).status == 404)
         #expect(try await c.request(follower, "PUT", "/v1/cluster/nodes", headers: bearer(Self.reader)).status == 405)

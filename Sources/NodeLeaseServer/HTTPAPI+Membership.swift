@@ -163,7 +163,7 @@ extension HTTPAPI {
         case .stale: return error(.conflict, "stale_config", e.description)
         case .replicaExists: return error(.conflict, "replica_exists", e.description)
         case .notFound(let id): return replicaNotFound(Substring(id.description))
-        case .learnerLagging: return error(.conflict, "learner_lagging", e.description)
+        case .learnerLagging, .learnerHeld: return error(.conflict, "learner_lagging", e.description)
         case .wouldLoseQuorum: return error(.conflict, "would_lose_quorum", e.description + " (force=true overrides, to replace a dead replica)")
         case .invalid(let why): return error(.badRequest, "invalid_request", why)
         }

@@ -250,10 +250,11 @@ public final class NodeLeaseReplica: Service, Sendable {
                 }
                 group.addTask { [api] in
                     // The leader asks the other members which cluster versions they support
-                    // (their status), until the cluster runs the newest this build supports.
+                    // (their status), until the cluster runs the newest this build supports,
+                    // and while there are learners (one that cannot apply the log stays one).
                     while !Task.isCancelled {
                         try await Task.sleep(for: .seconds(2))
-                        guard let membership = await driver.membershipIfRaisingClusterVersion() else { continue }
+                        guard let membership = await driver.membershipIfVersionsWanted() else { continue }
                         await driver.reportPeerVersions(await api.peerSupportedVersions(membership))
                     }
                 }

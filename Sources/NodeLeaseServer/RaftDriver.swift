@@ -315,14 +315,17 @@ actor RaftDriver {
     /// The cluster versions the other members last reported supporting (leader only).
     private var peerVersions: [ReplicaID: UInt32] = [:]
 
-    /// The configuration, when this replica leads and the cluster version is below what it
-    /// supports: then the other members' supported versions are wanted.
-    func membershipIfRaisingClusterVersion() -> Membership? {
-        guard core.node.role == .leader, core.registry.clusterVersion < config.supportedClusterVersion else {
+    /// The configuration, when this replica leads and the other members' supported cluster
+    /// versions are wanted: the cluster version is below what this replica supports (to raise
+    /// it), or learners may have to be held back from voting (ReplicaCore).
+    func membershipIfVersionsWanted() -> Membership? {
+        let m = core.node.membership
+        let version = core.registry.clusterVersion
+        guard core.node.role == .leader, version < config.supportedClusterVersion || (version > 1 && !m.learners.isEmpty) else {
             peerVersions = [:]
             return nil
         }
-        return core.node.membership
+        return m
     }
 
     func reportPeerVersions(_ versions: [ReplicaID: UInt32]) { peerVersions = versions }

@@ -136,6 +136,7 @@ extension RaftNode {
         case .failure(let e): throw e
         }
         if case .promote(let learner) = change {
+            if let why = promotionHeld[learner] { throw ConfChangeError.learnerHeld(learner, why: why) }
             let match = progress[learner]?.match ?? 0
             if match + config.learnerCatchUpEntries < log.committed || !isReachable(learner) {
                 throw ConfChangeError.learnerLagging(learner, match: match, commit: log.committed)
@@ -178,7 +179,7 @@ extension RaftNode {
                 pr.caughtUpTicks = 0
             }
             progress[l] = pr
-            if candidate == nil && pr.caughtUpTicks >= config.electionTicks { candidate = l }
+            if candidate == nil && pr.caughtUpTicks >= config.electionTicks && promotionHeld[l] == nil { candidate = l }
         }
         guard config.autoPromote, let l = candidate, !configChangePending, leadTransferee == nil,
             log.termOrZero(log.committed) == term

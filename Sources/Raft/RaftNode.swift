@@ -85,6 +85,9 @@ public struct RaftNode {
     var configs: [ConfigRecord]
     /// Target of a leadership transfer in progress (leader only).
     public internal(set) var leadTransferee: ReplicaID?
+    /// Learners the state machine holds back from becoming voters, and why (set by the caller
+    /// every tick): neither promoted by `autoPromote` nor by hand.
+    public var promotionHeld: [ReplicaID: String] = [:]
 
     var log: RaftLog
     var progress: [ReplicaID: Progress] = [:]

@@ -269,6 +269,9 @@ public enum ConfChangeError: Error, Sendable, Hashable, CustomStringConvertible 
     case notFound(ReplicaID)
     /// The learner has not caught up with the leader's log.
     case learnerLagging(ReplicaID, match: LogIndex, commit: LogIndex)
+    /// The learner is held back from voting by the state machine (it runs a build that
+    /// cannot apply everything the log holds); `why` says so.
+    case learnerHeld(ReplicaID, why: String)
     /// The new configuration would have fewer reachable voters than its quorum.
     case wouldLoseQuorum(reachable: Int, quorum: Int)
     case invalid(String)
@@ -281,6 +284,7 @@ public enum ConfChangeError: Error, Sendable, Hashable, CustomStringConvertible 
         case .notFound(let id): "replica \(id) is not a member"
         case .learnerLagging(let id, let match, let commit):
             "learner \(id) has the log up to \(match), the commit index is \(commit): let it catch up first"
+        case .learnerHeld(_, let why): why
         case .wouldLoseQuorum(let reachable, let quorum):
             "the new configuration would have \(reachable) reachable voter\(reachable == 1 ? "" : "s"), fewer than its quorum of \(quorum)"
         case .invalid(let why): why

@@ -188,6 +188,7 @@ public struct ReplicaCore {
         peerVersions: [ReplicaID: UInt32] = [:]
     ) {
         expireOverdue(now: now)
+        holdOutdatedLearners(peerVersions: peerVersions)
         node.tick()
         noteRoleChanges(now: now)
         advanceConfChanges(now: now)
@@ -593,6 +594,25 @@ public struct ReplicaCore {
             registrationAttempts[replica] = now
             enqueue([TimedCommand(.registerReplica(replica: replica, dataDirectoryID: dir), now: wall, leaderNanos: now).encoded()], now: now)
         }
+    }
+
+    /// A learner that has not reported supporting the cluster version in force (a build that
+    /// cannot apply everything the log holds, or one not heard from yet) is not made a voter:
+    /// it could never lead, nor write a snapshot without what it could not apply.
+    private mutating func holdOutdatedLearners(peerVersions: [ReplicaID: UInt32]) {
+        let version = registry.clusterVersion
+        var held: [ReplicaID: String] = [:]
+        if node.role == .leader && version > 1 {
+            for l in node.membership.learners {
+                let supported = peerVersions[l]
+                if let s = supported, s >= version { continue }
+                held[l] =
+                    "replica \(l) "
+                    + (supported.map { "supports cluster version \($0) only" } ?? "has not reported which cluster version it supports yet")
+                    + "; the cluster is at \(version): it stays a learner until it runs a build that supports it"
+            }
+        }
+        node.promotionHeld = held
     }
 
     /// Moves the cluster version up, through the log, to the lowest every member supports.

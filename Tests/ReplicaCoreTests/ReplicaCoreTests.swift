@@ -112,6 +112,33 @@ final class CoreCluster {
 let acquire = LeaseCommand.acquire(hostname: "mx1.example.org", holder: "a", ttlSeconds: 30, idRange: 1...511)
 
 struct ReplicaCoreTests {
+    /// Once the cluster version is above 1, a learner that has not reported supporting it is
+    /// neither promoted by the leader nor by hand: a build that cannot apply the log never votes
+    /// or leads.
+    @Test func aLearnerThatDoesNotSupportTheClusterVersionStaysALearner() throws {
+        let c = try CoreCluster()
+        c.elect(1)
+        func tick(_ versions: [ReplicaID: UInt32], _ rounds: Int = 30) {
+            for _ in 0..<rounds {
+                c.now += 100_000_000
+                for id in c.ids { c.with(id) { $0.tick(now: c.now, wall: c.wall, peerVersions: id == 1 ? versions : [:]) } }
+                c.settle()
+            }
+        }
+        tick([2: 2, 3: 2])
+        #expect(c.cores[1]!.registry.clusterVersion == 2)
+        c.storages[4] = MemoryStorage(membership: .empty)
+        try c.start(4)
+        _ = try c.with(1) { try $0.node.proposeConfChange(.addLearner(Member(id: 4, role: .learner))) }
+        c.settle()
+        tick([2: 2, 3: 2])
+        tick([2: 2, 3: 2, 4: 1])
+        #expect(c.cores[1]!.node.membership.learners == [4], "held: no report, then version 1 only")
+        #expect(throws: ConfChangeError.self) { _ = try c.with(1) { try $0.node.proposeConfChange(.promote(4)) } }
+        tick([2: 2, 3: 2, 4: 2])
+        #expect(c.cores[1]!.node.membership.voters.contains(4), "promoted once it reports the cluster's version")
+    }
+
     /// The leader raises the cluster version only once every member reports supporting the new
     /// one; a replica that supports only the old one and meets the raise anyway stops there.
     @Test func theClusterVersionMovesOnlyWhenEveryMemberSupportsIt() throws {

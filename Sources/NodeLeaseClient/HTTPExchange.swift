@@ -33,3 +33,40 @@ extension HTTPClient {
         }
     }
 }
+
+/// Where a streamed answer goes (a backup): `reset` before each attempt, so a failed attempt's
+/// bytes are dropped, then `write` for each piece as it arrives.
+public protocol DownloadSink: Sendable {
+    func reset() throws
+    func write(_ bytes: ByteBuffer) throws
+}
+
+extension HTTPClient {
+    /// One request whose 200 answer's body is streamed into `sink` as it arrives, within
+    /// `deadline` (the whole body included, as `exchange`). Another status's body is read (up
+    /// to `maxErrorBody`) and returned instead.
+    public func download(_ request: HTTPClientRequest, deadline: ContinuousClock.Instant, into sink: any DownloadSink, maxErrorBody: Int)
+        async throws -> (status: HTTPResponseStatus, headers: HTTPHeaders, errorBody: ByteBuffer?)
+    {
+        let left = (deadline - .now).components
+        let nioDeadline = NIODeadline.now() + .nanoseconds(max(0, left.seconds * 1_000_000_000 + left.attoseconds / 1_000_000_000))
+        return try await withThrowingTaskGroup(of: (status: HTTPResponseStatus, headers: HTTPHeaders, errorBody: ByteBuffer?)?.self) { group in
+            group.addTask {
+                let response = try await self.execute(request, deadline: nioDeadline)
+                guard response.status == .ok else {
+                    return (response.status, response.headers, try await response.body.collect(upTo: maxErrorBody))
+                }
+                try sink.reset()
+                for try await piece in response.body { try sink.write(piece) }
+                return (response.status, response.headers, nil)
+            }
+            group.addTask {
+                try await _Concurrency.Task.sleep(until: deadline)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let answer = first else { throw HTTPDeadlineExceeded() }
+            return answer
+        }
+    }
+}

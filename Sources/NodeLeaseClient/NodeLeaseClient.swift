@@ -190,24 +190,49 @@ public final class NodeLeaseClient: Sendable {
         try await call("GET", "/v1/cluster/nodes/\(id)" + (linearizable ? "?consistency=linearizable" : ""), body: nil)
     }
 
-    /// One replica's status (the leader's when it is known, else any that answers).
-    /// A backup of the registry (`GET /v1/snapshot`, admin role): the file's bytes, as the
-    /// server wrote them, and the committed index it reflects. Larger answers are allowed than
-    /// for other calls (`maxBackup`).
-    public func backup(timeout: Duration? = nil) async throws(NodeLeaseError) -> (data: Data, index: UInt64, replica: URL) {
-        let answer = try await exchange("GET", "/v1/snapshot", body: nil, timeout: timeout, refresh: true, once: false, maxBody: Self.maxBackup) {
-            data, headers in
-            guard let index = headers.first(name: "X-NodeLease-Snapshot-Index").flatMap(UInt64.init) else {
-                throw NodeLeaseError.unexpected(status: 200, body: "no X-NodeLease-Snapshot-Index header")
+    /// A backup of the registry (`GET /v1/snapshot`, admin role), streamed into `sink` as it
+    /// arrives: the leader first, then the other endpoints, while replicas answer 503 or
+    /// cannot be reached, within `timeout` (the whole transfer included). Returns the committed
+    /// index it reflects and the endpoint that sent it.
+    public func backup(into sink: any DownloadSink, timeout: Duration? = nil) async throws(NodeLeaseError) -> (index: UInt64, replica: URL) {
+        if let tlsProblem { throw NodeLeaseError.invalidRequest(tlsProblem) }
+        let deadline = ContinuousClock.now + (timeout ?? self.timeout)
+        var attempt = 0
+        var lastError = NodeLeaseError.noLeader
+        while true {
+            let url = pickEndpoint(attempt: attempt)
+            attempt += 1
+            do {
+                var base = url.absoluteString
+                while base.hasSuffix("/") { base.removeLast() }
+                var request = HTTPClientRequest(url: base + "/v1/snapshot")
+                request.method = .GET
+                if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
+                let answer = try await http.download(request, deadline: deadline, into: sink, maxErrorBody: 1 << 20)
+                if let error = answer.errorBody {
+                    let e = Self.error(status: Int(answer.status.code), data: Data(error.readableBytesView))
+                    guard e == .noLeader else { throw e }
+                    lastError = e
+                } else {
+                    guard let index = answer.headers.first(name: "X-NodeLease-Snapshot-Index").flatMap(UInt64.init) else {
+                        throw NodeLeaseError.unexpected(status: 200, body: "no X-NodeLease-Snapshot-Index header")
+                    }
+                    return (index, url)
+                }
+            } catch let e as NodeLeaseError {
+                throw e
+            } catch is HTTPDeadlineExceeded {
+                throw NodeLeaseError.transport("\(url): the backup did not arrive within the timeout")
+            } catch {
+                lastError = .transport("\(url): \(error)")
             }
-            return (data, index)
+            let backoff = Duration.milliseconds(min(1000, 50 << min(attempt, 5)))
+            guard ContinuousClock.now + backoff < deadline, !Task.isCancelled else { throw lastError }
+            try? await Task.sleep(for: backoff)
         }
-        return (answer.value.0, answer.value.1, answer.endpoint)
     }
 
-    /// The largest backup read.
-    public static let maxBackup = 4 << 30
-
+    /// One replica's status (the leader's when it is known, else any that answers).
     public func status() async throws(NodeLeaseError) -> ReplicaStatusView {
         try await call("GET", "/v1/status", body: nil)
     }
@@ -454,7 +479,7 @@ public final class NodeLeaseClient: Sendable {
     /// `once`: one attempt, no retry (the caller retries).
     private func exchange<T>(
         _ method: String, _ path: String, body: [String: Any]?, timeout: Duration?, refresh: Bool, once: Bool, firstAttempt: Int = 0,
-        maxBody: Int = maxAnswer, decode: (Data, HTTPHeaders) throws -> T
+        decode: (Data, HTTPHeaders) throws -> T
     ) async throws(NodeLeaseError) -> (value: T, endpoint: URL) {
         if let tlsProblem { throw NodeLeaseError.invalidRequest(tlsProblem) }
         // One key for the logical request, the same on every retry; its retries end well inside
@@ -471,7 +496,7 @@ public final class NodeLeaseClient: Sendable {
             var lastError: NodeLeaseError
             do {
                 let seconds = max(0.05, Self.seconds(deadline - ContinuousClock.now))
-                let (status, data, headers) = try await sendReturningHeaders(url, method, path, body: body, key: key, timeout: seconds, maxBody: maxBody)
+                let (status, data, headers) = try await sendReturningHeaders(url, method, path, body: body, key: key, timeout: seconds)
                 if status == 200 {
                     do { return (try decode(data, headers), url) } catch {
                         throw NodeLeaseError.unexpected(status: status, body: String(decoding: data, as: UTF8.self))
@@ -569,9 +594,8 @@ public final class NodeLeaseClient: Sendable {
         return (status, data)
     }
 
-    private func sendReturningHeaders(
-        _ url: URL, _ method: String, _ path: String, body: [String: Any]?, key: String?, timeout: Double, maxBody: Int = maxAnswer
-    ) async throws -> (Int, Data, HTTPHeaders)
+    private func sendReturningHeaders(_ url: URL, _ method: String, _ path: String, body: [String: Any]?, key: String?, timeout: Double) async throws
+        -> (Int, Data, HTTPHeaders)
     {
         var base = url.absoluteString
         while base.hasSuffix("/") { base.removeLast() }
@@ -583,7 +607,7 @@ public final class NodeLeaseClient: Sendable {
             request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
             request.headers.add(name: "Content-Type", value: "application/json")
         }
-        let response = try await http.exchange(request, deadline: .now + .milliseconds(Int64(timeout * 1000)), maxBody: maxBody)
+        let response = try await http.exchange(request, deadline: .now + .milliseconds(Int64(timeout * 1000)), maxBody: Self.maxAnswer)
         let buffer = response.body
         if let replica = response.headers.first(name: "X-NodeLease-Replica").flatMap(UInt64.init) {
             let leader = response.headers.first(name: "X-NodeLease-Leader").flatMap(UInt64.init)

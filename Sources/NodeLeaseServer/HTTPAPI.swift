@@ -504,16 +504,31 @@ struct HTTPAPI: Sendable {
         guard data.count < Int(UInt32.max) - 4096 else {
             return error(.internalServerError, "internal", "the registry's snapshot (\(data.count) bytes) is beyond what a backup file holds (4 GiB)")
         }
-        let file = Backup(
+        let backup = Backup(
             clusterID: config.clusterID, index: state.index, term: state.term,
             takenAtMillis: UInt64(max(0, Date().timeIntervalSince1970 * 1000)), takenBy: config.replicaID,
-            membership: state.membership, data: data
-        ).encoded()
+            membership: state.membership, data: data)
+        // Streamed in pieces of 1 MiB from the one copy of the registry's encoding.
+        let header = backup.header()
+        var tail = ByteWriter()
+        tail.u32(backup.checksum(header: header))
+        let trailer = tail.bytes
+        let body = ResponseBody(contentLength: header.count + data.count + trailer.count) { writer in
+            try await writer.write(ByteBuffer(bytes: header))
+            var offset = 0
+            while offset < data.count {
+                let end = min(data.count, offset + (1 << 20))
+                try await writer.write(ByteBuffer(bytes: data[offset..<end]))
+                offset = end
+            }
+            try await writer.write(ByteBuffer(bytes: trailer))
+            try await writer.finish(nil)
+        }
         var headers = HTTPFields()
         headers[.contentType] = "application/octet-stream"
         headers[.contentDisposition] = "attachment; filename=\"nodelease-\(config.clusterID.filter { $0.isLetter || $0.isNumber || $0 == "-" })-\(state.index.rawValue).backup\""
         headers[Self.snapshotIndexHeader] = String(state.index.rawValue)
-        var r = Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: file)))
+        var r = Response(status: .ok, headers: headers, body: body)
         setReadHeaders(&r, state.index, await driver.headerState.leader)
         return r
     }

@@ -45,6 +45,16 @@ public struct Backup: Sendable, Equatable {
 
     public func encoded() -> [UInt8] {
         var w = ByteWriter(capacity: data.count + 256)
+        w.bytes = header()
+        w.bytes.append(contentsOf: data)
+        w.u32(CRC32C.checksum(w.bytes))
+        return w.bytes
+    }
+
+    /// The file in three parts, to stream it without another copy of `data`: everything before
+    /// the data (its length included), the data, then the checksum of both (`checksum`).
+    public func header() -> [UInt8] {
+        var w = ByteWriter(capacity: 256)
         w.bytes.append(contentsOf: Self.magic)
         w.u32(Self.version)
         w.string(clusterID)
@@ -53,9 +63,13 @@ public struct Backup: Sendable, Equatable {
         w.u64(takenAtMillis)
         w.u64(takenBy.rawValue)
         w.membership(membership)
-        w.blob(data)
-        w.u32(CRC32C.checksum(w.bytes))
+        w.u32(UInt32(data.count))
         return w.bytes
+    }
+
+    /// The checksum that ends the file, over `header` (this backup's `header()`) then `data`.
+    public func checksum(header: [UInt8]) -> UInt32 {
+        data.withUnsafeBytes { CRC32C.checksum($0, continuing: CRC32C.checksum(header)) }
     }
 
     /// The checksum stored in the last four bytes of an encoded backup.

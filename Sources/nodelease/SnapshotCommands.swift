@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import LeaseRegistry
 import NodeLeaseClient
+import NIOCore
 import NodeLeaseServer
 import Raft
 import RaftStorage
@@ -26,19 +27,32 @@ struct SnapshotCommand: AsyncParsableCommand {
         func run() async throws {
             let c = try client.client()
             let started = ContinuousClock.now
-            let answer = try await clientCall { () async throws(NodeLeaseError) in try await c.backup(timeout: .seconds(max(client.timeout, 60))) }
-            let bytes = [UInt8](answer.data)
-            // Checked before it is written: a damaged answer never replaces a good backup.
+            let tmp = file + ".tmp-\(getpid())"
+            let sink = FileSink(path: tmp)
+            defer { try? FileManager.default.removeItem(atPath: tmp) }
+            let answer = try await clientCall { () async throws(NodeLeaseError) in
+                try await c.backup(into: sink, timeout: .seconds(max(client.timeout, 60)))
+            }
+            // Durable, then read back and checked before it replaces anything: a damaged
+            // answer never replaces a good backup.
+            let bytes: [UInt8]
             let backup: Backup
             let registry: LeaseRegistry
             do {
+                try sink.finish()
+                bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: tmp)))
                 backup = try Backup(decoding: bytes, file: "the answer of \(answer.replica)")
                 registry = try LeaseRegistry(snapshot: backup.data)
             } catch {
-                FileHandle.standardError.write(Data("nodelease: the backup received does not decode: \(error)\n".utf8))
+                FileHandle.standardError.write(Data("nodelease: the backup received is not usable: \(error)\n".utf8))
                 throw ExitCode(1)
             }
-            do { try Self.writeAtomically(bytes, to: file) } catch {
+            do {
+                let fs = PosixFileSystem()
+                try fs.rename(tmp, to: file)
+                let dir = (file as NSString).deletingLastPathComponent
+                try fs.syncDirectory(dir.isEmpty ? "." : dir)
+            } catch {
                 FileHandle.standardError.write(Data("nodelease: cannot write \(file): \(error)\n".utf8))
                 throw ExitCode(1)
             }
@@ -54,28 +68,45 @@ struct SnapshotCommand: AsyncParsableCommand {
                         + "crc32c \(Describe.crc(bytes)), from replica \(backup.takenBy) in \(Int(ms)) ms")
             }
         }
+    }
 
-        /// A temporary file beside `path`, fsynced, renamed over it, and the directory fsynced:
-        /// after a crash the file is the old one or the new one, never a part.
-        static func writeAtomically(_ bytes: [UInt8], to path: String) throws {
-            let fs = PosixFileSystem()
-            let dir = (path as NSString).deletingLastPathComponent
-            let tmp = path + ".tmp-\(getpid())"
-            let f = try fs.open(tmp, create: true)
-            do {
-                // A backup holds every holder and remembered outcome: readable by its owner only.
-                guard chmod(tmp, 0o600) == 0 else { throw StorageFailure.io("chmod \(tmp)", errno: errno) }
-                try f.truncate(to: 0)
-                try f.write(bytes, at: 0)
-                try f.sync()
-                f.close()
-                try fs.rename(tmp, to: path)
-            } catch {
-                f.close()
-                try? FileManager.default.removeItem(atPath: tmp)
-                throw error
+    /// The temporary file a backup streams into: readable by its owner only (a backup holds
+    /// every holder and remembered outcome), emptied when an attempt starts again.
+    final class FileSink: DownloadSink, @unchecked Sendable {
+        let path: String
+        private let lock = NSLock()
+        private var file: (any StorageFile)?
+        private var offset: UInt64 = 0
+
+        init(path: String) { self.path = path }
+
+        func reset() throws {
+            try lock.withLock {
+                if file == nil {
+                    file = try PosixFileSystem().open(path, create: true)
+                    guard chmod(path, 0o600) == 0 else { throw StorageFailure.io("chmod \(path)", errno: errno) }
+                }
+                try file!.truncate(to: 0)
+                offset = 0
             }
-            try fs.syncDirectory(dir.isEmpty ? "." : dir)
+        }
+
+        func write(_ bytes: ByteBuffer) throws {
+            try lock.withLock {
+                guard let file else { throw StorageFailure.invalid("\(path): written before it was opened") }
+                try file.write(Array(bytes.readableBytesView), at: offset)
+                offset += UInt64(bytes.readableBytes)
+            }
+        }
+
+        /// fsync and close.
+        func finish() throws {
+            try lock.withLock {
+                guard let file else { throw StorageFailure.invalid("\(path): nothing was received") }
+                try file.sync()
+                file.close()
+                self.file = nil
+            }
         }
     }
 

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import LeaseRegistry
 import NIOConcurrencyHelpers
+import NIOCore
 import NodeLeaseClient
 import NodeLeaseServer
 import Raft
@@ -53,7 +54,8 @@ struct BackupTests {
                 into: c.base + "/never", replica: 1, membership: ServerConfig.voters(c.configs[ReplicaID(1)]!.peers), clusterID: "y", indexGap: 1)
         }
         #expect(!FileManager.default.fileExists(atPath: c.base + "/never"))
-        let answer = try await client.backup()
+        let sink = MemorySink()
+        let answer = try await client.backup(into: sink)
         try await Task.sleep(for: .milliseconds(300))
         stop.withLockedValue { $0 = true }
         let loaded = await load.value
@@ -69,7 +71,7 @@ struct BackupTests {
         let oldStatus = try await c.get(leader, "/v1/status").json
         let oldCommit = oldStatus["commitIndex"] as! Int
 
-        let backup = try Backup(decoding: [UInt8](answer.data), file: "answer")
+        let backup = try Backup(decoding: sink.bytes, file: "answer")
         #expect(backup.clusterID == "drill-a")
         #expect(backup.index.rawValue == answer.index)
         #expect(Int(backup.index.rawValue) < oldCommit)
@@ -142,6 +144,10 @@ struct BackupTests {
             membership: Membership(voters: [ReplicaID(1), ReplicaID(2), ReplicaID(3)]), data: registry.snapshot())
         let bytes = b.encoded()
         #expect(try Backup(decoding: bytes, file: "f") == b)
+        // The pieces a replica streams make the same file.
+        var crc = ByteWriter()
+        crc.u32(b.checksum(header: b.header()))
+        #expect(b.header() + b.data + crc.bytes == bytes)
 
         var newer = bytes
         newer[8] = 9  // the version, little-endian u32 after the 8-byte magic
@@ -167,4 +173,12 @@ struct BackupTests {
         #expect(throws: StorageFailure.self) { try Backup(decoding: Array(bytes.dropLast(5)), file: "f") }
         #expect(throws: StorageFailure.self) { try Backup(decoding: Array("NLSNAP01".utf8) + bytes.dropFirst(8), file: "f") }
     }
+}
+
+/// A backup streamed into memory.
+final class MemorySink: DownloadSink {
+    private let box = NIOLockedValueBox<[UInt8]>([])
+    func reset() { box.withLockedValue { $0 = [] } }
+    func write(_ bytes: ByteBuffer) { box.withLockedValue { $0 += Array(bytes.readableBytesView) } }
+    var bytes: [UInt8] { box.withLockedValue { $0 } }
 }

@@ -101,8 +101,9 @@ public enum NodeLeaseError: Error, Sendable, Hashable, CustomStringConvertible {
     case replicaExists
     /// The replica id is not in the configuration.
     case replicaNotFound
-    /// The learner has not caught up with the leader's log yet.
-    case learnerLagging
+    /// The learner cannot be promoted yet (it has not caught up with the leader's log, or it
+    /// runs a build that does not support the cluster version); the server's `message` says which.
+    case learnerLagging(String)
     /// The change would leave fewer reachable voters than its quorum; `message` says why.
     case wouldLoseQuorum(String)
     /// The request was refused as malformed; `message` says why.
@@ -133,7 +134,7 @@ public enum NodeLeaseError: Error, Sendable, Hashable, CustomStringConvertible {
         case .staleConfig: "the replica configuration has changed since the expected config index; list the replicas and retry"
         case .replicaExists: "this replica id is a member, or was one (ids are never reused: pick a new one)"
         case .replicaNotFound: "no replica with this id is in the configuration"
-        case .learnerLagging: "the learner has not caught up with the leader's log yet; retry later"
+        case .learnerLagging(let m): "the learner cannot be promoted yet: \(m)"
         case .wouldLoseQuorum(let m): m
         case .invalidRequest(let m): "invalid request: \(m)"
         case .idempotencyKeyMismatch: "idempotency key reused for a different request"

@@ -639,7 +639,7 @@ public final class NodeLeaseClient: Sendable {
         case "stale_config": return .staleConfig
         case "replica_exists": return .replicaExists
         case "not_found" where message.hasPrefix("replica "): return .replicaNotFound
-        case "learner_lagging": return .learnerLagging
+        case "learner_lagging": return .learnerLagging(message)
         case "would_lose_quorum": return .wouldLoseQuorum(message)
         case "invalid_request", "request_too_large": return .invalidRequest(message)
         case "unauthenticated": return .unauthenticated(message)

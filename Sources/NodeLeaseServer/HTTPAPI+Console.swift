@@ -7,6 +7,7 @@ import Mustache
 import NIOConcurrencyHelpers
 import NIOCore
 import Raft
+import ReplicaCore
 
 /// The web console (`/ui`): the registry and the replicas as an operator sees them, rendered
 /// here (mustache escapes every value), live through the registry's long poll, and usable
@@ -351,14 +352,15 @@ extension HTTPAPI {
         var leader: UInt64?
         var commit: UInt64
         var applied: UInt64
-        /// The newest cluster version the replica supports; a replica whose status does not
-        /// say (the first release) supports 1.
+        /// The newest cluster version the replica supports and the one it has applied; a
+        /// replica whose status does not say (the first release) is at 1 for both.
         var supportedClusterVersion: UInt32 = 1
+        var clusterVersion: UInt32 = 1
     }
 
-    /// The newest cluster version each other member of `m` supports, for those that answered.
-    func peerSupportedVersions(_ m: Membership) async -> [ReplicaID: UInt32] {
-        (await peerStatuses(m)).mapValues(\.supportedClusterVersion)
+    /// What each other member of `m` reports of the cluster version, for those that answered.
+    func peerVersions(_ m: Membership) async -> [ReplicaID: PeerVersion] {
+        (await peerStatuses(m)).mapValues { PeerVersion(supported: $0.supportedClusterVersion, applied: $0.clusterVersion) }
     }
 
     static func roleName(_ r: Role) -> String { r == .leader ? "leader" : r == .follower ? "follower" : "candidate" }
@@ -397,7 +399,8 @@ extension HTTPAPI {
                         PeerStatus(
                             role: json["role"] as? String ?? "?", term: number("term") ?? 0, leader: number("leaderId"),
                             commit: number("commitIndex") ?? 0, applied: number("appliedIndex") ?? 0,
-                            supportedClusterVersion: UInt32(clamping: number("supportedClusterVersion") ?? 1))
+                            supportedClusterVersion: UInt32(clamping: number("supportedClusterVersion") ?? 1),
+                            clusterVersion: UInt32(clamping: number("clusterVersion") ?? 1))
                     )
                 }
             }

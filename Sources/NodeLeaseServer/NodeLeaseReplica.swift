@@ -255,7 +255,7 @@ public final class NodeLeaseReplica: Service, Sendable {
                     while !Task.isCancelled {
                         try await Task.sleep(for: .seconds(2))
                         guard let membership = await driver.membershipIfVersionsWanted() else { continue }
-                        await driver.reportPeerVersions(await api.peerSupportedVersions(membership))
+                        await driver.reportPeerVersions(await api.peerVersions(membership))
                     }
                 }
                 group.addTask { [inbox] in

@@ -313,7 +313,7 @@ actor RaftDriver {
     }
 
     /// The cluster versions the other members last reported supporting (leader only).
-    private var peerVersions: [ReplicaID: UInt32] = [:]
+    private var peerVersions: [ReplicaID: PeerVersion] = [:]
 
     /// The configuration, when this replica leads and the other members' supported cluster
     /// versions are wanted: the cluster version is below what this replica supports (to raise
@@ -328,7 +328,7 @@ actor RaftDriver {
         return m
     }
 
-    func reportPeerVersions(_ versions: [ReplicaID: UInt32]) { peerVersions = versions }
+    func reportPeerVersions(_ versions: [ReplicaID: PeerVersion]) { peerVersions = versions }
 
     /// This replica's current configuration.
     var membership: Membership { core.node.membership }

@@ -108,18 +108,18 @@ public enum Restore {
         guard indexGaps.contains(indexGap) else {
             throw ConfigError("--index-gap", "must be between 2^32 and 2^48 (\(indexGaps.lowerBound) to \(indexGaps.upperBound))")
         }
-        guard backup.index.rawValue < maxIndex - indexGap, backup.term.rawValue < UInt64.max - termGap else {
+        guard backup.index.rawValue < maxIndex - indexGap else {
             throw ConfigError("--index-gap", "the restored log would start above 2^53 (the backup is at index \(backup.index))")
+        }
+        guard backup.term.rawValue < UInt64.max - termGap else {
+            throw StorageFailure.invalid("the backup's term \(backup.term) leaves no room for the restored cluster's (2^32 above it)")
         }
         var registry = try LeaseRegistry(snapshot: backup.data)
         guard registry.appliedIndex <= backup.index.rawValue else {
             throw StorageFailure.invalid("the backup's registry was applied at \(registry.appliedIndex), past its index \(backup.index)")
         }
         let fm = FileManager.default
-        let created = !fm.fileExists(atPath: directory)
-        if created {
-            try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        } else {
+        if fm.fileExists(atPath: directory) {
             let present = try fm.contentsOfDirectory(atPath: directory)
             guard present.isEmpty else {
                 throw ConfigError("--data-dir", "\(directory) is not empty (\(present.count) entries): a restore writes a new directory and never overwrites one")
@@ -128,23 +128,31 @@ public enum Restore {
         let index = LogIndex(backup.index.rawValue + indexGap)
         let term = Term(backup.term.rawValue + termGap)
         registry.rebase(restoredAt: index.rawValue)
+        // Written beside it under another name and renamed into place once complete and
+        // durable: a restore that stops half way (an error, a crash, a power cut) leaves no
+        // directory that could be started, as the new cluster or the old one.
+        let trimmed = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
+        let building = trimmed + ".restoring"
+        try? fm.removeItem(atPath: building)
+        try fm.createDirectory(atPath: building, withIntermediateDirectories: true)
         do {
-            // The new cluster's id first: a restore that stops half way leaves a directory that
-            // can only be started as the new cluster (or deleted), never adopted by the old one.
-            try ClusterIdentity.write(directory: directory, clusterID: clusterID)
-            let storage = try DurableLog(directory: directory, membership: membership)
-            defer { storage.close() }
+            try ClusterIdentity.write(directory: building, clusterID: clusterID)
+            let storage = try DurableLog(directory: building, membership: membership)
             let snapshot = Snapshot(metadata: SnapshotMetadata(index: index, term: term, membership: membership), data: registry.snapshot())
-            try storage.save(hardState: HardState(term: term, vote: nil, commit: index), entries: [], snapshot: snapshot, sync: true)
-        } catch {
-            // Nothing half-written is left behind (the directory was missing or empty).
-            if created {
-                try? fm.removeItem(atPath: directory)
-            } else {
-                for name in (try? fm.contentsOfDirectory(atPath: directory)) ?? [] {
-                    try? fm.removeItem(atPath: (directory as NSString).appendingPathComponent(name))
-                }
+            do {
+                try storage.save(hardState: HardState(term: term, vote: nil, commit: index), entries: [], snapshot: snapshot, sync: true)
+                storage.close()
+            } catch {
+                storage.close()
+                throw error
             }
+            if fm.fileExists(atPath: trimmed) { try fm.removeItem(atPath: trimmed) }  // empty, checked above
+            let fs = PosixFileSystem()
+            try fs.rename(building, to: trimmed)
+            let parent = (trimmed as NSString).deletingLastPathComponent
+            try fs.syncDirectory(parent.isEmpty ? "." : parent)
+        } catch {
+            try? fm.removeItem(atPath: building)
             throw error
         }
         return Outcome(index: index, term: term, nodes: registry.count, counts: registry.counts(), idempotencyKeys: registry.rememberedKeys)

@@ -559,21 +559,41 @@ public final class DurableLog: RaftLogStorage {
         if segments.isEmpty { try startSegment() }
     }
 
+    /// The file `ID`: version 1 (written before formats carried versions) is the id alone, 16
+    /// hex digits; version 2 is `nodelease-directory 2`, then the id on the next line.
+    static let directoryIDHeader = "nodelease-directory"
+    static let directoryIDVersion = 2
+
+    static func parseDirectoryID(_ bytes: [UInt8], file path: String) throws -> UInt64 {
+        let text = String(decoding: bytes, as: UTF8.self)
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        var idLine = lines.first ?? ""
+        if idLine.hasPrefix(directoryIDHeader + " ") {
+            let v = idLine.dropFirst(directoryIDHeader.count + 1)
+            guard Int(v) == directoryIDVersion else {
+                throw StorageFailure.corrupt(
+                    file: path, offset: UInt64(directoryIDHeader.utf8.count + 1),
+                    reason: "directory id format version \(v) is unknown to this build (it reads versions 1 and \(directoryIDVersion)); a newer nodelease wrote it")
+            }
+            idLine = lines.count > 1 ? lines[1] : ""
+        }
+        guard let id = UInt64(idLine, radix: 16), id != 0 else {
+            throw StorageFailure.corrupt(file: path, offset: 0, reason: "the directory id does not parse")
+        }
+        return id
+    }
+
     private func loadDirectoryID() throws {
         let path = join(directory, "ID")
         if fs.exists(path) {
             let f = try fs.open(path, create: false)
             defer { f.close() }
-            let text = String(decoding: try f.read(at: 0, count: 64), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            guard let id = UInt64(text, radix: 16), id != 0 else {
-                throw StorageFailure.corrupt(file: path, offset: 0, reason: "the directory id does not parse")
-            }
-            directoryID = id
+            directoryID = try Self.parseDirectoryID(try f.read(at: 0, count: 128), file: path)
             return
         }
         let id = UInt64.random(in: 1...UInt64.max)
         let f = try fs.open(path + ".tmp", create: true)
-        try f.write(Array((hex(id) + "\n").utf8), at: 0)
+        try f.write(Array("\(Self.directoryIDHeader) \(Self.directoryIDVersion)\n\(hex(id))\n".utf8), at: 0)
         try f.sync()
         f.close()
         try fs.rename(path + ".tmp", to: path)

@@ -70,6 +70,8 @@ extension ReplicaCore {
 
     /// Moves every waiting request on: proposes, transfers, or answers.
     mutating func advanceConfChanges(now: UInt64) {
+        // What may be promoted as of now (a learner added, or a version raised, since the tick).
+        if !confChanges.isEmpty { holdOutdatedLearners(now: now) }
         for id in confChanges.keys.sorted() {
             guard var p = confChanges[id], p.proposal == nil else { continue }
             if node.role != .leader {

@@ -14,6 +14,17 @@ import Raft
 /// `mustSync`) and calls `persisted`, which sends the rest, installs a snapshot, applies the
 /// committed entries, answers read indexes and advances. One Ready is in flight at a time; the
 /// core takes messages, ticks and requests meanwhile.
+/// What a member reported of the cluster version (its `/v1/status`): the newest it supports
+/// and the one its registry has applied (1 for both from a build before the cluster version).
+public struct PeerVersion: Sendable, Hashable {
+    public var supported: UInt32
+    public var applied: UInt32
+    public init(supported: UInt32, applied: UInt32) {
+        self.supported = supported
+        self.applied = applied
+    }
+}
+
 public struct ReplicaCore {
     public struct Config: Sendable {
         public var replicaID: ReplicaID
@@ -152,6 +163,9 @@ public struct ReplicaCore {
     var addressUpdateAttempt: (at: UInt64, configIndex: LogIndex)?
     private var idempotencyConfiguredAt: UInt64?
     private var clusterVersionProposedAt: UInt64?
+    /// The members' reports of the last tick, and when this leader first saw each learner.
+    private var reportedVersions: [ReplicaID: PeerVersion] = [:]
+    private var learnerSeenAt: [ReplicaID: UInt64] = [:]
     /// A Ready is being persisted by the shell.
     public private(set) var readyInFlight: Ready?
     var effects: [Effect] = []
@@ -181,14 +195,16 @@ public struct ReplicaCore {
 
     // MARK: Inputs
 
-    /// `peerVersions`: the newest cluster version each other member reported supporting (the
-    /// shell asks them); a member missing from it holds the cluster version where it is.
+    /// `peerVersions`: what each other member last reported of the cluster version (the shell
+    /// asks them): the newest it supports and the one it has applied. A member missing from it
+    /// holds the cluster version where it is.
     public mutating func tick(
         now: UInt64, wall: UInt64, peerDirectories: [ReplicaID: UInt64] = [:], peerClientAddresses: [ReplicaID: String] = [:],
-        peerVersions: [ReplicaID: UInt32] = [:]
+        peerVersions: [ReplicaID: PeerVersion] = [:]
     ) {
         expireOverdue(now: now)
-        holdOutdatedLearners(peerVersions: peerVersions)
+        reportedVersions = peerVersions
+        holdOutdatedLearners(now: now)
         node.tick()
         noteRoleChanges(now: now)
         advanceConfChanges(now: now)
@@ -596,28 +612,48 @@ public struct ReplicaCore {
         }
     }
 
-    /// A learner that has not reported supporting the cluster version in force (a build that
-    /// cannot apply everything the log holds, or one not heard from yet) is not made a voter:
-    /// it could never lead, nor write a snapshot without what it could not apply.
-    private mutating func holdOutdatedLearners(peerVersions: [ReplicaID: UInt32]) {
+    /// How long a learner that has not answered the leader's question about its versions is
+    /// held anyway; then it is promoted as before the cluster version existed (an unanswered
+    /// question, e.g. client ports closed between replicas, must not keep a replacement from
+    /// voting for good). A learner that answers is held as long as its answer says so.
+    public static let learnerReportPatienceNanos: UInt64 = 10_000_000_000
+
+    /// Once the cluster version is above 1, a learner is made a voter (by the leader or by hand)
+    /// only once it reports supporting that version and having applied it: a build that cannot
+    /// apply everything the log holds, or a replica whose registry missed the change (one that
+    /// ran such a build on the same data directory), never votes or leads.
+    mutating func holdOutdatedLearners(now: UInt64) {
         let version = registry.clusterVersion
         var held: [ReplicaID: String] = [:]
-        if node.role == .leader && version > 1 {
-            for l in node.membership.learners {
-                let supported = peerVersions[l]
-                if let s = supported, s >= version { continue }
-                held[l] =
-                    "replica \(l) "
-                    + (supported.map { "supports cluster version \($0) only" } ?? "has not reported which cluster version it supports yet")
-                    + "; the cluster is at \(version): it stays a learner until it runs a build that supports it"
+        let learners = node.role == .leader ? node.membership.learners : []
+        learnerSeenAt = learnerSeenAt.filter { learners.contains($0.key) }
+        if version > 1 {
+            for l in learners {
+                let seen = learnerSeenAt[l] ?? now
+                learnerSeenAt[l] = seen
+                let why: String
+                if let r = reportedVersions[l] {
+                    if r.supported < version {
+                        why = "supports cluster version \(r.supported) only; the cluster is at \(version): it stays a learner (remove it, and add a replica of a build that supports \(version))"
+                    } else if r.applied < version {
+                        why = "has applied cluster version \(r.applied), the cluster is at \(version): it stays a learner until it has (if it once ran an older build on this data directory, remove it and add it again with an empty one)"
+                    } else {
+                        continue
+                    }
+                } else if now < seen + Self.learnerReportPatienceNanos {
+                    why = "has not said yet which cluster version it supports (the leader asks every 2 s); retry in a moment"
+                } else {
+                    continue
+                }
+                held[l] = "replica \(l) " + why
             }
         }
         node.promotionHeld = held
     }
 
     /// Moves the cluster version up, through the log, to the lowest every member supports.
-    private mutating func raiseClusterVersion(now: UInt64, wall: UInt64, peerVersions: [ReplicaID: UInt32]) {
-        var supported = peerVersions
+    private mutating func raiseClusterVersion(now: UInt64, wall: UInt64, peerVersions: [ReplicaID: PeerVersion]) {
+        var supported = peerVersions.mapValues(\.supported)
         supported[config.replicaID] = config.supportedClusterVersion
         var members = node.membership.members.map(\.id)
         if config.breakClusterVersionGate { members = [config.replicaID] }

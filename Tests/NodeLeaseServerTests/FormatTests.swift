@@ -264,6 +264,35 @@ import Testing
         }
     }
 
+    @Test func dataDirectoryID() throws {
+        // Version 1 (the id alone) predates format versions; this build writes version 2.
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let made = try DurableLog(directory: dir, membership: Self.membership)
+        let id = made.directoryID
+        made.close()
+        let written = try String(contentsOfFile: "\(dir)/ID", encoding: .utf8)
+        let digits = String(id, radix: 16)
+        #expect(written == "nodelease-directory 2\n" + String(repeating: "0", count: 16 - digits.count) + digits + "\n")
+        #expect(try Self.versions("directory-id") == [1, 2])
+        for v in try Self.versions("directory-id") {
+            let d = try Self.temporaryDirectory()
+            defer { try? FileManager.default.removeItem(atPath: d) }
+            try Data(try Self.golden("directory-id", v)).write(to: URL(fileURLWithPath: "\(d)/ID"))
+            let read = try DurableLog(directory: d, membership: Self.membership)
+            #expect(read.directoryID == 0x0123_4567_89ab_cdef, "directory-id v\(v)")
+            read.close()
+        }
+        let d = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: d) }
+        try Data("nodelease-directory 3\n0123456789abcdef\n".utf8).write(to: URL(fileURLWithPath: "\(d)/ID"))
+        #expect(
+            throws: StorageFailure.corrupt(
+                file: "\(d)/ID", offset: 20,
+                reason: "directory id format version 3 is unknown to this build (it reads versions 1 and 2); a newer nodelease wrote it")
+        ) { try DurableLog(directory: d, membership: Self.membership) }
+    }
+
     @Test func clusterIdentity() throws {
         let dir = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -19,6 +19,7 @@ final class CoreCluster {
     var reads: [ReplicaID: [UInt64: LogIndex]] = [:]
     var timedOut: [ReplicaID: [UInt64]] = [:]
     var fatal: [ReplicaID: String] = [:]
+    var confChangeAnswers: [ReplicaID: [UInt64: Result<ConfChangeDone, ConfChangeFailure>]] = [:]
     let ids: [ReplicaID]
 
     init(size: Int = 3, configure: (inout ReplicaCore.Config) -> Void = { _ in }) throws {
@@ -71,6 +72,7 @@ final class CoreCluster {
                 case .readDone(let r, let index): reads[id, default: [:]][r] = index
                 case .timedOut(let r): timedOut[id, default: []].append(r)
                 case .fatal(let why, _): fatal[id] = why
+                case .confChangeDone(let r, let result): confChangeAnswers[id, default: [:]][r] = result
                 default: break
                 }
             }
@@ -118,10 +120,11 @@ struct ReplicaCoreTests {
     @Test func aLearnerThatDoesNotSupportTheClusterVersionStaysALearner() throws {
         let c = try CoreCluster()
         c.elect(1)
-        func tick(_ versions: [ReplicaID: UInt32], _ rounds: Int = 30) {
+        func tick(_ versions: [ReplicaID: UInt32], applied: [ReplicaID: UInt32] = [:], _ rounds: Int = 30) {
+            let reports = Dictionary(uniqueKeysWithValues: versions.map { ($0.key, PeerVersion(supported: $0.value, applied: applied[$0.key] ?? $0.value)) })
             for _ in 0..<rounds {
                 c.now += 100_000_000
-                for id in c.ids { c.with(id) { $0.tick(now: c.now, wall: c.wall, peerVersions: id == 1 ? versions : [:]) } }
+                for id in c.ids { c.with(id) { $0.tick(now: c.now, wall: c.wall, peerVersions: id == 1 ? reports : [:]) } }
                 c.settle()
             }
         }
@@ -131,12 +134,32 @@ struct ReplicaCoreTests {
         try c.start(4)
         _ = try c.with(1) { try $0.node.proposeConfChange(.addLearner(Member(id: 4, role: .learner))) }
         c.settle()
-        tick([2: 2, 3: 2])
+        /// A promote by hand, refused as held (true), or not.
+        func promoteByHandIsHeld() -> Bool {
+            let id = c.with(1) { $0.submitConfChange(.promote(4), expectedConfigIndex: nil, force: false, now: c.now) }
+            c.settle()
+            if case .failure(.refused(.learnerHeld(4, let why))) = c.confChangeAnswers[1]?[id] { return why.hasPrefix("replica 4 ") }
+            return false
+        }
+        tick([2: 2, 3: 2], 5)
+        #expect(promoteByHandIsHeld(), "held: it has not answered yet")
         tick([2: 2, 3: 2, 4: 1])
-        #expect(c.cores[1]!.node.membership.learners == [4], "held: no report, then version 1 only")
-        #expect(throws: ConfChangeError.self) { _ = try c.with(1) { try $0.node.proposeConfChange(.promote(4)) } }
+        #expect(c.cores[1]!.node.membership.learners == [4], "held: version 1 only")
+        #expect(promoteByHandIsHeld())
+        tick([2: 2, 3: 2, 4: 2], applied: [4: 1])
+        #expect(c.cores[1]!.node.membership.learners == [4], "held: it supports 2 but its registry is at 1")
         tick([2: 2, 3: 2, 4: 2])
         #expect(c.cores[1]!.node.membership.voters.contains(4), "promoted once it reports the cluster's version")
+        // One that never answers the question is held only for a while: an unanswered question
+        // (client ports closed between replicas) must not keep a replacement from voting for good.
+        c.storages[5] = MemoryStorage(membership: .empty)
+        try c.start(5)
+        _ = try c.with(1) { try $0.node.proposeConfChange(.addLearner(Member(id: 5, role: .learner))) }
+        c.settle()
+        tick([2: 2, 3: 2, 4: 2], 50)
+        #expect(c.cores[1]!.node.membership.learners == [5], "held while it may still answer")
+        tick([2: 2, 3: 2, 4: 2], 80)
+        #expect(c.cores[1]!.node.membership.voters.contains(5))
     }
 
     /// The leader raises the cluster version only once every member reports supporting the new
@@ -145,9 +168,10 @@ struct ReplicaCoreTests {
         let c = try CoreCluster { if $0.replicaID == 3 { $0.supportedClusterVersion = 1 } }
         c.elect(1)
         func tick(_ versions: [ReplicaID: UInt32]) {
+            let reports = versions.mapValues { PeerVersion(supported: $0, applied: $0) }
             for _ in 0..<30 {
                 c.now += 100_000_000
-                for id in c.ids { c.with(id) { $0.tick(now: c.now, wall: c.wall, peerVersions: id == 1 ? versions : [:]) } }
+                for id in c.ids { c.with(id) { $0.tick(now: c.now, wall: c.wall, peerVersions: id == 1 ? reports : [:]) } }
                 c.settle()
             }
         }

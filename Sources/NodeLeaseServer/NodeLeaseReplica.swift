@@ -63,6 +63,7 @@ public final class NodeLeaseReplica: Service, Sendable {
         #if NODELEASE_FAULTS
             if config.faults.lazyDisk { fileSystem = LazyFileSystem(control: config.faults.diskControlFile) }
         #endif
+        try ClusterIdentity.checkNotRestoring(directory: config.dataDir)
         let storage = try DurableLog(
             directory: config.dataDir, fileSystem: fileSystem, membership: config.membership, options: .init(fsync: config.fsync),
             log: { storageLogger.warning("\($0)") })

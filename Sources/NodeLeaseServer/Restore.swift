@@ -13,6 +13,8 @@ import RaftStorage
 /// never be started as, or rejoin, the cluster they were restored from.
 public enum ClusterIdentity {
     public static let fileName = "CLUSTER"
+    /// Present while `nodelease snapshot restore` writes the directory: no replica starts on it.
+    public static let restoringMarker = "RESTORING"
     static let header = "nodelease-cluster"
     static let version = 1
 
@@ -50,6 +52,15 @@ public enum ClusterIdentity {
     }
 
     /// Records `clusterID` in a directory that has none; refuses one recorded for another cluster.
+    /// Refuses a directory a restore is writing, or did not finish (before anything opens it).
+    static func checkNotRestoring(directory: String) throws {
+        if FileManager.default.fileExists(atPath: (directory as NSString).appendingPathComponent(restoringMarker)) {
+            throw ConfigError(
+                "--data-dir",
+                "a restore into \(directory) did not finish (it holds \(restoringMarker)): delete the directory and run nodelease snapshot restore again")
+        }
+    }
+
     static func check(directory: String, clusterID: String) throws {
         guard let recorded = try read(directory: directory) else {
             try write(directory: directory, clusterID: clusterID)
@@ -124,20 +135,24 @@ public enum Restore {
             guard present.isEmpty else {
                 throw ConfigError("--data-dir", "\(directory) is not empty (\(present.count) entries): a restore writes a new directory and never overwrites one")
             }
+        } else {
+            try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
         }
         let index = LogIndex(backup.index.rawValue + indexGap)
         let term = Term(backup.term.rawValue + termGap)
         registry.rebase(restoredAt: index.rawValue)
-        // Written beside it under another name and renamed into place once complete and
-        // durable: a restore that stops half way (an error, a crash, a power cut) leaves no
-        // directory that could be started, as the new cluster or the old one.
-        let trimmed = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
-        let building = trimmed + ".restoring"
-        try? fm.removeItem(atPath: building)
-        try fm.createDirectory(atPath: building, withIntermediateDirectories: true)
+        // A marker first, removed last: a restore that stops half way (an error, a crash, a
+        // power cut) leaves a directory no replica starts on, as the new cluster or the old one.
+        let fs = PosixFileSystem()
+        let marker = (directory as NSString).appendingPathComponent(ClusterIdentity.restoringMarker)
         do {
-            try ClusterIdentity.write(directory: building, clusterID: clusterID)
-            let storage = try DurableLog(directory: building, membership: membership)
+            let f = try fs.open(marker, create: true)
+            try f.write(Array("a restore into this directory has not finished\n".utf8), at: 0)
+            try f.sync()
+            f.close()
+            try fs.syncDirectory(directory)
+            try ClusterIdentity.write(directory: directory, clusterID: clusterID)
+            let storage = try DurableLog(directory: directory, membership: membership)
             let snapshot = Snapshot(metadata: SnapshotMetadata(index: index, term: term, membership: membership), data: registry.snapshot())
             do {
                 try storage.save(hardState: HardState(term: term, vote: nil, commit: index), entries: [], snapshot: snapshot, sync: true)
@@ -146,13 +161,14 @@ public enum Restore {
                 storage.close()
                 throw error
             }
-            if fm.fileExists(atPath: trimmed) { try fm.removeItem(atPath: trimmed) }  // empty, checked above
-            let fs = PosixFileSystem()
-            try fs.rename(building, to: trimmed)
-            let parent = (trimmed as NSString).deletingLastPathComponent
-            try fs.syncDirectory(parent.isEmpty ? "." : parent)
+            try fs.remove(marker)
+            try fs.syncDirectory(directory)
         } catch {
-            try? fm.removeItem(atPath: building)
+            // The directory was missing or empty: nothing of value is in it.
+            for name in (try? fm.contentsOfDirectory(atPath: directory)) ?? [] where name != ClusterIdentity.restoringMarker {
+                try? fm.removeItem(atPath: (directory as NSString).appendingPathComponent(name))
+            }
+            try? fm.removeItem(atPath: marker)
             throw error
         }
         return Outcome(index: index, term: term, nodes: registry.count, counts: registry.counts(), idempotencyKeys: registry.rememberedKeys)

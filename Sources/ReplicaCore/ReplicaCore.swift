@@ -1,6 +1,17 @@
 import LeaseRegistry
 import Raft
 
+/// What a member reported of the cluster version (its `/v1/status`): the newest it supports
+/// and the one its registry has applied (1 for both from a build before the cluster version).
+public struct PeerVersion: Sendable, Hashable {
+    public var supported: UInt32
+    public var applied: UInt32
+    public init(supported: UInt32, applied: UInt32) {
+        self.supported = supported
+        self.applied = applied
+    }
+}
+
 /// Everything one replica decides, as a pure, deterministic value: the Raft core, the lease
 /// registry, the leader's expiry, and the request path between a client's request and its
 /// answer (which requests wait for which entry or read index, idempotency keys, what goes to the
@@ -14,17 +25,6 @@ import Raft
 /// `mustSync`) and calls `persisted`, which sends the rest, installs a snapshot, applies the
 /// committed entries, answers read indexes and advances. One Ready is in flight at a time; the
 /// core takes messages, ticks and requests meanwhile.
-/// What a member reported of the cluster version (its `/v1/status`): the newest it supports
-/// and the one its registry has applied (1 for both from a build before the cluster version).
-public struct PeerVersion: Sendable, Hashable {
-    public var supported: UInt32
-    public var applied: UInt32
-    public init(supported: UInt32, applied: UInt32) {
-        self.supported = supported
-        self.applied = applied
-    }
-}
-
 public struct ReplicaCore {
     public struct Config: Sendable {
         public var replicaID: ReplicaID
@@ -163,8 +163,10 @@ public struct ReplicaCore {
     var addressUpdateAttempt: (at: UInt64, configIndex: LogIndex)?
     private var idempotencyConfiguredAt: UInt64?
     private var clusterVersionProposedAt: UInt64?
-    /// The members' reports of the last tick, and when this leader first saw each learner.
-    private var reportedVersions: [ReplicaID: PeerVersion] = [:]
+    /// The members' reports of the last tick; the latest answer of every learner; when each
+    /// learner that has never answered was first seen taking part (answering appends).
+    private var latestVersions: [ReplicaID: PeerVersion] = [:]
+    private var learnerReports: [ReplicaID: PeerVersion] = [:]
     private var learnerSeenAt: [ReplicaID: UInt64] = [:]
     /// A Ready is being persisted by the shell.
     public private(set) var readyInFlight: Ready?
@@ -203,7 +205,10 @@ public struct ReplicaCore {
         peerVersions: [ReplicaID: PeerVersion] = [:]
     ) {
         expireOverdue(now: now)
-        reportedVersions = peerVersions
+        latestVersions = peerVersions
+        // A learner's answer stands until it answers again: one missed question does not
+        // release a learner that said it cannot apply the log.
+        for (id, v) in peerVersions { learnerReports[id] = v }
         holdOutdatedLearners(now: now)
         node.tick()
         noteRoleChanges(now: now)
@@ -212,7 +217,7 @@ public struct ReplicaCore {
             updateAddresses(now: now, peerClientAddresses: peerClientAddresses)
             registerReplicas(now: now, wall: wall, peerDirectories: peerDirectories)
             configureIdempotency(now: now, wall: wall)
-            raiseClusterVersion(now: now, wall: wall, peerVersions: peerVersions)
+            raiseClusterVersion(now: now, wall: wall)
             let due = expiry.due(now: now, wallSeconds: wall, registry: registry, hasQuorum: node.hasQuorumContact)
             if !due.isEmpty {
                 effects.append(.proposedExpiry(due.count))
@@ -612,10 +617,11 @@ public struct ReplicaCore {
         }
     }
 
-    /// How long a learner that has not answered the leader's question about its versions is
-    /// held anyway; then it is promoted as before the cluster version existed (an unanswered
-    /// question, e.g. client ports closed between replicas, must not keep a replacement from
-    /// voting for good). A learner that answers is held as long as its answer says so.
+    /// How long a learner that has never answered the leader's question about its versions is
+    /// held anyway, counted from when it first takes part in replication; then it is promoted
+    /// as before the cluster version existed (an unanswered question, e.g. client ports closed
+    /// between replicas, must not keep a replacement from voting for good). A learner that
+    /// has answered is held as long as its latest answer says so.
     public static let learnerReportPatienceNanos: UInt64 = 10_000_000_000
 
     /// Once the cluster version is above 1, a learner is made a voter (by the leader or by hand)
@@ -627,12 +633,13 @@ public struct ReplicaCore {
         var held: [ReplicaID: String] = [:]
         let learners = node.role == .leader ? node.membership.learners : []
         learnerSeenAt = learnerSeenAt.filter { learners.contains($0.key) }
-        if version > 1 {
+        learnerReports = learnerReports.filter { learners.contains($0.key) }
+        if version > 1 && !learners.isEmpty {
+            let taking = Set(node.status.peers.filter { $0.match > 0 }.map(\.id))
             for l in learners {
-                let seen = learnerSeenAt[l] ?? now
-                learnerSeenAt[l] = seen
+                if learnerSeenAt[l] == nil && taking.contains(l) { learnerSeenAt[l] = now }
                 let why: String
-                if let r = reportedVersions[l] {
+                if let r = learnerReports[l] {
                     if r.supported < version {
                         why = "supports cluster version \(r.supported) only; the cluster is at \(version): it stays a learner (remove it, and add a replica of a build that supports \(version))"
                     } else if r.applied < version {
@@ -640,7 +647,7 @@ public struct ReplicaCore {
                     } else {
                         continue
                     }
-                } else if now < seen + Self.learnerReportPatienceNanos {
+                } else if learnerSeenAt[l].map({ now < $0 + Self.learnerReportPatienceNanos }) ?? true {
                     why = "has not said yet which cluster version it supports (the leader asks every 2 s); retry in a moment"
                 } else {
                     continue
@@ -652,8 +659,8 @@ public struct ReplicaCore {
     }
 
     /// Moves the cluster version up, through the log, to the lowest every member supports.
-    private mutating func raiseClusterVersion(now: UInt64, wall: UInt64, peerVersions: [ReplicaID: PeerVersion]) {
-        var supported = peerVersions.mapValues(\.supported)
+    private mutating func raiseClusterVersion(now: UInt64, wall: UInt64) {
+        var supported = latestVersions.mapValues(\.supported)
         supported[config.replicaID] = config.supportedClusterVersion
         var members = node.membership.members.map(\.id)
         if config.breakClusterVersionGate { members = [config.replicaID] }

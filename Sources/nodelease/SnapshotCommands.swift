@@ -38,8 +38,11 @@ struct SnapshotCommand: AsyncParsableCommand {
             let bytes: [UInt8]
             let backup: Backup
             let registry: LeaseRegistry
+            do { try sink.finish() } catch {
+                FileHandle.standardError.write(Data("nodelease: cannot write the backup to \(tmp): \(error)\n".utf8))
+                throw ExitCode(1)
+            }
             do {
-                try sink.finish()
                 bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: tmp)))
                 backup = try Backup(decoding: bytes, file: "the answer of \(answer.replica)")
                 registry = try LeaseRegistry(snapshot: backup.data)
@@ -70,39 +73,54 @@ struct SnapshotCommand: AsyncParsableCommand {
         }
     }
 
-    /// The temporary file a backup streams into: readable by its owner only (a backup holds
-    /// every holder and remembered outcome), emptied when an attempt starts again.
+    /// The temporary file a backup streams into: created new (never through a link) and
+    /// readable by its owner only (a backup holds every holder and remembered outcome),
+    /// emptied when an attempt starts again. A local failure (a full disk) is kept, not
+    /// thrown: thrown, it would look like a network error and be retried against every replica.
     final class FileSink: DownloadSink, @unchecked Sendable {
         let path: String
         private let lock = NSLock()
         private var file: (any StorageFile)?
         private var offset: UInt64 = 0
+        private var failure: (any Error)?
 
         init(path: String) { self.path = path }
 
-        func reset() throws {
-            try lock.withLock {
-                if file == nil {
-                    file = try PosixFileSystem().open(path, create: true)
-                    guard chmod(path, 0o600) == 0 else { throw StorageFailure.io("chmod \(path)", errno: errno) }
+        func reset() {
+            lock.withLock {
+                guard failure == nil else { return }
+                do {
+                    if file == nil {
+                        let fd = open(path, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0o600)
+                        guard fd >= 0 else { throw StorageFailure.io("create \(path)", errno: errno) }
+                        close(fd)
+                        file = try PosixFileSystem().open(path, create: false)
+                    }
+                    try file!.truncate(to: 0)
+                    offset = 0
+                } catch {
+                    failure = error
                 }
-                try file!.truncate(to: 0)
-                offset = 0
             }
         }
 
-        func write(_ bytes: ByteBuffer) throws {
-            try lock.withLock {
-                guard let file else { throw StorageFailure.invalid("\(path): written before it was opened") }
-                try file.write(Array(bytes.readableBytesView), at: offset)
-                offset += UInt64(bytes.readableBytes)
+        func write(_ bytes: ByteBuffer) {
+            lock.withLock {
+                guard failure == nil, let file else { return }
+                do {
+                    try file.write(Array(bytes.readableBytesView), at: offset)
+                    offset += UInt64(bytes.readableBytes)
+                } catch {
+                    failure = error
+                }
             }
         }
 
-        /// fsync and close.
+        /// The failure kept, if any; else fsync and close.
         func finish() throws {
             try lock.withLock {
-                guard let file else { throw StorageFailure.invalid("\(path): nothing was received") }
+                if let failure { throw failure }
+                guard let file else { throw StorageFailure.invalid("nothing was received") }
                 try file.sync()
                 file.close()
                 self.file = nil

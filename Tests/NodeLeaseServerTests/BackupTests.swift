@@ -102,6 +102,15 @@ struct BackupTests {
         }
         // A restored directory is never started as the old cluster.
         #expect(throws: ConfigError.self) { _ = try NodeLeaseReplica(config: c.configs[ReplicaID(1)]!, logger: Logger(label: "refused")) }
+        // Nor is one whose restore did not finish (its marker is still there).
+        var unfinished = c.configs[ReplicaID(1)]!
+        unfinished.dataDir = c.base + "/unfinished"
+        unfinished.clusterID = "drill-b"
+        try FileManager.default.createDirectory(atPath: unfinished.dataDir, withIntermediateDirectories: true)
+        try Data().write(to: URL(fileURLWithPath: unfinished.dataDir + "/" + ClusterIdentity.restoringMarker))
+        #expect(throws: ConfigError.self) { _ = try NodeLeaseReplica(config: unfinished, logger: Logger(label: "refused")) }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: unfinished.dataDir) == [ClusterIdentity.restoringMarker], "nothing opened it")
+        #expect(!FileManager.default.fileExists(atPath: c.configs[ReplicaID(2)]!.dataDir + "/" + ClusterIdentity.restoringMarker))
 
         for i in 1...3 { c.configs[ReplicaID(UInt64(i))]!.clusterID = "drill-b" }
         try await c.startAll()

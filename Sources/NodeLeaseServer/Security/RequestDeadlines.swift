@@ -67,13 +67,23 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if case .end = unwrapOutboundIn(data) {
+        switch unwrapOutboundIn(data) {
+        case .end:
             unanswered = max(0, unanswered - 1)
             // While a body is still coming in, its deadline stands.
             if !receiving { settle(context) }
+        case .body(let part) where unanswered > 0 && !receiving && part.readableBytes >= Self.progressPiece:
+            // A large answer streaming out (a backup, in pieces of 1 MiB): its deadline counts
+            // from its latest piece, so a slow reader gets all of it and a stalled one is still
+            // cut off. Small answers do not pay for a new timer.
+            arm(context, responseTimeout + longPoll)
+        default:
+            break
         }
         context.write(data, promise: promise)
     }
+
+    static let progressPiece = 256 << 10
 
     func channelInactive(context: ChannelHandlerContext) {
         cancel()

@@ -15,14 +15,21 @@ extension HTTPClient {
     public func exchange(_ request: HTTPClientRequest, deadline: ContinuousClock.Instant, maxBody: Int) async throws
         -> (status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer)
     {
+        try await Self.within(deadline) { nioDeadline in
+            let response = try await self.execute(request, deadline: nioDeadline)
+            let body = try await response.body.collect(upTo: maxBody)
+            return (response.status, response.headers, body)
+        }
+    }
+
+    /// Runs `body` (given `deadline` as NIO's, for AsyncHTTPClient's own) against a timer:
+    /// `HTTPDeadlineExceeded` if the timer ends first, and `body` is cancelled (which
+    /// AsyncHTTPClient honours by closing the connection).
+    static func within<T: Sendable>(_ deadline: ContinuousClock.Instant, _ body: @escaping @Sendable (NIODeadline) async throws -> T) async throws -> T {
         let left = (deadline - .now).components
         let nioDeadline = NIODeadline.now() + .nanoseconds(max(0, left.seconds * 1_000_000_000 + left.attoseconds / 1_000_000_000))
-        return try await withThrowingTaskGroup(of: (status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer)?.self) { group in
-            group.addTask {
-                let response = try await self.execute(request, deadline: nioDeadline)
-                let body = try await response.body.collect(upTo: maxBody)
-                return (response.status, response.headers, body)
-            }
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await body(nioDeadline) }
             group.addTask {
                 try await _Concurrency.Task.sleep(until: deadline)
                 return nil
@@ -48,25 +55,14 @@ extension HTTPClient {
     public func download(_ request: HTTPClientRequest, deadline: ContinuousClock.Instant, into sink: any DownloadSink, maxErrorBody: Int)
         async throws -> (status: HTTPResponseStatus, headers: HTTPHeaders, errorBody: ByteBuffer?)
     {
-        let left = (deadline - .now).components
-        let nioDeadline = NIODeadline.now() + .nanoseconds(max(0, left.seconds * 1_000_000_000 + left.attoseconds / 1_000_000_000))
-        return try await withThrowingTaskGroup(of: (status: HTTPResponseStatus, headers: HTTPHeaders, errorBody: ByteBuffer?)?.self) { group in
-            group.addTask {
-                let response = try await self.execute(request, deadline: nioDeadline)
-                guard response.status == .ok else {
-                    return (response.status, response.headers, try await response.body.collect(upTo: maxErrorBody))
-                }
-                try sink.reset()
-                for try await piece in response.body { try sink.write(piece) }
-                return (response.status, response.headers, nil)
+        try await Self.within(deadline) { nioDeadline in
+            let response = try await self.execute(request, deadline: nioDeadline)
+            guard response.status == .ok else {
+                return (response.status, response.headers, try await response.body.collect(upTo: maxErrorBody))
             }
-            group.addTask {
-                try await _Concurrency.Task.sleep(until: deadline)
-                return nil
-            }
-            defer { group.cancelAll() }
-            guard let first = try await group.next(), let answer = first else { throw HTTPDeadlineExceeded() }
-            return answer
+            try sink.reset()
+            for try await piece in response.body { try sink.write(piece) }
+            return (response.status, response.headers, nil)
         }
     }
 }

@@ -40,15 +40,8 @@ public enum ClusterIdentity {
 
     /// Writes `clusterID` as `directory`'s cluster, durably (temporary file, fsync, rename).
     public static func write(directory: String, clusterID: String) throws {
-        let path = (directory as NSString).appendingPathComponent(fileName)
-        let fs = PosixFileSystem()
-        let f = try fs.open(path + ".tmp", create: true)
-        defer { f.close() }
-        try f.truncate(to: 0)
-        try f.write(Array("\(header) \(version)\n\(clusterID)\n".utf8), at: 0)
-        try f.sync()
-        try fs.rename(path + ".tmp", to: path)
-        try fs.syncDirectory(directory)
+        try PosixFileSystem().replaceAtomically(
+            (directory as NSString).appendingPathComponent(fileName), in: directory, with: Array("\(header) \(version)\n\(clusterID)\n".utf8))
     }
 
     /// Records `clusterID` in a directory that has none; refuses one recorded for another cluster.

@@ -32,15 +32,7 @@ public struct SnapshotWriter: @unchecked Sendable {
     }
 
     func writeFile(_ s: Snapshot) throws {
-        let name = SnapshotFile.name(s.metadata)
-        let tmp = join(directory, name + ".tmp")
-        let file = try fs.open(tmp, create: true)
-        defer { file.close() }
-        try file.truncate(to: 0)
-        try file.write(SnapshotFile.encode(s), at: 0)
-        try file.sync()
-        try fs.rename(tmp, to: join(directory, name))
-        try fs.syncDirectory(directory)
+        try fs.replaceAtomically(join(directory, SnapshotFile.name(s.metadata)), in: directory, with: SnapshotFile.encode(s))
     }
 }
 

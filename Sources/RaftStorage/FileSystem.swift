@@ -23,6 +23,22 @@ public protocol StorageFileSystem: AnyObject {
     func lock(_ path: String) throws -> any StorageLock
 }
 
+extension StorageFileSystem {
+    /// Replaces `path` (in `directory`) with `bytes` so that a crash leaves the old file or the
+    /// new one: a temporary file beside it, written and fsynced, renamed over it, and the
+    /// directory fsynced.
+    public func replaceAtomically(_ path: String, in directory: String, with bytes: [UInt8]) throws {
+        let tmp = path + ".tmp"
+        let file = try open(tmp, create: true)
+        defer { file.close() }
+        try file.truncate(to: 0)
+        try file.write(bytes, at: 0)
+        try file.sync()
+        try rename(tmp, to: path)
+        try syncDirectory(directory)
+    }
+}
+
 public protocol StorageFile: AnyObject {
     func size() throws -> UInt64
     func read(at offset: UInt64, count: Int) throws -> [UInt8]

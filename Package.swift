@@ -81,12 +81,18 @@ let package = Package(
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]
         ),
+        // Programs started with posix_spawn (not Foundation's Process): the Jepsen harness and
+        // the tests start replicas, keepers, openssl and the CLI with it.
+        .target(
+            name: "ChildProcess",
+            dependencies: ["CNodeLeaseShims", .product(name: "NIOConcurrencyHelpers", package: "swift-nio")]
+        ),
         // Checkers over Jepsen histories (a library, so tests can feed them made-up histories).
         .target(name: "JepsenCheckers"),
         .executableTarget(
             name: "nodelease-jepsen",
             dependencies: [
-                "JepsenCheckers", "NodeLeaseClient",
+                "JepsenCheckers", "NodeLeaseClient", "ChildProcess",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -96,7 +102,8 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
-        // prctl(PR_SET_PDEATHSIG) for `nodelease hold`'s command (prctl is variadic).
+        // What Swift cannot call: prctl(PR_SET_PDEATHSIG) for `nodelease hold`'s command (prctl is
+        // variadic), and the _GNU_SOURCE spawn and pipe calls ChildProcess needs.
         .target(name: "CNodeLeaseShims"),
         // One replica's decisions as a pure value: Raft core, registry, expiry and the request
         // path; run by the server's actor and by the simulator.
@@ -140,6 +147,7 @@ let package = Package(
         .target(
             name: "TestSupport",
             dependencies: [
+                "ChildProcess",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -149,13 +157,13 @@ let package = Package(
         ),
         .testTarget(name: "RaftSimulatorTests", dependencies: ["Raft", "RaftSimulator"]),
         .testTarget(name: "ReplicaCoreTests", dependencies: ["Raft", "LeaseRegistry", "ReplicaCore"]),
-        .testTarget(name: "RaftStorageTests", dependencies: ["Raft", "RaftStorage", "nodelease-microbench"]),
+        .testTarget(name: "RaftStorageTests", dependencies: ["Raft", "RaftStorage", "ChildProcess", "nodelease-microbench"]),
         .testTarget(name: "LeaseRegistryTests", dependencies: ["Raft", "LeaseRegistry"]),
         .testTarget(name: "JepsenCheckersTests", dependencies: ["JepsenCheckers"]),
         .testTarget(
             name: "NodeLeaseServerTests",
             dependencies: [
-                "NodeLeaseServer", "NodeLeaseClient", "Raft", "RaftTransport", "RaftStorage", "LeaseRegistry", "nodelease", "JepsenCheckers", "TestSupport",
+                "NodeLeaseServer", "NodeLeaseClient", "Raft", "RaftTransport", "RaftStorage", "LeaseRegistry", "nodelease", "JepsenCheckers", "TestSupport", "ChildProcess",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

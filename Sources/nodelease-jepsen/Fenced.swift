@@ -1,3 +1,4 @@
+import ChildProcess
 import Foundation
 import JepsenCheckers
 import NIOConcurrencyHelpers
@@ -136,23 +137,17 @@ struct KeeperProcess {
 
 /// The keeper processes of a run, started and signalled by PID.
 final class Keepers: Sendable {
-    private let processes = NIOLockedValueBox<[Process]>([])
+    private let processes = NIOLockedValueBox<[ChildProcess]>([])
 
     func start(count: Int, binary: String, endpoints: [URL], store: String, dir: String, ttl: Int) throws {
         for k in 0..<count {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: binary)
-            p.arguments = [
+            let log = "\(dir)/keeper-\(k).log"
+            let arguments = [
                 "--keeper", "keeper.jepsen.test", "--keeper-holder", "keeper-\(k)", "--endpoints",
                 endpoints.map(\.absoluteString).joined(separator: ","), "--fenced-store", store, "--keeper-ttl", "\(ttl)",
             ]
-            let log = "\(dir)/keeper-\(k).log"
-            _ = FileManager.default.createFile(atPath: log, contents: nil)
-            let h = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-            p.standardOutput = h
-            p.standardError = h
-            try p.run()
-            try? "\(p.processIdentifier)\n".write(toFile: "\(dir)/keeper-\(k).pid", atomically: true, encoding: .utf8)
+            let p = try ChildProcess(binary, arguments, stdin: .discard, stdout: .append(log), stderr: .append(log))
+            try? "\(p.pid)\n".write(toFile: "\(dir)/keeper-\(k).pid", atomically: true, encoding: .utf8)
             processes.withLockedValue { $0.append(p) }
         }
     }
@@ -163,24 +158,21 @@ final class Keepers: Sendable {
     func resume(_ k: Int) { signal(k, SIGCONT) }
 
     private func signal(_ k: Int, _ sig: Int32) {
-        guard let p = processes.withLockedValue({ $0.indices.contains(k) ? $0[k] : nil }), p.isRunning else { return }
-        kill(p.processIdentifier, sig)
+        guard let p = processes.withLockedValue({ $0.indices.contains(k) ? $0[k] : nil }) else { return }
+        p.signal(sig)
     }
 
     /// SIGTERM (the keeper releases its lease), then SIGKILL after 5 s.
     func stopAll() {
         let ps = processes.withLockedValue { $0 }
-        for p in ps where p.isRunning {
-            kill(p.processIdentifier, SIGCONT)
-            kill(p.processIdentifier, SIGTERM)
-        }
-        let end = Date().addingTimeInterval(5)
         for p in ps {
-            while p.isRunning && Date() < end { usleep(50_000) }
-            if p.isRunning {
-                kill(p.processIdentifier, SIGKILL)
-                p.waitUntilExit()
-            }
+            p.signal(SIGCONT)
+            p.signal(SIGTERM)
+        }
+        let end = ContinuousClock.now + .seconds(5)
+        for p in ps {
+            while p.isRunning && ContinuousClock.now < end { usleep(50_000) }
+            if p.signal(SIGKILL) { p.waitUntilExit() }
         }
     }
 }

@@ -1,3 +1,4 @@
+import ChildProcess
 import Foundation
 
 /// `--tls`: a throwaway CA for the run, a certificate per replica (made when the replica
@@ -49,20 +50,10 @@ struct JepsenTLS: Sendable {
 
     /// Runs a program to its end; its standard output, or an error with its standard error.
     static func run(_ program: String, _ arguments: [String]) throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: program)
-        p.arguments = arguments
-        let out = Pipe()
-        let err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        let errors = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else {
-            throw JepsenSetupError("\(program) \(arguments.prefix(2).joined(separator: " ")) failed: \(String(decoding: errors, as: UTF8.self))")
+        do {
+            return try ChildProcess.output(program, arguments)
+        } catch let error as ChildProcessError {
+            throw JepsenSetupError(error.description)
         }
-        return String(decoding: data, as: UTF8.self)
     }
 }

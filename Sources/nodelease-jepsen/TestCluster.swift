@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import ChildProcess
 import Foundation
 import JepsenCheckers
 import NodeLeaseClient
@@ -57,7 +58,7 @@ final class TestCluster: Sendable {
     let binary: String
     let dir: String
     let distinctAddresses: Bool
-    private let processes = NIOLockedValueBox<[Int: Process]>([:])
+    private let processes = NIOLockedValueBox<[Int: ChildProcess]>([:])
     private let paused = NIOLockedValueBox<Set<Int>>([])
     private let membership: NIOLockedValueBox<Members>
 
@@ -188,8 +189,6 @@ final class TestCluster: Sendable {
         let peerArgument = joiner ? peerList(Array(Set(current + [i])).sorted()) : peers
         let isOlder = older.withLockedValue { $0.contains(i) }
         let binary = isOlder ? oldBinary ?? self.binary : self.binary
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
         var arguments = [
             "serve", "--replica-id", "\(i)", "--peers", peerArgument, "--client-addr", "\(host(i)):\(clientPort(i))",
             "--data-dir", "\(dir)/replica-\(i)", "--cluster-id", "jepsen", "--election-timeout", "600",
@@ -206,7 +205,6 @@ final class TestCluster: Sendable {
                 "--token-file", tls.tokenFile,
             ]
         }
-        p.arguments = arguments
         var env = ProcessInfo.processInfo.environment
         for k in env.keys where k.hasPrefix("NODELEASE_") { env[k] = nil }
         if isOlder && oldBinary == nil { env["NODELEASE_MAX_CLUSTER_VERSION"] = "1" }
@@ -220,7 +218,7 @@ final class TestCluster: Sendable {
             env["NODELEASE_FAULT_DISK_FILE"] = diskFile(i)
             if let planted { env["NODELEASE_FAULT"] = planted }
         }
-        p.environment = env
+        var program = binary
         if let lib = clockLibrary {
             // Each replica's wall clock follows its own faketime file (re-read every second);
             // the monotonic clock, which lease timing uses, is left alone.
@@ -230,21 +228,15 @@ final class TestCluster: Sendable {
             env["FAKETIME_TIMESTAMP_FILE"] = file
             env["FAKETIME_CACHE_DURATION"] = "1"
             env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
-            p.environment = env
             // Started straight from a spawn with libfaketime preloaded, the Swift runtime sees
             // no command-line arguments (it prints the usage); through env(1) it does.
-            p.arguments = [binary] + (p.arguments ?? [])
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            arguments = [binary] + arguments
+            program = "/usr/bin/env"
         }
         let log = "\(dir)/replica-\(i).log"
-        if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-        handle.seekToEndOfFile()
-        p.standardOutput = handle
-        p.standardError = handle
-        try p.run()
+        let p = try ChildProcess(program, arguments, environment: env, stdin: .discard, stdout: .append(log), stderr: .append(log))
         processes.withLockedValue { $0[i] = p }
-        try? "\(p.processIdentifier)\n".write(toFile: "\(dir)/replica-\(i).pid", atomically: true, encoding: .utf8)
+        try? "\(p.pid)\n".write(toFile: "\(dir)/replica-\(i).pid", atomically: true, encoding: .utf8)
     }
 
     func startAll() throws { for i in members { try start(i) } }
@@ -355,26 +347,23 @@ final class TestCluster: Sendable {
     /// its lazy disk, each loses what it had not synced).
     func killAll() { for i in members { kill9(i) } }
 
-    func isRunning(_ i: Int) -> Bool { processes.withLockedValue { $0[i]?.isRunning ?? false } }
+    func isRunning(_ i: Int) -> Bool { processes.withLockedValue { $0[i] }?.isRunning ?? false }
 
     func isPaused(_ i: Int) -> Bool { paused.withLockedValue { $0.contains(i) } }
 
     func kill9(_ i: Int) {
-        guard let p = processes.withLockedValue({ $0[i] }), p.isRunning else { return }
-        kill(p.processIdentifier, SIGKILL)
+        guard let p = processes.withLockedValue({ $0[i] }), p.signal(SIGKILL) else { return }
         p.waitUntilExit()
         paused.withLockedValue { _ = $0.remove(i) }
     }
 
     func pause(_ i: Int) {
-        guard let p = processes.withLockedValue({ $0[i] }), p.isRunning else { return }
-        kill(p.processIdentifier, SIGSTOP)
+        guard let p = processes.withLockedValue({ $0[i] }), p.signal(SIGSTOP) else { return }
         paused.withLockedValue { _ = $0.insert(i) }
     }
 
     func resume(_ i: Int) {
-        guard let p = processes.withLockedValue({ $0[i] }) else { return }
-        kill(p.processIdentifier, SIGCONT)
+        processes.withLockedValue { $0[i] }?.signal(SIGCONT)
         paused.withLockedValue { _ = $0.remove(i) }
     }
 
@@ -410,14 +399,9 @@ final class TestCluster: Sendable {
 
     private func nft(_ script: String) {
         guard distinctAddresses else { return }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/sbin/nft")
-        p.arguments = ["-f", "-"]
-        let pipe = Pipe()
-        p.standardInput = pipe
-        try? p.run()
-        pipe.fileHandleForWriting.write(Data(script.utf8))
-        try? pipe.fileHandleForWriting.close()
+        guard let p = try? ChildProcess("/usr/sbin/nft", ["-f", "-"], stdin: .pipe), let input = p.standardInput else { return }
+        input.write(Data(script.utf8))
+        try? input.close()
         p.waitUntilExit()
     }
 
@@ -452,8 +436,7 @@ final class TestCluster: Sendable {
     /// Stops replica i as an operator does for an upgrade (SIGTERM: it hands leadership over
     /// and finishes its requests), SIGKILL after `seconds`; whether it stopped by itself.
     func stopGracefully(_ i: Int, seconds: Double = 15) async -> Bool {
-        guard let p = processes.withLockedValue({ $0[i] }), p.isRunning else { return true }
-        kill(p.processIdentifier, SIGTERM)
+        guard let p = processes.withLockedValue({ $0[i] }), p.signal(SIGTERM) else { return true }
         if await waitForExit(i, seconds: seconds) { return true }
         kill9(i)
         return false
@@ -479,9 +462,7 @@ final class TestCluster: Sendable {
 
     func stopAll() {
         healNetwork()
-        for (_, p) in processes.withLockedValue({ $0 }) where p.isRunning {
-            kill(p.processIdentifier, SIGCONT)
-            kill(p.processIdentifier, SIGKILL)
+        for (_, p) in processes.withLockedValue({ $0 }) where p.signal(SIGKILL) {
             p.waitUntilExit()
         }
     }

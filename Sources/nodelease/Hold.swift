@@ -65,6 +65,8 @@ struct Hold: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // Before the client opens anything: what hold was given to pass on.
+        let inherited = InheritedDescriptors.scan()
         let timing = try HoldTiming(ttlSeconds: ttl, graceSeconds: grace)
         let host = hostname ?? NodeIdentity.hostname()
         let keeper = LeaseKeeper(client: try client.client(), hostname: host, holder: try holder ?? NodeIdentity.holder(), ttlSeconds: ttl)
@@ -79,7 +81,7 @@ struct Hold: AsyncParsableCommand {
                 env["NODELEASE_NODE_ID"] = String(nodeId)
                 env["NODELEASE_FENCING_TOKEN"] = String(token)
                 env["NODELEASE_HOSTNAME"] = host
-                let pid = try await supervisor.start(command, environment: env)
+                let pid = try await supervisor.start(command, environment: env, keeping: inherited)
                 if let pid {
                     holdSays("node \(nodeId) for \(host); running \(command.joined(separator: " ")) (pid \(pid))")
                 }
@@ -117,7 +119,7 @@ actor HoldSupervisor {
 
     /// Starts the command once (a later `acquired` after a loss does not start it again);
     /// returns its pid.
-    func start(_ command: [String], environment: [String: String]) async throws -> pid_t? {
+    func start(_ command: [String], environment: [String: String], keeping inherited: [Int32]) async throws -> pid_t? {
         guard child == nil, !stoppingForLoss, signalBeforeStart == nil else { return nil }
         let valid = await keeper.validUntil
         // Checked again after the wait: a signal may have arrived meanwhile, and a lease
@@ -128,7 +130,7 @@ actor HoldSupervisor {
         deadline = valid
         let c: HeldCommand
         do {
-            c = try HeldCommand.spawn(command, environment: environment)
+            c = try HeldCommand.spawn(command, environment: environment, keeping: inherited)
         } catch {
             holdSays("\(error)")
             exitCode = 127
@@ -233,9 +235,10 @@ final class HeldCommand: Sendable {
         self.status = status
     }
 
-    static func spawn(_ command: [String], environment: [String: String]) throws -> HeldCommand {
+    static func spawn(_ command: [String], environment: [String: String], keeping inherited: [Int32]) throws -> HeldCommand {
         let exe = FileManager.default.fileExists(atPath: "/proc/self/exe") ? "/proc/self/exe" : CommandLine.arguments[0]
-        let args = ["nodelease", "hold-exec", "--parent", String(getpid()), "--"] + command
+        let keep = inherited.isEmpty ? [] : ["--keep-fds", inherited.map(String.init).joined(separator: ",")]
+        let args = ["nodelease", "hold-exec", "--parent", String(getpid())] + keep + ["--"] + command
         let env = environment.keys.sorted().map { "\($0)=\(environment[$0]!)" }
         let box = ExitBox()
         let started = DispatchSemaphore(value: 0)
@@ -333,16 +336,40 @@ private final class ExitBox: @unchecked Sendable {
     }
 }
 
+/// The descriptors above standard error that hold was started with and that survive an exec
+/// (a socket a service manager passes, a lock file): the command gets these, and none of the
+/// ones hold opened itself (its connections to the cluster, its event loops' epoll and eventfd).
+/// Only the first 1,024 are looked at.
+enum InheritedDescriptors {
+    static func scan() -> [Int32] {
+        (3..<Int32(1024)).filter { fd in
+            let flags = fcntl(fd, F_GETFD)
+            return flags >= 0 && flags & FD_CLOEXEC == 0
+        }
+    }
+
+    /// In the command's process, before the exec: closes every descriptor above standard
+    /// error but `keep`.
+    static func closeAll(but keep: Set<Int32>) {
+        let highest = keep.max() ?? 2
+        for fd in 3..<(highest + 1) where !keep.contains(fd) { close(fd) }
+        nodelease_close_from(highest + 1)
+    }
+}
+
 /// `nodelease hold`'s command starts as this: it asks to be killed when hold dies (Linux's
-/// parent-death signal), makes sure hold did not die before that, then becomes the command.
+/// parent-death signal), makes sure hold did not die before that, closes the descriptors hold
+/// opened, then becomes the command.
 struct HoldExec: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hold-exec", abstract: "Internal to hold: run a command that dies with its parent.", shouldDisplay: false)
     @Option(help: "The pid of the hold that started this.") var parent: Int32
+    @Option(help: "Descriptors to pass on (hold was started with them).") var keepFds: String?
     @Argument(parsing: .postTerminator) var command: [String]
 
     func run() throws {
         guard !command.isEmpty else { throw ExitCode(127) }
+        InheritedDescriptors.closeAll(but: Set((keepFds ?? "").split(separator: ",").compactMap { Int32($0) }))
         guard nodelease_set_parent_death_signal(SIGKILL) == 0 else {
             FileHandle.standardError.write(Data("nodelease hold: cannot set the parent-death signal: \(String(cString: strerror(errno)))\n".utf8))
             throw ExitCode(126)

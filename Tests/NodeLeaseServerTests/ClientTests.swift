@@ -1,3 +1,4 @@
+import ChildProcess
 import Foundation
 import NodeLeaseClient
 import Raft
@@ -168,27 +169,22 @@ struct ClientTests {
         let endpoints = c.endpoints().map(\.absoluteString).joined(separator: ",")
         let pidFile = c.base + "/child.pid"
         /// `nodelease hold` for hostname "held" (holder "h") with `flags`, running `sh -c script`.
-        func hold(_ flags: [String], _ script: String) throws -> Process {
-            let p = Process()
-            p.executableURL = binary
-            p.arguments = ["hold", "--endpoints", endpoints, "--hostname", "held", "--holder", "h"] + flags + ["--", "sh", "-c", script]
-            try p.run()
-            return p
+        func hold(_ flags: [String], _ script: String) throws -> ChildProcess {
+            try ChildProcess(binary.path, ["hold", "--endpoints", endpoints, "--hostname", "held", "--holder", "h"] + flags + ["--", "sh", "-c", script])
         }
 
-        // 1. The command exits: hold releases the lease and exits with its status.
-        let quick = try hold(["--ttl", "5"], "test -n \"$NODELEASE_NODE_ID\" && exit 7")
-        quick.waitUntilExit()
-        #expect(quick.terminationStatus == 7)
+        // 1. The command exits: hold releases the lease and exits with its status. The command
+        // has none of hold's descriptors (its connections, its event loops' epoll and eventfd).
+        let quick = try hold(["--ttl", "5"], "test -n \"$NODELEASE_NODE_ID\" && ! ls -l /proc/$$/fd | grep -q -e socket: -e anon_inode: && exit 7")
+        #expect(await quick.waitForExit(within: .seconds(10)) == .exited(7))
         #expect(try await c.get(1, "/v1/cluster/nodes/1").json["status"] as? String == "inactive")
 
         // 2. A signal to hold goes to the command; its exit ends hold with its status, and the
         // lease is released.
         let signalled = try hold(["--ttl", "5"], "trap 'exit 9' TERM; echo $$ > \(pidFile); while :; do sleep 0.05; done")
         let first = try await childPID(pidFile)
-        kill(signalled.processIdentifier, SIGTERM)
-        #expect(await eventually(5) { !signalled.isRunning })
-        #expect(signalled.terminationStatus == 9)
+        signalled.signal(SIGTERM)
+        #expect(await signalled.waitForExit(within: .seconds(5)) == .exited(9))
         #expect(await eventually(2) { processGone(first) })
         #expect(try await c.get(1, "/v1/cluster/nodes/1").json["status"] as? String == "inactive")
 
@@ -196,7 +192,7 @@ struct ClientTests {
         try? FileManager.default.removeItem(atPath: pidFile)
         let killed = try hold(["--ttl", "5"], "echo $$ > \(pidFile); exec sleep 60")
         let orphan = try await childPID(pidFile)
-        kill(killed.processIdentifier, SIGKILL)
+        killed.signal(SIGKILL)
         #expect(await eventually(2) { processGone(orphan) }, "the command outlived hold")
 
         // 4. The lease is lost (the cluster goes away) and the command ignores SIGTERM: it is
@@ -213,17 +209,11 @@ struct ClientTests {
         }
         let gone = try #require(goneAt, "the command was never stopped")
         #expect(gone < stopped + .seconds(3), "the command outlived the holder-side deadline: \(gone - stopped) after the cluster stopped")
-        #expect(await eventually(5) { !long.isRunning })
-        #expect(long.terminationStatus == 75)
+        #expect(await long.waitForExit(within: .seconds(5)) == .exited(75))
 
         // A grace longer than a third of the TTL is refused: it could not end before the deadline.
-        let tooLong = Process()
-        tooLong.executableURL = binary
-        tooLong.arguments = ["hold", "--endpoints", endpoints, "--ttl", "3", "--grace", "2", "--", "true"]
-        tooLong.standardError = FileHandle.nullDevice
-        try tooLong.run()
-        tooLong.waitUntilExit()
-        #expect(tooLong.terminationStatus == 64)
+        let tooLong = try ChildProcess(binary.path, ["hold", "--endpoints", endpoints, "--ttl", "3", "--grace", "2", "--", "true"], stderr: .discard)
+        #expect(await tooLong.waitForExit(within: .seconds(10)) == .exited(64))
     }
 
     @Test func tablesAndJSONForPeople() {

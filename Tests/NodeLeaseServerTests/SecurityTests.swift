@@ -1,3 +1,4 @@
+import ChildProcess
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
@@ -32,18 +33,7 @@ import Testing
     }
 
     private func sha256sum(_ text: String) throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/sha256sum")
-        let input = Pipe()
-        let output = Pipe()
-        p.standardInput = input
-        p.standardOutput = output
-        try p.run()
-        input.fileHandleForWriting.write(Data(text.utf8))
-        try input.fileHandleForWriting.close()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return String(String(decoding: data, as: UTF8.self).prefix(64))
+        String(try ChildProcess.output("/usr/bin/sha256sum", [], input: text).prefix(64))
     }
 
     @Test func hostnamePatternsMatchOneLabelOrTheExactName() throws {

@@ -1,3 +1,4 @@
+import ChildProcess
 import Foundation
 import Raft
 import RaftStorage
@@ -17,19 +18,15 @@ struct KillTests {
         var random = DeterministicGenerator(seed: 99)
         var acknowledged: UInt64 = 0
         for round in 0..<8 {
-            let process = Process()
-            process.executableURL = Self.writer
-            process.arguments = ["storage-writer", "--dir", dir, "--seed", String(round + 1)]
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            try process.run()
+            let process = try ChildProcess(Self.writer.path, ["storage-writer", "--dir", dir, "--seed", String(round + 1)], stdout: .pipe)
+            let output = try #require(process.standardOutput)
             // Let it acknowledge a random number of batches, then kill it mid-flight.
             let target = 5 + Int(random.next() % 60)
             var seen = 0
             var buffer = Data()
             let deadline = Date().addingTimeInterval(30)
             while seen < target && Date() < deadline {
-                let chunk = pipe.fileHandleForReading.availableData
+                let chunk = output.availableData
                 if chunk.isEmpty { break }
                 buffer.append(chunk)
                 while let nl = buffer.firstIndex(of: 10) {
@@ -41,10 +38,10 @@ struct KillTests {
                     }
                 }
             }
-            kill(process.processIdentifier, SIGKILL)
+            process.signal(SIGKILL)
             process.waitUntilExit()
             // Lines written before the kill but not read yet are acknowledgements too.
-            buffer.append(pipe.fileHandleForReading.readDataToEndOfFile())
+            buffer.append(output.readDataToEndOfFile())
             for line in String(decoding: buffer, as: UTF8.self).split(separator: "\n") where line.hasPrefix("acked ") {
                 if let n = UInt64(line.dropFirst(6)) { acknowledged = max(acknowledged, n) }
             }

@@ -1,3 +1,4 @@
+import ChildProcess
 import Foundation
 
 /// Certificates made at test time with the `openssl` command (none are committed): a CA, and
@@ -44,17 +45,10 @@ public final class TestPKI: @unchecked Sendable {
     public func remove() { try? FileManager.default.removeItem(atPath: directory) }
 
     static func openssl(_ arguments: [String]) throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        p.arguments = arguments
-        let err = Pipe()
-        p.standardError = err
-        p.standardOutput = FileHandle.nullDevice
-        try p.run()
-        let output = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else {
-            throw TestPKIError(description: "openssl \(arguments.prefix(2).joined(separator: " ")) failed: \(String(decoding: output, as: UTF8.self))")
+        do {
+            _ = try ChildProcess.output("/usr/bin/openssl", arguments)
+        } catch let error as ChildProcessError {
+            throw TestPKIError(description: error.description)
         }
     }
 }

@@ -4,6 +4,7 @@ extension RaftNode {
     mutating func tickLeader() {
         heartbeatElapsed += 1
         electionElapsed += 1
+        ticksInRole = min(ticksInRole + 1, config.electionTicks)
         if electionElapsed >= config.electionTicks {
             electionElapsed = 0
             if config.checkQuorum {

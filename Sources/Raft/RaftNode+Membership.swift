@@ -144,8 +144,20 @@ extension RaftNode {
         }
         if !force {
             var reachable = 0
-            for v in next.voters where v == id || isReachable(v) { reachable += 1 }
-            if reachable < next.quorum { throw ConfChangeError.wouldLoseQuorum(reachable: reachable, quorum: next.quorum) }
+            var unknown: [ReplicaID] = []
+            for v in next.voters {
+                if v == id || isReachable(v) {
+                    reachable += 1
+                } else if notHeardYet(v) {
+                    unknown.append(v)
+                }
+            }
+            if reachable < next.quorum {
+                // A leader elected moments ago has heard only from those that answered first;
+                // the others have had no chance to show they are up.
+                if reachable + unknown.count >= next.quorum { throw ConfChangeError.inProgress(Self.notHeardYetReason(unknown)) }
+                throw ConfChangeError.wouldLoseQuorum(reachable: reachable, quorum: next.quorum)
+            }
         }
         let index = log.lastIndex() + 1
         next.index = index
@@ -163,6 +175,17 @@ extension RaftNode {
     func isReachable(_ peer: ReplicaID) -> Bool {
         guard let pr = progress[peer] else { return false }
         return pr.silentTicks < config.electionTicks
+    }
+
+    /// Whether this leader has led for less than an election timeout and `peer` has not
+    /// answered in that time: whether it is reachable is not known yet.
+    func notHeardYet(_ peer: ReplicaID) -> Bool {
+        role == .leader && ticksInRole < config.electionTicks && !isReachable(peer)
+    }
+
+    static func notHeardYetReason(_ peers: [ReplicaID]) -> String {
+        let names = peers.map { "\($0)" }.joined(separator: ", ")
+        return "this leader was elected less than an election timeout ago and has not heard from replica\(peers.count == 1 ? "" : "s") \(names) yet; retry in a moment"
     }
 
     /// Leader, every tick: promotes a learner whose log has stayed close to the commit index

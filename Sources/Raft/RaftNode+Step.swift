@@ -107,6 +107,7 @@ extension RaftNode {
         leader = nil
         electionElapsed = 0
         heartbeatElapsed = 0
+        ticksInRole = 0
         randomizedElectionTimeout =
             config.electionTicks + Int.random(in: 0..<config.electionTicks, using: &random)
         leadTransferee = nil

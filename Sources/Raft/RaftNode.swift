@@ -94,6 +94,9 @@ public struct RaftNode {
     var votes: [ReplicaID: Bool] = [:]
     var electionElapsed = 0
     var heartbeatElapsed = 0
+    /// Ticks since this replica last became leader (or anything else), up to an election
+    /// timeout: a peer not heard from in that first timeout is not known to be unreachable yet.
+    var ticksInRole = 0
     var randomizedElectionTimeout = 0
     var random: any RandomNumberGenerator
 

@@ -3,14 +3,12 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import NodeLeaseClient
 import NodeLeaseServer
 import Raft
 import RaftTransport
 import ServiceLifecycle
 
-#if canImport(FoundationNetworking)
-    import FoundationNetworking
-#endif
 
 @main
 struct NodeLeaseCommand: AsyncParsableCommand {
@@ -281,18 +279,19 @@ struct Dev: AsyncParsableCommand {
     }
 }
 
-/// Prints the registry whenever it changes (polling one replica's API).
+/// Prints the registry whenever it changes (polling one replica's API with the client
+/// library: not URLSession, whose FoundationNetworking would load libcurl and a dozen
+/// libraries into every replica).
 struct RegistryWatcher: Service {
     let port: Int
 
     func run() async throws {
+        let client = NodeLeaseClient(endpoints: [URL(string: "http://127.0.0.1:\(port)")!], timeout: .seconds(2))
         var last = ""
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             try? await Task.sleep(for: .seconds(1))
-            guard let url = URL(string: "http://127.0.0.1:\(port)/v1/cluster/nodes"),
-                let (data, _) = try? await URLSession.shared.data(from: url)
-            else { continue }
-            let text = String(decoding: data, as: UTF8.self)
+            guard let nodes = try? await client.nodes() else { continue }
+            let text = "[" + nodes.map(Render.json).joined(separator: ",") + "]"
             if text != last {
                 last = text
                 say("registry: \(text)")

@@ -16,7 +16,8 @@ import NIOConcurrencyHelpers
 /// crashed the test process with SIGSEGV. Here the child closes every descriptor from 3 up
 /// with `posix_spawn_file_actions_addclosefrom_np`, and nothing is read from `/proc`.
 ///
-/// Signals are sent only while the child has not been reaped, so a recycled PID is never hit.
+/// Signals go only to a child that has not exited (it is reaped first if it has), so a
+/// recycled PID is never hit.
 public final class ChildProcess: Sendable {
     public enum Input: Sendable {
         case inherit
@@ -59,11 +60,10 @@ public final class ChildProcess: Sendable {
     private let ended = NIOLockedValueBox<Termination?>(nil)
 
     /// Starts `path` with `arguments` (argv[0] is `path`) and `environment` (this process's when
-    /// nil), every signal at its default action and none blocked, in a new process group when
-    /// `processGroup` (so a terminal's ^C reaches only the parent).
+    /// nil), every signal at its default action and none blocked.
     public init(
         _ path: String, _ arguments: [String], environment: [String: String]? = nil,
-        stdin: Input = .inherit, stdout: Output = .inherit, stderr: Output = .inherit, processGroup: Bool = false
+        stdin: Input = .inherit, stdout: Output = .inherit, stderr: Output = .inherit
     ) throws {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -103,12 +103,7 @@ public final class ChildProcess: Sendable {
         var none = sigset_t()
         sigemptyset(&none)
         posix_spawnattr_setsigmask(&attributes, &none)
-        var flags = Int32(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK)
-        if processGroup {
-            posix_spawnattr_setpgroup(&attributes, 0)
-            flags |= Int32(POSIX_SPAWN_SETPGROUP)
-        }
-        posix_spawnattr_setflags(&attributes, Int16(flags))
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
 
         let argv = ([path] + arguments).map { strdup($0) } + [nil]
         let envp = environment.map { env in env.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil] }
@@ -137,10 +132,13 @@ public final class ChildProcess: Sendable {
         return nil
     }
 
-    /// Sends `signal` unless it has been reaped already; whether it was sent.
+    /// Sends `signal` unless it has exited (it is reaped first if it has); whether it was sent.
     @discardableResult
     public func signal(_ signal: Int32) -> Bool {
-        ended.withLockedValue { ended in ended == nil && kill(pid, signal) == 0 }
+        ended.withLockedValue { ended in
+            Self.reap(pid, &ended)
+            return ended == nil && kill(pid, signal) == 0
+        }
     }
 
     /// Blocks the calling thread until it exits.
@@ -169,36 +167,56 @@ public final class ChildProcess: Sendable {
 
     private func reap() -> Termination? {
         ended.withLockedValue { ended in
-            if let ended { return ended }
-            var status: Int32 = 0
-            let r = waitpid(pid, &status, WNOHANG)
-            if r == pid {
-                let signal = status & 0x7f
-                ended = signal == 0 ? .exited((status >> 8) & 0xff) : .signalled(signal)
-            } else if r == -1 && errno == ECHILD {
-                ended = .unknown
-            }
+            Self.reap(pid, &ended)
             return ended
         }
     }
 
-    /// Runs a program to its end, its standard output collected (standard error too, for the
-    /// error it throws when the exit code is not 0).
+    /// Records how `pid` ended if it has (under the lock, so a status is never lost).
+    private static func reap(_ pid: pid_t, _ ended: inout Termination?) {
+        guard ended == nil else { return }
+        var status: Int32 = 0
+        let r = waitpid(pid, &status, WNOHANG)
+        if r == pid {
+            let signal = status & 0x7f
+            ended = signal == 0 ? .exited((status >> 8) & 0xff) : .signalled(signal)
+        } else if r == -1 && errno == ECHILD {
+            ended = .unknown
+        }
+    }
+
+    /// A child that has exited is reaped here at the latest (one still running is left alone).
+    deinit { _ = reap() }
+
+    /// Runs a program to its end, `input` written to its standard input, its standard output
+    /// collected (standard error too, for the error it throws when the exit code is not 0).
     public static func output(_ path: String, _ arguments: [String], input: String? = nil) throws -> String {
         let child = try ChildProcess(path, arguments, stdin: input == nil ? .discard : .pipe, stdout: .pipe, stderr: .pipe)
+        // Input and standard error each on a thread of their own: a child that fills one pipe
+        // while this one waits on another would never end. A child that exits without reading
+        // its input is no error here (SIGPIPE is ignored; the exit code tells).
+        let done = DispatchGroup()
         if let input, let writer = child.standardInput {
-            writer.write(Data(input.utf8))
-            try? writer.close()
+            Foundation.signal(SIGPIPE, SIG_IGN)
+            done.enter()
+            Thread {
+                var bytes = Array(input.utf8)[...]
+                while !bytes.isEmpty {
+                    let n = bytes.withUnsafeBytes { write(writer.fileDescriptor, $0.baseAddress, $0.count) }
+                    if n < 0 && errno == EINTR { continue }
+                    if n <= 0 { break }
+                    bytes = bytes.dropFirst(n)
+                }
+                try? writer.close()
+                done.leave()
+            }.start()
         }
-        // Standard error is read on another thread: a child that fills one pipe while this
-        // one waits on the other would never end.
         let errors = NIOLockedValueBox(Data())
-        let done = DispatchSemaphore(value: 0)
-        let reader = Thread {
+        done.enter()
+        Thread {
             errors.withLockedValue { $0 = child.standardError?.readDataToEndOfFile() ?? Data() }
-            done.signal()
-        }
-        reader.start()
+            done.leave()
+        }.start()
         let out = child.standardOutput?.readDataToEndOfFile() ?? Data()
         done.wait()
         let end = child.waitUntilExit()

@@ -160,6 +160,8 @@ extension HTTPAPI {
     private func refusal(_ e: ConfChangeError) -> Response {
         switch e {
         case .inProgress(let why): return error(.conflict, "config_change_in_progress", why)
+        // The request path waits these out; never answered, but mapped like the wait it is.
+        case .votersNotHeardYet: return error(.conflict, "config_change_in_progress", e.description + "; retry in a moment")
         case .stale: return error(.conflict, "stale_config", e.description)
         case .replicaExists: return error(.conflict, "replica_exists", e.description)
         case .notFound(let id): return replicaNotFound(Substring(id.description))

@@ -155,7 +155,7 @@ extension RaftNode {
             if reachable < next.quorum {
                 // A leader elected moments ago has heard only from those that answered first;
                 // the others have had no chance to show they are up.
-                if reachable + unknown.count >= next.quorum { throw ConfChangeError.inProgress(Self.notHeardYetReason(unknown)) }
+                if reachable + unknown.count >= next.quorum { throw ConfChangeError.votersNotHeardYet(unknown) }
                 throw ConfChangeError.wouldLoseQuorum(reachable: reachable, quorum: next.quorum)
             }
         }
@@ -181,11 +181,6 @@ extension RaftNode {
     /// answered in that time: whether it is reachable is not known yet.
     func notHeardYet(_ peer: ReplicaID) -> Bool {
         role == .leader && ticksInRole < config.electionTicks && !isReachable(peer)
-    }
-
-    static func notHeardYetReason(_ peers: [ReplicaID]) -> String {
-        let names = peers.map { "\($0)" }.joined(separator: ", ")
-        return "this leader was elected less than an election timeout ago and has not heard from replica\(peers.count == 1 ? "" : "s") \(names) yet; retry in a moment"
     }
 
     /// Leader, every tick: promotes a learner whose log has stayed close to the commit index

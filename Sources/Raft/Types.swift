@@ -274,6 +274,10 @@ public enum ConfChangeError: Error, Sendable, Hashable, CustomStringConvertible 
     case learnerHeld(ReplicaID, why: String)
     /// The new configuration would have fewer reachable voters than its quorum.
     case wouldLoseQuorum(reachable: Int, quorum: Int)
+    /// This leader was elected less than an election timeout ago and has not heard from
+    /// these voters yet, without which the new configuration has no reachable quorum: whether
+    /// they are up is not known until the timeout has passed (a request waits for it).
+    case votersNotHeardYet([ReplicaID])
     case invalid(String)
 
     public var description: String {
@@ -287,6 +291,9 @@ public enum ConfChangeError: Error, Sendable, Hashable, CustomStringConvertible 
         case .learnerHeld(_, let why): why
         case .wouldLoseQuorum(let reachable, let quorum):
             "the new configuration would have \(reachable) reachable voter\(reachable == 1 ? "" : "s"), fewer than its quorum of \(quorum)"
+        case .votersNotHeardYet(let ids):
+            "this leader was elected less than an election timeout ago and has not heard from replica\(ids.count == 1 ? "" : "s") "
+                + ids.map(\.description).joined(separator: ", ") + " yet"
         case .invalid(let why): why
         }
     }

@@ -118,6 +118,10 @@ extension ReplicaCore {
                 } else {
                     finishConfChange(id, .failure(.refused(.inProgress(why))))
                 }
+            } catch ConfChangeError.votersNotHeardYet {
+                // A leader elected moments ago: within an election timeout of its election
+                // those voters have answered or count as unreachable; ask again each tick.
+                continue
             } catch let e as ConfChangeError {
                 finishConfChange(id, .failure(.refused(e)))
             } catch RaftError.transferInProgress {

@@ -348,18 +348,21 @@ enum InheritedDescriptors {
         }
     }
 
-    /// In the command's process, before the exec: closes every descriptor above standard
-    /// error but `keep`.
-    static func closeAll(but keep: Set<Int32>) {
-        let highest = keep.max() ?? 2
-        for fd in 3..<(highest + 1) where !keep.contains(fd) { close(fd) }
-        nodelease_close_from(highest + 1)
+    /// In the command's process, before the exec: every descriptor above standard error but
+    /// `keep` is marked close-on-exec, so the exec closes them (closing them here could pull a
+    /// descriptor from under this process's runtime before the exec).
+    static func closeOnExec(allBut keep: Set<Int32>) {
+        nodelease_cloexec_from(3)
+        for fd in keep.sorted() {
+            let flags = fcntl(fd, F_GETFD)
+            if flags >= 0 { _ = fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC) }
+        }
     }
 }
 
 /// `nodelease hold`'s command starts as this: it asks to be killed when hold dies (Linux's
-/// parent-death signal), makes sure hold did not die before that, closes the descriptors hold
-/// opened, then becomes the command.
+/// parent-death signal), makes sure hold did not die before that, lets go of the descriptors
+/// hold opened, then becomes the command.
 struct HoldExec: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hold-exec", abstract: "Internal to hold: run a command that dies with its parent.", shouldDisplay: false)
@@ -369,7 +372,10 @@ struct HoldExec: ParsableCommand {
 
     func run() throws {
         guard !command.isEmpty else { throw ExitCode(127) }
-        InheritedDescriptors.closeAll(but: Set((keepFds ?? "").split(separator: ",").compactMap { Int32($0) }))
+        InheritedDescriptors.closeOnExec(allBut: Set((keepFds ?? "").split(separator: ",").compactMap { Int32($0) }))
+        // Sockets a service manager passed to hold are the command's now (sd_listen_fds checks
+        // LISTEN_PID; the exec keeps this process's pid).
+        if ProcessInfo.processInfo.environment["LISTEN_PID"] == String(parent) { setenv("LISTEN_PID", String(getpid()), 1) }
         guard nodelease_set_parent_death_signal(SIGKILL) == 0 else {
             FileHandle.standardError.write(Data("nodelease hold: cannot set the parent-death signal: \(String(cString: strerror(errno)))\n".utf8))
             throw ExitCode(126)

@@ -48,7 +48,7 @@ public final class DurableLog: RaftLogStorage {
         /// How many snapshot files to keep.
         public var keepSnapshots: Int
 
-        public init(segmentBytes: Int = 64 << 20, fsync: Bool = true, cacheBytes: Int = 16 << 20, keepSnapshots: Int = 2) {
+        public init(segmentBytes: Int = 64 << 20, fsync: Bool = true, cacheBytes: Int = 4 << 20, keepSnapshots: Int = 2) {
             self.segmentBytes = segmentBytes
             self.fsync = fsync
             self.cacheBytes = cacheBytes

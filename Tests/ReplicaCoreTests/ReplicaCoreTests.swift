@@ -79,6 +79,9 @@ final class CoreCluster {
         }
     }
 
+    /// Replicas cut off: every message to or from them is lost.
+    var cutOff: Set<ReplicaID> = []
+
     /// Delivers every message and forward in flight, until none is left.
     func settle(dropForwards: Bool = false) {
         for _ in 0..<100 {
@@ -87,7 +90,7 @@ final class CoreCluster {
             let fs = forwards
             messages = []
             forwards = []
-            for m in ms where cores[m.to] != nil { with(m.to) { $0.step([m], now: now) } }
+            for m in ms where cores[m.to] != nil && !cutOff.contains(m.to) && !cutOff.contains(m.from) { with(m.to) { $0.step([m], now: now) } }
             if !dropForwards {
                 for f in fs { with(f.to) { $0.forwarded(f.data, now: now, wall: wall) } }
             }
@@ -260,6 +263,36 @@ struct ReplicaCoreTests {
         #expect(replay.replayed)
         #expect(replay.result == granted.result && replay.index == granted.index)
         for id in c.ids { #expect(c.cores[id]!.registry.node(l.nodeID)?.status == .inactive) }
+    }
+
+    /// A leader elected moments ago has heard only from the voters that answered first: a
+    /// change that needs the others waits for them (or for its first election timeout to pass)
+    /// and is answered with the outcome, never refused early as one that would lose the quorum.
+    @Test func aNewLeaderWaitsForVotersItHasNotHeardFromBeforeJudgingAChange() throws {
+        let c = try CoreCluster(size: 5)
+        // 1 wins with 2 and 3 and commits its first entry with them; 4 and 5 hear nothing yet.
+        c.cutOff = [4, 5]
+        c.with(1) { $0.campaign(now: c.now) }
+        c.settle()
+        #expect(c.leader() == 1)
+        let remove2 = c.with(1) { $0.submitConfChange(.remove(2), expectedConfigIndex: nil, force: false, now: c.now) }
+        #expect(c.confChangeAnswers[1]?[remove2] == nil, "refused before 4 and 5 could answer")
+        c.cutOff = []
+        c.tick(3)
+        let done = try #require(c.confChangeAnswers[1]?[remove2])
+        #expect((try? done.get())?.membership.voters == [1, 3, 4, 5])
+
+        // Another new leader, with 4 and 5 down: once its first election timeout has
+        // passed without them, the change is refused as one that would lose the quorum.
+        let c2 = try CoreCluster(size: 5)
+        c2.cutOff = [4, 5]
+        c2.with(1) { $0.campaign(now: c2.now) }
+        c2.settle()
+        let early = c2.with(1) { $0.submitConfChange(.remove(2), expectedConfigIndex: nil, force: false, now: c2.now) }
+        c2.tick(5)
+        #expect(c2.confChangeAnswers[1]?[early] == nil, "answered within the first election timeout")
+        c2.tick(10)
+        #expect(c2.confChangeAnswers[1]?[early] == .failure(.refused(.wouldLoseQuorum(reachable: 2, quorum: 3))))
     }
 
     @Test func aRequestWithNoLeaderTimesOut() throws {

@@ -273,7 +273,7 @@ public struct ReplicaCore {
     /// apply once too.
     public mutating func submit(_ command: LeaseCommand, key: IdempotencyKey?, now: UInt64, wall: UInt64) -> UInt64 {
         let id = newRequest(now: now)
-        let key = key ?? IdempotencyKey(origin: .replica, value: "\(config.replicaID)-\(String(id, radix: 16))")
+        let key = key ?? IdempotencyKey.replica(config.replicaID.rawValue, request: id)
         let data = TimedCommand(command, now: wall, requestID: id, key: key, leaderNanos: now).encoded()
         writes[id] = (data, key, now, now)
         enqueue([data], now: now)

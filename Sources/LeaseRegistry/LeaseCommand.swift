@@ -160,7 +160,8 @@ public struct IdempotencyKey: Sendable, Hashable, CustomStringConvertible {
     /// number (unique across restarts: each start draws a random base), the number in base 62.
     /// Up to replica 999 it fits in 15 bytes, which Swift keeps inside the string itself: no
     /// allocation for each of the up to 100,000 keys the window remembers (the hexadecimal
-    /// form took 18 bytes and one).
+    /// form, `3-` and the number, took 18 bytes and one; the dot keeps the two forms apart while
+    /// keys of both are remembered, during a rolling upgrade).
     public static func replica(_ replica: UInt64, request: UInt64) -> IdempotencyKey {
         let digits = Array("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".utf8)
         var n = request
@@ -169,7 +170,7 @@ public struct IdempotencyKey: Sendable, Hashable, CustomStringConvertible {
             text.append(digits[Int(n % 62)])
             n /= 62
         } while n > 0
-        return IdempotencyKey(origin: .replica, value: "\(replica)-" + String(decoding: text.reversed(), as: UTF8.self))
+        return IdempotencyKey(origin: .replica, value: "\(replica)." + String(decoding: text.reversed(), as: UTF8.self))
     }
 
     public var description: String { origin == .client ? value : "(replica) \(value)" }

@@ -32,10 +32,10 @@ struct IdempotencyTests {
     /// Replica-chosen keys: distinct for distinct requests, and short enough (15 bytes up to
     /// replica 999) that Swift stores them without an allocation.
     @Test func replicaChosenKeysAreDistinctAndShort() {
-        #expect(IdempotencyKey.replica(3, request: 0).value == "3-0")
-        #expect(IdempotencyKey.replica(1, request: 61).value == "1-z")
-        #expect(IdempotencyKey.replica(1, request: 62).value == "1-10")
-        #expect(IdempotencyKey.replica(999, request: .max).value == "999-LygHa16AHYF")
+        #expect(IdempotencyKey.replica(3, request: 0).value == "3.0")
+        #expect(IdempotencyKey.replica(1, request: 61).value == "1.z")
+        #expect(IdempotencyKey.replica(1, request: 62).value == "1.10")
+        #expect(IdempotencyKey.replica(999, request: .max).value == "999.LygHa16AHYF")
         #expect(IdempotencyKey.replica(999, request: .max).value.utf8.count == 15)
         let base: UInt64 = 0x3fa7_1c22_9b10_0000
         let keys = Set((0..<20_000).map { IdempotencyKey.replica(2, request: base + UInt64($0)).value })

@@ -121,6 +121,9 @@ extension ReplicaCore {
             } catch ConfChangeError.votersNotHeardYet {
                 // A leader elected moments ago: within an election timeout of its election
                 // those voters have answered or count as unreachable; ask again each tick.
+                // (Not time spent behind another change: that patience starts again.)
+                p.blockedSince = nil
+                confChanges[id] = p
                 continue
             } catch let e as ConfChangeError {
                 finishConfChange(id, .failure(.refused(e)))

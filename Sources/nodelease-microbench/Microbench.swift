@@ -284,7 +284,7 @@ struct IdempotencyBench: ParsableCommand {
         for round in 0..<5 {
             copies.append(registry)
             index += 1
-            let key = IdempotencyKey(origin: .replica, value: "1-\(String(index, radix: 16))-\(round)")
+            let key = IdempotencyKey.replica(1, request: UInt64(index) << 8 | UInt64(round))
             let t = clock.now
             _ = registry.apply(TimedCommand(.renew(leaseID: 1), now: 1_767_225_600, key: key, leaderNanos: UInt64(keys + 10 + round)), index: index, term: 1)
             firstWrites.append(StorageBench.micros(clock.now - t) / 1000)

@@ -375,7 +375,12 @@ struct HoldExec: ParsableCommand {
         InheritedDescriptors.closeOnExec(allBut: Set((keepFds ?? "").split(separator: ",").compactMap { Int32($0) }))
         // Sockets a service manager passed to hold are the command's now (sd_listen_fds checks
         // LISTEN_PID; the exec keeps this process's pid).
-        if ProcessInfo.processInfo.environment["LISTEN_PID"] == String(parent) { setenv("LISTEN_PID", String(getpid()), 1) }
+        // LISTEN_PIDFDID (newer systemd) names hold's pidfd, which this process cannot claim:
+        // without it sd_listen_fds checks LISTEN_PID alone.
+        if ProcessInfo.processInfo.environment["LISTEN_PID"] == String(parent) {
+            setenv("LISTEN_PID", String(getpid()), 1)
+            unsetenv("LISTEN_PIDFDID")
+        }
         guard nodelease_set_parent_death_signal(SIGKILL) == 0 else {
             FileHandle.standardError.write(Data("nodelease hold: cannot set the parent-death signal: \(String(cString: strerror(errno)))\n".utf8))
             throw ExitCode(126)

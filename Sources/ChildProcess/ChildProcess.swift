@@ -121,16 +121,8 @@ public final class ChildProcess: Sendable {
         standardError = parentEnds[2].map { FileHandle(fileDescriptor: $0, closeOnDealloc: true) }
     }
 
-    /// How it ended, or nil while it runs (a stopped child runs).
-    public var termination: Termination? { reap() }
-
+    /// Whether it has not exited yet (a stopped child runs).
     public var isRunning: Bool { reap() == nil }
-
-    /// Its exit code, or nil while it runs or if a signal ended it.
-    public var exitCode: Int32? {
-        if case .exited(let code)? = reap() { return code }
-        return nil
-    }
 
     /// Sends `signal` unless it has exited (it is reaped first if it has); whether it was sent.
     @discardableResult

@@ -163,18 +163,21 @@ public struct IdempotencyKey: Sendable, Hashable, CustomStringConvertible {
     /// form, `3-` and the number, took 18 bytes and one; the dot keeps the two forms apart while
     /// keys of both are remembered, during a rolling upgrade).
     public static func replica(_ replica: UInt64, request: UInt64) -> IdempotencyKey {
-        // Digits from the last: at most 11 for a 64-bit number.
-        var text = (UInt64(0), UInt64(0))
-        var count = 0
-        var n = request
-        repeat {
-            let d = UInt8(truncatingIfNeeded: n % 62)
-            let digit = d < 10 ? 48 + d : d < 36 ? 55 + d : 61 + d
-            if count < 8 { text.0 |= UInt64(digit) << (8 * count) } else { text.1 |= UInt64(digit) << (8 * (count - 8)) }
+        var count = 1
+        var rest = request / 62
+        while rest > 0 {
             count += 1
-            n /= 62
-        } while n > 0
-        let digits = withUnsafeBytes(of: &text) { raw in String(decoding: raw.prefix(count).reversed(), as: UTF8.self) }
+            rest /= 62
+        }
+        let digits = String(unsafeUninitializedCapacity: count) { text in
+            var n = request
+            for i in (0..<count).reversed() {
+                let d = UInt8(n % 62)
+                text[i] = d < 10 ? 48 + d : d < 36 ? 55 + d : 61 + d
+                n /= 62
+            }
+            return count
+        }
         return IdempotencyKey(origin: .replica, value: "\(replica)." + digits)
     }
 

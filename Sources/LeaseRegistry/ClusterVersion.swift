@@ -8,9 +8,12 @@ import Raft
 /// - 1: the first release's commands (kinds 1 to 8) and registry snapshots (versions 2 to 4).
 /// - 2: `setClusterVersion` (kind 9) and registry snapshot version 5, which records the
 ///   cluster version (a registry at cluster version 1 is still written as version 4).
+/// - 3: a write without an idempotency key carries its replica's session stamp instead of a
+///   key the replica chose (entry format version 3, `SessionStamp`), and registry snapshot
+///   version 6, which records the sessions.
 public enum ClusterVersion {
     /// The newest cluster version this build supports.
-    public static let newest: UInt32 = 2
+    public static let newest: UInt32 = 3
 
     /// The version the leader should move the cluster to: the lowest any member supports, when
     /// every member has reported and that is above `current`; nil otherwise (a member that has
@@ -30,5 +33,5 @@ public enum ClusterVersion {
     public static func commandKinds(_ supported: UInt32) -> ClosedRange<UInt8> { supported >= 2 ? 1...9 : 1...8 }
 
     /// The registry snapshot versions a build supporting up to `supported` reads.
-    public static func snapshotVersions(_ supported: UInt32) -> ClosedRange<UInt8> { supported >= 2 ? 2...5 : 2...4 }
+    public static func snapshotVersions(_ supported: UInt32) -> ClosedRange<UInt8> { supported >= 3 ? 2...6 : supported >= 2 ? 2...5 : 2...4 }
 }

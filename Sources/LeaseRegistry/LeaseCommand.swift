@@ -49,26 +49,45 @@ public struct TimedCommand: Sendable, Hashable {
     /// entries of one term measure the leader time that idempotency keys are remembered for,
     /// unaffected by wall-clock steps.
     public var leaderNanos: UInt64
+    /// In place of a key (cluster version 3 on), for a write that came without one: the
+    /// accepting replica's session, in which `requestID` is the request's number, and the
+    /// numbers below which that replica is done. Makes the replica's own re-sends apply once
+    /// without the registry remembering an outcome per write (`RequestSession`).
+    public var session: SessionStamp?
 
-    public init(_ command: LeaseCommand, now: UInt64, requestID: UInt64 = 0, key: IdempotencyKey? = nil, leaderNanos: UInt64 = 0) {
+    public init(
+        _ command: LeaseCommand, now: UInt64, requestID: UInt64 = 0, key: IdempotencyKey? = nil, leaderNanos: UInt64 = 0,
+        session: SessionStamp? = nil
+    ) {
         self.command = command
         self.now = now
         self.requestID = requestID
         self.key = key
         self.leaderNanos = leaderNanos
+        self.session = session
     }
 
-    /// Version 1 entries (written before idempotency keys) still decode.
-    static let version: UInt8 = 2
+    /// Version 1 entries (written before idempotency keys) still decode. Version 3 is
+    /// version 2 with a session stamp in the key's place, written only for a command that
+    /// carries one (cluster version 3 on); every other command is still written as version 2.
+    static let version: UInt8 = 3
 
-    /// The entry payload: version, request id, leader nanoseconds, key (flag, then the key),
-    /// type, time, fields (little-endian).
+    /// The newest entry format a replica supporting cluster versions up to `supported` reads.
+    public static func readableVersion(_ supported: UInt32) -> UInt8 { supported >= 3 ? 3 : 2 }
+
+    /// The entry payload: version, request id, leader nanoseconds, key (flag, then the key; or
+    /// flag 3 and the session stamp), type, time, fields (little-endian).
     public func encoded() -> [UInt8] {
         var w = ByteWriter(capacity: 96)
-        w.u8(Self.version)
+        w.u8(session == nil ? 2 : 3)
         w.u64(requestID)
         w.u64(leaderNanos)
-        if let key {
+        if let session {
+            w.u8(SessionStamp.flag)
+            w.u64(session.replica)
+            w.u64(session.base)
+            w.u64(session.done)
+        } else if let key {
             w.u8(key.origin.rawValue)
             w.string(key.value)
         } else {
@@ -86,8 +105,9 @@ public struct TimedCommand: Sendable, Hashable {
     /// it apply it for real, and the states would part.
     public static func unknownFormat(_ bytes: [UInt8], supporting supported: UInt32 = ClusterVersion.newest) -> String? {
         guard let version = bytes.first else { return nil }
-        if version > Self.version {
-            return "registry command format version \(version) is unknown to this build (it reads versions 1 to \(Self.version))"
+        let readable = readableVersion(supported)
+        if version > readable {
+            return "registry command format version \(version) is unknown to this build (it reads versions 1 to \(readable))"
         }
         guard version >= 1 else { return nil }
         var r = ByteReader(bytes, at: 1)
@@ -95,7 +115,12 @@ public struct TimedCommand: Sendable, Hashable {
             _ = try r.u64()
             if version >= 2 {
                 _ = try r.u64()
-                if try r.u8() != 0 { _ = try r.string() }
+                let flag = try r.u8()
+                if version >= 3 && flag == SessionStamp.flag {
+                    _ = (try r.u64(), try r.u64(), try r.u64())
+                } else if flag != 0 {
+                    _ = try r.string()
+                }
             }
             return try r.u8()
         }() else { return nil }
@@ -108,14 +133,20 @@ public struct TimedCommand: Sendable, Hashable {
         var r = ByteReader(bytes)
         do {
             let version = try r.u8()
-            guard version == 1 || version == Self.version else { return nil }
+            guard (1...Self.version).contains(version) else { return nil }
             requestID = try r.u64()
             key = nil
+            session = nil
             leaderNanos = 0
             if version >= 2 {
                 leaderNanos = try r.u64()
                 let flag = try r.u8()
-                if flag != 0 {
+                if version >= 3 {
+                    // Version 3 is written only for a session stamp.
+                    guard flag == SessionStamp.flag else { return nil }
+                    session = SessionStamp(replica: try r.u64(), base: try r.u64(), done: try r.u64())
+                    guard requestID > session!.base, session!.done <= requestID else { return nil }
+                } else if flag != 0 {
                     guard let origin = IdempotencyKey.Origin(rawValue: flag) else { return nil }
                     key = IdempotencyKey(origin: origin, value: try r.string())
                 }
@@ -128,6 +159,29 @@ public struct TimedCommand: Sendable, Hashable {
             return nil
         }
     }
+}
+
+/// What a replica puts in a write that came without an idempotency key (cluster version 3 on):
+/// its session (the replica and the base its request numbers start above, drawn at random at
+/// each start) and `done`, a number such that every request of the session below it is
+/// finished at the replica: answered, or timed out and never sent again. The entry's
+/// `requestID` is the request's number. The registry keeps, for each session, `done` and the
+/// numbers at or above it that applied: a command whose number is below `done`, or already
+/// applied, changes nothing (`RequestSession`). Sessions are the Raft dissertation's client
+/// sessions (section 6.3), the client here being the replica that accepted the request.
+public struct SessionStamp: Sendable, Hashable {
+    public var replica: UInt64
+    public var base: UInt64
+    public var done: UInt64
+
+    public init(replica: UInt64, base: UInt64, done: UInt64) {
+        self.replica = replica
+        self.base = base
+        self.done = done
+    }
+
+    /// The key flag of a stamped entry (format version 3).
+    static let flag: UInt8 = 3
 }
 
 /// The key that makes a client write exactly-once. Client keys and the keys a replica chooses

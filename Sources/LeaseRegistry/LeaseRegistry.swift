@@ -22,6 +22,16 @@ public struct Applied: Sendable, Hashable {
     public var replayed: Bool
     /// The index of the entry the outcome belongs to (for a replay, the first one's).
     public var index: UInt64
+    /// A repeat of a replica session's request (or one its replica gave up on): nothing changed,
+    /// and no outcome is kept to answer with (`result` says so; `replayed` is true too).
+    public var discarded: Bool = false
+
+    /// What a discarded repeat reports.
+    static func discarded(index: UInt64) -> Applied {
+        Applied(
+            result: .failure(.invalid(field: "request", message: "a repeat of a request that already applied or was given up; not applied again")),
+            replayed: true, index: index, discarded: true)
+    }
 }
 
 /// How long and how many idempotency keys the registry remembers (shared/API.md, "Exactly
@@ -106,6 +116,8 @@ public struct LeaseRegistry: Sendable {
     /// also the order of their `at` (both in pieces: ChunkedStorage.swift).
     private var remembered = ShardedDictionary<IdempotencyKey, Remembered>()
     private var rememberedOrder = ChunkedArray<IdempotencyKey>()
+    /// Replica sessions of writes that came without a key (cluster version 3 on).
+    private var sessions = RequestSessions()
     public private(set) var idempotencyWindow = IdempotencyWindow()
     /// The cluster version agreed through the log (ClusterVersion.swift); 1 until raised.
     public private(set) var clusterVersion: UInt32 = 1
@@ -125,6 +137,9 @@ public struct LeaseRegistry: Sendable {
 
     /// How many idempotency keys are remembered now.
     public var rememberedKeys: Int { remembered.count }
+
+    /// How many replica sessions are kept, and the request numbers they hold.
+    public var sessionCounts: (sessions: Int, numbers: Int) { (sessions.all.count, sessions.numbersKept) }
 
     // MARK: Reading
 
@@ -186,6 +201,16 @@ public struct LeaseRegistry: Sendable {
         }
         if case .configureIdempotency = timed.command, clock == 0 { clock = 1 }
         forgetExpiredKeys()
+        if let stamp = timed.session, timed.command.isClientWrite {
+            let new = sessions.admit(
+                stamp, number: timed.requestID, clock: clock, maxApplied: idempotencyWindow.maxKeys,
+                ignoreApplied: faults.contains(.sessionRepeatsApply))
+            guard new else {
+                appliedIndex = max(appliedIndex, index)
+                return .discarded(index: index)
+            }
+            return Applied(result: apply(timed.command, now: timed.now, index: index), replayed: false, index: index)
+        }
         guard let key = timed.key, timed.command.isClientWrite else {
             return Applied(result: apply(timed.command, now: timed.now, index: index), replayed: false, index: index)
         }
@@ -208,13 +233,15 @@ public struct LeaseRegistry: Sendable {
         forgetExpiredKeys()
     }
 
-    /// Drops the oldest keys while there are too many or they are older than the window.
+    /// Drops the oldest keys while there are too many or they are older than the window, and
+    /// the sessions idle for longer than the window.
     private mutating func forgetExpiredKeys() {
+        var window = idempotencyWindow
+        if faults.contains(.forgetKeysEarly) { window = IdempotencyWindow(seconds: window.seconds / 2, maxKeys: window.maxKeys / 2) }
+        let (span, overflow) = window.seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        if !sessions.isEmpty && !overflow { sessions.forget(idleLongerThan: span, clock: clock) }
         while let key = rememberedOrder.first {
             let at = remembered[key]!.at
-            var window = idempotencyWindow
-            if faults.contains(.forgetKeysEarly) { window = IdempotencyWindow(seconds: window.seconds / 2, maxKeys: window.maxKeys / 2) }
-            let (span, overflow) = window.seconds.multipliedReportingOverflow(by: 1_000_000_000)
             let expired = clock != 0 && !overflow && at < clock && clock - at > span
             guard remembered.count > window.maxKeys || expired else { break }
             remembered[key] = nil
@@ -435,6 +462,7 @@ extension LeaseRegistry: Equatable {
         a.appliedIndex == b.appliedIndex && a.registryIndex == b.registryIndex && a.order == b.order && a.order.allSatisfy { a.nodes[$0] == b.nodes[$0] }
             && a.replicaDirectories == b.replicaDirectories && a.idempotencyWindow == b.idempotencyWindow
             && a.clock == b.clock && a.lastStamp == b.lastStamp && a.rememberedInOrder.elementsEqual(b.rememberedInOrder) { $0.0 == $1.0 && $0.1 == $1.1 }
+            && a.sessions == b.sessions && a.clusterVersion == b.clusterVersion
     }
 
     /// The remembered outcomes, oldest first.
@@ -451,14 +479,15 @@ extension LeaseRegistry {
     /// still load (with no keys; with the applied index as the registry index, which may wake
     /// a watcher once for nothing but never lets one miss a change). Version 5 (cluster
     /// version 2 on) adds the cluster version; a registry still at cluster version 1 is
-    /// written as version 4, which every replica of the first release reads.
-    static let snapshotVersion: UInt8 = 5
+    /// written as version 4, which every replica of the first release reads. Version 6
+    /// (cluster version 3 on) adds the replica sessions.
+    static let snapshotVersion: UInt8 = 6
 
     /// The whole registry in a compact, versioned binary form with a CRC-32C checksum.
     public func snapshot() -> [UInt8] {
         var w = ByteWriter(capacity: 64 + order.count * 96)
         w.bytes.append(contentsOf: Self.snapshotMagic)
-        w.u8(clusterVersion >= 2 ? 5 : 4)
+        w.u8(clusterVersion >= 3 ? 6 : clusterVersion >= 2 ? 5 : 4)
         w.u64(appliedIndex)
         w.u64(registryIndex)
         if clusterVersion >= 2 { w.u32(clusterVersion) }
@@ -484,6 +513,7 @@ extension LeaseRegistry {
             w.u64(m.at)
             w.bytes.append(contentsOf: m.outcome)
         }
+        if clusterVersion >= 3 { sessions.encode(into: &w) }
         w.u32(CRC32C.checksum(w.bytes))
         return w.bytes
     }
@@ -589,6 +619,11 @@ extension LeaseRegistry {
                     remembered[key] = m
                     rememberedOrder.append(key)
                 }
+            }
+            if version >= 6 {
+                guard clusterVersion >= 3 else { throw SnapshotError.malformed("cluster version \(clusterVersion) in a version 6 snapshot") }
+                guard let s = try RequestSessions.decode(&r) else { throw SnapshotError.malformed("replica sessions out of order") }
+                sessions = s
             }
             guard r.remaining == 0 else { throw SnapshotError.malformed("trailing bytes") }
         } catch let e as SnapshotError {
@@ -709,6 +744,9 @@ public struct RegistryFaults: OptionSet, Sendable, Hashable {
     public static let reacquireGrantsNewLease = RegistryFaults(rawValue: 1 << 1)
     /// Idempotency keys are forgotten at half the window's time and half its key limit.
     public static let forgetKeysEarly = RegistryFaults(rawValue: 1 << 2)
+    /// A replica session's request applies again when re-sent (its applied numbers are not
+    /// consulted; only those below the session's `done` are refused).
+    public static let sessionRepeatsApply = RegistryFaults(rawValue: 1 << 3)
 }
 
 /// Orders stale and inactive nodes by when they took that status (then by ID).

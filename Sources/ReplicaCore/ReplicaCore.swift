@@ -128,7 +128,11 @@ public struct ReplicaCore {
     /// Writes waiting here, by request id: their entries, sent again when the leader changes
     /// (the old leader may have died with them, or committed them already: each carries an
     /// idempotency key, so a command that commits twice applies once).
-    private var writes: [UInt64: (data: [UInt8], key: IdempotencyKey, submittedAt: UInt64, lastSent: UInt64)] = [:]
+    private var writes: [UInt64: (data: [UInt8], key: IdempotencyKey?, submittedAt: UInt64, lastSent: UInt64)] = [:]
+    /// The ids of `writes` in the order they were made, from `writeOrderHead` on (some may be
+    /// finished): the oldest unfinished one is a session's `done`.
+    private var writeOrder: [UInt64] = []
+    private var writeOrderHead = 0
     /// Commands to propose (as leader) or forward, with the instant they were queued: one
     /// whose request timed out is dropped instead of being proposed late.
     private var outbox: [(data: [UInt8], at: UInt64)] = []
@@ -269,13 +273,23 @@ public struct ReplicaCore {
     public static let maxOutbox = 65_536
 
     /// A client's write: answered by `.writeDone` when its entry applies here, or `.timedOut`.
-    /// Without the client's key, the command gets one of this replica's, so its own re-sends
-    /// apply once too.
+    /// Without the client's key, the command carries this replica's session stamp (cluster
+    /// version 3 on; before, a key of this replica's), so its own re-sends apply once too.
     public mutating func submit(_ command: LeaseCommand, key: IdempotencyKey?, now: UInt64, wall: UInt64) -> UInt64 {
+        let done = oldestUnfinishedWrite()
         let id = newRequest(now: now)
-        let key = key ?? IdempotencyKey.replica(config.replicaID.rawValue, request: id)
-        let data = TimedCommand(command, now: wall, requestID: id, key: key, leaderNanos: now).encoded()
+        var key = key
+        var session: SessionStamp?
+        if key == nil {
+            if registry.clusterVersion >= 3 {
+                session = SessionStamp(replica: config.replicaID.rawValue, base: config.requestIDBase, done: done ?? id)
+            } else {
+                key = IdempotencyKey.replica(config.replicaID.rawValue, request: id)
+            }
+        }
+        let data = TimedCommand(command, now: wall, requestID: id, key: key, leaderNanos: now, session: session).encoded()
         writes[id] = (data, key, now, now)
+        writeOrder.append(id)
         enqueue([data], now: now)
         afterInput(now: now)
         return id
@@ -367,6 +381,17 @@ public struct ReplicaCore {
 
     // MARK: Inside
 
+    /// The id of the oldest write still waiting for its entry to apply here (nil: none). Every
+    /// write made before it is answered or timed out, and never sent again.
+    private mutating func oldestUnfinishedWrite() -> UInt64? {
+        while writeOrderHead < writeOrder.count && writes[writeOrder[writeOrderHead]] == nil { writeOrderHead += 1 }
+        if writeOrderHead > 1024 && writeOrderHead * 2 > writeOrder.count {
+            writeOrder.removeFirst(writeOrderHead)
+            writeOrderHead = 0
+        }
+        return writeOrderHead < writeOrder.count ? writeOrder[writeOrderHead] : nil
+    }
+
     mutating func newRequest(now: UInt64) -> UInt64 {
         nextRequestID += 1
         deadlines.append((nextRequestID, now + config.requestTimeoutNanos))
@@ -450,6 +475,14 @@ public struct ReplicaCore {
             effects.append(.fatal("log entry \(e.index) (term \(e.term)): \(why); a newer replica proposed it: upgrade this replica", entry: e.index))
             return
         }
+        if let v = e.data.first, v > TimedCommand.readableVersion(config.supportedClusterVersion),
+            let why = TimedCommand.unknownFormat(e.data, supporting: config.supportedClusterVersion)
+        {
+            // A replica that plays an older build meets what that build would not read.
+            halted = true
+            effects.append(.fatal("log entry \(e.index) (term \(e.term)): \(why); a newer replica proposed it: upgrade this replica", entry: e.index))
+            return
+        }
         // Only the simulator's observers want `reusedID`: the server skips the lookups.
         var reuses = false
         var countBefore = 0
@@ -457,10 +490,10 @@ public struct ReplicaCore {
             reuses = (try? Validation.hostname(hostname)).map { registry.node(hostname: $0) == nil } ?? false
             countBefore = registry.count
         }
-        let key = timed.key
-        if config.breakExactlyOnce { timed.key = nil }
+        let (key, session) = (timed.key, timed.session)
+        if config.breakExactlyOnce { (timed.key, timed.session) = (nil, nil) }
         let applied = registry.apply(timed, index: e.index.rawValue, term: e.term.rawValue)
-        timed.key = key
+        (timed.key, timed.session) = (key, session)
         if expiry.isReady, !applied.replayed, case .success(let reply) = applied.result {
             switch reply {
             case .lease(let l): if let r = registry.node(l.nodeID) { expiry.applied(r, now: now) }
@@ -471,9 +504,12 @@ public struct ReplicaCore {
         let reusedID: Bool
         if reuses, !applied.replayed, case .success = applied.result { reusedID = registry.count == countBefore } else { reusedID = false }
         effects.append(.applied(e, applied, reusedID: reusedID, registry: observed))
-        // Ours if both the request id and the key match (another replica's request may carry
-        // the same id).
-        if timed.requestID != 0, let w = writes[timed.requestID], w.key == timed.key {
+        // Ours if the request id and the key or session match (another replica's request may
+        // carry the same id). A discarded repeat has no outcome to answer with: the request
+        // waits for another copy or times out (its first copy applied inside a snapshot).
+        if timed.requestID != 0, !applied.discarded, let w = writes[timed.requestID], w.key == timed.key,
+            w.key != nil || timed.session.map({ $0.replica == config.replicaID.rawValue && $0.base == config.requestIDBase }) == true
+        {
             writes[timed.requestID] = nil
             effects.append(
                 .writeDone(

@@ -249,7 +249,9 @@ struct JepsenRun: AsyncParsableCommand {
             stored.versions = versions.all
             stored.halts = UpgradeChecks.halts(dir: dir, replicas: 1...cluster.lastReplicaId)
             let moved = stored.versions?.first { $0.clusterVersion >= 2 }
-            say("upgrade: cluster version 2 first reported at \(moved.map { "\($0.time / 1_000_000) ms by replica \($0.replica)" } ?? "no time")")
+            say(
+                "upgrade: cluster version \(moved.map { "\($0.clusterVersion)" } ?? "above 1") first reported at \(moved.map { "\($0.time / 1_000_000) ms by replica \($0.replica)" } ?? "no time")"
+            )
         }
         try Report.saveRunInfo(dir: dir, stored)
         try Report.saveInputs(dir: dir, ops: ops, nemesis: events, final: final)

@@ -11,6 +11,8 @@ import JepsenCheckers
 /// the leader may not have expired it yet: such a renewal races the leader's expiry, which is
 /// where the expiry rules are tested). A write with an unknown outcome is sometimes retried
 /// once through another replica under the same `Idempotency-Key`; the pair is one operation.
+/// A fifth of the writes go without a key, once: the accepting replica's session stamp is
+/// then all that keeps its own re-sends from applying twice.
 struct Worker: Sendable {
     let process: Int
     let hostname: String
@@ -158,14 +160,21 @@ struct Worker: Sendable {
     /// goes to two replicas at once (both answers must be the same: the second copy gets the
     /// first one's outcome); the other copy is kept, marked, for the idempotency check. An
     /// unknown outcome is retried once (half the time) through another replica under the
-    /// same key, and the attempts are recorded as one operation.
+    /// same key, and the attempts are recorded as one operation. Another fifth go without a
+    /// key, once (a retry without a key would be a new request).
     @discardableResult
     func write(
         _ kind: HistoryOp.Kind, _ method: String, _ path: String, _ body: String?, _ replica: Int, lease: String?, _ random: inout SplitMix
     ) async -> HistoryOp? {
         let key = "j\(process)-\(random.next() & 0xFFFF_FFFF_FFFF)"
         var o: HistoryOp
-        if random.below(5) == 0 {
+        let style = random.below(5)
+        if style == 1 {
+            o = await attempt(kind, method, path, body, replica, lease: lease, key: nil)
+            history.add(o)
+            return o
+        }
+        if style == 0 {
             let other = cluster.member(after: replica)
             async let a = attempt(kind, method, path, body, replica, lease: lease, key: key)
             async let b = attempt(kind, method, path, body, other, lease: lease, key: key)
@@ -199,7 +208,7 @@ struct Worker: Sendable {
     /// outcome or a request that was never delivered.
     static func definite(_ o: HistoryOp) -> Bool { o.outcome == .ok || (o.outcome == .fail && o.error != "not_delivered") }
 
-    private func attempt(_ kind: HistoryOp.Kind, _ method: String, _ path: String, _ body: String?, _ replica: Int, lease: String?, key: String) async -> HistoryOp {
+    private func attempt(_ kind: HistoryOp.Kind, _ method: String, _ path: String, _ body: String?, _ replica: Int, lease: String?, key: String?) async -> HistoryOp {
         var o = HistoryOp(process: process, kind: kind, hostname: hostname, holder: holder, invoke: history.now(), complete: 0, outcome: .info)
         o.leaseId = lease
         o.replica = replica
@@ -207,7 +216,9 @@ struct Worker: Sendable {
         // A fresh connection for each write (`Connection: close`): a refused connection then
         // means the request was never sent (libcurl replays a request that died on a reused
         // connection, and a refusal of that replay says nothing about the first send).
-        let answer = await cluster.request(replica, method, path, body: body, headers: ["Idempotency-Key": key, "Connection": "close"], timeout: 2.5)
+        var headers = ["Connection": "close"]
+        if let key { headers["Idempotency-Key"] = key }
+        let answer = await cluster.request(replica, method, path, body: body, headers: headers, timeout: 2.5)
         o.complete = history.now()
         Self.record(answer, into: &o)
         return o

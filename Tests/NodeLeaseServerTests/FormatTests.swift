@@ -75,8 +75,23 @@ import Testing
         TimedCommand(.setClusterVersion(2), now: 1_765_000_009, leaderNanos: 10_000),
     ]
 
+    /// Cluster version 3's: the raise, then two writes that came without a key, with replica
+    /// 2's session stamp (entry format version 3).
+    static let sessionCommands: [TimedCommand] = [
+        TimedCommand(.setClusterVersion(3), now: 1_765_000_010, leaderNanos: 11_000),
+        TimedCommand(
+            .acquire(hostname: "mx3.example.org", holder: "stalwart-3", ttlSeconds: 30, idRange: 1...511), now: 1_765_000_011,
+            requestID: 0x5_0000_0002, leaderNanos: 12_000, session: SessionStamp(replica: 2, base: 0x5_0000_0000, done: 0x5_0000_0001)),
+        TimedCommand(
+            .renew(leaseID: 2), now: 1_765_000_012, requestID: 0x5_0000_0003, leaderNanos: 13_000,
+            session: SessionStamp(replica: 2, base: 0x5_0000_0000, done: 0x5_0000_0002)),
+    ]
+
     /// The registry after the sample commands, at indexes 1... (at cluster version 2).
     static var registry: LeaseRegistry { registry(commands) }
+
+    /// The same after cluster version 3's commands too.
+    static var registryAtVersion3: LeaseRegistry { registry(commands + sessionCommands) }
 
     /// The same before the cluster version moved (what a cluster of the first release has).
     static var registryAtVersion1: LeaseRegistry { registry(commands.dropLast()) }
@@ -107,18 +122,28 @@ import Testing
     @Test func registryCommands() throws {
         let current = Self.pack(Self.commands.map { $0.encoded() })
         #expect(try Self.golden("registry-command", 2, current: current) == current)
+        // Version 3 is written only for the session-stamped writes (the raise is version 2).
+        let stamped = Self.pack(Self.sessionCommands.dropFirst().map { $0.encoded() })
+        #expect(try Self.golden("registry-command", 3, current: stamped) == stamped)
+        #expect(Self.sessionCommands[0].encoded().first == 2)
         for v in try Self.versions("registry-command") {
             let decoded = try Self.unpack(try Self.golden("registry-command", v)).map { TimedCommand(decoding: $0) }
             // Version 1 had neither idempotency keys nor leader time (nor the cluster version).
             let expected =
-                v >= 2 ? Self.commands : Self.commands.dropLast().map { c in TimedCommand(c.command, now: c.now, requestID: c.requestID) }
+                v >= 3
+                ? Array(Self.sessionCommands.dropFirst())
+                : v >= 2 ? Self.commands : Self.commands.dropLast().map { c in TimedCommand(c.command, now: c.now, requestID: c.requestID) }
             #expect(decoded == expected.map { Optional($0) }, "registry-command v\(v)")
         }
         // A later version, or a kind this build does not know, is named, never applied as malformed.
         var newer = Self.commands[1].encoded()
-        newer[0] = 3
+        newer[0] = 4
         #expect(TimedCommand(decoding: newer) == nil)
-        #expect(TimedCommand.unknownFormat(newer) == "registry command format version 3 is unknown to this build (it reads versions 1 to 2)")
+        #expect(TimedCommand.unknownFormat(newer) == "registry command format version 4 is unknown to this build (it reads versions 1 to 3)")
+        // A replica playing a build of cluster version 2 does not read version 3.
+        #expect(
+            TimedCommand.unknownFormat(Self.sessionCommands[1].encoded(), supporting: 2)
+                == "registry command format version 3 is unknown to this build (it reads versions 1 to 2)")
         var kind = Self.commands[3].encoded()
         let kindAt = kind.count - 17  // renew's kind, then its time and lease id (u64 each)
         #expect(kind[kindAt] == 2)
@@ -133,13 +158,16 @@ import Testing
 
     @Test func registrySnapshot() throws {
         // At cluster version 1 the registry is still written as version 4, which the first
-        // release reads; from cluster version 2 as version 5.
+        // release reads; from cluster version 2 as version 5, from 3 as version 6.
         let atVersion1 = Self.registryAtVersion1.snapshot()
         #expect(try Self.golden("registry-snapshot", 4, current: atVersion1) == atVersion1)
-        let current = Self.registry.snapshot()
-        #expect(try Self.golden("registry-snapshot", 5, current: current) == current)
+        let atVersion2 = Self.registry.snapshot()
+        #expect(try Self.golden("registry-snapshot", 5, current: atVersion2) == atVersion2)
+        let current = Self.registryAtVersion3.snapshot()
+        #expect(try Self.golden("registry-snapshot", 6, current: current) == current)
+        #expect(Self.registryAtVersion3.sessionCounts == (1, 2))
         for v in try Self.versions("registry-snapshot") {
-            let sample = v >= 5 ? Self.registry : Self.registryAtVersion1
+            let sample = v >= 6 ? Self.registryAtVersion3 : v >= 5 ? Self.registry : Self.registryAtVersion1
             let r = try LeaseRegistry(snapshot: try Self.golden("registry-snapshot", v))
             #expect(r.nodes() == sample.nodes(), "registry-snapshot v\(v)")
             #expect(r.appliedIndex == sample.appliedIndex)
@@ -147,15 +175,17 @@ import Testing
             #expect(r.clusterVersion == sample.clusterVersion)
             if v >= 3 { #expect(r.rememberedKeys == sample.rememberedKeys && r.idempotencyWindow == sample.idempotencyWindow) }
             if v >= 4 { #expect(r.registryIndex == sample.registryIndex) }
+            if v >= 6 { #expect(r == sample, "registry-snapshot v\(v): sessions included") }
         }
         var newer = current
-        newer[LeaseRegistry.snapshotVersionOffset] = 6
-        #expect(throws: LeaseRegistry.SnapshotError.unknownVersion(6, known: 2...5)) { try LeaseRegistry(snapshot: newer) }
+        newer[LeaseRegistry.snapshotVersionOffset] = 7
+        #expect(throws: LeaseRegistry.SnapshotError.unknownVersion(7, known: 2...6)) { try LeaseRegistry(snapshot: newer) }
         #expect(
-            LeaseRegistry.SnapshotError.unknownVersion(6, known: 2...5).description
-                == "registry snapshot format version 6 is unknown to this build (it reads versions 2 to 5)")
-        // A replica playing a build of cluster version 1 refuses version 5 by name.
-        #expect(throws: LeaseRegistry.SnapshotError.unknownVersion(5, known: 2...4)) { try LeaseRegistry(snapshot: current, supporting: 1) }
+            LeaseRegistry.SnapshotError.unknownVersion(7, known: 2...6).description
+                == "registry snapshot format version 7 is unknown to this build (it reads versions 2 to 6)")
+        // Replicas playing builds of cluster versions 2 and 1 refuse versions 6 and 5 by name.
+        #expect(throws: LeaseRegistry.SnapshotError.unknownVersion(6, known: 2...5)) { try LeaseRegistry(snapshot: current, supporting: 2) }
+        #expect(throws: LeaseRegistry.SnapshotError.unknownVersion(5, known: 2...4)) { try LeaseRegistry(snapshot: atVersion2, supporting: 1) }
         #expect(try LeaseRegistry(snapshot: atVersion1, supporting: 1).count == Self.registryAtVersion1.count)
     }
 

@@ -198,12 +198,12 @@ struct ReplicaCoreTests {
         let c = try CoreCluster()
         c.elect(1)
         var newer = TimedCommand(acquire, now: c.wall).encoded()
-        newer[0] = 3
+        newer[0] = 4
         _ = try c.with(1) { core in try core.node.propose(batch: [newer, TimedCommand(acquire, now: c.wall).encoded()]) }
         c.settle()
         c.tick(2)
         for id in c.ids {
-            #expect(c.fatal[id]?.contains("registry command format version 3 is unknown to this build") == true, "replica \(id)")
+            #expect(c.fatal[id]?.contains("registry command format version 4 is unknown to this build") == true, "replica \(id)")
             #expect(c.cores[id]!.halted)
             #expect(c.cores[id]!.registry.count == 0, "the acquire after it was not applied")
         }
@@ -263,6 +263,74 @@ struct ReplicaCoreTests {
         #expect(replay.replayed)
         #expect(replay.result == granted.result && replay.index == granted.index)
         for id in c.ids { #expect(c.cores[id]!.registry.node(l.nodeID)?.status == .inactive) }
+    }
+
+    /// Raises the cluster version to `version` (every member reports supporting it).
+    func raiseClusterVersion(_ c: CoreCluster, to version: UInt32) {
+        let reports = Dictionary(uniqueKeysWithValues: c.ids.map { ($0, PeerVersion(supported: version, applied: version)) })
+        for _ in 0..<30 where c.cores[1]!.registry.clusterVersion < version {
+            c.now += 100_000_000
+            for id in c.ids { c.with(id) { $0.tick(now: c.now, wall: c.wall, peerVersions: id == 1 ? reports : [:]) } }
+            c.settle()
+        }
+    }
+
+    /// A write without a key (cluster version 3) carries its replica's session stamp: a copy
+    /// that commits again, after the lease was released, changes nothing, and the replica is
+    /// answered once, with the first outcome. Once the replica is done with the request, the
+    /// registry keeps nothing of it.
+    @Test func aKeylessWriteThatCommitsTwiceAppliesOnce() throws {
+        let c = try CoreCluster()
+        c.elect(1)
+        raiseClusterVersion(c, to: 3)
+        #expect(c.cores[2]!.registry.clusterVersion == 3)
+        let id = c.with(2) { $0.submit(acquire, key: nil, now: c.now, wall: c.wall) }
+        let copy = try #require(c.forwards.first)
+        #expect(TimedCommand(decoding: copy.data)?.session?.replica == 2)
+        c.settle()
+        let w = try #require(c.writes[2]?[id])
+        guard case .success(.lease(let l)) = w.result else {
+            Issue.record("\(w.result)")
+            return
+        }
+        _ = c.with(3) { $0.submit(.release(leaseID: l.leaseID), key: nil, now: c.now, wall: c.wall) }
+        c.settle()
+        // The first forward's copy reaches the leader again (a connection that delivered it
+        // twice, or a re-send that crossed the answer), after the release.
+        c.forwards.append(copy)
+        c.settle()
+        for r in c.ids {
+            #expect(c.cores[r]!.registry.node(l.nodeID)?.status == .inactive, "replica \(r): the late copy brought the lease back")
+            #expect(c.cores[r]!.registry.rememberedKeys == 0, "keyless writes remember no outcome")
+        }
+        #expect(c.writes[2]?[id] == w)
+        // Replica 2's next write says it is done with the first: nothing of it is kept.
+        _ = c.with(2) { $0.submit(.renew(leaseID: l.leaseID), key: nil, now: c.now, wall: c.wall) }
+        c.settle()
+        #expect(c.cores[1]!.registry.sessionCounts == (2, 2))
+        _ = c.with(2) { $0.submit(.renew(leaseID: l.leaseID), key: nil, now: c.now, wall: c.wall) }
+        c.settle()
+        #expect(c.cores[1]!.registry.sessionCounts == (2, 2), "replica 2 keeps only its latest number, replica 3 its one")
+    }
+
+    /// A session's `done` stops at the oldest write still waiting: a later write that applies
+    /// first must not make the registry discard the earlier one when its re-send arrives.
+    @Test func aKeylessWriteOvertakenByALaterOneStillApplies() throws {
+        let c = try CoreCluster()
+        c.elect(1)
+        raiseClusterVersion(c, to: 3)
+        let first = c.with(2) { $0.submit(acquire, key: nil, now: c.now, wall: c.wall) }
+        c.settle(dropForwards: true)
+        let second = c.with(2) {
+            $0.submit(.acquire(hostname: "mx2.example.org", holder: "b", ttlSeconds: 30, idRange: 1...511), key: nil, now: c.now, wall: c.wall)
+        }
+        c.settle()
+        #expect(c.writes[2]?[second] != nil)
+        #expect(c.writes[2]?[first] == nil)
+        c.tick(11)
+        let w = try #require(c.writes[2]?[first], "the re-sent write was not answered")
+        #expect(w.replayed == false)
+        #expect(c.cores[1]!.registry.node(hostname: "mx1.example.org")?.status == .active)
     }
 
     /// A leader elected moments ago has heard only from the voters that answered first: a

@@ -202,9 +202,7 @@ public struct LeaseRegistry: Sendable {
         if case .configureIdempotency = timed.command, clock == 0 { clock = 1 }
         forgetExpiredKeys()
         if let stamp = timed.session, timed.command.isClientWrite {
-            let new = sessions.admit(
-                stamp, number: timed.requestID, clock: clock, maxApplied: idempotencyWindow.maxKeys,
-                ignoreApplied: faults.contains(.sessionRepeatsApply))
+            let new = sessions.admit(stamp, number: timed.requestID, clock: clock, ignoreApplied: faults.contains(.sessionRepeatsApply))
             guard new else {
                 appliedIndex = max(appliedIndex, index)
                 return .discarded(index: index)
@@ -570,7 +568,10 @@ extension LeaseRegistry {
             registryIndex = version >= 4 ? try r.u64() : appliedIndex
             if version >= 5 {
                 clusterVersion = try r.u32()
-                guard clusterVersion >= 2 else { throw SnapshotError.malformed("cluster version \(clusterVersion) in a version 5 snapshot") }
+                // Written as version 5 at cluster version 2 only, as 6 from 3 on.
+                guard clusterVersion >= 2, (clusterVersion >= 3) == (version >= 6) else {
+                    throw SnapshotError.malformed("cluster version \(clusterVersion) in a version \(version) snapshot")
+                }
                 guard clusterVersion <= supported else {
                     throw SnapshotError.malformed("cluster version \(clusterVersion) is newer than this build supports (\(supported))")
                 }
@@ -621,7 +622,6 @@ extension LeaseRegistry {
                 }
             }
             if version >= 6 {
-                guard clusterVersion >= 3 else { throw SnapshotError.malformed("cluster version \(clusterVersion) in a version 6 snapshot") }
                 guard let s = try RequestSessions.decode(&r) else { throw SnapshotError.malformed("replica sessions out of order") }
                 sessions = s
             }

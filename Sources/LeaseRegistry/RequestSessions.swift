@@ -25,17 +25,25 @@ struct RequestSession: Sendable, Hashable {
 struct RequestSessions: Sendable, Hashable {
     private(set) var all: [RequestSession] = []
 
-    /// At most this many sessions are kept (the least recently used goes first): thousands of
+    /// At most this many sessions are kept (the least recently used goes first): a thousand
     /// replica starts within the window, so never reached but by a fault.
-    static let maxSessions = 4096
+    static let maxSessions = 1024
+
+    /// At most this many numbers are kept for one session: the writes one replica has in
+    /// flight at once (its outbox holds at most 65,536). Past it, the session's `done` moves
+    /// up past the lowest, as if the replica had given up on it: a copy of that write still to
+    /// come is discarded, and its request times out. Sessions times numbers bound the memory.
+    static let maxInFlight = 65_536
 
     var isEmpty: Bool { all.isEmpty }
 
     /// Whether request `number` of `stamp`'s session is new, recording it as applied if so.
-    /// `maxApplied`: past this many numbers in flight (the window's key limit), `done` moves up
-    /// past the lowest, as if the replica had given up on everything below it.
+    /// `maxApplied`: past this many numbers in flight, `done` moves up past the lowest, as if
+    /// the replica had given up on everything below it (`maxInFlight`; lower in tests).
     /// `ignoreApplied`: a planted fault, a repeat at or above `done` applies again.
-    mutating func admit(_ stamp: SessionStamp, number: UInt64, clock: UInt64, maxApplied: Int, ignoreApplied: Bool = false) -> Bool {
+    mutating func admit(
+        _ stamp: SessionStamp, number: UInt64, clock: UInt64, maxApplied: Int = maxInFlight, ignoreApplied: Bool = false
+    ) -> Bool {
         var i = position(replica: stamp.replica, base: stamp.base)
         if i == all.count || all[i].replica != stamp.replica || all[i].base != stamp.base {
             if all.count >= Self.maxSessions {

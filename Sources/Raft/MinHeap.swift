@@ -5,6 +5,10 @@ public struct MinHeap<Element: Comparable & Sendable>: Sendable {
 
     public init() {}
 
+    /// A heap of `elements` (sorted: a sorted array is a heap, and the result does not depend
+    /// on the order they come in).
+    public init(_ elements: [Element]) { items = elements.sorted() }
+
     public var count: Int { items.count }
     public var isEmpty: Bool { items.isEmpty }
     /// The smallest element.

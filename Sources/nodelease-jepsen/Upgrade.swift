@@ -86,9 +86,10 @@ extension Nemesis {
 enum UpgradeChecks {
     static let checker = "cluster-version"
 
-    /// - The cluster version never moves while a replica running as the older version is
-    ///   still a member: no sample of it above 1 before the last of them was started again as
-    ///   this build (it is down for a few seconds before that).
+    /// - The cluster version never moves above what the older version supports (1, or what its
+    ///   replicas reported before their upgrade: 2 for a 0.2 build) while a replica running as
+    ///   the older version is still a member: no such sample before the last of them was
+    ///   started again as this build (it is down for a few seconds before that).
     /// - No replica stopped on a command or snapshot it does not know (`halts`: such lines from
     ///   the replicas' logs).
     /// - Every older replica was upgraded, and once all were, every member reached the newest
@@ -97,17 +98,19 @@ enum UpgradeChecks {
         var out: [Anomaly] = []
         let stops = nemesis.filter { $0.fault == "upgrade" && $0.phase == "restarted" }
         var lastOlderUp: UInt64 = 0
+        var olderSupports: UInt32 = 1
         for o in older {
             guard let stop = stops.first(where: { $0.target == "\(o)" }) else {
                 out.append(Anomaly(checker: checker, detail: "replica \(o), started as the older version, was never upgraded (run too short?)"))
                 continue
             }
             lastOlderUp = max(lastOlderUp, stop.time)
+            for s in samples where s.replica == o && s.time < stop.time { olderSupports = max(olderSupports, s.supported) }
         }
         for e in nemesis where e.fault == "upgrade" && e.phase == "end" && e.target.contains("NOT") {
             out.append(Anomaly(checker: checker, detail: "upgrade of replica \(e.target)"))
         }
-        let early = samples.filter { $0.clusterVersion >= 2 && $0.time < lastOlderUp }
+        let early = samples.filter { $0.clusterVersion > olderSupports && $0.time < lastOlderUp }
         if let first = early.first {
             out.append(
                 Anomaly(

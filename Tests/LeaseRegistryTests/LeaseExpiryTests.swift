@@ -43,6 +43,35 @@ struct LeaseExpiryTests {
         #expect(e.due(now: 18 * second, wallSeconds: 0, registry: r, hasQuorum: true).map(\.command) == [.expire(leaseID: nodes[0].leaseID, renewalIndex: 10)])
     }
 
+    /// Renewals leave their old deadlines behind; the heap is rebuilt before they outnumber
+    /// the live ones, and expiry is exactly as without the rebuild.
+    @Test func renewalsDoNotGrowTheDeadlineHeapWithoutBound() throws {
+        var (r, nodes) = try registry(leases: 100, ttl: 3600)
+        var e = LeaseExpiry(config: .init(clockRateMargin: 0))
+        e.becameLeader()
+        e.leaderReady(now: 0, registry: r)
+        var index: UInt64 = 1000
+        for round in UInt64(1)...100 {
+            for n in nodes {
+                index += 1
+                _ = r.apply(.renew(leaseID: n.leaseID), now: 100 + round, index: index)
+                e.applied(r.node(n.nodeID)!, now: round * second)
+            }
+            #expect(e.queuedDeadlines <= 2 * 100 + 1024 + 1)
+        }
+        // All renewed last at 100 s, except the first lease, renewed again at 200 s.
+        _ = r.apply(.renew(leaseID: nodes[0].leaseID), now: 300, index: index + 1)
+        e.applied(r.node(nodes[0].nodeID)!, now: 200 * second)
+        #expect(e.due(now: 3699 * second, wallSeconds: 0, registry: r, hasQuorum: true).isEmpty)
+        var expired: [LeaseCommand] = []
+        for _ in 0..<3 { expired += e.due(now: 3700 * second, wallSeconds: 0, registry: r, hasQuorum: true).map(\.command) }
+        #expect(Set(expired) == Set(nodes.dropFirst().map { LeaseCommand.expire(leaseID: $0.leaseID, renewalIndex: r.node($0.nodeID)!.renewalIndex) }))
+        #expect(e.deadline(of: nodes[0].leaseID) == 3800 * second)
+        var later: [LeaseCommand] = []
+        for _ in 0..<3 { later += e.due(now: 3800 * second, wallSeconds: 0, registry: r, hasQuorum: true).map(\.command) }
+        #expect(later.contains(.expire(leaseID: nodes[0].leaseID, renewalIndex: index + 1)))
+    }
+
     @Test func aLeaderWithoutQuorumProposesNothing() throws {
         let (r, _) = try registry(leases: 1)
         var e = LeaseExpiry(config: .init(clockRateMargin: 0))

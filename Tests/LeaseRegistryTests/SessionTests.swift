@@ -113,16 +113,34 @@ struct SessionTests {
         #expect(log.send(.renew(leaseID: 1), number: 1, done: 1, replica: 2, nanos: 15_000_000_000).discarded == false)
     }
 
-    /// A replica that never moves `done` (a request stuck in flight) keeps at most the key
-    /// limit's numbers: the lowest go as if it had given up on them.
-    @Test func numbersInFlightAreBoundedByTheKeyLimit() throws {
-        var log = Log()
-        log.run(.configureIdempotency(windowSeconds: 600, maxKeys: 50), nanos: 3)
-        for n in UInt64(2)...201 { log.send(.renew(leaseID: 1), number: n, done: 1) }
-        #expect(log.registry.sessionCounts == (1, 50))
-        #expect(log.send(.renew(leaseID: 1), number: 100, done: 1).discarded)
-        #expect(log.send(.renew(leaseID: 1), number: 201, done: 1).discarded)
-        #expect(log.send(.renew(leaseID: 1), number: 202, done: 1).discarded == false)
+    /// A replica that never moves `done` (a request stuck in flight) has at most
+    /// `maxInFlight` numbers kept: the lowest go as if it had given up on them.
+    @Test func numbersInFlightAreBounded() throws {
+        var sessions = RequestSessions()
+        let base: UInt64 = 1 << 20
+        let stamp = SessionStamp(replica: 2, base: base, done: base + 1)
+        func admit(_ n: UInt64) -> Bool { sessions.admit(stamp, number: base + n, clock: 1, maxApplied: 50) }
+        let all = (UInt64(2)...201).map(admit)
+        #expect(all.allSatisfy { $0 })
+        #expect(sessions.numbersKept == 50)
+        let (stale, repeated, next) = (admit(100), admit(201), admit(202))
+        #expect(stale == false && repeated == false && next)
+        #expect(RequestSessions.maxInFlight == 65_536)
+    }
+
+    /// Snapshots name their cluster version: a version 5 one claiming 3 (which is always
+    /// written as 6, with its sessions) is malformed.
+    @Test func aSnapshotWhoseVersionDoesNotMatchItsClusterVersionIsRefused() throws {
+        var v2 = LeaseRegistry()
+        _ = v2.apply(.setClusterVersion(2), now: 1, index: 1)
+        var bytes = v2.snapshot()
+        #expect(bytes[LeaseRegistry.snapshotVersionOffset] == 5)
+        let at = LeaseRegistry.snapshotVersionOffset + 1 + 8 + 8
+        #expect(bytes[at] == 2)
+        bytes[at] = 3
+        let body = bytes.count - 4
+        bytes.replaceSubrange(body..., with: withUnsafeBytes(of: CRC32C.checksum(bytes[0..<body]).littleEndian, Array.init))
+        #expect(throws: LeaseRegistry.SnapshotError.malformed("cluster version 3 in a version 5 snapshot")) { try LeaseRegistry(snapshot: bytes) }
     }
 
     @Test func sessionsSurviveASnapshotAndOlderFormatsAreKept() throws {

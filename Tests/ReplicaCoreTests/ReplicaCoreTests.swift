@@ -192,6 +192,32 @@ struct ReplicaCoreTests {
         #expect(c.fatal[1] == nil && c.fatal[2] == nil)
     }
 
+    /// A replica playing a 0.2 build (cluster version 2 at most) stops at the raise to 3 if it
+    /// meets one, and at a session-stamped entry (format 3), naming each; the others go on.
+    @Test func aReplicaOfClusterVersion2StopsAtVersion3sCommandsAndEntries() throws {
+        let c = try CoreCluster { if $0.replicaID == 3 { $0.supportedClusterVersion = 2 } }
+        c.elect(1)
+        raiseClusterVersion(c, to: 2)
+        #expect(c.cores[3]!.registry.clusterVersion == 2)
+        // Replica 3 is said to support 3 (an upgrade it did not get).
+        raiseClusterVersion(c, to: 3)
+        #expect(c.cores[1]!.registry.clusterVersion == 3)
+        #expect(c.fatal[3]?.contains("cluster version 3 is newer than this build supports (2)") == true)
+        #expect(c.fatal[1] == nil && c.fatal[2] == nil)
+
+        let d = try CoreCluster { if $0.replicaID == 3 { $0.supportedClusterVersion = 2 } }
+        d.elect(1)
+        let stamped = TimedCommand(
+            acquire, now: d.wall, requestID: 5, leaderNanos: d.now, session: SessionStamp(replica: 2, base: 0, done: 5)
+        ).encoded()
+        _ = try d.with(1) { core in try core.node.propose(batch: [stamped]) }
+        d.settle()
+        d.tick(2)
+        #expect(d.fatal[3]?.contains("registry command format version 3 is unknown to this build (it reads versions 1 to 2)") == true)
+        #expect(d.cores[3]!.registry.count == 0)
+        #expect(d.cores[1]!.registry.count == 1)
+    }
+
     /// A newer replica's command (a format version this build does not know) stops every
     /// replica at that entry, naming it; none applies it as malformed, or anything after it.
     @Test func anEntryOfAFormatThisBuildDoesNotKnowStopsTheReplicaThere() throws {

@@ -86,6 +86,9 @@ public struct Knobs: Sendable, CustomStringConvertible {
     /// The run plays the schedule of Ongaro's single-server membership bug once (see
     /// `Simulation.Ongaro`); its leaders then promote learners only when told.
     public var ongaro: Bool
+    /// Half the renewals go without an idempotency key (the cluster version moves to the
+    /// newest, so they carry their replica's session stamp): a re-send must still apply once.
+    public var keylessRenewals: Bool
     /// Replica slots beyond the first `replicas`, for membership changes to add.
     public var spareReplicas: Int { membershipChanges ? 3 : 0 }
 
@@ -120,6 +123,7 @@ public struct Knobs: Sendable, CustomStringConvertible {
         figure8 = pick([false, true])
         membershipChanges = self.replicas >= 3 && pick([false, true])
         ongaro = membershipChanges && !figure8 && pick([false, true])
+        keylessRenewals = pick([false, false, true])
     }
 
     public var description: String {
@@ -128,7 +132,7 @@ public struct Knobs: Sendable, CustomStringConvertible {
             + "drift=\(drift) fsync<=\(maxFsyncMicros)us nemesis=\(nemesisMinMillis)-\(nemesisMaxMillis)ms "
             + "snapshot-every=\(snapshotEvery) keep=\(keepAfterSnapshot) inflight=\(maxInflight) "
             + "msg-bytes=\(maxMessageBytes) prevote=\(preVote) checkquorum=\(checkQuorum) fsync-crash=\(fsyncCrashRate) disk=\(durableDisk ? "wal" : "memory") ttl=\(leaseTTL)s "
-            + "keys=\(idempotencyWindow.seconds)s/\(idempotencyWindow.maxKeys) figure8=\(figure8) membership=\(membershipChanges) ongaro=\(ongaro)"
+            + "keys=\(idempotencyWindow.seconds)s/\(idempotencyWindow.maxKeys) figure8=\(figure8) membership=\(membershipChanges) ongaro=\(ongaro) keyless=\(keylessRenewals)"
     }
 }
 

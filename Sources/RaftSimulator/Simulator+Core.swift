@@ -21,6 +21,7 @@ extension Simulation {
         c.reportRegistryWithEntries = true
         c.breakExactlyOnce = options.leaseFaults.contains(.ignoreIdempotencyKeys)
         if options.leaseFaults.contains(.forgetKeysEarly) { c.registryFaults.insert(.forgetKeysEarly) }
+        if options.leaseFaults.contains(.sessionRepeatsApply) { c.registryFaults.insert(.sessionRepeatsApply) }
         return c
     }
 
@@ -30,7 +31,17 @@ extension Simulation {
     }
 
     func coreTick(_ i: Int) {
-        replicas[i].core!.tick(now: localNanos(i), wall: wallSeconds(i))
+        // With keyless renewals the leader hears every running replica's cluster version (the
+        // server's leader asks them every 2 s), so the cluster moves to the newest.
+        var versions: [ReplicaID: PeerVersion] = [:]
+        if knobs.keylessRenewals && replicas[i].core!.node.role == .leader {
+            for j in replicas.indices where j != i && replicas[j].up {
+                if let core = replicas[j].core {
+                    versions[replicas[j].id] = PeerVersion(supported: ClusterVersion.newest, applied: core.registry.clusterVersion)
+                }
+            }
+        }
+        replicas[i].core!.tick(now: localNanos(i), wall: wallSeconds(i), peerVersions: versions)
         coreCarryOut(i)
     }
 
@@ -132,6 +143,17 @@ extension Simulation {
         let firstApply = e.index > highestApplied
         let timed = TimedCommand(decoding: e.data)
         if let timed, timed.requestID != 0, replicas[i].requests[timed.requestID] != nil { replicas[i].justApplied[timed.requestID] = e }
+        // A request of a replica session (a keyless renewal) changes the registry at most once,
+        // however often its replica re-sent it.
+        if let applied, firstApply, let s = timed?.session, !applied.discarded {
+            let request = SessionRequest(replica: s.replica, base: s.base, number: timed!.requestID)
+            if let first = sessionApplications[request] {
+                checker.recordFailure(
+                    .exactlyOnce, "keyless request \(request.number - request.base) of replica \(request.replica) applied twice: at index \(first) and again at \(e.index)")
+            } else {
+                sessionApplications[request] = e.index
+            }
+        }
         // Every first application of a keyed command that the registry remembers (not a
         // replay, not a mismatch) counts toward the key limit.
         if let applied, firstApply, let key = timed?.key, !applied.replayed, applied.result != .failure(.idempotencyKeyMismatch) {
@@ -172,7 +194,9 @@ extension Simulation {
         // replica, or past the op's deadline).
         let key = "op-\(op)"
         trace("mail \(c) op \(op) answered at replica \(i + 1): \(w.result) index \(w.index)\(w.replayed ? " (replayed)" : "")")
-        if let all = applications[key] {
+        if keylessOps.contains(op) {
+            // No key: each attempt is a request of its own, whose copies `coreApplied` checks.
+        } else if let all = applications[key] {
             if !all.contains(where: { $0.result == w.result && $0.index == w.index }) {
                 let first = all[0]
                 checker.recordFailure(

@@ -91,6 +91,7 @@ extension Simulation {
                     hostname: mailNodes[c].hostname, holder: mailNodes[c].holder, ttlSeconds: knobs.leaseTTL, idRange: 1...4)
             case .renew:
                 mailNodes[c].command = .renew(leaseID: mailNodes[c].opLease!.leaseID)
+                if knobs.keylessRenewals && random.chance(0.5) { keylessOps.insert(nextOp) }
             case .release:
                 mailNodes[c].command = .release(leaseID: mailNodes[c].opLease!.leaseID)
             }
@@ -100,7 +101,9 @@ extension Simulation {
         let op = mailNodes[c].op!
         // Any replica: followers forward to the leader. A retry goes to a random one.
         guard let target = pickReplica(hint: nil), replicas[target].core != nil else { return retry(c) }
-        let key = IdempotencyKey(origin: .client, value: mailNodes[c].key)
+        // A keyless renewal: each attempt is a request of its own (renewing twice is harmless);
+        // the replica's session stamp keeps its own re-sends from applying twice.
+        let key = keylessOps.contains(op) ? nil : IdempotencyKey(origin: .client, value: mailNodes[c].key)
         let id = replicas[target].core!.submit(mailNodes[c].command!, key: key, now: localNanos(target), wall: wallSeconds(target))
         replicas[target].requests[id] = (c, op)
         mailNodes[c].submitted = true
@@ -211,4 +214,6 @@ public struct LeaseFaults: OptionSet, Sendable, Hashable {
     public static let ignoreIdempotencyKeys = LeaseFaults(rawValue: 1 << 2)
     /// The registry forgets idempotency keys at half the window (time and key limit).
     public static let forgetKeysEarly = LeaseFaults(rawValue: 1 << 3)
+    /// A replica session's re-sent write applies again (`RegistryFaults.sessionRepeatsApply`).
+    public static let sessionRepeatsApply = LeaseFaults(rawValue: 1 << 4)
 }

@@ -143,6 +143,10 @@ public final class Simulation {
     var applications: [String: [Application]] = [:]
     /// When each client key was first sent (true time).
     var keySubmittedAt: [String: UInt64] = [:]
+    /// Renewals sent without a key (`Knobs.keylessRenewals`), by op.
+    var keylessOps: Set<UInt64> = []
+    /// The index at which each request of a replica session first applied.
+    var sessionApplications: [SessionRequest: LogIndex] = [:]
     /// How many keyed commands have applied and been remembered (the registry's key limit
     /// counts these).
     var keyedApplications = 0
@@ -884,4 +888,11 @@ public final class Simulation {
         clients[c].submitted = false
         queue.push(.client(c), at: now + micros(ms: random.next() % 30))
     }
+}
+
+/// One request of a replica session: the replica, its session's base, the request's number.
+struct SessionRequest: Hashable {
+    var replica: UInt64
+    var base: UInt64
+    var number: UInt64
 }

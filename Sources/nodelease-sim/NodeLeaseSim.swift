@@ -50,7 +50,7 @@ struct NodeLeaseSim: AsyncParsableCommand {
 
     @Option(
         name: .customLong("break-lease"),
-        help: "Run deliberately broken lease behaviour: holder-ignores-deadline, no-failover-reset, ignore-idempotency-keys, forget-keys-early.")
+        help: "Run deliberately broken lease behaviour: holder-ignores-deadline, no-failover-reset, ignore-idempotency-keys, forget-keys-early, session-repeats-apply.")
     var breakLease: [String] = []
 
     @Option(help: "Seeds run in parallel (default: one per core). Output stays in seed order.")
@@ -156,6 +156,7 @@ struct NodeLeaseSim: AsyncParsableCommand {
         "no-failover-reset": .noFailoverReset,
         "ignore-idempotency-keys": .ignoreIdempotencyKeys,
         "forget-keys-early": .forgetKeysEarly,
+        "session-repeats-apply": .sessionRepeatsApply,
     ]
 
     func replayCommand(_ s: UInt64) -> String {

@@ -326,6 +326,12 @@ struct BrokenLeaseTests {
         #expect(r.ok, "\(r.summary): \(r.violations)")
     }
 
+    @Test("a registry that applies a replica session's re-sent write again is caught")
+    func sessionRepeatsApply() throws {
+        let r = try #require(firstFailure(.sessionRepeatsApply, seeds: 1...100))
+        #expect(r.violations.contains { $0.rule == .exactlyOnce && $0.detail.contains("keyless request") })
+    }
+
     @Test("a registry that ignores idempotency keys applies retried writes twice")
     func ignoredIdempotencyKeys() throws {
         let r = try #require(firstFailure(.ignoreIdempotencyKeys, seeds: 1...100))

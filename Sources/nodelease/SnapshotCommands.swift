@@ -153,6 +153,7 @@ struct SnapshotCommand: AsyncParsableCommand {
                     ["replicas", "\(backup.membership)"],
                     ["nodes", "\(registry.count) (\(n.active) active, \(n.stale) stale, \(n.inactive) inactive)"],
                     ["idempotency keys", "\(registry.rememberedKeys) (window \(registry.idempotencyWindow.seconds) s, \(registry.idempotencyWindow.maxKeys) keys)"],
+                    ["replica sessions", "\(registry.sessionCounts.sessions) (request numbers kept: \(registry.sessionCounts.numbers))"],
                     ["size", Describe.size(bytes.count)],
                     ["crc32c", Describe.crc(bytes) + " (checked)"],
                 ]))
@@ -233,6 +234,7 @@ enum Describe {
         return "{\"file\":\(Render.q(file)),\"version\":\(b.formatVersion),\"clusterId\":\(Render.q(b.clusterID)),\"index\":\(b.index),"
             + "\"term\":\(b.term),\"takenAtMillis\":\(b.takenAtMillis),\"takenBy\":\(b.takenBy),\"nodes\":\(r.count),"
             + "\"active\":\(n.active),\"stale\":\(n.stale),\"inactive\":\(n.inactive),\"idempotencyKeys\":\(r.rememberedKeys),"
+            + "\"replicaSessions\":\(r.sessionCounts.sessions),\"sessionRequests\":\(r.sessionCounts.numbers),"
             + "\"bytes\":\(bytes.count),\"crc32c\":\"\(crc(bytes))\"}"
     }
 }

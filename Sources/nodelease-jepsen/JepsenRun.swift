@@ -21,6 +21,8 @@ struct JepsenRun: AsyncParsableCommand {
     var nemesis: String?
     @Option(help: "With --nemesis upgrade: the older version's binary (a build of the previous release); default: this build limited to cluster version 1.")
     var oldBinary: String?
+    @Option(help: "With --nemesis upgrade and no --old-binary: the cluster version the older replicas support (1 plays a 0.1 build, 2 a 0.2 build).")
+    var olderVersion: Int = 1
     @Option(help: "Client processes (mail nodes).") var concurrency: Int = 6
     @Option(help: "Seed for the fault and workload schedule.") var seed: UInt64 = UInt64(Date().timeIntervalSince1970)
     @Option(help: "Target operations per second, over all clients.") var rate: Int = 50
@@ -146,12 +148,13 @@ struct JepsenRun: AsyncParsableCommand {
         }
         let cluster = try TestCluster(
             size: replicas, binary: binary, dir: dir, distinctAddresses: netns, clockLibrary: clockLibrary, idRange: range,
-            retentionSeconds: retention, planted: planted, faultBuild: faultBuild, tls: security, oldBinary: oldBinary)
+            retentionSeconds: retention, planted: planted, faultBuild: faultBuild, tls: security, oldBinary: oldBinary,
+            olderVersion: olderVersion)
         let upgrading = faults.contains("upgrade")
         if upgrading {
             // The last replica runs as the older version until the rolling upgrade reaches it.
             cluster.older.withLockedValue { $0 = [replicas] }
-            say("upgrade: replica \(replicas) starts as the older version (\(oldBinary ?? "this build with --max-cluster-version 1")); every replica is then upgraded, it last")
+            say("upgrade: replica \(replicas) starts as the older version (\(oldBinary ?? "this build with --max-cluster-version \(olderVersion)")); every replica is then upgraded, it last")
         }
         if faults.contains("disk-full") {
             guard geteuid() == 0 else {
@@ -248,7 +251,8 @@ struct JepsenRun: AsyncParsableCommand {
             stored.older = [replicas]
             stored.versions = versions.all
             stored.halts = UpgradeChecks.halts(dir: dir, replicas: 1...cluster.lastReplicaId)
-            let moved = stored.versions?.first { $0.clusterVersion >= 2 }
+            let reached = stored.versions?.map(\.clusterVersion).max() ?? 1
+            let moved = stored.versions?.first { $0.clusterVersion == reached && reached > 1 }
             say(
                 "upgrade: cluster version \(moved.map { "\($0.clusterVersion)" } ?? "above 1") first reported at \(moved.map { "\($0.time / 1_000_000) ms by replica \($0.replica)" } ?? "no time")"
             )
@@ -273,6 +277,7 @@ extension JepsenRun {
         if retention != 6 { a += " --retention \(retention)" }
         if tls { a += " --tls" }
         if let oldBinary { a += " --old-binary \(oldBinary)" }
+        if olderVersion != 1 { a += " --older-version \(olderVersion)" }
         if let planted { a += " --planted \(planted)" } else if faultBuild { a += " --fault-build" }
         return a
     }

@@ -90,9 +90,10 @@ final class TestCluster: Sendable {
     let faultBuild: Bool
     /// The `upgrade` nemesis: replicas that run as the older version until upgraded, with
     /// `oldBinary` if given (a build of the previous release), else this binary limited to
-    /// cluster version 1 (`--max-cluster-version 1`).
+    /// cluster version `olderVersion` (`--max-cluster-version`; 1 plays 0.1, 2 plays 0.2).
     let older = NIOLockedValueBox<Set<Int>>([])
     let oldBinary: String?
+    let olderVersion: Int
 
     /// Where Debian's `faketime` package puts the library, if it is installed.
     static func findFaketime() -> String? {
@@ -105,10 +106,11 @@ final class TestCluster: Sendable {
 
     init(
         size: Int, binary: String, dir: String, distinctAddresses: Bool, clockLibrary: String?, idRange: String, retentionSeconds: Int,
-        planted: String?, faultBuild: Bool, tls: JepsenTLS? = nil, oldBinary: String? = nil
+        planted: String?, faultBuild: Bool, tls: JepsenTLS? = nil, oldBinary: String? = nil, olderVersion: Int = 1
     ) throws {
         self.tls = tls
         self.oldBinary = oldBinary
+        self.olderVersion = olderVersion
         self.clockLibrary = clockLibrary
         self.idRange = idRange
         self.retentionSeconds = retentionSeconds
@@ -207,7 +209,7 @@ final class TestCluster: Sendable {
         }
         var env = ProcessInfo.processInfo.environment
         for k in env.keys where k.hasPrefix("NODELEASE_") { env[k] = nil }
-        if isOlder && oldBinary == nil { env["NODELEASE_MAX_CLUSTER_VERSION"] = "1" }
+        if isOlder && oldBinary == nil { env["NODELEASE_MAX_CLUSTER_VERSION"] = "\(olderVersion)" }
         if faultBuild {
             // The fault build: a disk that loses unsynced writes on a crash, a monotonic clock
             // whose rate the drift nemesis sets, and the planted bug if there is one.

@@ -119,8 +119,9 @@ public struct LeaseExpiry: Sendable {
         push((d.at, lease))
         // Every renewal leaves its old deadline in the heap until that instant comes (a TTL
         // later): at 10,000 renewals a second and a 30 s TTL, 300,000 stale entries. Rebuilt
-        // from the live deadlines once the stale ones are the majority, which costs O(1) a push
-        // amortized and keeps the heap within about twice the live leases.
+        // from the live deadlines (O(n), bottom-up) once the stale ones are the majority, that
+        // is after at least n + 1024 pushes: O(1) a push amortized, and the heap stays within
+        // about twice the live leases.
         if heap.count > 2 * deadlines.count + 1024 { compactHeap() }
     }
 

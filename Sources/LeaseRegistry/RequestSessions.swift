@@ -2,7 +2,8 @@ import Raft
 
 /// What the registry keeps of one replica session (`SessionStamp`): enough to apply each of
 /// the session's requests at most once, however often the replica re-sends it and however
-/// late a copy commits, without keeping any request's outcome.
+/// late a copy commits while the session is kept (it is forgotten after the idempotency
+/// window's time idle), without keeping any request's outcome.
 ///
 /// A copy of request `n` changes the registry only if `n >= done` and `n` is not in
 /// `applied`. `done` only moves up, to what the session's entries say, and `applied` keeps only
@@ -29,10 +30,12 @@ struct RequestSessions: Sendable, Hashable {
     /// replica starts within the window, so never reached but by a fault.
     static let maxSessions = 1024
 
-    /// At most this many numbers are kept for one session: the writes one replica has in
-    /// flight at once (its outbox holds at most 65,536). Past it, the session's `done` moves
-    /// up past the lowest, as if the replica had given up on it: a copy of that write still to
-    /// come is discarded, and its request times out. Sessions times numbers bound the memory.
+    /// At most this many numbers are kept for one session, far above the writes one replica
+    /// has in flight at once (those its clients wait for, within its request timeout). Past
+    /// it, the session's `done` moves up past the lowest, as if the replica had given up on
+    /// it: a copy of that write still to come is discarded, and its request times out. The
+    /// bound of the whole: 1,024 sessions of 65,536 numbers, 512 MiB, which only a fault could
+    /// approach (a session holds what its replica has in flight, 65 numbers at 64 connections).
     static let maxInFlight = 65_536
 
     var isEmpty: Bool { all.isEmpty }
@@ -135,7 +138,7 @@ struct RequestSessions: Sendable, Hashable {
             s.done = try r.u64()
             s.at = try r.u64()
             let n = Int(try r.u32())
-            guard n <= r.remaining / 8 else { return nil }
+            guard n <= maxInFlight, n <= r.remaining / 8 else { return nil }
             s.applied.reserveCapacity(n)
             for _ in 0..<n {
                 let v = try r.u64()

@@ -5,9 +5,16 @@ public struct MinHeap<Element: Comparable & Sendable>: Sendable {
 
     public init() {}
 
-    /// A heap of `elements` (sorted: a sorted array is a heap, and the result does not depend
-    /// on the order they come in).
-    public init(_ elements: [Element]) { items = elements.sorted() }
+    /// A heap of `elements`, built bottom-up in O(n). The order they come in shapes the array,
+    /// but not what `min` and `removeMin` give (always the least element).
+    public init(_ elements: [Element]) {
+        items = elements
+        var i = items.count / 2
+        while i > 0 {
+            i -= 1
+            siftDown(from: i)
+        }
+    }
 
     public var count: Int { items.count }
     public var isEmpty: Bool { items.isEmpty }
@@ -30,7 +37,11 @@ public struct MinHeap<Element: Comparable & Sendable>: Sendable {
         guard !items.isEmpty else { return }
         items.swapAt(0, items.count - 1)
         items.removeLast()
-        var i = 0
+        siftDown(from: 0)
+    }
+
+    private mutating func siftDown(from start: Int) {
+        var i = start
         while true {
             let l = 2 * i + 1
             let r = l + 1

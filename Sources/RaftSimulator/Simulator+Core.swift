@@ -105,7 +105,7 @@ extension Simulation {
         case .writeDone(let id, let w):
             let entry = replicas[i].justApplied.removeValue(forKey: id)
             guard let owner = replicas[i].requests.removeValue(forKey: id) else { return }
-            answered(i, client: owner.client, op: owner.op, w, entry: entry)
+            answered(i, client: owner.client, op: owner.op, request: id, w, entry: entry)
         case .readDone(let id, let index):
             guard let required = replicas[i].coreReads.removeValue(forKey: id) else { return }
             result.reads += 1
@@ -144,15 +144,35 @@ extension Simulation {
         let timed = TimedCommand(decoding: e.data)
         if let timed, timed.requestID != 0, replicas[i].requests[timed.requestID] != nil { replicas[i].justApplied[timed.requestID] = e }
         // A request of a replica session (a keyless renewal) changes the registry at most once,
-        // however often its replica re-sent it.
+        // however often its replica re-sent it, while its session is kept (forgotten after the
+        // window's time idle, in leader time, which runs at most `drift` fast).
         if let applied, firstApply, let s = timed?.session, !applied.discarded {
             let request = SessionRequest(replica: s.replica, base: s.base, number: timed!.requestID)
+            let session = SessionRequest(replica: s.replica, base: s.base, number: 0)
             if let first = sessionApplications[request] {
-                checker.recordFailure(
-                    .exactlyOnce, "keyless request \(request.number - request.base) of replica \(request.replica) applied twice: at index \(first) and again at \(e.index)")
+                let idle = (now - min(now, sessionLastApplied[session] ?? 0)) * 1000
+                let window = knobs.idempotencyWindow
+                if Double(idle) * (1 + 2 * knobs.drift) >= Double(window.seconds) * 1e9 {
+                    result.keysReapplied += 1
+                    trace("keyless request \(request.number - request.base) of replica \(request.replica) applied again at \(e.index) after its session idled out")
+                } else {
+                    checker.recordFailure(
+                        .exactlyOnce,
+                        "keyless request \(request.number - request.base) of replica \(request.replica) applied twice: at index \(first.index) and again at \(e.index)")
+                }
             } else {
-                sessionApplications[request] = e.index
+                sessionApplications[request] = Application(index: e.index, result: applied.result, sequence: 0)
             }
+            sessionLastApplied[session] = now
+        }
+        // A keyless write before cluster version 3 (a key its replica chose): its first
+        // application, which its answer must match.
+        if let applied, firstApply, let t = timed, t.key?.origin == .replica, !applied.replayed, t.requestID != 0,
+            let replica = t.key!.value.split(separator: ".").first.flatMap({ UInt64($0) }),
+            sessionApplications[SessionRequest(replica: replica, base: 0, number: t.requestID)] == nil
+        {
+            sessionApplications[SessionRequest(replica: replica, base: 0, number: t.requestID)] = Application(
+                index: e.index, result: applied.result, sequence: 0)
         }
         // Every first application of a keyed command that the registry remembers (not a
         // replay, not a mismatch) counts toward the key limit.
@@ -189,13 +209,29 @@ extension Simulation {
 
     /// A mail node's request was answered (200 or an API error): it must match exactly one
     /// application of its key, with that application's outcome.
-    private func answered(_ i: Int, client c: Int, op: UInt64, _ w: ReplicaCore.WriteResult, entry: Entry?) {
+    private func answered(_ i: Int, client c: Int, op: UInt64, request id: UInt64, _ w: ReplicaCore.WriteResult, entry: Entry?) {
         // Every answer is checked, also one that comes after the op ended (through another
         // replica, or past the op's deadline).
         let key = "op-\(op)"
         trace("mail \(c) op \(op) answered at replica \(i + 1): \(w.result) index \(w.index)\(w.replayed ? " (replayed)" : "")")
         if keylessOps.contains(op) {
-            // No key: each attempt is a request of its own, whose copies `coreApplied` checks.
+            // No key: each attempt is a request of its own (its copies are checked as they
+            // apply); the answer must be its application's, through its session or, before
+            // cluster version 3, the key its replica chose.
+            let replica = replicas[i].id.rawValue
+            let base = coreConfig(i).requestIDBase
+            let first =
+                sessionApplications[SessionRequest(replica: replica, base: base, number: id)]
+                ?? sessionApplications[SessionRequest(replica: replica, base: 0, number: id)]
+            if let first {
+                if first.result != w.result || first.index != w.index {
+                    checker.recordFailure(
+                        .exactlyOnce,
+                        "keyless op \(op) was answered \(w.result) at index \(w.index), but it applied as \(first.result) at \(first.index)")
+                }
+            } else {
+                checker.recordFailure(.exactlyOnce, "keyless op \(op) was answered at replica \(i + 1) but never applied")
+            }
         } else if let all = applications[key] {
             if !all.contains(where: { $0.result == w.result && $0.index == w.index }) {
                 let first = all[0]

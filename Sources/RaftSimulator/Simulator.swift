@@ -145,8 +145,11 @@ public final class Simulation {
     var keySubmittedAt: [String: UInt64] = [:]
     /// Renewals sent without a key (`Knobs.keylessRenewals`), by op.
     var keylessOps: Set<UInt64> = []
-    /// The index at which each request of a replica session first applied.
-    var sessionApplications: [SessionRequest: LogIndex] = [:]
+    /// The first application of each keyless request: through its replica's session (by
+    /// replica, base and number) or, before cluster version 3, its replica-chosen key (base 0).
+    var sessionApplications: [SessionRequest: Application] = [:]
+    /// When (true time) each session (number 0) last had a request applied.
+    var sessionLastApplied: [SessionRequest: UInt64] = [:]
     /// How many keyed commands have applied and been remembered (the registry's key limit
     /// counts these).
     var keyedApplications = 0

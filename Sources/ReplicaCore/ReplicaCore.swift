@@ -127,7 +127,8 @@ public struct ReplicaCore {
 
     /// Writes waiting here, by request id: their entries, sent again when the leader changes
     /// (the old leader may have died with them, or committed them already: each carries an
-    /// idempotency key, so a command that commits twice applies once).
+    /// idempotency key or this replica's session stamp, so a command that commits twice
+    /// applies once).
     private var writes: [UInt64: (data: [UInt8], key: IdempotencyKey?, submittedAt: UInt64, lastSent: UInt64)] = [:]
     /// The ids of `writes` in the order they were made, from `writeOrderHead` on (some may be
     /// finished): the oldest unfinished one is a session's `done`.
@@ -414,8 +415,12 @@ public struct ReplicaCore {
     private mutating func flushOutbox(now: UInt64, wall: UInt64? = nil) {
         guard !outbox.isEmpty else { return }
         // Re-sends keep their submission time, so the outbox is not in time order: look at all.
-        let oldest = now >= config.requestTimeoutNanos ? now - config.requestTimeoutNanos : 0
-        outbox.removeAll { $0.at < oldest }
+        // Past its deadline (the instant `expireOverdue` answers it as timed out) a command is
+        // not sent: it has been given up on.
+        if now >= config.requestTimeoutNanos {
+            let oldest = now - config.requestTimeoutNanos
+            outbox.removeAll { $0.at <= oldest }
+        }
         if outbox.count > Self.maxOutbox { outbox.removeFirst(outbox.count - Self.maxOutbox) }
         if outbox.isEmpty { return }
         if node.role == .leader {

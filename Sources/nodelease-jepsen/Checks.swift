@@ -83,7 +83,8 @@ struct Checks {
             }
         }
         if let older = info?.older, !older.isEmpty {
-            c.anomalies += UpgradeChecks.check(older: older, samples: info?.versions ?? [], nemesis: nemesis, halts: info?.halts ?? [])
+            c.anomalies += UpgradeChecks.check(
+                older: older, olderVersion: info?.olderVersion, samples: info?.versions ?? [], nemesis: nemesis, halts: info?.halts ?? [])
         }
         c.fencedWrites = (fenced.filter(\.accepted).count, fenced.filter { !$0.accepted }.count)
         c.anomalies += LeaseCheckers.electionSafety((info?.leaders ?? []).map { ($0.term, $0.replica) })

@@ -58,6 +58,9 @@ struct JepsenRun: AsyncParsableCommand {
             throw ValidationError("unknown nemesis \(n)")
         }
         if faultNames.contains("upgrade") && faultNames.count > 1 { throw ValidationError("nemesis upgrade runs alone") }
+        guard olderVersion == 1 || olderVersion == 2 else {
+            throw ValidationError("--older-version must be 1 (plays a 0.1 build) or 2 (plays a 0.2 build): below this build's cluster version, 3")
+        }
         if oldBinary != nil && !faultNames.contains("upgrade") { throw ValidationError("--old-binary needs --nemesis upgrade") }
         if let planted {
             guard PlantedBug.named(planted) != nil else {
@@ -249,6 +252,7 @@ struct JepsenRun: AsyncParsableCommand {
         stored.leaders = leaders.all
         if upgrading {
             stored.older = [replicas]
+            stored.olderVersion = oldBinary == nil ? UInt32(olderVersion) : nil
             stored.versions = versions.all
             stored.halts = UpgradeChecks.halts(dir: dir, replicas: 1...cluster.lastReplicaId)
             let reached = stored.versions?.map(\.clusterVersion).max() ?? 1
@@ -299,6 +303,9 @@ struct RunInfo: Codable, Sendable {
     /// The `upgrade` nemesis: the replicas started as the older version, the cluster versions
     /// the replicas reported, and log lines of replicas that stopped on what they did not know.
     var older: [Int]?
+    /// The newest cluster version the older replicas support (what they were limited to;
+    /// nil for a real older binary, whose own reports are then taken).
+    var olderVersion: UInt32?
     var versions: [VersionSample]?
     var halts: [String]?
 

@@ -94,19 +94,31 @@ enum UpgradeChecks {
     ///   the replicas' logs).
     /// - Every older replica was upgraded, and once all were, every member reached the newest
     ///   version any replica supports.
-    static func check(older: [Int], samples: [VersionSample], nemesis: [NemesisEvent], halts: [String]) -> [Anomaly] {
+    /// `olderVersion`: what the older replicas were limited to (nil for a real older binary:
+    /// the most any of them reported supporting before its upgrade).
+    static func check(older: [Int], olderVersion: UInt32? = nil, samples: [VersionSample], nemesis: [NemesisEvent], halts: [String]) -> [Anomaly] {
         var out: [Anomaly] = []
         let stops = nemesis.filter { $0.fault == "upgrade" && $0.phase == "restarted" }
         var lastOlderUp: UInt64 = 0
-        var olderSupports: UInt32 = 1
+        var reported: UInt32 = 1
         for o in older {
             guard let stop = stops.first(where: { $0.target == "\(o)" }) else {
                 out.append(Anomaly(checker: checker, detail: "replica \(o), started as the older version, was never upgraded (run too short?)"))
                 continue
             }
             lastOlderUp = max(lastOlderUp, stop.time)
-            for s in samples where s.replica == o && s.time < stop.time { olderSupports = max(olderSupports, s.supported) }
+            for s in samples where s.replica == o && s.time < stop.time {
+                reported = max(reported, s.supported)
+                if let olderVersion, s.supported != olderVersion {
+                    out.append(
+                        Anomaly(
+                            checker: checker,
+                            detail: "replica \(o), started as the older version (cluster version \(olderVersion)), reported supporting \(s.supported) at \(s.time / 1_000_000) ms"))
+                    break
+                }
+            }
         }
+        let olderSupports = olderVersion ?? reported
         for e in nemesis where e.fault == "upgrade" && e.phase == "end" && e.target.contains("NOT") {
             out.append(Anomaly(checker: checker, detail: "upgrade of replica \(e.target)"))
         }

@@ -339,6 +339,32 @@ struct ReplicaCoreTests {
         #expect(c.cores[1]!.registry.sessionCounts == (2, 2), "replica 2 keeps only its latest number, replica 3 its one")
     }
 
+    /// A replica that learns its write's outcome only through a snapshot has nothing to
+    /// answer with when its re-send is discarded: the request times out (outcome unknown),
+    /// never answered with the discard.
+    @Test func aRepeatDiscardedAfterASnapshotIsNotAnswered() throws {
+        let c = try CoreCluster()
+        c.elect(1)
+        raiseClusterVersion(c, to: 3)
+        c.cutOff = [2]
+        let id = c.with(2) { $0.submit(acquire, key: nil, now: c.now, wall: c.wall) }
+        c.settle()
+        #expect(c.cores[1]!.registry.node(hostname: "mx1.example.org")?.status == .active)
+        let applied = c.cores[1]!.node.appliedIndex
+        try c.storages[1]!.createSnapshot(at: applied, data: c.cores[1]!.registry.snapshot())
+        c.storages[1]!.compact(through: applied)
+        c.cutOff = []
+        c.tick(3)
+        #expect(c.cores[2]!.registry.node(hostname: "mx1.example.org")?.status == .active, "installed the leader's snapshot")
+        // Its re-send commits and is discarded everywhere.
+        c.tick(12)
+        #expect(c.cores[1]!.registry.sessionCounts.numbers == 1)
+        #expect(c.writes[2]?[id] == nil, "answered with a discarded repeat")
+        c.tick(50)
+        #expect(c.timedOut[2]?.contains(id) == true)
+        #expect(c.cores[2]!.registry.count == 1)
+    }
+
     /// A session's `done` stops at the oldest write still waiting: a later write that applies
     /// first must not make the registry discard the earlier one when its re-send arrives.
     @Test func aKeylessWriteOvertakenByALaterOneStillApplies() throws {

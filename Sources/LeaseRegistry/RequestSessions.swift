@@ -64,10 +64,10 @@ struct RequestSessions: Sendable, Hashable {
         s.at = clock
         if done > s.done {
             s.done = done
-            s.applied.removeFirst(lowerBound(s.applied, done))
+            s.applied.removeFirst(s.applied.partitionPoint { $0 < done })
         }
         guard number >= s.done else { return false }
-        let k = lowerBound(s.applied, number)
+        let k = s.applied.partitionPoint { $0 < number }
         if k < s.applied.count && s.applied[k] == number && !ignoreApplied { return false }
         s.applied.insert(number, at: k)
         if s.applied.count > max(maxApplied, 1) {
@@ -90,26 +90,7 @@ struct RequestSessions: Sendable, Hashable {
     }
 
     /// Where (replica, base) is or would go.
-    private func position(replica: UInt64, base: UInt64) -> Int {
-        var lo = 0
-        var hi = all.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if (all[mid].replica, all[mid].base) < (replica, base) { lo = mid + 1 } else { hi = mid }
-        }
-        return lo
-    }
-
-    /// The first position in ascending `values` whose value is at least `v`.
-    private static func lowerBound(_ values: [UInt64], _ v: UInt64) -> Int {
-        var lo = 0
-        var hi = values.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if values[mid] < v { lo = mid + 1 } else { hi = mid }
-        }
-        return lo
-    }
+    private func position(replica: UInt64, base: UInt64) -> Int { all.partitionPoint { ($0.replica, $0.base) < (replica, base) } }
 
     /// How many request numbers are kept over all sessions.
     var numbersKept: Int { all.reduce(0) { $0 + $1.applied.count } }

@@ -25,15 +25,7 @@ public struct SortedChunks<Element: Comparable & Sendable>: Sendable, Sequence, 
         return Swift.max(0, lo - 1)
     }
 
-    private static func position(_ e: Element, in chunk: [Element]) -> Int {
-        var lo = 0
-        var hi = chunk.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if chunk[mid] < e { lo = mid + 1 } else { hi = mid }
-        }
-        return lo
-    }
+    private static func position(_ e: Element, in chunk: [Element]) -> Int { chunk.partitionPoint { $0 < e } }
 
     public func contains(_ e: Element) -> Bool {
         guard !chunks.isEmpty else { return false }
@@ -115,5 +107,20 @@ public struct SortedChunks<Element: Comparable & Sendable>: Sendable, Sequence, 
 
     public static func == (a: SortedChunks, b: SortedChunks) -> Bool {
         a.count == b.count && a.elementsEqual(b)
+    }
+}
+
+extension Array {
+    /// The first index whose element is not `isBelow`, in an array where every element that is
+    /// comes first (ascending order and "less than x" give the first position at or above x);
+    /// a binary search.
+    func partitionPoint(_ isBelow: (Element) -> Bool) -> Int {
+        var lo = 0
+        var hi = count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if isBelow(self[mid]) { lo = mid + 1 } else { hi = mid }
+        }
+        return lo
     }
 }

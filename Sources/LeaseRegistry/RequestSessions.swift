@@ -17,7 +17,7 @@ struct RequestSession: Sendable, Hashable {
     var done: UInt64 = 0
     /// The numbers at or above `done` that applied, ascending.
     var applied: [UInt64] = []
-    /// The registry clock when the session's last command applied.
+    /// The registry clock when a command of the session last came (applied or discarded).
     var at: UInt64
 }
 

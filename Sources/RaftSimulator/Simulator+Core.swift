@@ -219,7 +219,7 @@ extension Simulation {
             // apply); the answer must be its application's, through its session or, before
             // cluster version 3, the key its replica chose.
             let replica = replicas[i].id.rawValue
-            let base = coreConfig(i).requestIDBase
+            let base = replicas[i].core!.config.requestIDBase
             let first =
                 sessionApplications[SessionRequest(replica: replica, base: base, number: id)]
                 ?? sessionApplications[SessionRequest(replica: replica, base: 0, number: id)]

@@ -130,8 +130,9 @@ public struct ReplicaCore {
     /// idempotency key or this replica's session stamp, so a command that commits twice
     /// applies once).
     private var writes: [UInt64: (data: [UInt8], key: IdempotencyKey?, submittedAt: UInt64, lastSent: UInt64)] = [:]
-    /// The ids of `writes` in the order they were made, from `writeOrderHead` on (some may be
-    /// finished): the oldest unfinished one is a session's `done`.
+    /// The ids of the session-stamped `writes` in the order they were made, from
+    /// `writeOrderHead` on (some may be finished): the oldest unfinished one is the session's
+    /// `done`. Writes with a key are not sessions' requests and are not listed.
     private var writeOrder: [UInt64] = []
     private var writeOrderHead = 0
     /// Commands to propose (as leader) or forward, with the instant they were queued: one
@@ -277,20 +278,20 @@ public struct ReplicaCore {
     /// Without the client's key, the command carries this replica's session stamp (cluster
     /// version 3 on; before, a key of this replica's), so its own re-sends apply once too.
     public mutating func submit(_ command: LeaseCommand, key: IdempotencyKey?, now: UInt64, wall: UInt64) -> UInt64 {
-        let done = oldestUnfinishedWrite()
         let id = newRequest(now: now)
         var key = key
         var session: SessionStamp?
         if key == nil {
             if registry.clusterVersion >= 3 {
-                session = SessionStamp(replica: config.replicaID.rawValue, base: config.requestIDBase, done: done ?? id)
+                let done = oldestUnfinishedSessionWrite() ?? id
+                session = SessionStamp(replica: config.replicaID.rawValue, base: config.requestIDBase, done: done)
+                writeOrder.append(id)
             } else {
                 key = IdempotencyKey.replica(config.replicaID.rawValue, request: id)
             }
         }
         let data = TimedCommand(command, now: wall, requestID: id, key: key, leaderNanos: now, session: session).encoded()
         writes[id] = (data, key, now, now)
-        writeOrder.append(id)
         enqueue([data], now: now)
         afterInput(now: now)
         return id
@@ -382,9 +383,9 @@ public struct ReplicaCore {
 
     // MARK: Inside
 
-    /// The id of the oldest write still waiting for its entry to apply here (nil: none). Every
-    /// write made before it is answered or timed out, and never sent again.
-    private mutating func oldestUnfinishedWrite() -> UInt64? {
+    /// The id of the oldest session-stamped write still waiting for its entry to apply here
+    /// (nil: none). Every one made before it is answered or timed out, and no longer sent.
+    private mutating func oldestUnfinishedSessionWrite() -> UInt64? {
         while writeOrderHead < writeOrder.count && writes[writeOrder[writeOrderHead]] == nil { writeOrderHead += 1 }
         if writeOrderHead > 1024 && writeOrderHead * 2 > writeOrder.count {
             writeOrder.removeFirst(writeOrderHead)

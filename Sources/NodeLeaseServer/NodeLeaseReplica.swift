@@ -142,12 +142,14 @@ public final class NodeLeaseReplica: Service, Sendable {
         let connections = ConnectionCapHandler.Counter()
         let (connectionLimit, capLogger) = (connectionCap, logger)
         let responseTimeout = TimeAmount.milliseconds(2 * Int64(config.requestTimeoutMillis) + Int64(config.httpResponseGraceMillis))
+        // The API is made below, once nothing can throw; connections are accepted only after.
+        let fastPathAPI = NIOLockedValueBox<HTTPAPI?>(nil)
         let http1 = HTTPServerBuilder.http1(
             configuration: .init(additionalChannelHandlers: [
                 ConnectionCapHandler(counter: connections, limit: connectionLimit, logger: capLogger),
                 RequestDeadlineHandler(
                     headTimeout: head, bodyTimeout: body, responseTimeout: responseTimeout),
-            ]))
+            ] + (fastPathAPI.withLockedValue { $0 }.map { [LeaseFastPathHandler(api: $0)] } ?? [])))
         let server: HTTPServerBuilder
         var clientChain: [NIOSSLCertificate] = []
         var clientKey: NIOSSLPrivateKey?
@@ -199,6 +201,7 @@ public final class NodeLeaseReplica: Service, Sendable {
         api.consoleTemplates = try ConsoleAssets.library()
         api.logger = logger
         self.api = api
+        if config.leaseFastPath { fastPathAPI.withLockedValue { $0 = api } }
         self.app = Application(
             responder: CallbackResponder { [api] request, context in await api.respond(to: request, connection: context.connection) },
             server: server,

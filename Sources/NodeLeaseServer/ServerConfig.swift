@@ -22,6 +22,9 @@ public struct ServerConfig: Sendable {
     public var requestTimeoutMillis: Int = 5000
     /// fsync every batch. Off only for benchmarks (logged loudly).
     public var fsync: Bool = true
+    /// Acquire, renew, release and the registry answered from the event loop
+    /// (`LeaseFastPathHandler`); false: through Hummingbird like every other route.
+    public var leaseFastPath = true
     /// 100,000 (etcd's default too): a snapshot carries the idempotency window, up to 100,000
     /// keys and 15 MB, so at 10,000 a busy leader wrote and fsynced 15 MB every 10,000 writes
     /// (8 % of its CPU, on the disk its WAL fsyncs).

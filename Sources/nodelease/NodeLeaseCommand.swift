@@ -75,6 +75,8 @@ struct ReplicaOptions: ParsableArguments {
     var idempotencyKeys: String?
     @Flag(help: "Do not fsync the log: acknowledged writes can be lost. Benchmarks only. Env NODELEASE_NO_FSYNC=1.")
     var noFsync = false
+    @Flag(help: "Serve acquire, renew, release and the registry through Hummingbird's per-connection task like every other route, not from the event loop (A/B of the fast path). Env NODELEASE_NO_LEASE_FAST_PATH=1.")
+    var noLeaseFastPath = false
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (info). Env NODELEASE_LOG_LEVEL.")
     var logLevel: String?
     @Option(help: "Token file (SHA-256 hashes with roles; see `nodelease token create`): every request but /healthz and /readyz then needs a token. Reloaded on SIGHUP. Env NODELEASE_TOKEN_FILE.")
@@ -123,6 +125,7 @@ struct ReplicaOptions: ParsableArguments {
         c.idempotencyWindow.seconds = try number(idempotencyWindow, "--idempotency-window", default: c.idempotencyWindow.seconds)
         c.idempotencyWindow.maxKeys = try number(idempotencyKeys, "--idempotency-keys", default: c.idempotencyWindow.maxKeys)
         if noFsync || Self.env("--no-fsync") == "1" { c.fsync = false }
+        if noLeaseFastPath || Self.env("--no-lease-fast-path") == "1" { c.leaseFastPath = false }
         if let f = value(tokenFile, "--token-file") { c.tokenFile = f }
         c.maxWatches = try number(maxWatches, "--max-watches", default: c.maxWatches)
         guard c.maxWatches >= 1 else { throw ConfigError("--max-watches", "must be at least 1") }

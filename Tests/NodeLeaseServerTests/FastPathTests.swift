@@ -1,0 +1,104 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import Raft
+import Testing
+
+@testable import NodeLeaseServer
+
+/// The lease routes answered from the event loop (`LeaseFastPathHandler`) against the same
+/// routes through Hummingbird: the same answers, HTTP/1's order kept for pipelining clients.
+@Suite(.serialized) struct FastPathTests {
+    /// Pipelined requests, answered here and by Hummingbird in turn: every answer comes, in
+    /// order, and both paths answer alike.
+    @Test(arguments: [true, false]) func pipelinedRequestsAreAnsweredInOrder(fastPath: Bool) async throws {
+        let c = try LocalCluster(size: 1) { $0.leaseFastPath = fastPath }
+        try await c.startAll()
+        #expect(await eventually(5) { (try? await c.get(1, "/readyz").status) == 200 })
+        let acquire = #"{"hostname":"mx1.example.org","holder":"h1"}"#
+        let requests = [
+            "POST /v1/leases HTTP/1.1\r\nHost: x\r\nContent-Length: \(acquire.utf8.count)\r\n\r\n\(acquire)",
+            "GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n",
+            "POST /v1/leases/999/renew HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+            "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /v1/cluster/nodes HTTP/1.1\r\nHost: x\r\n\r\n",
+            "DELETE /v1/leases/999 HTTP/1.1\r\nHost: x\r\n\r\n",
+        ]
+        let reader = ResponseCounter()
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(reader) } }
+            .connect(host: "127.0.0.1", port: c.configs[1]!.clientListen.port).get()
+        try await channel.writeAndFlush(ByteBuffer(string: requests.joined())).get()
+        #expect(await eventually(5) { reader.text.components(separatedBy: "HTTP/1.1 ").count - 1 == requests.count }, "\(reader.text)")
+        let answers = reader.text.components(separatedBy: "HTTP/1.1 ").dropFirst().map { String($0.prefix(3)) }
+        #expect(answers == ["200", "200", "404", "200", "200", "404"], "\(reader.text)")
+        // Each answer's body is where its request was.
+        let marks = [#""fencingToken""#, #""replicaId""#, "lease_not_found", #"{"status":"ok"}"#, #""mx1.example.org""#, "lease_not_found"]
+        var at = reader.text.startIndex
+        for mark in marks {
+            let found = reader.text.range(of: mark, range: at..<reader.text.endIndex)
+            #expect(found != nil, "\(mark) not found in order in \(reader.text)")
+            if let found { at = found.upperBound }
+        }
+        #expect(reader.text.contains("date: ") || reader.text.contains("Date: "))
+        try await channel.close()
+        await c.stopAll()
+    }
+
+    /// `Connection: close` on a lease route: answered, then the server closes its side.
+    @Test func aClosingRequestIsAnsweredAndTheConnectionEnds() async throws {
+        let c = try LocalCluster(size: 1) { $0.httpHeadTimeoutMillis = 30_000 }
+        try await c.startAll()
+        #expect(await eventually(5) { (try? await c.get(1, "/readyz").status) == 200 })
+        let reader = ResponseCounter()
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(reader) } }
+            .connect(host: "127.0.0.1", port: c.configs[1]!.clientListen.port).get()
+        try await channel.writeAndFlush(
+            ByteBuffer(string: "GET /v1/cluster/nodes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /v1/cluster/nodes HTTP/1.1\r\nHost: x\r\n\r\n")
+        ).get()
+        // Well before the head deadline (30 s), and the pipelined request is not answered.
+        #expect(await eventually(3) { !channel.isActive })
+        #expect(reader.text.components(separatedBy: "HTTP/1.1 ").count - 1 == 1, "\(reader.text)")
+        await c.stopAll()
+    }
+
+    /// Over 64 KiB: 413 whether the length is declared (answered before the body comes) or
+    /// the body is chunked; the connection then serves the next request.
+    @Test func largeBodiesAre413OnTheLeaseRoutes() async throws {
+        let c = try LocalCluster(size: 1)
+        try await c.startAll()
+        #expect(await eventually(5) { (try? await c.get(1, "/readyz").status) == 200 })
+        let port = c.configs[1]!.clientListen.port
+        let declared = ResponseCounter()
+        let a = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(declared) } }
+            .connect(host: "127.0.0.1", port: port).get()
+        try await a.writeAndFlush(ByteBuffer(string: "POST /v1/leases HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")).get()
+        #expect(await eventually(3) { declared.text.contains("HTTP/1.1 413") }, "\(declared.text)")
+        try await a.writeAndFlush(ByteBuffer(string: String(repeating: "x", count: 100_000) + "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")).get()
+        #expect(await eventually(3) { declared.text.contains("HTTP/1.1 200") }, "\(declared.text)")
+        try await a.close()
+
+        let chunked = ResponseCounter()
+        let b = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(chunked) } }
+            .connect(host: "127.0.0.1", port: port).get()
+        let chunk = String(repeating: "y", count: 40_000)
+        let size = String(chunk.utf8.count, radix: 16)
+        try await b.writeAndFlush(
+            ByteBuffer(string: "POST /v1/leases HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\(size)\r\n\(chunk)\r\n\(size)\r\n\(chunk)\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        ).get()
+        #expect(await eventually(3) { chunked.text.contains("HTTP/1.1 200") }, "\(chunked.text)")
+        #expect(chunked.text.hasPrefix("HTTP/1.1 413"), "\(chunked.text)")
+        #expect(chunked.text.contains("request_too_large"))
+        try await b.close()
+        await c.stopAll()
+    }
+
+    @Test func theDateHeaderIsIMFFixdate() {
+        #expect(HTTPDate.format(0) == "Thu, 01 Jan 1970 00:00:00 GMT")
+        #expect(HTTPDate.format(784_111_777) == "Sun, 06 Nov 1994 08:49:37 GMT")
+        #expect(HTTPDate.format(1_796_601_600) == "Mon, 07 Dec 2026 00:00:00 GMT")
+    }
+}

@@ -13,38 +13,56 @@ import NIOHTTPTypes
 /// and the async response writer about a sixth of the leader's samples in a renew run).
 ///
 /// It sits after the deadline handler and before Hummingbird's, and keeps HTTP/1's order: one
-/// exchange at a time; the next request's parts, if a client pipelines, wait here, and reads
-/// are held while any wait (reads otherwise go on during an exchange, so a client that goes
-/// away during a long poll is still seen). An exchange ends when its request has ended and its
-/// response has been written, whichever path answered it.
+/// exchange at a time. An exchange ends when its request has ended and its response has been
+/// written, whichever path answered it. A pipelining client's next requests wait here; reads
+/// go on while few parts wait (so a client that goes away during a long poll is still seen)
+/// and are held beyond that, and while the connection's output is full (a client that does
+/// not read its answers is not sent more). What Hummingbird would have seen in order behind an
+/// exchange answered here (a parse error, the client's end of input, a replica's stop) waits
+/// until that exchange is over. `Connection: close` ends the connection after its answer,
+/// whichever path gave it, as Hummingbird does.
 final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
     typealias OutboundIn = HTTPResponsePart
     typealias OutboundOut = HTTPResponsePart
 
-    /// The parts a pipelining client may have waiting (what one read delivers, as reads are
-    /// held while any wait); beyond it, the connection is closed.
-    static let maxQueuedParts = 4096
+    /// Parts waiting beyond which reads are held.
+    static let readAheadParts = 64
+    /// Parts that may wait at most: what one read of minimal pipelined requests can deliver
+    /// (4 reads of 64 KiB, 18 bytes a request of two parts) is below it; beyond it, the
+    /// connection is closed.
+    static let maxQueuedParts = 32_768
 
     private struct Exchange {
         /// Answered here, or passed on to Hummingbird.
         var fast: Bool
+        var head: HTTPRequest
         var requestEnded = false
         var responseEnded = false
-        /// For a fast one: the request's head and the body so far (at most `maxBody` + 1 bytes:
-        /// one more is enough for `respond` to answer 413).
-        var head: HTTPRequest
-        var body: ByteBuffer?
+        /// For a fast one: the body so far (at most `maxBody` + 1 bytes: one more is enough
+        /// for `respond` to answer 413).
+        var body: ByteBuffer
         var dispatched = false
+        /// Hummingbird ends a connection after a request with exactly this header.
+        var closes: Bool { head.headerFields[.connection] == "close" }
+    }
+
+    /// Inbound events held while an exchange answered here is in progress.
+    private enum Held {
+        case error(any Error)
+        case inputClosed
+        case quiesce
     }
 
     private let api: HTTPAPI
     private var current: Exchange?
     private var queued = CircularBuffer<HTTPRequestPart>()
+    private var held: [Held] = []
     private var readHeld = false
-    private var quiesceHeld = false
-    private var active = true
+    /// False once the connection ended (closed, or `Connection: close` answered): nothing
+    /// more is read or answered.
+    private var open = true
 
     init(api: HTTPAPI) { self.api = api }
 
@@ -61,12 +79,17 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
         }
     }
 
+    /// Whether what arrives now must wait: an exchange answered here is in progress, or
+    /// requests already wait.
+    private var mustHold: Bool { current?.fast == true || !queued.isEmpty }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard active else { return }
+        guard open else { return }
         let part = unwrapInboundIn(data)
         if current?.requestEnded == true || !queued.isEmpty {
             // The next request, behind the exchange in progress.
             guard queued.count < Self.maxQueuedParts else {
+                open = false
                 context.close(promise: nil)
                 return
             }
@@ -87,23 +110,22 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
                     dispatch(context)
                 }
             } else {
-                current = Exchange(fast: false, head: head)
+                current = Exchange(fast: false, head: head, body: context.channel.allocator.buffer(capacity: 0))
                 context.fireChannelRead(wrapInboundOut(part))
             }
         case .body(var bytes):
-            guard var exchange = current else { return }
-            if !exchange.fast {
+            guard let fast = current?.fast else { return }
+            if !fast {
                 context.fireChannelRead(wrapInboundOut(part))
                 return
             }
-            if !exchange.dispatched {
-                let room = HTTPAPI.maxBody + 1 - (exchange.body?.readableBytes ?? 0)
-                if let piece = bytes.readSlice(length: min(room, bytes.readableBytes)) {
-                    exchange.body?.writeImmutableBuffer(piece)
-                }
-                current = exchange
-                if (exchange.body?.readableBytes ?? 0) > HTTPAPI.maxBody { dispatch(context) }
+            guard !current!.dispatched else { return }
+            // In place: the body is not copied for every part.
+            let room = HTTPAPI.maxBody + 1 - current!.body.readableBytes
+            if let piece = bytes.readSlice(length: min(room, bytes.readableBytes)) {
+                current!.body.writeImmutableBuffer(piece)
             }
+            if current!.body.readableBytes > HTTPAPI.maxBody { dispatch(context) }
         case .end:
             guard current != nil else { return }
             current!.requestEnded = true
@@ -118,10 +140,9 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     /// Hands the request to `HTTPAPI.respond` and writes its answer on this event loop.
     private func dispatch(_ context: ChannelHandlerContext) {
-        guard var exchange = current else { return }
-        exchange.dispatched = true
-        current = exchange
-        let request = Request(head: exchange.head, body: RequestBody(buffer: exchange.body ?? ByteBuffer()))
+        guard let exchange = current else { return }
+        current!.dispatched = true
+        let request = Request(head: exchange.head, body: RequestBody(buffer: exchange.body))
         let api = self.api
         let channel = context.channel
         let loop = context.eventLoop
@@ -146,9 +167,10 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     /// `body` nil: writing the answer's body failed.
     private func answer(_ context: ChannelHandlerContext, _ head: HTTPResponse, _ body: ByteBuffer?) {
-        guard active, current?.fast == true else { return }
+        guard open, let exchange = current, exchange.fast, !exchange.responseEnded else { return }
         guard let body else {
             // Nothing of the answer went out: the connection is no longer in step.
+            open = false
             context.close(promise: nil)
             return
         }
@@ -156,70 +178,121 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
         if body.readableBytes > 0 { context.write(wrapOutboundOut(.body(body)), promise: nil) }
         context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         current!.responseEnded = true
+        if exchange.closes {
+            // As Hummingbird does: answered, then no more is read (even the rest of a body
+            // answered early), and this side is closed.
+            end(context)
+            let gone = held.contains { if case .error = $0 { false } else { true } }
+            context.close(mode: gone ? .all : .output, promise: nil)
+            return
+        }
         finishIfDone(context)
     }
 
     /// Hummingbird's answers pass through; the end of one ends its exchange.
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         context.write(data, promise: promise)
-        if case .end = unwrapOutboundIn(data), current?.fast == false {
-            current!.responseEnded = true
-            finishIfDone(context)
+        guard case .end = unwrapOutboundIn(data), let exchange = current, !exchange.fast else { return }
+        current!.responseEnded = true
+        if exchange.closes {
+            // Hummingbird closes its side after this answer and reads no more.
+            end(context)
+            return
         }
+        finishIfDone(context)
     }
 
-    /// Reads wait while a pipelined request waits: such a client is held back here.
+    /// No more exchanges on this connection.
+    private func end(_ context: ChannelHandlerContext) {
+        open = false
+        current = nil
+        queued.removeAll()
+    }
+
+    private func finishIfDone(_ context: ChannelHandlerContext) {
+        guard let exchange = current, exchange.requestEnded, exchange.responseEnded else { return }
+        current = nil
+        if held.contains(where: { if case .quiesce = $0 { true } else { false } }) {
+            // The replica is stopping: as Hummingbird's state handler does for a request in
+            // progress, the connection ends after this answer (the pipelined ones are dropped).
+            queued.removeAll()
+        }
+        var drained = false
+        while current?.requestEnded != true, open, let next = queued.popFirst() {
+            take(next, context)
+            drained = true
+        }
+        // Hummingbird's channel hands what it was given on at the end of a read.
+        if drained { context.fireChannelReadComplete() }
+        if !mustHold && !held.isEmpty {
+            let events = held
+            held = []
+            for event in events {
+                switch event {
+                case .error(let error): context.fireErrorCaught(error)
+                case .inputClosed: context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+                case .quiesce: context.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+                }
+            }
+        }
+        releaseRead(context)
+    }
+
+    // MARK: Reads and backpressure
+
+    private func holdsReads(_ context: ChannelHandlerContext) -> Bool {
+        !open || queued.count > Self.readAheadParts || !context.channel.isWritable
+    }
+
     func read(context: ChannelHandlerContext) {
-        if !queued.isEmpty {
+        if holdsReads(context) {
             readHeld = true
         } else {
             context.read()
         }
     }
 
-    private func finishIfDone(_ context: ChannelHandlerContext) {
-        guard let exchange = current, exchange.requestEnded, exchange.responseEnded else { return }
-        current = nil
-        if exchange.fast && exchange.head.headerFields[.connection]?.lowercased() == "close" {
-            // As Hummingbird does: no more is read on this connection.
-            context.close(mode: .output, promise: nil)
-            active = false
-            queued.removeAll()
-            return
-        }
-        if quiesceHeld {
-            // The replica is stopping: Hummingbird's state handler closes the connection now
-            // that it is idle.
-            quiesceHeld = false
-            queued.removeAll()
-            context.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
-            return
-        }
-        var drained = false
-        while current?.requestEnded != true, active, let next = queued.popFirst() {
-            take(next, context)
-            drained = true
-        }
-        // Hummingbird's channel hands what it was given on at the end of a read.
-        if drained { context.fireChannelReadComplete() }
-        if queued.isEmpty && readHeld {
+    private func releaseRead(_ context: ChannelHandlerContext) {
+        if readHeld && !holdsReads(context) {
             readHeld = false
             context.read()
         }
     }
 
-    /// A replica stopping gracefully lets an exchange answered here finish first.
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        context.fireChannelWritabilityChanged()
+        releaseRead(context)
+    }
+
+    // MARK: Events behind an exchange
+
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is ChannelShouldQuiesceEvent, current?.fast == true {
-            quiesceHeld = true
-            return
+        if mustHold {
+            if event is ChannelShouldQuiesceEvent {
+                held.append(.quiesce)
+                return
+            }
+            if let e = event as? ChannelEvent, e == .inputClosed {
+                held.append(.inputClosed)
+                return
+            }
         }
         context.fireUserInboundEventTriggered(event)
     }
 
+    /// A parse error of a pipelined request must not be answered before the requests ahead.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if mustHold {
+            held.append(.error(error))
+        } else {
+            context.fireErrorCaught(error)
+        }
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
-        active = false
+        open = false
         queued.removeAll()
+        held.removeAll()
         context.fireChannelInactive()
     }
 }

@@ -100,9 +100,11 @@ struct Bench: AsyncParsableCommand {
         // Replica CPU over the measured window only (not the warm-up).
         let pidList = Self.pidList(pids)
         let cpuBefore = NIOLockedValueBox<[(String, Double)]>([])
+        let ownBefore = NIOLockedValueBox(0.0)
         let sampler = Task {
             try? await Task.sleep(until: startMeasure, clock: .continuous)
             cpuBefore.withLockedValue { $0 = Self.cpuSeconds(pids: pidList) }
+            ownBefore.withLockedValue { $0 = Self.ownCPUSeconds() }
         }
         let progress = Task {
             while clock.now < end {
@@ -128,7 +130,11 @@ struct Bench: AsyncParsableCommand {
         FileHandle.standardError.write(Data("\r".utf8))
         let cpuAfter = Self.cpuSeconds(pids: pidList)
         let cpu = zip(cpuBefore.withLockedValue { $0 }, cpuAfter).map { ($0.0, max(0, $1.1 - $0.1)) }  // a process that died reads as 0
-        print(stats.report(system: system, op: op, concurrency: concurrency, seconds: duration, cpu: cpu, rss: Self.residentBytes(pids: pidList), json: json))
+        let own = Self.ownCPUSeconds() - ownBefore.withLockedValue { $0 }
+        print(
+            stats.report(
+                system: system, op: op, concurrency: concurrency, seconds: duration, cpu: cpu, rss: Self.residentBytes(pids: pidList),
+                loadGeneratorCPU: own, json: json))
     }
 
     static func acquireBody(etcd: Bool, hostname: String) -> Data {
@@ -208,6 +214,9 @@ struct Bench: AsyncParsableCommand {
         }
     }
 
+    /// This process's user + system CPU seconds: the load generator's share of the machine.
+    static func ownCPUSeconds() -> Double { cpuSeconds(pids: [("self", getpid())]).first?.1 ?? 0 }
+
     /// User + system CPU seconds of each process, from /proc.
     static func cpuSeconds(pids: [(String, Int32)]) -> [(String, Double)] {
         let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
@@ -269,7 +278,10 @@ final class BenchStats: Sendable {
         return (all, byKind.keys.sorted().map { ($0, Summary(byKind[$0]!.sorted())) }, errors)
     }
 
-    func report(system: String, op: String, concurrency: Int, seconds: Double, cpu: [(String, Double)], rss: [(String, Int)], json: Bool) -> String {
+    func report(
+        system: String, op: String, concurrency: Int, seconds: Double, cpu: [(String, Double)], rss: [(String, Int)], loadGeneratorCPU: Double,
+        json: Bool
+    ) -> String {
         let (all, byKind, errors) = summaries()
         let rate = Double(all.count) / seconds
         let cpuTotal = cpu.reduce(0) { $0 + $1.1 }
@@ -284,6 +296,7 @@ final class BenchStats: Sendable {
             }
             o["cpuSeconds"] = Dictionary(uniqueKeysWithValues: cpu.map { ($0.0, $0.1) })
             o["cpuMicrosPerOp"] = cpuPerOp
+            o["loadGeneratorCpuSeconds"] = loadGeneratorCPU
             o["rssBytes"] = Dictionary(uniqueKeysWithValues: rss.map { ($0.0, $0.1) })
             let data = (try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])) ?? Data()
             return String(decoding: data, as: UTF8.self)
@@ -300,6 +313,8 @@ final class BenchStats: Sendable {
         if !cpu.isEmpty {
             lines.append("replica CPU s: " + cpu.map { "\($0.0) \(f($0.1))" }.joined(separator: ", ") + "  (\(Int(cpuPerOp)) us per op in total)")
         }
+        lines.append(
+            "load generator CPU s: \(f(loadGeneratorCPU))  (\(all.count == 0 ? 0 : Int(loadGeneratorCPU * 1e6 / Double(all.count))) us per op; on the same cores)")
         if !rss.isEmpty {
             lines.append("replica RSS MiB: " + rss.map { "\($0.0) \(f(Double($0.1) / 1_048_576))" }.joined(separator: ", "))
         }
@@ -333,25 +348,94 @@ enum HTTP1 {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(3))
-            .connect(host: host, port: port) { channel in
+            .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // No byte for this long while open: the connection is closed, and a
                     // request waiting on it fails instead of hanging.
                     if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: nil)) }
                     try channel.pipeline.syncOperations.addHandlers([IdleStateHandler(readTimeout: readTimeout), CloseWhenIdle()])
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
+                    try channel.pipeline.syncOperations.addHandler(ExchangeHandler())
                 }
             }
-        return try await channel.executeThenClose { inbound, outbound in
-            var session = Session(iterator: inbound.makeAsyncIterator(), outbound: outbound, host: "\(host):\(port)", token: token)
-            return try await body(&session)
+            .connect(host: host, port: port).get()
+        var session = Session(channel: channel, host: "\(host):\(port)", token: token)
+        do {
+            let result = try await body(&session)
+            try? await channel.close()
+            return result
+        } catch {
+            try? await channel.close()
+            throw error
+        }
+    }
+
+    /// One request on a connection, and where its answer goes.
+    struct Exchange: Sendable {
+        var head: HTTPRequestHead
+        var body: ByteBuffer?
+        var answer: EventLoopPromise<Response>
+    }
+
+    /// Sends each request whole (head, body and end in one flush) and completes its promise
+    /// with the whole answer, on the event loop: one hand-off each way per request, where an
+    /// async channel makes one per part (the load generator shares the replicas' two cores,
+    /// so what it spends they do not get).
+    final class ExchangeHandler: ChannelDuplexHandler {
+        typealias InboundIn = HTTPClientResponsePart
+        typealias OutboundIn = Exchange
+        typealias OutboundOut = HTTPClientRequestPart
+
+        private var waiting: EventLoopPromise<Response>?
+        private var status = 0
+        private var body: [UInt8] = []
+
+        func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+            let exchange = unwrapOutboundIn(data)
+            guard waiting == nil else {
+                exchange.answer.fail(ChannelError.inappropriateOperationForState)
+                promise?.fail(ChannelError.inappropriateOperationForState)
+                return
+            }
+            waiting = exchange.answer
+            context.write(wrapOutboundOut(.head(exchange.head)), promise: nil)
+            if let b = exchange.body { context.write(wrapOutboundOut(.body(.byteBuffer(b))), promise: nil) }
+            context.write(wrapOutboundOut(.end(nil)), promise: promise)
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            switch unwrapInboundIn(data) {
+            case .head(let h):
+                status = Int(h.status.code)
+                body.removeAll(keepingCapacity: true)
+            case .body(let b): body += b.readableBytesView
+            case .end:
+                let answer = Response(status: status, body: body)
+                let promise = waiting
+                waiting = nil
+                promise?.succeed(answer)
+            }
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            fail(error)
+            context.close(promise: nil)
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            fail(ChannelError.eof)
+            context.fireChannelInactive()
+        }
+
+        private func fail(_ error: any Error) {
+            let promise = waiting
+            waiting = nil
+            promise?.fail(error)
         }
     }
 
     struct Session {
-        var iterator: NIOAsyncChannelInboundStream<HTTPClientResponsePart>.AsyncIterator
-        let outbound: NIOAsyncChannelOutboundWriter<HTTPClientRequestPart>
+        let channel: any Channel
         let host: String
         let token: String?
 
@@ -361,19 +445,24 @@ enum HTTP1 {
             if let token { headers.add(name: "Authorization", value: "Bearer \(token)") }
             headers.add(name: "Content-Length", value: String(body?.count ?? 0))
             if body != nil { headers.add(name: "Content-Type", value: "application/json") }
-            try await outbound.write(.head(HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers)))
-            if let body { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
-            try await outbound.write(.end(nil))
-            var status = 0
-            var bytes: [UInt8] = []
-            while let part = try await iterator.next() {
-                switch part {
-                case .head(let h): status = Int(h.status.code)
-                case .body(let b): bytes += Array(b.readableBytesView)
-                case .end: return Response(status: status, body: bytes)
-                }
-            }
-            throw ChannelError.eof
+            let answer = channel.eventLoop.makePromise(of: Response.self)
+            let exchange = Exchange(
+                head: HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers), body: body.map { ByteBuffer(bytes: $0) },
+                answer: answer)
+            channel.writeAndFlush(exchange).whenFailure { answer.fail($0) }
+            return try await answer.futureResult.get()
+        }
+
+        /// Waits until `instant` on the connection's event loop: a timer of the loop, where
+        /// `Task.sleep` goes through the dispatch library's timer thread and a worker thread
+        /// before the task runs again (a fifth of the fleet generator's CPU went to those
+        /// thread switches).
+        func wait(until instant: ContinuousClock.Instant) async {
+            let delay = instant - ContinuousClock.now
+            guard delay > .zero else { return }
+            let (s, a) = delay.components
+            let nanos = Int64(s) * 1_000_000_000 + a / 1_000_000_000
+            try? await channel.eventLoop.scheduleTask(in: .nanoseconds(nanos)) {}.futureResult.get()
         }
     }
 }

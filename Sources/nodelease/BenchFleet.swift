@@ -51,10 +51,12 @@ extension Bench {
         }
         // Replica CPU from the start of the measured window.
         let cpuBefore = NIOLockedValueBox<[(String, Double)]>([])
+        let ownBefore = NIOLockedValueBox(0.0)
         let sampler = Task {
             while window.withLockedValue({ $0 }) == nil { try? await Task.sleep(for: .milliseconds(20)) }
             if let w = window.withLockedValue({ $0 }) { try? await Task.sleep(until: w.start, clock: .continuous) }
             cpuBefore.withLockedValue { $0 = Self.cpuSeconds(pids: pidList) }
+            ownBefore.withLockedValue { $0 = Self.ownCPUSeconds() }
         }
         await withTaskGroup(of: Void.self) { group in
             for w in 0..<connections {
@@ -84,7 +86,7 @@ extension Bench {
                                     let measuring = window.withLockedValue { $0 }
                                     if let top = due.min, top.at <= now || next == mine.count {
                                         if let measuring, top.at >= measuring.end { return }
-                                        if now < top.at { try? await Task.sleep(until: top.at, clock: .continuous) }
+                                        if now < top.at { await c.wait(until: top.at) }
                                         due.removeMin()
                                         due.insert(FleetDue(at: top.at + .nanoseconds(Int64(period * 1e9)), k: top.k))
                                         let sent = clock.now
@@ -163,6 +165,7 @@ extension Bench {
         FileHandle.standardError.write(Data("\r".utf8))
         let cpuAfter = Self.cpuSeconds(pids: pidList)
         let cpu = zip(cpuBefore.withLockedValue { $0 }, cpuAfter).map { ($0.0, max(0, $1.1 - $0.1)) }
+        let own = Self.ownCPUSeconds() - ownBefore.withLockedValue { $0 }
         let renewals = fromSchedule.summaries()
         let times = service.summaries()
         let lost = expired.withLockedValue { $0.count }
@@ -176,6 +179,7 @@ extension Bench {
                 "fromSchedule": renewals.all.json, "serviceTime": times.all.json,
             ]
             o["cpuMicrosPerRenewal"] = renewals.all.count == 0 ? 0 : cpuTotal * 1e6 / Double(renewals.all.count)
+            o["loadGeneratorCpuSeconds"] = own
             o["rssBytes"] = Dictionary(uniqueKeysWithValues: Self.residentBytes(pids: pidList).map { ($0.0, $0.1) })
             let data = (try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])) ?? Data()
             print(String(decoding: data, as: UTF8.self))
@@ -190,6 +194,8 @@ extension Bench {
                     "replica CPU s: " + cpu.map { "\($0.0) \(String(format: "%.2f", $0.1))" }.joined(separator: ", ")
                         + "  (\(renewals.all.count == 0 ? 0 : Int(cpuTotal * 1e6 / Double(renewals.all.count))) us per renewal in total)")
             }
+            print(
+                "load generator CPU s: \(String(format: "%.2f", own))  (\(renewals.all.count == 0 ? 0 : Int(own * 1e6 / Double(renewals.all.count))) us per renewal; on the same cores)")
             let rss = Self.residentBytes(pids: pidList)
             if !rss.isEmpty { print("replica RSS MiB: " + rss.map { "\($0.0) \(String(format: "%.1f", Double($0.1) / 1_048_576))" }.joined(separator: ", ")) }
             print(holds ? "the fleet holds: p99 under 50 ms, no lease expired" : "the fleet does NOT hold (p99 must stay under 50 ms, with no lease expired and no error)")

@@ -25,7 +25,13 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// request behind one the server closes after (`Connection: close`) would otherwise keep
     /// it open for ever, unanswered.
     let responseTimeout: TimeAmount
+    /// When the connection is closed, as last set (moved at every head, end and answer).
+    private var deadline: NIODeadline?
+    /// The one timer, due at `timerAt`, never later than `deadline`. A deadline moved later
+    /// keeps it, and it sets itself again for the rest when it fires: three moves a request
+    /// no longer cost three timers (`perf` gave them 6 % of the leader in a fleet run).
     private var timer: Scheduled<Void>?
+    private var timerAt: NIODeadline?
     /// A request's head arrived and its end has not.
     private var receiving = false
     /// Requests whose response has not ended yet (more than one when a client pipelines).
@@ -112,14 +118,35 @@ final class RequestDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandle
     private func cancel() {
         timer?.cancel()
         timer = nil
+        timerAt = nil
+        deadline = nil
     }
 
     private func arm(_ context: ChannelHandlerContext, _ timeout: TimeAmount) {
+        guard context.channel.isActive else {
+            cancel()
+            return
+        }
+        let at = NIODeadline.now() + timeout
+        deadline = at
+        // A timer due no later stays: when it fires, it finds the deadline moved.
+        if let timerAt, timerAt <= at { return }
         timer?.cancel()
-        timer = nil
-        let channel = context.channel
-        guard channel.isActive else { return }
-        timer = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+        schedule(context, at)
+    }
+
+    private func schedule(_ context: ChannelHandlerContext, _ at: NIODeadline) {
+        timerAt = at
+        timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: at) { [self] in
+            timer = nil
+            timerAt = nil
+            guard let deadline else { return }
+            if NIODeadline.now() >= deadline {
+                context.channel.close(promise: nil)
+            } else {
+                schedule(context, deadline)
+            }
+        }
     }
 }
 

@@ -18,9 +18,11 @@ import NIOHTTPTypes
 /// go on while few parts wait (so a client that goes away during a long poll is still seen)
 /// and are held beyond that, and while the connection's output is full (a client that does
 /// not read its answers is not sent more). What Hummingbird would have seen in order behind an
-/// exchange answered here (a parse error, the client's end of input, a replica's stop) waits
-/// until that exchange is over. `Connection: close` ends the connection after its answer,
-/// whichever path gave it, as Hummingbird does.
+/// exchange answered here or behind waiting requests (a parse error, the client's end of
+/// input) waits until they are over; one that cuts a request here short ends it. When the
+/// replica stops, the exchange in progress is finished and nothing more is started, as
+/// Hummingbird's state handler does. `Connection: close` ends the connection after its
+/// answer, whichever path gave it, as Hummingbird does.
 final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -29,10 +31,11 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     /// Parts waiting beyond which reads are held.
     static let readAheadParts = 64
-    /// Parts that may wait at most: what one read of minimal pipelined requests can deliver
-    /// (4 reads of 64 KiB, 18 bytes a request of two parts) is below it; beyond it, the
-    /// connection is closed.
-    static let maxQueuedParts = 32_768
+    /// What may wait at most (NIO reads on to the end of input after a client closes its
+    /// side, held reads or not, and a body's pieces wait as one part): beyond either, nothing
+    /// more is taken, and the connection is closed once the exchange in progress is answered.
+    static let maxQueuedParts = 16_384
+    static let maxQueuedBytes = 4 << 20
 
     private struct Exchange {
         /// Answered here, or passed on to Hummingbird.
@@ -59,10 +62,16 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private var current: Exchange?
     private var queued = CircularBuffer<HTTPRequestPart>()
     private var held: [Held] = []
+    private var queuedBytes = 0
     private var readHeld = false
     /// False once the connection ended (closed, or `Connection: close` answered): nothing
     /// more is read or answered.
     private var open = true
+    /// The replica is stopping, or too much waits: the exchange in progress is finished,
+    /// nothing more is started.
+    private var winding = false
+    /// Too much waited: the connection is closed once the exchange in progress is answered.
+    private var closeWhenDone = false
 
     init(api: HTTPAPI) { self.api = api }
 
@@ -88,12 +97,22 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
         let part = unwrapInboundIn(data)
         if current?.requestEnded == true || !queued.isEmpty {
             // The next request, behind the exchange in progress.
-            guard queued.count < Self.maxQueuedParts else {
-                open = false
-                context.close(promise: nil)
-                return
+            guard !winding else { return }
+            if case .body(var bytes) = part, let last = queued.last, case .body(var joined) = last {
+                queuedBytes += bytes.readableBytes
+                joined.writeBuffer(&bytes)
+                queued[queued.index(before: queued.endIndex)] = .body(joined)
+            } else {
+                if case .body(let bytes) = part { queuedBytes += bytes.readableBytes }
+                queued.append(part)
             }
-            queued.append(part)
+            if queued.count > Self.maxQueuedParts || queuedBytes > Self.maxQueuedBytes {
+                // Those waiting are dropped unanswered, none of them started.
+                queued.removeAll()
+                queuedBytes = 0
+                winding = true
+                closeWhenDone = true
+            }
             return
         }
         take(part, context)
@@ -102,6 +121,8 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private func take(_ part: HTTPRequestPart, _ context: ChannelHandlerContext) {
         switch part {
         case .head(let head):
+            // Stopping: no request is started (the connection is about to close).
+            guard !winding else { return }
             if Self.isFast(head) {
                 current = Exchange(fast: true, head: head, body: context.channel.allocator.buffer(capacity: 0))
                 // Declared too large: answered at once, as Hummingbird's path does (the body
@@ -207,18 +228,28 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
         open = false
         current = nil
         queued.removeAll()
+        queuedBytes = 0
     }
 
     private func finishIfDone(_ context: ChannelHandlerContext) {
         guard let exchange = current, exchange.requestEnded, exchange.responseEnded else { return }
         current = nil
-        if held.contains(where: { if case .quiesce = $0 { true } else { false } }) {
+        if closeWhenDone {
+            // Hummingbird's answer may still be unflushed (its flush follows its last write).
+            end(context)
+            context.flush()
+            context.close(promise: nil)
+            return
+        }
+        if winding {
             // The replica is stopping: as Hummingbird's state handler does for a request in
             // progress, the connection ends after this answer (the pipelined ones are dropped).
             queued.removeAll()
+            queuedBytes = 0
         }
         var drained = false
         while current?.requestEnded != true, open, let next = queued.popFirst() {
+            if case .body(let bytes) = next { queuedBytes -= bytes.readableBytes }
             take(next, context)
             drained = true
         }
@@ -267,26 +298,48 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
     // MARK: Events behind an exchange
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if mustHold {
-            if event is ChannelShouldQuiesceEvent {
+        if event is ChannelShouldQuiesceEvent {
+            // Nothing more is started. An exchange answered here is finished first (the state
+            // handler would close the connection at once, thinking it idle); with one of
+            // Hummingbird's in progress, its state handler closes after that answer.
+            winding = true
+            if current?.fast == true {
                 held.append(.quiesce)
                 return
             }
-            if let e = event as? ChannelEvent, e == .inputClosed {
-                held.append(.inputClosed)
-                return
-            }
+            queued.removeAll()
+            queuedBytes = 0
+        } else if let e = event as? ChannelEvent, e == .inputClosed {
+            holdOrPass(.inputClosed, context) { context.fireUserInboundEventTriggered(event) }
+            return
         }
         context.fireUserInboundEventTriggered(event)
     }
 
     /// A parse error of a pipelined request must not be answered before the requests ahead.
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if mustHold {
-            held.append(.error(error))
-        } else {
-            context.fireErrorCaught(error)
+        holdOrPass(.error(error), context) { context.fireErrorCaught(error) }
+    }
+
+    /// Passes `event` (a parse error, the end of input) on now, or holds it behind what must
+    /// come first.
+    private func holdOrPass(_ event: Held, _ context: ChannelHandlerContext, pass: () -> Void) {
+        if let exchange = current, exchange.fast, !exchange.requestEnded {
+            // It cuts short the request of an exchange answered here: that request will not end.
+            if exchange.dispatched {
+                // Answered early (a 413): its request counts as ended, the event waits for
+                // the answer.
+                current!.requestEnded = true
+                held.append(event)
+                finishIfDone(context)
+            } else {
+                // Not handed on: dropped, and the event goes on as if it had never come.
+                current = nil
+                pass()
+            }
+            return
         }
+        if mustHold { held.append(event) } else { pass() }
     }
 
     func channelInactive(context: ChannelHandlerContext) {

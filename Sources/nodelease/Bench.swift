@@ -314,7 +314,7 @@ final class BenchStats: Sendable {
             lines.append("replica CPU s: " + cpu.map { "\($0.0) \(f($0.1))" }.joined(separator: ", ") + "  (\(Int(cpuPerOp)) us per op in total)")
         }
         lines.append(
-            "load generator CPU s: \(f(loadGeneratorCPU))  (\(all.count == 0 ? 0 : Int(loadGeneratorCPU * 1e6 / Double(all.count))) us per op; on the same cores)")
+            "load generator CPU s: \(f(loadGeneratorCPU))  (\(all.count == 0 ? 0 : Int(loadGeneratorCPU * 1e6 / Double(all.count))) us per op, this process)")
         if !rss.isEmpty {
             lines.append("replica RSS MiB: " + rss.map { "\($0.0) \(f(Double($0.1) / 1_048_576))" }.joined(separator: ", "))
         }

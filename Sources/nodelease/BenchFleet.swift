@@ -195,7 +195,7 @@ extension Bench {
                         + "  (\(renewals.all.count == 0 ? 0 : Int(cpuTotal * 1e6 / Double(renewals.all.count))) us per renewal in total)")
             }
             print(
-                "load generator CPU s: \(String(format: "%.2f", own))  (\(renewals.all.count == 0 ? 0 : Int(own * 1e6 / Double(renewals.all.count))) us per renewal; on the same cores)")
+                "load generator CPU s: \(String(format: "%.2f", own))  (\(renewals.all.count == 0 ? 0 : Int(own * 1e6 / Double(renewals.all.count))) us per renewal, this process)")
             let rss = Self.residentBytes(pids: pidList)
             if !rss.isEmpty { print("replica RSS MiB: " + rss.map { "\($0.0) \(String(format: "%.1f", Double($0.1) / 1_048_576))" }.joined(separator: ", ")) }
             print(holds ? "the fleet holds: p99 under 50 ms, no lease expired" : "the fleet does NOT hold (p99 must stay under 50 ms, with no lease expired and no error)")

@@ -476,6 +476,7 @@ actor RaftDriver {
                 if let leader { logger.info("leader is replica \(leader)") } else { logger.warning("no leader known") }
             case .roleChanged(let role, let term):
                 raftState.set(term: term, role: role)
+                storage.setLeader(role == .leader)
                 logger.info("now \(role.rawValue) in term \(term)")
             case .proposedExpiry(let n):
                 logger.info("proposing \(n) lease expirations and retirements")

@@ -43,15 +43,22 @@ public final class DurableLog: RaftLogStorage {
         /// fsync every batch. Turning this off makes acknowledged writes losable: benchmarks
         /// only, and it is logged loudly.
         public var fsync: Bool
-        /// Recent entries kept in memory; older ones are read from their segment.
+        /// Recent entries kept in memory while leader (what lagging followers are sent);
+        /// older ones are read from their segment.
         public var cacheBytes: Int
+        /// The same while not leader: a follower reads its entries back only to apply them,
+        /// moments after they came (`setLeader`).
+        public var followerCacheBytes: Int
         /// How many snapshot files to keep.
         public var keepSnapshots: Int
 
-        public init(segmentBytes: Int = 64 << 20, fsync: Bool = true, cacheBytes: Int = 4 << 20, keepSnapshots: Int = 2) {
+        public init(
+            segmentBytes: Int = 64 << 20, fsync: Bool = true, cacheBytes: Int = 4 << 20, followerCacheBytes: Int = 1 << 20, keepSnapshots: Int = 2
+        ) {
             self.segmentBytes = segmentBytes
             self.fsync = fsync
             self.cacheBytes = cacheBytes
+            self.followerCacheBytes = min(followerCacheBytes, cacheBytes)
             self.keepSnapshots = keepSnapshots
         }
     }
@@ -117,7 +124,8 @@ public final class DurableLog: RaftLogStorage {
         self.options = options
         self.log = log
         self.membership = membership
-        self.cache = EntryCache(limit: options.cacheBytes)
+        // Every replica starts as a follower.
+        self.cache = EntryCache(limit: options.followerCacheBytes)
         self.currentSnapshot = Snapshot(metadata: SnapshotMetadata(index: 0, term: 0, membership: membership), data: [])
         try fs.createDirectory(directory)
         lockHandle = try fs.lock(join(directory, "LOCK"))
@@ -135,6 +143,15 @@ public final class DurableLog: RaftLogStorage {
     deinit { close() }
 
     /// Closes files and releases the directory lock.
+    /// The entry cache's limit for the role: `cacheBytes` as leader, `followerCacheBytes`
+    /// otherwise (3 MiB less held by each follower with the defaults).
+    public func setLeader(_ isLeader: Bool) {
+        cache.setLimit(isLeader ? options.cacheBytes : options.followerCacheBytes)
+    }
+
+    /// The entry cache now: its limit and what it holds (bytes as counted against the limit).
+    public var cacheUse: (limit: Int, bytes: Int) { (cache.limit, cache.bytes) }
+
     public func close() {
         for s in segments { s.file.close() }
         segments = []

@@ -8,9 +8,23 @@ struct EntryCache {
     /// The index of the oldest cached entry.
     private(set) var start: LogIndex = 1
     private(set) var bytes = 0
-    let limit: Int
+    private(set) var limit: Int
 
     init(limit: Int) { self.limit = limit }
+
+    /// A new limit; a lower one drops the oldest entries at once.
+    mutating func setLimit(_ newLimit: Int) {
+        let lower = newLimit < limit
+        limit = newLimit
+        trim()
+        if lower {
+            // The slots' capacity goes too (a 4 MiB cache of renewals has 28,000 of them).
+            items = Array(items[head...])
+            head = 0
+        } else {
+            compactIfNeeded()
+        }
+    }
 
     /// What an entry takes in memory here: its bytes, the array's 32-byte header and malloc's
     /// rounding and bookkeeping (about 24), and its 32-byte slot in `items`. (`Entry.byteSize`,
@@ -47,12 +61,17 @@ struct EntryCache {
         }
         items.append(e)
         bytes += Self.cost(e)
+        trim()
+        compactIfNeeded()
+    }
+
+    /// Drops the oldest entries while over the limit (the newest always stays).
+    private mutating func trim() {
         while bytes > limit && count > 1 {
             bytes -= Self.cost(items[head])
             head += 1
             start = start + 1
         }
-        compactIfNeeded()
     }
 
     /// Forgets entries up to and including `index`.

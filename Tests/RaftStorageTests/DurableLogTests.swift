@@ -285,3 +285,27 @@ struct CrashRecoveryTests {
         }
     }
 }
+
+/// The entry cache holds less while not leader.
+@Suite struct EntryCacheRoleTests {
+    @Test func aFollowerKeepsTheSmallerCacheAndALeaderTheLarger() throws {
+        let fs = MemoryFileSystem()
+        let options = DurableLog.Options(segmentBytes: 1 << 20, cacheBytes: 4096, followerCacheBytes: 1024)
+        let log = try DurableLog(directory: "/data", fileSystem: fs, membership: Membership(voters: [1]), options: options)
+        var records: [Entry] = []
+        for i in 1...100 { records.append(Entry(term: 1, index: LogIndex(UInt64(i)), data: [UInt8](repeating: 7, count: 40))) }
+        // A new replica is a follower.
+        try log.save(hardState: HardState(term: 1), entries: Array(records[0..<50]), snapshot: nil, sync: true)
+        #expect(log.cacheUse.limit == 1024)
+        #expect(log.cacheUse.bytes <= 1024 && log.cacheUse.bytes > 512)
+        log.setLeader(true)
+        try log.save(hardState: nil, entries: Array(records[50..<100]), snapshot: nil, sync: true)
+        #expect(log.cacheUse.limit == 4096)
+        #expect(log.cacheUse.bytes > 2048 && log.cacheUse.bytes <= 4096)
+        log.setLeader(false)
+        #expect(log.cacheUse.bytes <= 1024)
+        // Whatever the cache holds, every entry is still read back (older ones from disk).
+        #expect(try log.entries(1, 101, maxBytes: .max) == records)
+        log.close()
+    }
+}

@@ -98,10 +98,12 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
         if current?.requestEnded == true || !queued.isEmpty {
             // The next request, behind the exchange in progress.
             guard !winding else { return }
-            if case .body(var bytes) = part, let last = queued.last, case .body(var joined) = last {
+            if case .body(var bytes) = part, case .body(var joined)? = queued.last {
+                // Taken out first, so the buffer is not shared and grows in place.
+                queued.removeLast()
                 queuedBytes += bytes.readableBytes
                 joined.writeBuffer(&bytes)
-                queued[queued.index(before: queued.endIndex)] = .body(joined)
+                queued.append(.body(joined))
             } else {
                 if case .body(let bytes) = part { queuedBytes += bytes.readableBytes }
                 queued.append(part)
@@ -255,24 +257,37 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
         }
         // Hummingbird's channel hands what it was given on at the end of a read.
         if drained { context.fireChannelReadComplete() }
-        if !mustHold && !held.isEmpty {
-            let events = held
-            held = []
-            for event in events {
-                switch event {
-                case .error(let error): context.fireErrorCaught(error)
-                case .inputClosed: context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
-                case .quiesce: context.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
-                }
-            }
+        // A request just taken from the queue that a held event had cut short.
+        if let exchange = current, exchange.fast, !exchange.requestEnded,
+            let k = held.firstIndex(where: { if case .quiesce = $0 { false } else { true } })
+        {
+            let event = held.remove(at: k)
+            holdOrPass(event, context) { fire(event, context) }
         }
+        releaseHeld(context)
         releaseRead(context)
+    }
+
+    /// The held events, once nothing they must follow is left.
+    private func releaseHeld(_ context: ChannelHandlerContext) {
+        guard !mustHold && !held.isEmpty else { return }
+        let events = held
+        held = []
+        for event in events { fire(event, context) }
+    }
+
+    private func fire(_ event: Held, _ context: ChannelHandlerContext) {
+        switch event {
+        case .error(let error): context.fireErrorCaught(error)
+        case .inputClosed: context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        case .quiesce: context.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        }
     }
 
     // MARK: Reads and backpressure
 
     private func holdsReads(_ context: ChannelHandlerContext) -> Bool {
-        !open || queued.count > Self.readAheadParts || !context.channel.isWritable
+        !open || queued.count > Self.readAheadParts || queuedBytes > HTTPAPI.maxBody || !context.channel.isWritable
     }
 
     func read(context: ChannelHandlerContext) {
@@ -303,7 +318,9 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
             // handler would close the connection at once, thinking it idle); with one of
             // Hummingbird's in progress, its state handler closes after that answer.
             winding = true
-            if current?.fast == true {
+            // (A fast exchange already answered, its body still coming in, is not waited for:
+            // the state handler closes the connection, as for its own early answers.)
+            if let exchange = current, exchange.fast, !exchange.responseEnded {
                 held.append(.quiesce)
                 return
             }
@@ -332,10 +349,17 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 current!.requestEnded = true
                 held.append(event)
                 finishIfDone(context)
+            } else if winding {
+                // Stopping: the connection ends here, unanswered.
+                current = nil
+                end(context)
+                held.removeAll()
+                context.close(promise: nil)
             } else {
                 // Not handed on: dropped, and the event goes on as if it had never come.
                 current = nil
                 pass()
+                releaseHeld(context)
             }
             return
         }

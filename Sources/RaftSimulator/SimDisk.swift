@@ -18,7 +18,7 @@ final class SimDisk {
             self.fs = fs
             self.durable = try DurableLog(
                 directory: "/data", fileSystem: fs, membership: membership,
-                options: .init(segmentBytes: 4096, cacheBytes: 2048))
+                options: .init(segmentBytes: 4096, cacheBytes: 2048, followerCacheBytes: 512))
         } else {
             fs = nil
             memory = MemoryStorage(membership: membership)
@@ -26,6 +26,9 @@ final class SimDisk {
     }
 
     var isDurable: Bool { fs != nil }
+
+    /// The durable log's entry cache follows the role, as a replica's does.
+    func setLeader(_ isLeader: Bool) { durable?.setLeader(isLeader) }
 
     var storage: any RaftLogStorage { (durable as (any RaftLogStorage)?) ?? memory! }
 
@@ -91,7 +94,7 @@ final class SimDisk {
         guard let fs, durable == nil else { return }
         durable = try DurableLog(
             directory: "/data", fileSystem: fs, membership: membership,
-            options: .init(segmentBytes: 4096, cacheBytes: 2048), log: { [weak self] in self?.notes.append($0) })
+            options: .init(segmentBytes: 4096, cacheBytes: 2048, followerCacheBytes: 512), log: { [weak self] in self?.notes.append($0) })
     }
 
     /// Every retained entry and the term before the first, for the checker after recovery.

@@ -126,6 +126,7 @@ extension Simulation {
         case .leaderChanged(let l):
             trace("replica \(replicas[i].id) learns leader \(l.map(\.description) ?? "none")")
         case .roleChanged(let role, let term):
+            replicas[i].disk.setLeader(role == .leader)
             trace("replica \(replicas[i].id) is \(role.rawValue) in term \(term)")
         case .proposedExpiry(let n):
             trace("replica \(replicas[i].id) proposes \(n) expiry commands")

@@ -46,14 +46,15 @@ public final class DurableLog: RaftLogStorage {
         /// Recent entries kept in memory while leader (what lagging followers are sent);
         /// older ones are read from their segment.
         public var cacheBytes: Int
-        /// The same while not leader: a follower reads its entries back only to apply them,
-        /// moments after they came (`setLeader`).
+        /// The same while not leader (`setLeader`; at most `cacheBytes`): a follower reads its
+        /// entries back only to apply them, moments after they came. Twice the largest append
+        /// message (1 MiB), so a follower catching up applies a whole message from memory.
         public var followerCacheBytes: Int
         /// How many snapshot files to keep.
         public var keepSnapshots: Int
 
         public init(
-            segmentBytes: Int = 64 << 20, fsync: Bool = true, cacheBytes: Int = 4 << 20, followerCacheBytes: Int = 1 << 20, keepSnapshots: Int = 2
+            segmentBytes: Int = 64 << 20, fsync: Bool = true, cacheBytes: Int = 4 << 20, followerCacheBytes: Int = 2 << 20, keepSnapshots: Int = 2
         ) {
             self.segmentBytes = segmentBytes
             self.fsync = fsync
@@ -125,7 +126,7 @@ public final class DurableLog: RaftLogStorage {
         self.log = log
         self.membership = membership
         // Every replica starts as a follower.
-        self.cache = EntryCache(limit: options.followerCacheBytes)
+        self.cache = EntryCache(limit: min(options.followerCacheBytes, options.cacheBytes))
         self.currentSnapshot = Snapshot(metadata: SnapshotMetadata(index: 0, term: 0, membership: membership), data: [])
         try fs.createDirectory(directory)
         lockHandle = try fs.lock(join(directory, "LOCK"))
@@ -142,16 +143,16 @@ public final class DurableLog: RaftLogStorage {
 
     deinit { close() }
 
-    /// Closes files and releases the directory lock.
     /// The entry cache's limit for the role: `cacheBytes` as leader, `followerCacheBytes`
-    /// otherwise (3 MiB less held by each follower with the defaults).
+    /// (never more) otherwise: 2 MiB less held by each follower with the defaults.
     public func setLeader(_ isLeader: Bool) {
-        cache.setLimit(isLeader ? options.cacheBytes : options.followerCacheBytes)
+        cache.setLimit(isLeader ? options.cacheBytes : min(options.followerCacheBytes, options.cacheBytes))
     }
 
     /// The entry cache now: its limit and what it holds (bytes as counted against the limit).
     public var cacheUse: (limit: Int, bytes: Int) { (cache.limit, cache.bytes) }
 
+    /// Closes files and releases the directory lock.
     public func close() {
         for s in segments { s.file.close() }
         segments = []

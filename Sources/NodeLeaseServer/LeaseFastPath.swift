@@ -110,8 +110,7 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
             }
             if queued.count > Self.maxQueuedParts || queuedBytes > Self.maxQueuedBytes {
                 // Those waiting are dropped unanswered, none of them started.
-                queued.removeAll()
-                queuedBytes = 0
+                dropQueued()
                 winding = true
                 closeWhenDone = true
             }
@@ -204,7 +203,7 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
         if exchange.closes {
             // As Hummingbird does: answered, then no more is read (even the rest of a body
             // answered early), and this side is closed.
-            end(context)
+            end()
             let gone = held.contains { if case .error = $0 { false } else { true } }
             context.close(mode: gone ? .all : .output, promise: nil)
             return
@@ -219,16 +218,21 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
         current!.responseEnded = true
         if exchange.closes {
             // Hummingbird closes its side after this answer and reads no more.
-            end(context)
+            end()
             return
         }
         finishIfDone(context)
     }
 
     /// No more exchanges on this connection.
-    private func end(_ context: ChannelHandlerContext) {
+    private func end() {
         open = false
         current = nil
+        dropQueued()
+    }
+
+    /// Forgets the requests waiting (none of them started).
+    private func dropQueued() {
         queued.removeAll()
         queuedBytes = 0
     }
@@ -238,7 +242,7 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
         current = nil
         if closeWhenDone {
             // Hummingbird's answer may still be unflushed (its flush follows its last write).
-            end(context)
+            end()
             context.flush()
             context.close(promise: nil)
             return
@@ -246,8 +250,7 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
         if winding {
             // The replica is stopping: as Hummingbird's state handler does for a request in
             // progress, the connection ends after this answer (the pipelined ones are dropped).
-            queued.removeAll()
-            queuedBytes = 0
+            dropQueued()
         }
         var drained = false
         while current?.requestEnded != true, open, let next = queued.popFirst() {
@@ -324,8 +327,7 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 held.append(.quiesce)
                 return
             }
-            queued.removeAll()
-            queuedBytes = 0
+            dropQueued()
         } else if let e = event as? ChannelEvent, e == .inputClosed {
             holdOrPass(.inputClosed, context) { context.fireUserInboundEventTriggered(event) }
             return
@@ -352,7 +354,7 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
             } else if winding {
                 // Stopping: the connection ends here, unanswered.
                 current = nil
-                end(context)
+                end()
                 held.removeAll()
                 context.close(promise: nil)
             } else {
@@ -368,7 +370,7 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     func channelInactive(context: ChannelHandlerContext) {
         open = false
-        queued.removeAll()
+        dropQueued()
         held.removeAll()
         context.fireChannelInactive()
     }

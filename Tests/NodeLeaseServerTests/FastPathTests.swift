@@ -21,11 +21,7 @@ import Testing
             "GET /v1/cluster/nodes HTTP/1.1\r\nHost: x\r\n\r\n",
             "DELETE /v1/leases/999 HTTP/1.1\r\nHost: x\r\n\r\n",
         ]
-        let reader = ResponseCounter()
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(reader) } }
-            .connect(host: "127.0.0.1", port: c.configs[1]!.clientListen.port).get()
-        try await channel.writeAndFlush(ByteBuffer(string: requests.joined())).get()
+        let (channel, reader) = try await Self.send(c, requests.joined(), halfClosure: false)
         #expect(await eventually(5) { reader.text.components(separatedBy: "HTTP/1.1 ").count - 1 == requests.count }, "\(reader.text)")
         let answers = reader.text.components(separatedBy: "HTTP/1.1 ").dropFirst().map { String($0.prefix(3)) }
         #expect(answers == ["200", "200", "404", "200", "200", "404"], "\(reader.text)")
@@ -50,13 +46,8 @@ import Testing
             $0.httpHeadTimeoutMillis = 30_000
             $0.leaseFastPath = fastPath
         }
-        let reader = ResponseCounter()
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(reader) } }
-            .connect(host: "127.0.0.1", port: c.configs[1]!.clientListen.port).get()
-        try await channel.writeAndFlush(
-            ByteBuffer(string: "GET /v1/cluster/nodes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /v1/cluster/nodes HTTP/1.1\r\nHost: x\r\n\r\n")
-        ).get()
+        let (channel, reader) = try await Self.send(
+            c, "GET /v1/cluster/nodes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /v1/cluster/nodes HTTP/1.1\r\nHost: x\r\n\r\n", halfClosure: false)
         // Well before the head deadline (30 s), and the pipelined request is not answered.
         #expect(await eventually(3) { !channel.isActive })
         #expect(reader.text.components(separatedBy: "HTTP/1.1 ").count - 1 == 1, "\(reader.text)")
@@ -67,26 +58,18 @@ import Testing
     /// the body is chunked; the connection then serves the next request.
     @Test(arguments: [true, false]) func largeBodiesAre413OnTheLeaseRoutes(fastPath: Bool) async throws {
         let c = try await Self.oneReplica { $0.leaseFastPath = fastPath }
-        let port = c.configs[1]!.clientListen.port
-        let declared = ResponseCounter()
-        let a = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(declared) } }
-            .connect(host: "127.0.0.1", port: port).get()
-        try await a.writeAndFlush(ByteBuffer(string: "POST /v1/leases HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")).get()
+        let (a, declared) = try await Self.send(c, "POST /v1/leases HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n", halfClosure: false)
         #expect(await eventually(3) { declared.text.contains("HTTP/1.1 413") }, "\(declared.text)")
         try await a.writeAndFlush(ByteBuffer(string: String(repeating: "x", count: 100_000) + "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")).get()
         #expect(await eventually(3) { declared.text.contains("HTTP/1.1 200") }, "\(declared.text)")
         try await a.close()
 
-        let chunked = ResponseCounter()
-        let b = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(chunked) } }
-            .connect(host: "127.0.0.1", port: port).get()
         let chunk = String(repeating: "y", count: 40_000)
         let size = String(chunk.utf8.count, radix: 16)
-        try await b.writeAndFlush(
-            ByteBuffer(string: "POST /v1/leases HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\(size)\r\n\(chunk)\r\n\(size)\r\n\(chunk)\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        ).get()
+        let (b, chunked) = try await Self.send(
+            c,
+            "POST /v1/leases HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\(size)\r\n\(chunk)\r\n\(size)\r\n\(chunk)\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            halfClosure: false)
         #expect(await eventually(3) { chunked.text.contains("HTTP/1.1 200") }, "\(chunked.text)")
         #expect(chunked.text.hasPrefix("HTTP/1.1 413"), "\(chunked.text)")
         #expect(chunked.text.contains("request_too_large"))
@@ -97,9 +80,7 @@ import Testing
     /// A client that sends its request and closes its side (`nc -N`) still gets the answer.
     @Test(arguments: [true, false]) func aClientThatHalfClosesIsAnswered(fastPath: Bool) async throws {
         let c = try await Self.oneReplica { $0.leaseFastPath = fastPath }
-        let reader = ResponseCounter()
-        let channel = try await Self.connect(c, reader)
-        try await channel.writeAndFlush(ByteBuffer(string: Self.acquire)).get()
+        let (channel, reader) = try await Self.send(c, Self.acquire)
         try await channel.close(mode: .output)
         #expect(await eventually(5) { reader.text.contains(#""fencingToken""#) }, "\(reader.text)")
         #expect(reader.text.hasPrefix("HTTP/1.1 200"), "\(reader.text)")
@@ -112,17 +93,11 @@ import Testing
     /// by the client's end of input: closed at once, and nothing is carried out.
     @Test func aBrokenBodyEndsTheExchangeAtOnce() async throws {
         let c = try await Self.oneReplica()
-        let reader = ResponseCounter()
-        let channel = try await Self.connect(c, reader)
-        try await channel.writeAndFlush(ByteBuffer(string: "POST /v1/leases HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nZZ\r\n")).get()
+        let (channel, reader) = try await Self.send(c, "POST /v1/leases HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nZZ\r\n")
         #expect(await eventually(3) { reader.text.contains("HTTP/1.1 400") }, "\(reader.text)")
         try? await channel.close()
         // The same pipelined behind an acquire: the acquire's answer, then the 400.
-        let behind = ResponseCounter()
-        let second = try await Self.connect(c, behind)
-        try await second.writeAndFlush(
-            ByteBuffer(string: Self.acquire + "POST /v1/leases HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nZZ\r\n")
-        ).get()
+        let (second, behind) = try await Self.send(c, Self.acquire + "POST /v1/leases HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nZZ\r\n")
         #expect(await eventually(3) { behind.text.contains("HTTP/1.1 400") }, "\(behind.text)")
         #expect(behind.text.hasPrefix("HTTP/1.1 200"), "\(behind.text)")
         try? await second.close()
@@ -139,11 +114,7 @@ import Testing
     /// Garbage pipelined behind an acquire: the acquire's answer comes first, then the 400.
     @Test(arguments: [true, false]) func aParseErrorIsAnsweredAfterTheRequestsAhead(fastPath: Bool) async throws {
         let c = try await Self.oneReplica { $0.leaseFastPath = fastPath }
-        let reader = ResponseCounter()
-        let channel = try await Self.connect(c, reader)
-        try await channel.writeAndFlush(
-            ByteBuffer(string: Self.acquire + "NOT HTTP AT ALL\r\n\r\n")
-        ).get()
+        let (channel, reader) = try await Self.send(c, Self.acquire + "NOT HTTP AT ALL\r\n\r\n")
         #expect(await eventually(5) { reader.text.contains("HTTP/1.1 400") }, "\(reader.text)")
         #expect(reader.text.hasPrefix("HTTP/1.1 200"), "\(reader.text)")
         #expect(reader.text.contains(#""fencingToken""#))
@@ -165,9 +136,18 @@ import Testing
         return c
     }
 
-    static func connect(_ c: LocalCluster, _ reader: ResponseCounter) async throws -> any Channel {
+    /// Connects to replica 1 and sends `text`: the connection and what it receives.
+    static func send(_ c: LocalCluster, _ text: String, halfClosure: Bool = true) async throws -> (any Channel, ResponseCounter) {
+        let reader = ResponseCounter()
+        let channel = try await connect(c, reader, halfClosure: halfClosure)
+        try await channel.writeAndFlush(ByteBuffer(string: text)).get()
+        return (channel, reader)
+    }
+
+    /// `halfClosure`: the connection stays open when the server closes its side.
+    static func connect(_ c: LocalCluster, _ reader: ResponseCounter, halfClosure: Bool = true) async throws -> any Channel {
         try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.allowRemoteHalfClosure, value: halfClosure)
             .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(reader) } }
             .connect(host: "127.0.0.1", port: c.configs[1]!.clientListen.port).get()
     }

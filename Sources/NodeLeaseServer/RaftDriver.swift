@@ -550,7 +550,7 @@ actor RaftDriver {
         guard !snapshotting, !stopped, !core.halted else { return }
         let applied = core.node.appliedIndex
         let every = max(config.snapshotEvery, config.snapshotEntriesPerNode * UInt64(core.registry.count))
-        guard let snapIndex = try? storage.snapshot().metadata.index, applied.rawValue >= snapIndex.rawValue + every else { return }
+        guard let snapIndex = try? storage.snapshotMetadata().index, applied.rawValue >= snapIndex.rawValue + every else { return }
         let writer: SnapshotWriter
         do {
             guard let w = try storage.prepareSnapshot(at: applied, membership: core.node.membership(at: applied)) else { return }

@@ -22,7 +22,7 @@ struct RaftLog {
         self.committed = committed
         // Applied starts at the snapshot (the state machine restores from it) unless the
         // caller says its state machine is ahead. Entries may be retained below the snapshot.
-        let floor = max(first - 1, try storage.snapshot().metadata.index)
+        let floor = max(first - 1, try storage.snapshotMetadata().index)
         self.applied = max(floor, min(applied ?? floor, committed))
         if committed < floor { self.committed = floor }
     }

@@ -54,7 +54,7 @@ extension RaftNode {
 
     /// The configuration entries of the log from `storage`'s snapshot on, read at start.
     static func loadConfigs(storage: any RaftLogStorage, base: Membership) throws -> [ConfigRecord] {
-        let snapshotIndex = try storage.snapshot().metadata.index
+        let snapshotIndex = try storage.snapshotMetadata().index
         var configs = [ConfigRecord(index: snapshotIndex, membership: base)]
         var next = snapshotIndex + 1
         let end = try storage.lastIndex() + 1

@@ -24,8 +24,15 @@ public protocol RaftLogStorage: AnyObject {
     func term(_ index: LogIndex) throws -> Term
     func firstIndex() throws -> LogIndex
     func lastIndex() throws -> LogIndex
-    /// The most recent snapshot.
+    /// The most recent snapshot, with its data (a durable store may read it back from disk:
+    /// call it only to send or restore the snapshot).
     func snapshot() throws -> Snapshot
+    /// The most recent snapshot's metadata, without reading its data.
+    func snapshotMetadata() throws -> SnapshotMetadata
+}
+
+extension RaftLogStorage {
+    public func snapshotMetadata() throws -> SnapshotMetadata { try snapshot().metadata }
 }
 
 /// An in-memory `RaftLogStorage` for tests and the simulator. What is written here counts as

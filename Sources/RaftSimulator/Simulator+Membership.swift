@@ -94,7 +94,7 @@ extension Simulation {
                     holders.append(v)
                     continue
                 }
-                let snapshotIndex = (try? storage.snapshot().metadata.index) ?? 0
+                let snapshotIndex = (try? storage.snapshotMetadata().index) ?? 0
                 if snapshotIndex >= index || (try? storage.term(index)) == term { holders.append(v) }
             }
             if holders.count >= config.quorum { return }

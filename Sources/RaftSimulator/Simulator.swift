@@ -610,7 +610,7 @@ public final class Simulation {
 
     func maybeSnapshot(_ i: Int) {
         let disk = replicas[i].disk
-        let snapIndex = (try? disk.storage.snapshot().metadata.index) ?? 0
+        let snapIndex = (try? disk.storage.snapshotMetadata().index) ?? 0
         let applied = replicas[i].appliedIndex
         guard applied >= snapIndex + knobs.snapshotEvery else { return }
         // Entries the state machine applied were persisted first, so they are in storage.

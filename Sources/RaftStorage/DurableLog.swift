@@ -99,7 +99,9 @@ public final class DurableLog: RaftLogStorage {
     public private(set) var hardState = HardState()
     private var writtenHardState = HardState()
     public private(set) var membership: Membership
-    private var currentSnapshot: Snapshot
+    /// The current snapshot's metadata. Its data stays in its file, read back only to send or
+    /// restore it: holding it would cost every replica the registry's size again.
+    private var snapshotMeta: SnapshotMetadata
     private var cache: EntryCache
     private var failure: String?
     private var scratchPositions: [(Int, Int)] = []
@@ -127,7 +129,7 @@ public final class DurableLog: RaftLogStorage {
         self.membership = membership
         // Every replica starts as a follower.
         self.cache = EntryCache(limit: min(options.followerCacheBytes, options.cacheBytes))
-        self.currentSnapshot = Snapshot(metadata: SnapshotMetadata(index: 0, term: 0, membership: membership), data: [])
+        self.snapshotMeta = SnapshotMetadata(index: 0, term: 0, membership: membership)
         try fs.createDirectory(directory)
         lockHandle = try fs.lock(join(directory, "LOCK"))
         if !options.fsync {
@@ -192,12 +194,32 @@ public final class DurableLog: RaftLogStorage {
         return out
     }
 
-    public func snapshot() throws -> Snapshot { currentSnapshot }
+    /// The current snapshot, its data read back from its file (and checked) at each call.
+    public func snapshot() throws -> Snapshot {
+        let m = snapshotMeta
+        guard m.index > 0 else { return Snapshot(metadata: m, data: []) }
+        let path = join(directory, SnapshotFile.name(m))
+        do {
+            let file = try fs.open(path, create: false)
+            defer { file.close() }
+            let snap = try SnapshotFile.decode(try file.read(at: 0, count: Int(try file.size())), file: path)
+            guard snap.metadata == m else {
+                throw StorageFailure.corrupt(file: path, offset: 0, reason: "the snapshot file's metadata changed since it was written")
+            }
+            return snap
+        } catch let e as StorageFailure {
+            throw fail(e)
+        } catch {
+            throw fail(.failed("cannot read the snapshot \(path): \(error)"))
+        }
+    }
+
+    public func snapshotMetadata() throws -> SnapshotMetadata { snapshotMeta }
 
     /// The current snapshot's file and where its data starts in it, for messages; nil when
     /// there is no snapshot.
     public var snapshotFile: (path: String, dataOffset: Int)? {
-        let m = currentSnapshot.metadata
+        let m = snapshotMeta
         guard m.index > 0 else { return nil }
         return (join(directory, SnapshotFile.name(m)), SnapshotFile.dataOffset(m))
     }
@@ -290,7 +312,7 @@ public final class DurableLog: RaftLogStorage {
     /// one). Entries stay until `compact(through:)`.
     public func createSnapshot(at index: LogIndex, membership: Membership? = nil, data: [UInt8]) throws {
         try checkHealthy()
-        guard index > currentSnapshot.metadata.index else { return }
+        guard index > snapshotMeta.index else { return }
         let t = try term(index)
         let snap = Snapshot(metadata: SnapshotMetadata(index: index, term: t, membership: membership ?? self.membership), data: data)
         do {
@@ -298,7 +320,7 @@ public final class DurableLog: RaftLogStorage {
         } catch let e as StorageFailure {
             throw fail(e)
         }
-        currentSnapshot = snap
+        snapshotMeta = snap.metadata
         self.membership = snap.metadata.membership
         removeOldSnapshots()
     }
@@ -308,7 +330,7 @@ public final class DurableLog: RaftLogStorage {
     /// Write the data with `SnapshotWriter.write` on any thread, then `adoptSnapshot` here.
     public func prepareSnapshot(at index: LogIndex, membership: Membership? = nil) throws -> SnapshotWriter? {
         try checkHealthy()
-        guard index > currentSnapshot.metadata.index else { return nil }
+        guard index > snapshotMeta.index else { return nil }
         let metadata = SnapshotMetadata(index: index, term: try term(index), membership: membership ?? self.membership)
         return SnapshotWriter(fs: fs, directory: directory, metadata: metadata)
     }
@@ -317,8 +339,8 @@ public final class DurableLog: RaftLogStorage {
     /// meanwhile) and removes older snapshot files.
     public func adoptSnapshot(_ snap: Snapshot) throws {
         try checkHealthy()
-        if snap.metadata.index > currentSnapshot.metadata.index {
-            currentSnapshot = snap
+        if snap.metadata.index > snapshotMeta.index {
+            snapshotMeta = snap.metadata
             membership = snap.metadata.membership
         }
         removeOldSnapshots()
@@ -329,8 +351,8 @@ public final class DurableLog: RaftLogStorage {
     public func compact(through index: LogIndex) throws {
         try checkHealthy()
         guard index > offset else { return }
-        guard index <= currentSnapshot.metadata.index else {
-            throw StorageFailure.invalid("cannot compact through \(index): the snapshot is at \(currentSnapshot.metadata.index)")
+        guard index <= snapshotMeta.index else {
+            throw StorageFailure.invalid("cannot compact through \(index): the snapshot is at \(snapshotMeta.index)")
         }
         let t = try term(index)
         do {
@@ -422,9 +444,9 @@ public final class DurableLog: RaftLogStorage {
     }
 
     private func installSnapshot(_ s: Snapshot) throws {
-        guard s.metadata.index > currentSnapshot.metadata.index else { return }
+        guard s.metadata.index > snapshotMeta.index else { return }
         try writeSnapshotFile(s)
-        currentSnapshot = s
+        snapshotMeta = s.metadata
         membership = s.metadata.membership
         locations = []
         offset = s.metadata.index
@@ -485,8 +507,8 @@ public final class DurableLog: RaftLogStorage {
             let file = try fs.open(path, create: false)
             defer { file.close() }
             let bytes = try file.read(at: 0, count: Int(try file.size()))
-            currentSnapshot = try SnapshotFile.decode(bytes, file: path)
-            membership = currentSnapshot.metadata.membership
+            snapshotMeta = try SnapshotFile.decode(bytes, file: path).metadata
+            membership = snapshotMeta.membership
         }
 
         let walNames = names.filter { $0.hasPrefix("wal-") && $0.hasSuffix(".log") }.sorted()
@@ -538,7 +560,7 @@ public final class DurableLog: RaftLogStorage {
         }
         writtenHardState = hardState
 
-        let snap = currentSnapshot.metadata
+        let snap = snapshotMeta
         if snap.index > 0 {
             // The configuration at the snapshot's index; the core reads the configuration
             // entries after it from the log. (State records may name an older one: a snapshot

@@ -119,6 +119,26 @@ struct DurableLogTests {
         #expect(try log.initialState().0.commit == 50)
     }
 
+    /// The data is not held in memory: every `snapshot()` reads the file back and checks it, so
+    /// damage after the write is reported (and stops writes) instead of being sent to a peer.
+    @Test func aSnapshotsDataIsReadBackFromItsFile() throws {
+        let fs = MemoryFileSystem()
+        let log = try open(fs)
+        try log.save(hardState: HardState(term: 1, commit: 10), entries: entries(1...10, term: 1), snapshot: nil, sync: true)
+        try log.createSnapshot(at: 8, data: Array("state@8".utf8))
+        #expect(try log.snapshotMetadata().index == 8)
+        #expect(try log.snapshot().data == Array("state@8".utf8))
+        let name = try #require(try fs.list("/data").first { $0.hasPrefix("snap-") })
+        let size = try #require(fs.contents("/data/" + name)).count
+        fs.corrupt("/data/" + name, at: size - 2)
+        // The metadata needs no read; the data does, and its checksum fails.
+        #expect(try log.snapshotMetadata().index == 8)
+        #expect(throws: StorageFailure.self) { try log.snapshot() }
+        #expect(throws: StorageFailure.self) {
+            try log.save(hardState: nil, entries: [entry(1, 11)], snapshot: nil, sync: true)
+        }
+    }
+
     @Test func aSecondOpenOfTheDirectoryIsRefused() throws {
         let fs = MemoryFileSystem()
         let first = try open(fs)

@@ -6,6 +6,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <unistd.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #if defined(__linux__)
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -63,3 +66,12 @@ int nodelease_pipe_cloexec(int ends[2]) {
     return 0;
 #endif
 }
+
+#if defined(__GLIBC__)
+int nodelease_malloc_large_chunks_from(int bytes) { return mallopt(M_MMAP_THRESHOLD, bytes); }
+#else
+int nodelease_malloc_large_chunks_from(int bytes) {
+    (void)bytes;
+    return 0;
+}
+#endif

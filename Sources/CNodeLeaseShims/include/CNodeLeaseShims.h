@@ -20,4 +20,10 @@ void nodelease_cloexec_from(int lowest);
 /// pipe2(ends, O_CLOEXEC), which Swift's Glibc module does not export either.
 int nodelease_pipe_cloexec(int ends[2]);
 
+/// Allocations of at least `bytes` get pages of their own (glibc's M_MMAP_THRESHOLD), given
+/// back to the kernel when freed. Fixing it also stops glibc raising the threshold after a
+/// large free, which otherwise keeps a freed snapshot buffer's pages in the heap. Returns 1 on
+/// success, 0 where it is not supported.
+int nodelease_malloc_large_chunks_from(int bytes);
+
 #endif

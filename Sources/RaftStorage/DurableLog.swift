@@ -185,11 +185,56 @@ public final class DurableLog: RaftLogStorage {
         var size = 0
         var i = lo
         while i < hi {
-            let e = try entry(i)
-            size += e.byteSize
-            if !out.isEmpty && size > maxBytes { break }
+            // The cache holds the newest entries; older ones come from their segment, a run
+            // of them with one read.
+            let run = try cache.get(i).map { [$0] } ?? readRun(from: i, before: hi, budget: maxBytes - size)
+            for e in run {
+                size += e.byteSize
+                if !out.isEmpty && size > maxBytes { return out }
+                out.append(e)
+            }
+            i = i + run.count
+        }
+        return out
+    }
+
+    /// The most one read of entries from a segment takes.
+    static let maxRunBytes = 1 << 20
+
+    /// Entries from `lo` (not cached) towards `hi` read with one read: those after it in the
+    /// same segment, up to the cache, `budget` bytes of entries (at least one) or
+    /// `maxRunBytes` of file. A catching-up follower was sent its entries one read each.
+    private func readRun(from lo: LogIndex, before hi: LogIndex, budget: Int) throws -> [Entry] {
+        let first = offset.distance(to: lo) - 1
+        let end = offset.distance(to: hi) - 1
+        let start = locations[first]
+        guard let seg = segmentBySequence[start.segment] else {
+            throw StorageFailure.failed("segment \(start.segment) of entry \(lo) is gone")
+        }
+        var last = first
+        var estimate = start.length
+        while last + 1 < end {
+            let next = locations[last + 1]
+            guard next.segment == start.segment, next.offset > locations[last].offset,
+                next.offset + UInt64(next.length) - start.offset <= UInt64(Self.maxRunBytes), estimate + next.length <= budget,
+                cache.get(offset + (last + 2)) == nil
+            else { break }
+            estimate += next.length
+            last += 1
+        }
+        let span = Int(locations[last].offset + UInt64(locations[last].length) - start.offset)
+        let bytes = try seg.file.read(at: start.offset, count: span)
+        var out: [Entry] = []
+        out.reserveCapacity(last - first + 1)
+        for k in first...last {
+            let loc = locations[k]
+            let at = Int(loc.offset - start.offset)
+            let index = offset + (k + 1)
+            var r = ByteReader(bytes, at: at)
+            guard let e = try? r.entry(), r.position == at + loc.length, e.index == index, e.term == loc.term else {
+                throw StorageFailure.corrupt(file: seg.path, offset: loc.offset, reason: "entry \(index) does not decode")
+            }
             out.append(e)
-            i = i + 1
         }
         return out
     }
@@ -230,20 +275,6 @@ public final class DurableLog: RaftLogStorage {
         let i = offset.distance(to: index) - 1
         guard i < locations.count, let seg = segmentBySequence[locations[i].segment] else { return nil }
         return "\(seg.path) at offset \(locations[i].offset)"
-    }
-
-    private func entry(_ index: LogIndex) throws -> Entry {
-        if let e = cache.get(index) { return e }
-        let loc = locations[offset.distance(to: index) - 1]
-        guard let seg = segmentBySequence[loc.segment] else {
-            throw StorageFailure.failed("segment \(loc.segment) of entry \(index) is gone")
-        }
-        let bytes = try seg.file.read(at: loc.offset, count: loc.length)
-        var r = ByteReader(bytes)
-        guard let e = try? r.entry(), e.index == index, e.term == loc.term else {
-            throw StorageFailure.corrupt(file: seg.path, offset: loc.offset, reason: "entry \(index) does not decode")
-        }
-        return e
     }
 
     /// Every retained entry, for tests and tools.

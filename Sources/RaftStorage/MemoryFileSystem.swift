@@ -23,6 +23,7 @@ public final class MemoryFileSystem: StorageFileSystem {
     /// Counts of operations, for benchmarks and tests.
     public private(set) var syncs = 0
     public private(set) var bytesWritten = 0
+    public private(set) var reads = 0
 
     public init() {}
 
@@ -74,6 +75,7 @@ public final class MemoryFileSystem: StorageFileSystem {
     }
 
     fileprivate func wrote(_ count: Int) { bytesWritten += count }
+    fileprivate func read() { reads += 1 }
 
     /// A power cut: every file falls back to its synced content, except that, with `tear`,
     /// an unsynced file may keep a prefix of its new bytes, or a later page without the
@@ -149,6 +151,7 @@ final class MemoryFile: StorageFile {
     func size() throws -> UInt64 { UInt64(node.current.count) }
 
     func read(at offset: UInt64, count: Int) throws -> [UInt8] {
+        fs.read()
         let start = min(Int(offset), node.current.count)
         let end = min(start + count, node.current.count)
         return Array(node.current[start..<end])

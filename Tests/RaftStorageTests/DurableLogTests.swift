@@ -119,6 +119,44 @@ struct DurableLogTests {
         #expect(try log.initialState().0.commit == 50)
     }
 
+    /// Entries older than the cache come from their segment a run at a time (one read for
+    /// many entries), stop at a segment's end, at the cache and at `maxBytes`, and read the
+    /// newest copy of a rewritten suffix.
+    @Test func entriesOutsideTheCacheAreReadInRuns() throws {
+        let fs = MemoryFileSystem()
+        // About 40 entries a segment; a cache of a few entries.
+        let log = try open(fs, DurableLog.Options(segmentBytes: 2048, cacheBytes: 600, followerCacheBytes: 600))
+        for i in 1...200 {
+            try log.save(hardState: HardState(term: 1, commit: LogIndex(UInt64(i))), entries: [entry(1, LogIndex(UInt64(i)))], snapshot: nil, sync: true)
+        }
+        try log.save(hardState: HardState(term: 2), entries: [entry(2, 150, "new150"), entry(2, 151, "new151")], snapshot: nil, sync: true)
+        let expected = entries(1...149, term: 1) + [entry(2, 150, "new150"), entry(2, 151, "new151")]
+        let segments = try fs.list("/data").filter { $0.hasPrefix("wal-") }.count
+        #expect(segments >= 5)
+        let before = fs.reads
+        #expect(try log.entries(1, 152, maxBytes: .max) == expected)
+        // One read a segment, not one an entry.
+        #expect(fs.reads - before <= segments)
+        // A byte budget: the entries that fit (at least one), whatever the runs.
+        func fitting(_ budget: Int) -> [Entry] {
+            var fit: [Entry] = []
+            var total = 0
+            for e in expected[2...] {
+                total += e.byteSize
+                if !fit.isEmpty && total > budget { break }
+                fit.append(e)
+            }
+            return fit
+        }
+        for budget in [100, 260, 1000, 3000] {
+            #expect(try log.entries(3, 152, maxBytes: budget) == fitting(budget))
+        }
+        #expect(try log.entries(3, 152, maxBytes: 0) == [expected[2]])
+        for lo in stride(from: 1, to: 152, by: 7) {
+            #expect(try log.entries(LogIndex(UInt64(lo)), 152, maxBytes: .max) == Array(expected[(lo - 1)...]))
+        }
+    }
+
     /// The data is not held in memory: every `snapshot()` reads the file back and checks it, so
     /// damage after the write is reported (and stops writes) instead of being sent to a peer.
     @Test func aSnapshotsDataIsReadBackFromItsFile() throws {

@@ -244,7 +244,13 @@ final class BenchStats: Sendable {
         state.withLockedValue { $0.latencies[kind, default: []].append(micros) }
     }
 
-    func error(_ kind: String) { state.withLockedValue { $0.errors[kind, default: 0] += 1 } }
+    /// A batch of latencies, in microseconds.
+    func record(micros: [UInt64], kind: String) {
+        guard !micros.isEmpty else { return }
+        state.withLockedValue { $0.latencies[kind, default: []].append(contentsOf: micros) }
+    }
+
+    func error(_ kind: String, count: Int = 1) { state.withLockedValue { $0.errors[kind, default: 0] += count } }
 
     func counts() -> (Int, Int) {
         state.withLockedValue { ($0.latencies.values.reduce(0) { $0 + $1.count }, $0.errors.values.reduce(0, +)) }
@@ -451,18 +457,6 @@ enum HTTP1 {
                 answer: answer)
             channel.writeAndFlush(exchange).whenFailure { answer.fail($0) }
             return try await answer.futureResult.get()
-        }
-
-        /// Waits until `instant` on the connection's event loop: a timer of the loop, where
-        /// `Task.sleep` goes through the dispatch library's timer thread and a worker thread
-        /// before the task runs again (a fifth of the fleet generator's CPU went to those
-        /// thread switches).
-        func wait(until instant: ContinuousClock.Instant) async {
-            let delay = instant - ContinuousClock.now
-            guard delay > .zero else { return }
-            let (s, a) = delay.components
-            let nanos = Int64(s) * 1_000_000_000 + a / 1_000_000_000
-            try? await channel.eventLoop.scheduleTask(in: .nanoseconds(nanos)) {}.futureResult.get()
         }
     }
 }

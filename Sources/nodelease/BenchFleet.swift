@@ -39,6 +39,7 @@ extension Bench {
         // Set when the last connection has registered its share: (measuring from, until).
         let window = NIOLockedValueBox<(start: ContinuousClock.Instant, end: ContinuousClock.Instant)?>(nil)
         let registering = NIOLockedValueBox(connections)
+        let shared = FleetRenewals.Shared(fromSchedule: fromSchedule, service: service, expired: expired, window: window)
         let t0 = clock.now
         let readTimeout = TimeAmount.milliseconds(Int64((period + 5) * 1000))
         let progress = Task {
@@ -82,11 +83,18 @@ extension Bench {
                         do {
                             try await HTTP1.withConnection(host: write.0, port: write.1, readTimeout: readTimeout) { c in
                                 while true {
+                                    if next == mine.count {
+                                        // Registered: the rest runs on the connection's event loop.
+                                        let end = try await FleetRenewals.run(
+                                            c, ids: ids, fleetNumbers: mine, due: due, period: period, etcd: etcd, shared: shared)
+                                        due = end.due
+                                        if end.failed { throw ChannelError.eof }
+                                        return
+                                    }
                                     let now = clock.now
                                     let measuring = window.withLockedValue { $0 }
-                                    if let top = due.min, top.at <= now || next == mine.count {
+                                    if let top = due.min, top.at <= now {
                                         if let measuring, top.at >= measuring.end { return }
-                                        if now < top.at { await c.wait(until: top.at) }
                                         due.removeMin()
                                         due.insert(FleetDue(at: top.at + .nanoseconds(Int64(period * 1e9)), k: top.k))
                                         let sent = clock.now

@@ -153,6 +153,8 @@ public final class DurableLog: RaftLogStorage {
 
     /// The entry cache now: its limit and what it holds (bytes as counted against the limit).
     public var cacheUse: (limit: Int, bytes: Int) { (cache.limit, cache.bytes) }
+    /// Bytes of entry data the cache keeps alive, those it has dropped included (for tests).
+    public var cacheDataHeld: Int { cache.dataBytesHeld }
 
     /// Closes files and releases the directory lock.
     public func close() {

@@ -67,23 +67,30 @@ struct EntryCache {
 
     /// Drops the oldest entries while over the limit (the newest always stays).
     private mutating func trim() {
-        while bytes > limit && count > 1 {
-            bytes -= Self.cost(items[head])
-            head += 1
-            start = start + 1
-        }
+        while bytes > limit && count > 1 { dropOldest() }
     }
 
     /// Forgets entries up to and including `index`.
     mutating func dropPrefix(through index: LogIndex) {
-        while count > 0 && start <= index {
-            bytes -= Self.cost(items[head])
-            head += 1
-            start = start + 1
-        }
+        while count > 0 && start <= index { dropOldest() }
         if count == 0 { reset(next: index + 1) }
         compactIfNeeded()
     }
+
+    /// The oldest entry leaves the cache, and its data goes at once: the slot itself is
+    /// reclaimed later, a thousand at a time (`compactIfNeeded`), and until then kept a
+    /// dropped entry's data alive, up to as much again as the limit.
+    private mutating func dropOldest() {
+        bytes -= Self.cost(items[head])
+        items[head] = Self.dropped
+        head += 1
+        start = start + 1
+    }
+
+    private static let dropped = Entry(term: 0, index: 0)
+
+    /// Bytes of entry data the cache's slots hold, the dropped ones' included (for tests).
+    var dataBytesHeld: Int { items.reduce(0) { $0 + $1.data.count } }
 
     private mutating func compactIfNeeded() {
         if head > 1024 && head * 2 > items.count {

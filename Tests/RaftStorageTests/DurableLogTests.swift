@@ -366,4 +366,18 @@ struct CrashRecoveryTests {
         #expect(try log.entries(1, 101, maxBytes: .max) == records)
         log.close()
     }
+
+    /// An entry that leaves the cache leaves memory: its slot is reclaimed a thousand at a
+    /// time, but it held on to the entry's data until then (ten times the limit here).
+    @Test func droppedEntriesDoNotStayInMemory() throws {
+        let fs = MemoryFileSystem()
+        let options = DurableLog.Options(segmentBytes: 1 << 20, cacheBytes: 4096, followerCacheBytes: 4096)
+        let log = try DurableLog(directory: "/data", fileSystem: fs, membership: Membership(voters: [1]), options: options)
+        for i in 1...1500 {
+            let e = Entry(term: 1, index: LogIndex(UInt64(i)), data: [UInt8](repeating: 7, count: 40))
+            try log.save(hardState: HardState(term: 1), entries: [e], snapshot: nil, sync: false)
+            #expect(log.cacheDataHeld <= 4096)
+        }
+        log.close()
+    }
 }

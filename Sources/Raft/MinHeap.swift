@@ -17,6 +17,8 @@ public struct MinHeap<Element: Comparable & Sendable>: Sendable {
     }
 
     public var count: Int { items.count }
+    /// Every element, in the heap's array order (not sorted).
+    public var elements: [Element] { items }
     public var isEmpty: Bool { items.isEmpty }
     /// The smallest element.
     public var min: Element? { items.first }

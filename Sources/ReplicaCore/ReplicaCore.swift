@@ -502,8 +502,8 @@ public struct ReplicaCore {
         (timed.key, timed.session) = (key, session)
         if expiry.isReady, !applied.replayed, case .success(let reply) = applied.result {
             switch reply {
-            case .lease(let l): if let r = registry.node(l.nodeID) { expiry.applied(r, now: now) }
-            case .node(let n): expiry.applied(registry.node(n.nodeID) ?? n, now: now)
+            case .lease(let l): if let r = registry.node(l.nodeID) { expiry.applied(r, now: now, registry: registry) }
+            case .node(let n): expiry.applied(registry.node(n.nodeID) ?? n, now: now, registry: registry)
             case .replica, .idempotency, .clusterVersion: break
             }
         }

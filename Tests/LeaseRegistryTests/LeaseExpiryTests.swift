@@ -25,7 +25,7 @@ struct LeaseExpiryTests {
         var e = LeaseExpiry(config: .init(clockRateMargin: 0))
         e.becameLeader()
         e.leaderReady(now: 50 * second, registry: r)
-        #expect(e.deadline(of: nodes[0].leaseID) == 60 * second)
+        #expect(e.deadline(of: nodes[0].leaseID, in: r) == 60 * second)
         #expect(e.due(now: 60 * second - 1, wallSeconds: 0, registry: r, hasQuorum: true).isEmpty)
         let due = e.due(now: 60 * second, wallSeconds: 777, registry: r, hasQuorum: true)
         #expect(due.map(\.command) == nodes.map { .expire(leaseID: $0.leaseID, renewalIndex: $0.renewalIndex) })
@@ -38,7 +38,7 @@ struct LeaseExpiryTests {
         e.becameLeader()
         e.leaderReady(now: 0, registry: r)
         _ = r.apply(.renew(leaseID: nodes[0].leaseID), now: 105, index: 10)
-        e.applied(r.node(nodes[0].nodeID)!, now: 8 * second)
+        e.applied(r.node(nodes[0].nodeID)!, now: 8 * second, registry: r)
         #expect(e.due(now: 17 * second, wallSeconds: 0, registry: r, hasQuorum: true).isEmpty)
         #expect(e.due(now: 18 * second, wallSeconds: 0, registry: r, hasQuorum: true).map(\.command) == [.expire(leaseID: nodes[0].leaseID, renewalIndex: 10)])
     }
@@ -55,18 +55,18 @@ struct LeaseExpiryTests {
             for n in nodes {
                 index += 1
                 _ = r.apply(.renew(leaseID: n.leaseID), now: 100 + round, index: index)
-                e.applied(r.node(n.nodeID)!, now: round * second)
+                e.applied(r.node(n.nodeID)!, now: round * second, registry: r)
             }
             #expect(e.queuedDeadlines <= 2 * 100 + 1024 + 1)
         }
         // All renewed last at 100 s, except the first lease, renewed again at 200 s.
         _ = r.apply(.renew(leaseID: nodes[0].leaseID), now: 300, index: index + 1)
-        e.applied(r.node(nodes[0].nodeID)!, now: 200 * second)
+        e.applied(r.node(nodes[0].nodeID)!, now: 200 * second, registry: r)
         #expect(e.due(now: 3699 * second, wallSeconds: 0, registry: r, hasQuorum: true).isEmpty)
         var expired: [LeaseCommand] = []
         for _ in 0..<3 { expired += e.due(now: 3700 * second, wallSeconds: 0, registry: r, hasQuorum: true).map(\.command) }
         #expect(Set(expired) == Set(nodes.dropFirst().map { LeaseCommand.expire(leaseID: $0.leaseID, renewalIndex: r.node($0.nodeID)!.renewalIndex) }))
-        #expect(e.deadline(of: nodes[0].leaseID) == 3800 * second)
+        #expect(e.deadline(of: nodes[0].leaseID, in: r) == 3800 * second)
         var later: [LeaseCommand] = []
         for _ in 0..<3 { later += e.due(now: 3800 * second, wallSeconds: 0, registry: r, hasQuorum: true).map(\.command) }
         #expect(later.contains(.expire(leaseID: nodes[0].leaseID, renewalIndex: index + 1)))
@@ -106,8 +106,8 @@ struct LeaseExpiryTests {
             Issue.record("expire did not apply")
             return
         }
-        e.applied(n, now: 10 * second)
-        #expect(e.trackedLeases == 0)
+        e.applied(n, now: 10 * second, registry: r)
+        #expect(e.deadline(of: nodes[0].leaseID, in: r) == nil)
         #expect(e.due(now: 100 * second, wallSeconds: 0, registry: r, hasQuorum: true).isEmpty)
     }
 
@@ -127,7 +127,7 @@ struct LeaseExpiryTests {
         var e = LeaseExpiry(config: .init(clockRateMargin: 0.01))
         e.becameLeader()
         e.leaderReady(now: 0, registry: r)
-        #expect(e.deadline(of: nodes[0].leaseID) == 101 * second)
+        #expect(e.deadline(of: nodes[0].leaseID, in: r) == 101 * second)
     }
 
     @Test func losingLeadershipForgetsEverything() throws {
@@ -136,7 +136,7 @@ struct LeaseExpiryTests {
         e.becameLeader()
         e.leaderReady(now: 0, registry: r)
         e.lostLeadership()
-        #expect(e.trackedLeases == 0 && !e.isLeader)
+        #expect(e.queuedDeadlines == 0 && !e.isLeader)
         #expect(e.due(now: 100 * second, wallSeconds: 0, registry: r, hasQuorum: true).isEmpty)
     }
 }

@@ -44,7 +44,9 @@ public final class DurableLog: RaftLogStorage {
         /// only, and it is logged loudly.
         public var fsync: Bool
         /// Recent entries kept in memory while leader (what lagging followers are sent);
-        /// older ones are read from their segment.
+        /// older ones are read from their segment, a run at a time. 2 MiB is about 1.3 s of
+        /// renewals at 10,000 a second; 4 MiB (before the runs) cost the leader 2 MiB more
+        /// and a follower further behind still read from disk.
         public var cacheBytes: Int
         /// The same while not leader (`setLeader`; at most `cacheBytes`): a follower reads its
         /// entries back only to apply them, moments after they came. Twice the largest append
@@ -54,7 +56,7 @@ public final class DurableLog: RaftLogStorage {
         public var keepSnapshots: Int
 
         public init(
-            segmentBytes: Int = 64 << 20, fsync: Bool = true, cacheBytes: Int = 4 << 20, followerCacheBytes: Int = 2 << 20, keepSnapshots: Int = 2
+            segmentBytes: Int = 64 << 20, fsync: Bool = true, cacheBytes: Int = 2 << 20, followerCacheBytes: Int = 2 << 20, keepSnapshots: Int = 2
         ) {
             self.segmentBytes = segmentBytes
             self.fsync = fsync

@@ -415,6 +415,35 @@ struct ReplicaCoreTests {
         #expect(c2.confChangeAnswers[1]?[early] == .failure(.refused(.wouldLoseQuorum(reachable: 2, quorum: 3))))
     }
 
+    /// An answered request's deadline does not wait for its instant to leave the queue, and
+    /// a request still waiting keeps its deadline.
+    @Test func answeredRequestsLeaveTheDeadlineQueue() throws {
+        let c = try CoreCluster()
+        c.elect(1)
+        var leaseID: UInt64 = 0
+        let first = c.with(1) { $0.submit(acquire, key: nil, now: c.now, wall: c.wall) }
+        c.settle()
+        if case .success(.lease(let l))? = c.writes[1]?[first]?.result { leaseID = l.leaseID }
+        #expect(leaseID != 0)
+        for _ in 0..<3000 {
+            _ = c.with(1) { $0.submit(.renew(leaseID: leaseID), key: nil, now: c.now, wall: c.wall) }
+            c.settle()
+            c.with(1) { $0.tick(now: c.now, wall: c.wall) }
+            #expect(c.cores[1]!.queuedRequestDeadlines <= 2 + 1024 + 1)
+        }
+        #expect(c.writes[1]?.count == 3001)
+        // One that cannot commit (replica 2, cut off) still times out at its deadline.
+        c.cutOff = [2]
+        let stuck = c.with(2) { $0.submit(.renew(leaseID: leaseID), key: nil, now: c.now, wall: c.wall) }
+        for _ in 0..<2000 {
+            _ = c.with(2) { $0.submit(.renew(leaseID: leaseID), key: nil, now: c.now, wall: c.wall) }
+        }
+        c.now += 6_000_000_000
+        c.with(2) { $0.tick(now: c.now, wall: c.wall) }
+        #expect(c.timedOut[2]?.first == stuck)
+        #expect(c.timedOut[2]?.count == 2001)
+    }
+
     @Test func aRequestWithNoLeaderTimesOut() throws {
         let c = try CoreCluster()
         let id = c.with(2) { $0.submit(acquire, key: nil, now: c.now, wall: c.wall) }

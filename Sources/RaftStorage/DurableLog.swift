@@ -191,7 +191,14 @@ public final class DurableLog: RaftLogStorage {
         while i < hi {
             // The cache holds the newest entries; older ones come from their segment, a run
             // of them with one read.
-            let run = try cache.get(i).map { [$0] } ?? readRun(from: i, before: hi, budget: maxBytes - size)
+            if let e = cache.get(i) {
+                size += e.byteSize
+                if !out.isEmpty && size > maxBytes { break }
+                out.append(e)
+                i = i + 1
+                continue
+            }
+            let run = try readRun(from: i, before: hi, budget: maxBytes - size)
             for e in run {
                 size += e.byteSize
                 if !out.isEmpty && size > maxBytes { return out }
@@ -215,15 +222,18 @@ public final class DurableLog: RaftLogStorage {
         guard let seg = segmentBySequence[start.segment] else {
             throw StorageFailure.failed("segment \(start.segment) of entry \(lo) is gone")
         }
+        // In `Entry.byteSize` (the data and 24 bytes; encoded here, the data and 21), so a run
+        // stops where the caller's budget does.
+        func size(_ loc: Location) -> Int { loc.length + 3 }
         var last = first
-        var estimate = start.length
+        var estimate = size(start)
         while last + 1 < end {
             let next = locations[last + 1]
             guard next.segment == start.segment, next.offset > locations[last].offset,
-                next.offset + UInt64(next.length) - start.offset <= UInt64(Self.maxRunBytes), estimate + next.length <= budget,
+                next.offset + UInt64(next.length) - start.offset <= UInt64(Self.maxRunBytes), estimate + size(next) <= budget,
                 cache.get(offset + (last + 2)) == nil
             else { break }
-            estimate += next.length
+            estimate += size(next)
             last += 1
         }
         let span = Int(locations[last].offset + UInt64(locations[last].length) - start.offset)
@@ -243,7 +253,10 @@ public final class DurableLog: RaftLogStorage {
         return out
     }
 
-    /// The current snapshot, its data read back from its file (and checked) at each call.
+    /// The current snapshot, its data read back from its file (and checked) at each call. A
+    /// file that cannot be read or fails its check is logged and the call fails (a leader
+    /// then sends no snapshot, and tries again later); the replica's state in memory is
+    /// intact and goes on, and the next snapshot replaces the file.
     public func snapshot() throws -> Snapshot {
         let m = snapshotMeta
         guard m.index > 0 else { return Snapshot(metadata: m, data: []) }
@@ -256,10 +269,10 @@ public final class DurableLog: RaftLogStorage {
                 throw StorageFailure.corrupt(file: path, offset: 0, reason: "the snapshot file's metadata changed since it was written")
             }
             return snap
-        } catch let e as StorageFailure {
-            throw fail(e)
         } catch {
-            throw fail(.failed("cannot read the snapshot \(path): \(error)"))
+            let failure = error as? StorageFailure ?? .failed("cannot read the snapshot \(path): \(error)")
+            log("cannot read the snapshot back to send or restore it: \(failure); the next snapshot replaces it")
+            throw failure
         }
     }
 

@@ -445,16 +445,20 @@ enum HTTP1 {
         let host: String
         let token: String?
 
-        mutating func request(_ method: HTTPMethod, _ uri: String, _ body: Data?) async throws -> Response {
+        /// A request's head on this connection: its host, the token, and the body's length
+        /// (a JSON body when there is one).
+        func head(_ method: HTTPMethod, _ uri: String, bodyLength: Int?) -> HTTPRequestHead {
             var headers = HTTPHeaders()
             headers.add(name: "Host", value: host)
             if let token { headers.add(name: "Authorization", value: "Bearer \(token)") }
-            headers.add(name: "Content-Length", value: String(body?.count ?? 0))
-            if body != nil { headers.add(name: "Content-Type", value: "application/json") }
+            headers.add(name: "Content-Length", value: String(bodyLength ?? 0))
+            if bodyLength != nil { headers.add(name: "Content-Type", value: "application/json") }
+            return HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers)
+        }
+
+        mutating func request(_ method: HTTPMethod, _ uri: String, _ body: Data?) async throws -> Response {
             let answer = channel.eventLoop.makePromise(of: Response.self)
-            let exchange = Exchange(
-                head: HTTPRequestHead(version: .http1_1, method: method, uri: uri, headers: headers), body: body.map { ByteBuffer(bytes: $0) },
-                answer: answer)
+            let exchange = Exchange(head: head(method, uri, bodyLength: body?.count), body: body.map { ByteBuffer(bytes: $0) }, answer: answer)
             channel.writeAndFlush(exchange).whenFailure { answer.fail($0) }
             return try await answer.futureResult.get()
         }

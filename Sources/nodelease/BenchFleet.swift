@@ -98,22 +98,20 @@ extension Bench {
                                         due.removeMin()
                                         due.insert(FleetDue(at: top.at + .nanoseconds(Int64(period * 1e9)), k: top.k))
                                         let sent = clock.now
-                                        let id = ids[top.k]
-                                        let r = try await c.request(
-                                            .POST, etcd ? "/v3/lease/keepalive" : "/v1/leases/\(id)/renew", etcd ? Data("{\"ID\":\"\(id)\"}".utf8) : nil)
+                                        let (uri, body) = FleetRenewals.renewal(of: ids[top.k], etcd: etcd)
+                                        let r = try await c.request(.POST, uri, body)
                                         let answered = clock.now
-                                        let counted = window.withLockedValue { $0 }.map { top.at >= $0.start } ?? false
-                                        if r.status == 200 && !(etcd && Self.etcdKeepaliveExpired(r.body)) {
-                                            if counted {
+                                        switch FleetRenewals.outcome(r, etcd: etcd) {
+                                        case .renewed:
+                                            if window.withLockedValue({ $0 }).map({ top.at >= $0.start }) ?? false {
                                                 fromSchedule.record(answered - top.at, kind: "renew")
                                                 service.record(answered - sent, kind: "renew")
                                             }
-                                        } else if r.status == 404 || r.status == 200 {
-                                            // 404 from us; 200 with no TTL left from etcd.
+                                        case .expired:
                                             expired.withLockedValue { _ = $0.insert(mine[top.k]) }
                                             fromSchedule.error("lease expired")
-                                        } else {
-                                            fromSchedule.error("renew: http \(r.status)")
+                                        case .failed(let kind):
+                                            fromSchedule.error(kind)
                                         }
                                     } else if next < mine.count {
                                         let i = mine[next]

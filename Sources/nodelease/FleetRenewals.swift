@@ -68,26 +68,14 @@ final class FleetRenewals {
     static func run(
         _ session: HTTP1.Session, ids: [String], fleetNumbers: [Int], due: MinHeap<FleetDue>, period: Double, etcd: Bool, shared: Shared
     ) async throws -> End {
-        var headers = HTTPHeaders()
-        headers.add(name: "Host", value: session.host)
-        if let token = session.token { headers.add(name: "Authorization", value: "Bearer \(token)") }
         var heads: [HTTPRequestHead] = []
         var bodies: [ByteBuffer?] = []
         heads.reserveCapacity(ids.count)
         bodies.reserveCapacity(ids.count)
         for id in ids {
-            var h = headers
-            if etcd {
-                let body = ByteBuffer(string: "{\"ID\":\"\(id)\"}")
-                h.add(name: "Content-Length", value: String(body.readableBytes))
-                h.add(name: "Content-Type", value: "application/json")
-                heads.append(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/v3/lease/keepalive", headers: h))
-                bodies.append(body)
-            } else {
-                h.add(name: "Content-Length", value: "0")
-                heads.append(HTTPRequestHead(version: .http1_1, method: .POST, uri: "/v1/leases/\(id)/renew", headers: h))
-                bodies.append(nil)
-            }
+            let (uri, body) = renewal(of: id, etcd: etcd)
+            heads.append(session.head(.POST, uri, bodyLength: body?.count))
+            bodies.append(body.map { ByteBuffer(bytes: $0) })
         }
         let channel = session.channel
         let done = channel.eventLoop.makePromise(of: End.self)
@@ -98,6 +86,25 @@ final class FleetRenewals {
             phase.step()
         }
         return try await done.futureResult.get()
+    }
+
+    /// The request that renews lease `id`: our renew route, or etcd's keepalive.
+    static func renewal(of id: String, etcd: Bool) -> (uri: String, body: Data?) {
+        etcd ? ("/v3/lease/keepalive", Data("{\"ID\":\"\(id)\"}".utf8)) : ("/v1/leases/\(id)/renew", nil)
+    }
+
+    /// What a renewal's answer says.
+    enum Outcome {
+        case renewed
+        /// 404 from us; 200 with no TTL left from etcd.
+        case expired
+        case failed(String)
+    }
+
+    static func outcome(_ r: HTTP1.Response, etcd: Bool) -> Outcome {
+        if r.status == 200 && !(etcd && Bench.etcdKeepaliveExpired(r.body)) { return .renewed }
+        if r.status == 404 || r.status == 200 { return .expired }
+        return .failed("renew: http \(r.status)")
     }
 
     /// Sends the renewal due next, or waits for it, or ends the phase.
@@ -128,18 +135,17 @@ final class FleetRenewals {
 
     private func answered(_ r: HTTP1.Response, _ top: FleetDue, sent: ContinuousClock.Instant) {
         let answeredAt = ContinuousClock.now
-        let counted = window.map { top.at >= $0.start } ?? false
-        if r.status == 200 && !(etcd && Bench.etcdKeepaliveExpired(r.body)) {
-            if counted {
+        switch Self.outcome(r, etcd: etcd) {
+        case .renewed:
+            if window.map({ top.at >= $0.start }) ?? false {
                 fromSchedule.append(BenchStats.micros(answeredAt - top.at))
                 service.append(BenchStats.micros(answeredAt - sent))
             }
-        } else if r.status == 404 || r.status == 200 {
-            // 404 from us; 200 with no TTL left from etcd.
+        case .expired:
             expired.append(fleetNumbers[top.k])
             errors["lease expired", default: 0] += 1
-        } else {
-            errors["renew: http \(r.status)", default: 0] += 1
+        case .failed(let kind):
+            errors[kind, default: 0] += 1
         }
         if fromSchedule.count >= 512 { flush() }
     }

@@ -38,7 +38,8 @@ public struct SnapshotWriter: @unchecked Sendable {
 
 public final class DurableLog: RaftLogStorage {
     public struct Options: Sendable {
-        /// A new segment is started when a record would take the current one past this.
+        /// A new segment is started when a record would take the current one past this, or past
+        /// 1 GiB (entries' offsets in a segment are kept in 32 bits: `LogLocations`).
         public var segmentBytes: Int
         /// fsync every batch. Turning this off makes acknowledged writes losable: benchmarks
         /// only, and it is logged loudly.
@@ -66,12 +67,7 @@ public final class DurableLog: RaftLogStorage {
         }
     }
 
-    struct Location {
-        var term: Term
-        var segment: UInt64
-        var offset: UInt64
-        var length: Int
-    }
+    typealias Location = LogLocations.Location
 
     final class Segment {
         let sequence: UInt64
@@ -95,7 +91,7 @@ public final class DurableLog: RaftLogStorage {
 
     private var segments: [Segment] = []
     private var segmentBySequence: [UInt64: Segment] = [:]
-    private var locations: [Location] = []
+    private var locations = LogLocations()
     private var offset: LogIndex = 0
     private var offsetTerm: Term = 0
     public private(set) var hardState = HardState()
@@ -179,7 +175,7 @@ public final class DurableLog: RaftLogStorage {
         if index < offset { throw StorageError.compacted }
         let i = offset.distance(to: index) - 1
         guard i < locations.count else { throw StorageError.unavailable }
-        return locations[i].term
+        return locations.term(at: i)
     }
 
     public func entries(_ lo: LogIndex, _ hi: LogIndex, maxBytes: Int) throws -> [Entry] {
@@ -331,6 +327,9 @@ public final class DurableLog: RaftLogStorage {
                 hardState: hardState != writtenHardState ? hardState : nil, entries: fresh, positions: &scratchPositions)
             let seg = try segmentFor(record.count)
             let start = seg.size
+            guard start + UInt64(record.count) <= LogLocations.maxEnd else {
+                throw StorageFailure.invalid("a record of \(record.count) bytes is too large for the log (entries end within 4 GiB of a segment's start)")
+            }
             try seg.file.write(record, at: start)
             seg.size += UInt64(record.count)
             bytesAppended += record.count
@@ -437,7 +436,7 @@ public final class DurableLog: RaftLogStorage {
     private func place(_ e: Entry, _ loc: Location) {
         let last = offset + locations.count
         if e.index <= last {
-            locations.removeSubrange((offset.distance(to: e.index) - 1)...)
+            locations.removeSuffix(from: offset.distance(to: e.index) - 1)
         }
         locations.append(loc)
         cache.append(e)
@@ -453,7 +452,7 @@ public final class DurableLog: RaftLogStorage {
 
     /// The segment the next record of `size` bytes goes to, starting a new one when full.
     private func segmentFor(_ size: Int) throws -> Segment {
-        if let cur = segments.last, cur.size + UInt64(size) <= UInt64(options.segmentBytes) || cur.maxIndex == 0 && cur.size < 4096 {
+        if let cur = segments.last, cur.size + UInt64(size) <= UInt64(min(options.segmentBytes, 1 << 30)) || cur.maxIndex == 0 && cur.size < 4096 {
             return cur
         }
         return try startSegment()
@@ -496,7 +495,7 @@ public final class DurableLog: RaftLogStorage {
         try writeSnapshotFile(s)
         snapshotMeta = s.metadata
         membership = s.metadata.membership
-        locations = []
+        locations.removeAll()
         offset = s.metadata.index
         offsetTerm = s.metadata.term
         cache.reset(next: offset + 1)
@@ -622,7 +621,7 @@ public final class DurableLog: RaftLogStorage {
             }
             if snap.index > last || (try? term(snap.index)) != snap.term {
                 // A snapshot installed from the leader whose log record did not make it.
-                locations = []
+                locations.removeAll()
                 offset = snap.index
                 offsetTerm = snap.term
             }
@@ -692,7 +691,7 @@ public final class DurableLog: RaftLogStorage {
             membership = try r.membership()
             let reset = try r.u8() == 1
             if reset {
-                locations = []
+                locations.removeAll()
                 offset = compacted
                 offsetTerm = compactedTerm
                 offsetKnown = true
@@ -710,11 +709,14 @@ public final class DurableLog: RaftLogStorage {
                 let start = r.position
                 let e = try r.entry()
                 let loc = Location(term: e.term, segment: segment.sequence, offset: UInt64(start), length: r.position - start)
+                guard LogLocations.fits(loc) else {
+                    throw StorageFailure.corrupt(file: segment.path, offset: UInt64(start), reason: "entry \(e.index) ends past 4 GiB in its segment")
+                }
                 segment.maxIndex = max(segment.maxIndex, e.index)
                 if e.index <= offset { continue }
                 let last = offset + locations.count
                 if e.index <= last {
-                    locations.removeSubrange((offset.distance(to: e.index) - 1)...)
+                    locations.removeSuffix(from: offset.distance(to: e.index) - 1)
                 } else if e.index > last + 1 {
                     guard locations.isEmpty else {
                         throw StorageFailure.corrupt(

@@ -303,10 +303,11 @@ struct HTTPAPI: Sendable {
     /// the outcome: the first one, marked `Idempotent-Replayed`, when the key applied before.
     private func write(_ command: LeaseCommand, _ request: Request, _ access: Access) async -> Response {
         var key: IdempotencyKey?
-        if request.headers[values: Self.idempotencyKeyHeader].count > 1 {
+        let keys = request.headers[values: Self.idempotencyKeyHeader]
+        if keys.count > 1 {
             return self.error(.badRequest, .invalid(field: "Idempotency-Key", message: "must be given once"))
         }
-        if let raw = request.headers[Self.idempotencyKeyHeader] {
+        if let raw = keys.first {
             do throws(LeaseError) { key = try IdempotencyKey.client(raw) } catch { return self.error(.badRequest, error) }
         }
         do {
@@ -652,7 +653,7 @@ struct HTTPAPI: Sendable {
     }
 
     func readBody(_ request: inout Request) async throws -> [UInt8] {
-        if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > Self.maxBody {
+        if let length = request.headers.value(.contentLength).flatMap({ Int($0) }), length > Self.maxBody {
             throw ErrorResponse(tooLarge())
         }
         let buffer = try await request.collectBody(upTo: Self.maxBody)

@@ -239,6 +239,12 @@ struct JSONObject {
 
     static func appendString(_ s: String, to bytes: inout [UInt8]) {
         bytes.append(0x22)
+        // Most strings (keys, hostnames, holders) need no escape: copied whole.
+        if !s.utf8.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5c }) {
+            bytes.append(contentsOf: s.utf8)
+            bytes.append(0x22)
+            return
+        }
         for b in s.utf8 {
             switch b {
             case 0x22: bytes.append(contentsOf: [0x5c, 0x22])

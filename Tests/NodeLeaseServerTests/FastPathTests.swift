@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 import NIOCore
 import NIOPosix
 import Raft
@@ -36,6 +37,23 @@ import Testing
         // The first answer (an acquire, answered on the event loop when `fastPath`) has a Date.
         let first = reader.text.components(separatedBy: "HTTP/1.1 ")[1]
         #expect(first.contains("Date: "), "\(first)")
+        try await channel.close()
+        await c.stopAll()
+    }
+
+    /// An `Idempotency-Key` given twice is refused before anything is proposed; given once,
+    /// the request goes on (here to a lease that does not exist).
+    @Test(arguments: [true, false]) func anIdempotencyKeyGivenTwiceIsRefused(fastPath: Bool) async throws {
+        let c = try await Self.oneReplica { $0.leaseFastPath = fastPath }
+        let requests = [
+            "POST /v1/leases/999/renew HTTP/1.1\r\nHost: x\r\nIdempotency-Key: k-1\r\nIdempotency-Key: k-2\r\nContent-Length: 2\r\n\r\n{}",
+            "POST /v1/leases/999/renew HTTP/1.1\r\nHost: x\r\nIdempotency-Key: k-1\r\nContent-Length: 2\r\n\r\n{}",
+        ]
+        let (channel, reader) = try await Self.send(c, requests.joined(), halfClosure: false)
+        #expect(await eventually(5) { reader.text.components(separatedBy: "HTTP/1.1 ").count - 1 == requests.count }, "\(reader.text)")
+        let answers = reader.text.components(separatedBy: "HTTP/1.1 ").dropFirst()
+        #expect(answers.map { String($0.prefix(3)) } == ["400", "404"], "\(reader.text)")
+        #expect(answers.first?.contains("invalid_request") == true && answers.first?.contains("Idempotency-Key") == true, "\(reader.text)")
         try await channel.close()
         await c.stopAll()
     }
@@ -150,6 +168,44 @@ import Testing
             .channelOption(.allowRemoteHalfClosure, value: halfClosure)
             .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(reader) } }
             .connect(host: "127.0.0.1", port: c.configs[1]!.clientListen.port).get()
+    }
+
+    /// The fast path takes exactly the routes it serves, read as `HTTPAPI.template` reads a
+    /// path (the query cut off, empty segments skipped).
+    @Test func theFastRoutesAreThoseTheTemplateNames() {
+        let paths = [
+            "/v1/leases", "/v1/leases/", "//v1//leases", "/v1/leases?x=1", "/v1/leases/7", "/v1/leases/7/renew",
+            "/v1/leases/7/renew?a=b", "/v1/leases/7/renew/x", "/v1/leases/7/renewal", "/v1/leasesx", "/v2/leases",
+            "/v1/cluster/nodes", "/v1/cluster/nodes/5?wait=2s&index=9", "/v1/cluster/nodes/5/x", "/v1/cluster/replicas",
+            "/v1/status", "/v1", "/", "", "?", "/?v1/leases", "/v1/leases?/7/renew", "/ui/nodes/3/forget", "v1/leases",
+        ]
+        let methods: [HTTPRequest.Method] = [.get, .post, .delete, .put]
+        for path in paths {
+            let parts = path.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first?
+                .split(separator: "/", omittingEmptySubsequences: true) ?? []
+            let template = HTTPAPI.template(parts)
+            for method in methods {
+                let expected: Bool
+                switch template {
+                case "/v1/leases", "/v1/leases/{leaseId}/renew": expected = method == .post
+                case "/v1/leases/{leaseId}": expected = method == .delete
+                case "/v1/cluster/nodes", "/v1/cluster/nodes/{nodeId}": expected = method == .get
+                default: expected = false
+                }
+                let head = HTTPRequest(method: method, scheme: nil, authority: nil, path: path)
+                #expect(LeaseFastPathHandler.isFast(head) == expected, "\(method) \(path)")
+            }
+        }
+    }
+
+    @Test func aFieldsValueIsTheSubscriptsValue() {
+        var fields = HTTPFields()
+        #expect(fields.value(.connection) == nil)
+        fields[.connection] = "close"
+        #expect(fields.value(.connection) == "close")
+        fields.append(HTTPField(name: .connection, value: "keep-alive"))
+        #expect(fields.value(.connection) == fields[.connection])
+        #expect(fields.value(.connection) != "close")
     }
 
     @Test func theDateHeaderIsIMFFixdate() {

@@ -115,7 +115,13 @@ final class FleetRenewals {
         let now = ContinuousClock.now
         if now < top.at {
             let (s, a) = (top.at - now).components
-            loop.scheduleTask(in: .nanoseconds(Int64(s) * 1_000_000_000 + a / 1_000_000_000)) { self.step() }
+            let wait = Int64(s) * 1_000_000_000 + a / 1_000_000_000
+            // On a 1 ms grid shared by every connection, so the loop wakes once for all those
+            // due in the same millisecond (a renewal is at most 1 ms late, and its latency is
+            // counted from its schedule).
+            let at = NIODeadline.now().uptimeNanoseconds + UInt64(wait)
+            let grid: UInt64 = 1_000_000
+            loop.scheduleTask(deadline: .uptimeNanoseconds((at + grid - 1) / grid * grid)) { self.step() }
             return
         }
         due.removeMin()

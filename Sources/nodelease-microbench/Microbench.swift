@@ -13,7 +13,7 @@ struct Microbench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "nodelease-microbench",
         abstract: "Benchmarks of the write-ahead log and the lease registry.",
-        subcommands: [StorageBench.self, RegistryBench.self, AllocationBench.self, IdempotencyBench.self, StorageWriter.self])
+        subcommands: [StorageBench.self, RegistryBench.self, AllocationBench.self, IdempotencyBench.self, ExpiryBench.self, StorageWriter.self])
 }
 
 /// Prints what the write-ahead log sustains on this machine's disk, beside the raw fsync
@@ -241,6 +241,65 @@ struct AllocationBench: ParsableCommand {
         precondition(reused == released, "the full range did not reuse every inactive ID")
         let reuse = StorageBench.micros(clock.now - t2) / Double(max(1, released))
         return (fresh, hole, reuse)
+    }
+}
+
+/// What the leader's lease deadlines cost per renewal: the heap's upkeep as each renewal
+/// applies (the mean and the longest call: a rebuild is a stall of the driver's actor) and
+/// the most entries the heap held.
+struct ExpiryBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "expiry",
+        abstract: "Renews every lease of a registry several times and prints the deadline heap's cost per renewal and its size.")
+
+    @Option(help: "Active leases.")
+    var nodes: Int = 65_536
+
+    @Option(help: "Renewals of each lease.")
+    var rounds: Int = 6
+
+    func run() throws {
+        let clock = ContinuousClock()
+        var registry = LeaseRegistry()
+        var index: UInt64 = 0
+        var ids: [UInt64] = []
+        ids.reserveCapacity(nodes)
+        for i in 0..<nodes {
+            index += 1
+            if case .success(.lease(let l)) = registry.apply(
+                .acquire(hostname: "mx\(i).example.org", holder: "bench", ttlSeconds: 30, idRange: 1...UInt32.max), now: 1_767_225_600, index: index)
+            {
+                ids.append(l.leaseID)
+            }
+        }
+        var expiry = LeaseExpiry()
+        expiry.becameLeader()
+        expiry.leaderReady(now: 0, registry: registry)
+        // A renewal every 100 us of the leader's clock: 10,000 a second, none due yet.
+        var now: UInt64 = 1_000_000
+        var total = Duration.zero
+        var longest = Duration.zero
+        var calls: [Double] = []
+        calls.reserveCapacity(ids.count * rounds)
+        var most = expiry.queuedDeadlines
+        for _ in 0..<rounds {
+            for id in ids {
+                index += 1
+                now += 100_000
+                _ = registry.apply(.renew(leaseID: id), now: 1_767_225_600, index: index)
+                guard let node = registry.lease(id) else { continue }
+                let t = clock.now
+                expiry.applied(node, now: now, registry: registry)
+                let d = clock.now - t
+                total += d
+                longest = max(longest, d)
+                calls.append(StorageBench.micros(d))
+                most = max(most, expiry.queuedDeadlines)
+            }
+        }
+        calls.sort()
+        let n = Double(calls.count)
+        print("leases \(nodes), renewals \(calls.count): \(StorageBench.fmt(StorageBench.micros(total) / n)) us a renewal (mean), p99.99 \(StorageBench.fmt(calls[Int(n * 0.9999)])) us, longest \(StorageBench.fmt(StorageBench.micros(longest))) us; heap at most \(most) entries (\(String(format: "%.2f", Double(most) / Double(nodes)))x the leases), \(expiry.queuedDeadlines) at the end")
     }
 }
 

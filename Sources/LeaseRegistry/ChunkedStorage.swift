@@ -99,6 +99,13 @@ struct ChunkedArray<Element: Sendable>: Sendable, Sequence {
         }
     }
 
+    /// What `body` reads from element `i`, without copying the element out.
+    func reading<R>(_ i: Int, _ body: (borrowing Element) -> R) -> R {
+        precondition(i >= 0 && i < count, "ChunkedArray index out of range")
+        let (c, k) = locate(i)
+        return body(chunks[c][k])
+    }
+
     var first: Element? { count == 0 ? nil : self[0] }
 
     mutating func append(_ e: Element) {

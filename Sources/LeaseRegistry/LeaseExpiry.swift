@@ -53,6 +53,8 @@ public struct LeaseExpiry: Sendable {
     private var inFlight: [UInt64: UInt64] = [:]
     private var retiresInFlight: [NodeID: UInt64] = [:]
     private var lastRetireScan: UInt64?
+    /// Where the sweep of stale entries looks next (a position in the heap's array order).
+    private var sweepAt = 0
 
     public init(config: Config = Config()) { self.config = config }
 
@@ -81,6 +83,7 @@ public struct LeaseExpiry: Sendable {
         inFlight = [:]
         retiresInFlight = [:]
         lastRetireScan = nil
+        sweepAt = 0
     }
 
     /// The leader's first entry of its term has applied: every live lease restarts its full
@@ -106,6 +109,7 @@ public struct LeaseExpiry: Sendable {
             // comes up first and is the deadline; this one is skipped, or dropped by a
             // rebuild, once the lease is renewed or ends.
             heap.insert(Due(at: now + ttlNanos(node.ttlSeconds), lease: node.leaseID, renewalIndex: node.renewalIndex))
+            sweep(registry)
             compactIfNeeded(registry)
         } else {
             retiresInFlight[node.nodeID] = nil
@@ -114,17 +118,39 @@ public struct LeaseExpiry: Sendable {
     }
 
     /// Every renewal leaves its old deadline in the heap until that instant comes (a TTL
-    /// later): at 10,000 renewals a second and a 30 s TTL, 300,000 stale entries. The heap is
-    /// rebuilt from the entries still current (O(n), bottom-up) once it holds more than twice
-    /// the active leases and 1024 more, that is after at least n + 1024 pushes: O(1) a push
-    /// amortized, and the heap stays within about twice the live leases. It pops what the old
-    /// heap would have: what it drops would have been skipped.
-    private mutating func compactIfNeeded(_ registry: LeaseRegistry) {
-        guard heap.count > 2 * registry.counts().active + 1024 else { return }
-        heap = MinHeap(heap.elements.filter { e in registry.lease(e.lease).map { $0.status == .active && $0.renewalIndex == e.renewalIndex } ?? false })
+    /// later): at 10,000 renewals a second and a 30 s TTL, 300,000 stale entries. Each push
+    /// looks at `sweepPerPush` entries, in the heap's array order from where the last one
+    /// stopped, and removes those no longer current: with k looked at a push the heap settles
+    /// where a k-th of it is stale, k / (k - 1) times the live leases (1.5x). What it removes
+    /// would have been skipped when it came up. It replaced a rebuild at twice the live
+    /// leases, whose filter stalled the leader's driver for 16-21 ms at 65,536 leases
+    /// (`nodelease-microbench expiry`: now 1.2 ms at most, at 0.8-1.0 us a renewal against
+    /// 0.3, with 98,303 entries at most against 132,096).
+    static let sweepPerPush = 3
+
+    private mutating func sweep(_ registry: LeaseRegistry) {
+        for _ in 0..<Self.sweepPerPush {
+            guard !heap.isEmpty else { return }
+            if sweepAt >= heap.count { sweepAt = 0 }
+            let e = heap.element(at: sweepAt)
+            if registry.isActive(lease: e.lease, renewalIndex: e.renewalIndex) {
+                sweepAt += 1
+            } else {
+                heap.remove(at: sweepAt)
+            }
+        }
     }
 
-    /// Entries in the deadline heap, stale ones included (bounded by about twice the leases).
+    /// The rebuild from the entries still current (O(n), bottom-up), for what the sweep
+    /// cannot keep up with: more than twice the active leases and 1024 more (a burst of
+    /// changes to live leases while many have ended, say).
+    private mutating func compactIfNeeded(_ registry: LeaseRegistry) {
+        guard heap.count > 2 * registry.counts().active + 1024 else { return }
+        heap = MinHeap(heap.elements.filter { registry.isActive(lease: $0.lease, renewalIndex: $0.renewalIndex) })
+        sweepAt = 0
+    }
+
+    /// Entries in the deadline heap, stale ones included (about 1.5x the leases, at most twice).
     public var queuedDeadlines: Int { heap.count }
 
     /// The commands to propose now.

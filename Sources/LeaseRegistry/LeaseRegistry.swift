@@ -151,6 +151,13 @@ public struct LeaseRegistry: Sendable {
 
     public func lease(_ leaseID: UInt64) -> NodeRecord? { byLease[leaseID].flatMap { nodes[$0] } }
 
+    /// Lease `leaseID` is active and its latest renewal is `renewalIndex` (what the leader's
+    /// deadline heap asks of each entry; no record is copied out).
+    public func isActive(lease leaseID: UInt64, renewalIndex: UInt64) -> Bool {
+        guard let id = byLease[leaseID] else { return false }
+        return nodes.reading(id) { $0.status == .active && $0.renewalIndex == renewalIndex } ?? false
+    }
+
     /// Every node, by node ID, optionally only those with `status`.
     public func nodes(status: NodeStatus? = nil) -> [NodeRecord] {
         var out: [NodeRecord] = []

@@ -37,6 +37,13 @@ struct NodeTable: Sendable {
         }
     }
 
+    /// What `body` reads from node `id`'s record, without copying the record (and its
+    /// strings) out; nil if there is no such node.
+    func reading<R>(_ id: NodeID, _ body: (borrowing NodeRecord) -> R) -> R? {
+        guard let s = slots[id] else { return nil }
+        return records.reading(Int(s), body)
+    }
+
     @discardableResult
     mutating func removeValue(forKey id: NodeID) -> NodeRecord? {
         guard let s = slots.removeValue(forKey: id) else { return nil }

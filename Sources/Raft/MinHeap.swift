@@ -1,13 +1,13 @@
 /// A binary min-heap: the smallest element first (ties as `<` orders them, so the order is
 /// deterministic for elements that compare all their fields).
 public struct MinHeap<Element: Comparable & Sendable>: Sendable {
-    private var items: [Element] = []
+    @usableFromInline var items: [Element] = []
 
-    public init() {}
+    @inlinable public init() {}
 
     /// A heap of `elements`, built bottom-up in O(n). The order they come in shapes the array,
     /// but not what `min` and `removeMin` give (always the least element).
-    public init(_ elements: [Element]) {
+    @inlinable public init(_ elements: [Element]) {
         items = elements
         var i = items.count / 2
         while i > 0 {
@@ -16,16 +16,37 @@ public struct MinHeap<Element: Comparable & Sendable>: Sendable {
         }
     }
 
-    public var count: Int { items.count }
+    @inlinable public var count: Int { items.count }
     /// Every element, in the heap's array order (not sorted).
-    public var elements: [Element] { items }
-    public var isEmpty: Bool { items.isEmpty }
+    @inlinable public var elements: [Element] { items }
+    @inlinable public var isEmpty: Bool { items.isEmpty }
     /// The smallest element.
-    public var min: Element? { items.first }
+    @inlinable public var min: Element? { items.first }
 
-    public mutating func insert(_ e: Element) {
+    /// The element at position `i` of the heap's array order.
+    @inlinable public func element(at i: Int) -> Element { items[i] }
+
+    @inlinable public mutating func insert(_ e: Element) {
         items.append(e)
-        var i = items.count - 1
+        siftUp(from: items.count - 1)
+    }
+
+    /// Removes the element at position `i` of the heap's array order: the last element takes
+    /// its place and moves up or down to where it belongs.
+    @inlinable public mutating func remove(at i: Int) {
+        let last = items.count - 1
+        guard i != last else {
+            items.removeLast()
+            return
+        }
+        items.swapAt(i, last)
+        items.removeLast()
+        siftDown(from: i)
+        siftUp(from: i)
+    }
+
+    @inlinable mutating func siftUp(from start: Int) {
+        var i = start
         while i > 0 {
             let p = (i - 1) / 2
             guard items[i] < items[p] else { break }
@@ -35,14 +56,14 @@ public struct MinHeap<Element: Comparable & Sendable>: Sendable {
     }
 
     /// Removes the smallest element.
-    public mutating func removeMin() {
+    @inlinable public mutating func removeMin() {
         guard !items.isEmpty else { return }
         items.swapAt(0, items.count - 1)
         items.removeLast()
         siftDown(from: 0)
     }
 
-    private mutating func siftDown(from start: Int) {
+    @inlinable mutating func siftDown(from start: Int) {
         var i = start
         while true {
             let l = 2 * i + 1

@@ -72,6 +72,32 @@ struct LeaseExpiryTests {
         #expect(later.contains(.expire(leaseID: nodes[0].leaseID, renewalIndex: index + 1)))
     }
 
+    /// Each renewal's push sweeps a few entries: the heap stays within 1.5x the live leases
+    /// (where a rebuild at twice them stalled the leader), and no lease loses its deadline.
+    @Test func theSweepKeepsTheHeapNearTheLiveLeasesAndEveryDeadline() throws {
+        var (r, nodes) = try registry(leases: 1000, ttl: 3600)
+        var e = LeaseExpiry(config: .init(clockRateMargin: 0))
+        e.becameLeader()
+        e.leaderReady(now: 0, registry: r)
+        var index: UInt64 = 10_000
+        var most = 0
+        for round in UInt64(1)...12 {
+            for n in nodes {
+                index += 1
+                _ = r.apply(.renew(leaseID: n.leaseID), now: 100 + round, index: index)
+                e.applied(r.node(n.nodeID)!, now: round * second, registry: r)
+                most = max(most, e.queuedDeadlines)
+            }
+        }
+        #expect(most <= 1500 + 16, "the heap held \(most) entries for 1000 leases")
+        let missing = nodes.filter { e.deadline(of: $0.leaseID, in: r) != 3612 * second }
+        #expect(missing.count == 0, "leases lost their deadline")
+        #expect(e.due(now: 3612 * second - 1, wallSeconds: 0, registry: r, hasQuorum: true).isEmpty)
+        var expired: Set<LeaseCommand> = []
+        for _ in 0..<20 { expired.formUnion(e.due(now: 3612 * second, wallSeconds: 0, registry: r, hasQuorum: true).map(\.command)) }
+        #expect(expired == Set(nodes.map { LeaseCommand.expire(leaseID: $0.leaseID, renewalIndex: r.node($0.nodeID)!.renewalIndex) }))
+    }
+
     @Test func aLeaderWithoutQuorumProposesNothing() throws {
         let (r, _) = try registry(leases: 1)
         var e = LeaseExpiry(config: .init(clockRateMargin: 0))

@@ -25,4 +25,34 @@ struct MinHeapTests {
             #expect(fromInserted == values.sorted(), "size \(size)")
         }
     }
+
+    /// Removing elements at any position of the array order keeps the heap a heap: what is
+    /// left pops in order.
+    @Test func removingAtAnyPositionKeepsTheOrder() {
+        var random = DeterministicGenerator(seed: 11)
+        for size in [1, 2, 3, 10, 100, 1000] {
+            var heap = MinHeap<UInt64>()
+            var left: [UInt64] = []
+            for _ in 0..<size {
+                let v = random.next() % 200
+                heap.insert(v)
+                left.append(v)
+            }
+            for _ in 0..<(size / 2 + 1) where heap.count > 0 {
+                let i = Int(random.next() % UInt64(heap.count))
+                let v = heap.element(at: i)
+                heap.remove(at: i)
+                left.remove(at: left.firstIndex(of: v)!)
+                let w = random.next() % 200
+                heap.insert(w)
+                left.append(w)
+            }
+            var popped: [UInt64] = []
+            while let m = heap.min {
+                popped.append(m)
+                heap.removeMin()
+            }
+            #expect(popped == left.sorted(), "size \(size)")
+        }
+    }
 }

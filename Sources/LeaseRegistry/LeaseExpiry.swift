@@ -124,8 +124,8 @@ public struct LeaseExpiry: Sendable {
     /// where a k-th of it is stale, k / (k - 1) times the live leases (1.5x). What it removes
     /// would have been skipped when it came up. It replaced a rebuild at twice the live
     /// leases, whose filter stalled the leader's driver for 16-21 ms at 65,536 leases
-    /// (`nodelease-microbench expiry`: now 1.2 ms at most, at 0.8-1.0 us a renewal against
-    /// 0.3, with 98,303 entries at most against 132,096).
+    /// (`nodelease-microbench expiry`: now 1.2 ms at most, at 0.7-1.0 us a renewal against
+    /// 0.3-0.4, with 98,303 entries at most against 132,096).
     static let sweepPerPush = 3
 
     private mutating func sweep(_ registry: LeaseRegistry) {
@@ -150,7 +150,7 @@ public struct LeaseExpiry: Sendable {
         sweepAt = 0
     }
 
-    /// Entries in the deadline heap, stale ones included (about 1.5x the leases, at most twice).
+    /// Entries in the deadline heap, stale ones included (about 1.5x the leases, at most twice and 1024 more).
     public var queuedDeadlines: Int { heap.count }
 
     /// The commands to propose now.

@@ -23,17 +23,21 @@ public struct MinHeap<Element: Comparable & Sendable>: Sendable {
     /// The smallest element.
     @inlinable public var min: Element? { items.first }
 
-    /// The element at position `i` of the heap's array order.
-    @inlinable public func element(at i: Int) -> Element { items[i] }
+    /// The element at position `i` of the heap's array order (`0..<count`).
+    @inlinable public func element(at i: Int) -> Element {
+        precondition(i >= 0 && i < items.count, "MinHeap position out of range")
+        return items[i]
+    }
 
     @inlinable public mutating func insert(_ e: Element) {
         items.append(e)
         siftUp(from: items.count - 1)
     }
 
-    /// Removes the element at position `i` of the heap's array order: the last element takes
+    /// Removes the element at position `i` of the heap's array order (`0..<count`): the last element takes
     /// its place and moves up or down to where it belongs.
     @inlinable public mutating func remove(at i: Int) {
+        precondition(i >= 0 && i < items.count, "MinHeap position out of range")
         let last = items.count - 1
         guard i != last else {
             items.removeLast()

@@ -709,11 +709,13 @@ public final class DurableLog: RaftLogStorage {
                 let start = r.position
                 let e = try r.entry()
                 let loc = Location(term: e.term, segment: segment.sequence, offset: UInt64(start), length: r.position - start)
-                guard LogLocations.fits(loc) else {
-                    throw StorageFailure.corrupt(file: segment.path, offset: UInt64(start), reason: "entry \(e.index) ends past 4 GiB in its segment")
-                }
                 segment.maxIndex = max(segment.maxIndex, e.index)
                 if e.index <= offset { continue }
+                guard LogLocations.fits(loc) else {
+                    throw StorageFailure.corrupt(
+                        file: segment.path, offset: UInt64(start),
+                        reason: "entry \(e.index) ends past 4 GiB in its segment, which this build does not read (it keeps offsets in 32 bits)")
+                }
                 let last = offset + locations.count
                 if e.index <= last {
                     locations.removeSuffix(from: offset.distance(to: e.index) - 1)

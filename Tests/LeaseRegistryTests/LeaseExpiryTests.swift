@@ -1,4 +1,5 @@
 import LeaseRegistry
+import Raft
 import Testing
 
 let second: UInt64 = 1_000_000_000
@@ -96,6 +97,59 @@ struct LeaseExpiryTests {
         var expired: Set<LeaseCommand> = []
         for _ in 0..<20 { expired.formUnion(e.due(now: 3612 * second, wallSeconds: 0, registry: r, hasQuorum: true).map(\.command)) }
         #expect(expired == Set(nodes.map { LeaseCommand.expire(leaseID: $0.leaseID, renewalIndex: r.node($0.nodeID)!.renewalIndex) }))
+    }
+
+    /// Acquires, renewals, releases and the leader's own expiries (some proposed and never
+    /// applied, so they are retried) in a seeded random mix: after every step each live lease
+    /// still has its deadline, the one for its latest renewal, and the heap stays bounded.
+    @Test func aRandomMixNeverLeavesALiveLeaseWithoutItsDeadline() throws {
+        var random = DeterministicGenerator(seed: 47)
+        var r = LeaseRegistry()
+        var e = LeaseExpiry(config: .init(maxCommandsPerTick: 8, retryNanos: second, clockRateMargin: 0))
+        e.becameLeader()
+        e.leaderReady(now: 0, registry: r)
+        var index: UInt64 = 0
+        var now: UInt64 = 0
+        // Per lease: its latest renewal, and the instant this leader applied it plus the TTL.
+        var expected: [UInt64: (renewal: UInt64, at: UInt64)] = [:]
+        func apply(_ command: LeaseCommand) {
+            index += 1
+            guard case .success(let reply) = r.apply(command, now: 1_000 + now / second, index: index) else { return }
+            let node: NodeRecord?
+            switch reply {
+            case .lease(let l): node = r.node(l.nodeID)
+            case .node(let n): node = r.node(n.nodeID) ?? n
+            default: node = nil
+            }
+            guard let node else { return }
+            e.applied(node, now: now, registry: r)
+            if node.status == .active, expected[node.leaseID]?.renewal != node.renewalIndex {
+                expected[node.leaseID] = (node.renewalIndex, now + UInt64(node.ttlSeconds) * second)
+            }
+        }
+        for step in 0..<6_000 {
+            now += random.next() % (second / 20)
+            let active = r.nodes(status: .active)
+            switch random.next() % 10 {
+            case 0, 1:
+                apply(.acquire(hostname: "h\(random.next() % 100)", holder: "x", ttlSeconds: UInt32(1 + random.next() % 4), idRange: 1...1000))
+            case 2 where !active.isEmpty:
+                apply(.release(leaseID: active[Int(random.next() % UInt64(active.count))].leaseID))
+            case 3, 4:
+                for timed in e.due(now: now, wallSeconds: 1_000 + now / second, registry: r, hasQuorum: true) where random.next() % 10 < 7 {
+                    apply(timed.command)
+                }
+            default:
+                if !active.isEmpty { apply(.renew(leaseID: active[Int(random.next() % UInt64(active.count))].leaseID)) }
+            }
+            let live = r.nodes(status: .active)
+            let lost = live.filter { e.deadline(of: $0.leaseID, in: r) != expected[$0.leaseID]?.at }
+            guard lost.isEmpty else {
+                Issue.record("step \(step): \(lost.count) of \(live.count) live leases without their deadline, e.g. lease \(lost[0].leaseID)")
+                return
+            }
+            #expect(e.queuedDeadlines <= 2 * live.count + 1024 + 1)
+        }
     }
 
     @Test func aLeaderWithoutQuorumProposesNothing() throws {

@@ -106,8 +106,8 @@ public struct LeaseExpiry: Sendable {
         guard isLeader && isReady else { return }
         if node.status == .active {
             // A change that is not a renewal keeps the renewal index: the older entry for it
-            // comes up first and is the deadline; this one is skipped, or dropped by a
-            // rebuild, once the lease is renewed or ends.
+            // comes up first and is the deadline; this one is skipped, or swept, once the
+            // lease is renewed or ends.
             heap.insert(Due(at: now + ttlNanos(node.ttlSeconds), lease: node.leaseID, renewalIndex: node.renewalIndex))
             sweep(registry)
             compactIfNeeded(registry)

@@ -96,8 +96,10 @@ public struct LeaseRegistry: Sendable {
     /// not scan the registry.
     private var staleByAge = SortedChunks<StatusKey>()
     private var inactiveByAge = SortedChunks<StatusKey>()
-    private var byHostname = ShardedDictionary<String, NodeID>()
-    private var byLease = ShardedDictionary<UInt64, NodeID>()
+    /// Each node by its hostname, and each active lease by its id (RecordIndex.swift: the keys
+    /// are read from the records).
+    private var byHostname = RecordIndex<String>()
+    private var byLease = RecordIndex<UInt64>()
     /// The log index of the last command applied.
     public private(set) var appliedIndex: UInt64 = 0
     /// The log index of the last entry that changed any node's ID, hostname or status (a
@@ -147,14 +149,23 @@ public struct LeaseRegistry: Sendable {
 
     public func node(_ id: NodeID) -> NodeRecord? { nodes[id] }
 
-    public func node(hostname: String) -> NodeRecord? { byHostname[hostname].flatMap { nodes[$0] } }
+    public func node(hostname: String) -> NodeRecord? { nodeID(hostname: hostname).flatMap { nodes[$0] } }
 
-    public func lease(_ leaseID: UInt64) -> NodeRecord? { byLease[leaseID].flatMap { nodes[$0] } }
+    public func lease(_ leaseID: UInt64) -> NodeRecord? { nodeID(lease: leaseID).flatMap { nodes[$0] } }
+
+    private func nodeID(hostname: String) -> NodeID? {
+        byHostname.find(hostname) { id in nodes.reading(id) { $0.hostname == hostname } ?? false }
+    }
+
+    /// The node holding active lease `leaseID`.
+    private func nodeID(lease leaseID: UInt64) -> NodeID? {
+        byLease.find(leaseID) { id in nodes.reading(id) { $0.leaseID == leaseID } ?? false }
+    }
 
     /// Lease `leaseID` is active and its latest renewal is `renewalIndex` (what the leader's
     /// deadline heap asks of each entry; no record is copied out).
     public func isActive(lease leaseID: UInt64, renewalIndex: UInt64) -> Bool {
-        guard let id = byLease[leaseID] else { return false }
+        guard let id = nodeID(lease: leaseID) else { return false }
         return nodes.reading(id) { $0.status == .active && $0.renewalIndex == renewalIndex } ?? false
     }
 
@@ -262,16 +273,16 @@ public struct LeaseRegistry: Sendable {
             case .acquire(let hostname, let holder, let ttl, let range):
                 return .success(.lease(try acquire(hostname: hostname, holder: holder, ttl: ttl, range: range, now: now, index: index)))
             case .renew(let leaseID):
-                guard let id = byLease[leaseID] else { throw LeaseError.leaseNotFound }
+                guard let id = nodeID(lease: leaseID) else { throw LeaseError.leaseNotFound }
                 nodes[id]!.lastRenewal = max(nodes[id]!.lastRenewal, now)
                 nodes[id]!.renewalIndex = index
                 return .success(.lease(nodes[id]!.lease))
             case .release(let leaseID):
-                guard let id = byLease[leaseID] else { throw LeaseError.leaseNotFound }
+                guard let id = nodeID(lease: leaseID) else { throw LeaseError.leaseNotFound }
                 setStatus(id, .inactive, now: now, index: index)
                 return .success(.node(nodes[id]!))
             case .expire(let leaseID, let renewalIndex):
-                guard let id = byLease[leaseID], nodes[id]!.renewalIndex == renewalIndex || faults.contains(.expireIgnoresRenewal) else {
+                guard let id = nodeID(lease: leaseID), nodes[id]!.renewalIndex == renewalIndex || faults.contains(.expireIgnoresRenewal) else {
                     throw LeaseError.leaseNotFound
                 }
                 setStatus(id, .stale, now: now, index: index)
@@ -315,7 +326,7 @@ public struct LeaseRegistry: Sendable {
         let hostname = try Validation.hostname(raw)
         let holder = try Validation.holder(rawHolder)
         guard ttl >= 1 else { throw LeaseError.invalid(field: "ttlSeconds", message: "must be at least 1") }
-        if let id = byHostname[hostname] {
+        if let id = nodeID(hostname: hostname) {
             var r = nodes[id]!
             if r.status == .active {
                 guard r.holder == holder else {
@@ -324,10 +335,10 @@ public struct LeaseRegistry: Sendable {
                 }
                 // The same installation asks again (a restart, a retry): the same lease, renewed.
                 if faults.contains(.reacquireGrantsNewLease) {
-                    byLease[r.leaseID] = nil
+                    byLease.remove(r.leaseID, id)
                     grant(&r, holder: holder, ttl: ttl, now: now, index: index)
                     nodes[id] = r
-                    byLease[r.leaseID] = id
+                    byLease.insert(r.leaseID, id)
                     return r.lease
                 }
                 r.lastRenewal = max(r.lastRenewal, now)
@@ -342,7 +353,7 @@ public struct LeaseRegistry: Sendable {
             count(.active, 1)
             grant(&r, holder: holder, ttl: ttl, now: now, index: index)
             nodes[id] = r
-            byLease[r.leaseID] = id
+            byLease.insert(r.leaseID, id)
             return r.lease
         }
         // A new hostname: the smallest free ID, else the ID inactive the longest.
@@ -356,15 +367,15 @@ public struct LeaseRegistry: Sendable {
         }
         guard let id = longestInactive(in: range) else { throw LeaseError.nodeIDsExhausted }
         var r = nodes[id]!
-        byHostname[r.hostname] = nil
+        byHostname.remove(r.hostname, id)
         r.hostname = hostname
         r.transitions += 1
         count(r.status, -1)
         count(.active, 1)
         grant(&r, holder: holder, ttl: ttl, now: now, index: index)
         nodes[id] = r
-        byHostname[hostname] = id
-        byLease[r.leaseID] = id
+        byHostname.insert(hostname, id)
+        byLease.insert(r.leaseID, id)
         return r.lease
     }
 
@@ -385,7 +396,7 @@ public struct LeaseRegistry: Sendable {
     private mutating func setStatus(_ id: NodeID, _ status: NodeStatus, now: UInt64, index: UInt64) {
         let r = nodes[id]!
         registryIndex = max(registryIndex, index)
-        if r.status == .active && status != .active { byLease[r.leaseID] = nil }
+        if r.status == .active && status != .active { byLease.remove(r.leaseID, id) }
         untrackAge(r)
         count(r.status, -1)
         count(status, 1)
@@ -414,8 +425,8 @@ public struct LeaseRegistry: Sendable {
     private mutating func insert(_ r: NodeRecord) {
         nodes[r.nodeID] = r
         count(r.status, 1)
-        byHostname[r.hostname] = r.nodeID
-        if r.status == .active { byLease[r.leaseID] = r.nodeID }
+        byHostname.insert(r.hostname, r.nodeID)
+        if r.status == .active { byLease.insert(r.leaseID, r.nodeID) }
         trackAge(r)
         order.insert(r.nodeID)
         freeBelowCursor.remove(r.nodeID)
@@ -424,8 +435,8 @@ public struct LeaseRegistry: Sendable {
     private mutating func remove(_ id: NodeID) {
         guard let r = nodes.removeValue(forKey: id) else { return }
         count(r.status, -1)
-        byHostname[r.hostname] = nil
-        if r.status == .active { byLease[r.leaseID] = nil }
+        byHostname.remove(r.hostname, id)
+        if r.status == .active { byLease.remove(r.leaseID, id) }
         untrackAge(r)
         order.remove(id)
         let raw = UInt64(id.rawValue)
@@ -585,12 +596,14 @@ extension LeaseRegistry {
             }
             guard registryIndex <= appliedIndex else { throw SnapshotError.malformed("registry index beyond the applied index") }
             let n = Int(try r.u32())
-            nodes.reserve(min(n, r.remaining / 69))  // 69: the smallest encoded record
+            let expected = min(n, r.remaining / 69)  // 69: the smallest encoded record
+            nodes.reserve(expected)
+            byHostname.reserveCapacity(expected)
             var last: NodeID?
             for _ in 0..<n {
                 let rec = try r.record()
                 let (id, hostname, status) = (rec.nodeID, rec.hostname, rec.status)
-                guard last == nil || last! < id, byHostname[hostname] == nil else {
+                guard last == nil || last! < id, nodeID(hostname: hostname) == nil else {
                     throw SnapshotError.malformed("records out of order or duplicated")
                 }
                 last = id
@@ -598,8 +611,8 @@ extension LeaseRegistry {
                 count(status, 1)
                 order.append(id)
                 trackAge(rec)
-                byHostname[hostname] = id
-                if status == .active { byLease[rec.leaseID] = id }
+                byHostname.insert(hostname, id)
+                if status == .active { byLease.insert(rec.leaseID, id) }
             }
             let replicas = Int(try r.u32())
             for _ in 0..<replicas { replicaDirectories[try r.u64()] = try r.u64() }

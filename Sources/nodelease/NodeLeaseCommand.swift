@@ -22,18 +22,26 @@ struct NodeLeaseCommand: AsyncParsableCommand {
             SnapshotCommand.self,
         ])
 
-    /// For the replica and the load generator, runs Swift concurrency's jobs on NIO's event
-    /// loops (the threads that do the sockets' I/O), so a request no longer hops from an event
-    /// loop to the concurrency pool and back: fewer thread switches per request. (Not for the
-    /// client commands: `hold` blocks while its command runs.) Then parses and runs the
-    /// command as usual.
+    /// Parses the command; for the replica and the load generator, sizes NIO's event loops
+    /// (`--event-loops`) and runs Swift concurrency's jobs on them (the threads that do the
+    /// sockets' I/O), so a request no longer hops from an event loop to the concurrency pool
+    /// and back: fewer thread switches per request. (Not for the client commands: `hold`
+    /// blocks while its command runs.) Then runs the command.
     static func main() async {
-        let server = ["serve", "dev", "bench"].contains(CommandLine.arguments.dropFirst().first ?? "")
-        if server && ProcessInfo.processInfo.environment["NODELEASE_CONCURRENCY_POOL"] != "swift" {
-            NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
-        }
         do {
             var command = try parseAsRoot()
+            let loops: Int?
+            do {
+                loops = try eventLoops(for: command)
+            } catch let e as ConfigError {
+                FileHandle.standardError.write(Data("nodelease \(command is Dev ? "dev" : "serve"): invalid configuration: \(e)\n".utf8))
+                throw ExitCode(2)
+            }
+            if let loops { NIOSingletons.groupLoopCountSuggestion = loops }
+            let server = command is Serve || command is Dev || command is Bench
+            if server && ProcessInfo.processInfo.environment["NODELEASE_CONCURRENCY_POOL"] != "swift" {
+                NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+            }
             if var asyncCommand = command as? any AsyncParsableCommand {
                 try await asyncCommand.run()
             } else {
@@ -41,6 +49,22 @@ struct NodeLeaseCommand: AsyncParsableCommand {
             }
         } catch {
             exit(withError: error)
+        }
+    }
+
+    /// The event loops `command` asks for; nil: NIO's default (one per core).
+    ///
+    /// A replica runs on one by default. Its requests are serialized through its driver actor
+    /// anyway, and with a second loop most of them crossed threads twice (in, and the answer
+    /// out). On this 2-core machine, 3 replicas and the load generator (README, Performance):
+    /// renew at c=64 went from 9.8-10.1k to 11.3-11.9k ops/s at 135-138 -> 109-114 us of
+    /// server CPU an op, and the fleet of 70,000 held (p99 26.7 ms) where it had not (62.9).
+    /// `dev` runs every replica in one process, so it keeps one loop per core.
+    static func eventLoops(for command: any ParsableCommand) throws -> Int? {
+        switch command {
+        case let serve as Serve: return try serve.options.eventLoopCount() ?? 1
+        case let dev as Dev: return try dev.options.eventLoopCount()
+        default: return nil
         }
     }
 }
@@ -86,6 +110,8 @@ struct ReplicaOptions: ParsableArguments {
     var maxWatches: String?
     @Option(help: "Tests of rolling upgrades: support cluster versions only up to this one, as an older build does (this build's newest). Env NODELEASE_MAX_CLUSTER_VERSION.")
     var maxClusterVersion: String?
+    @Option(help: "Event-loop threads, which do the sockets' I/O and the replica's own work (serve: 1; dev: one per core). More help only a replica on a machine of its own with many TLS clients or follower reads. Env NODELEASE_EVENT_LOOPS.")
+    var eventLoops: String?
 
     static func env(_ flag: String) -> String? {
         let name = "NODELEASE_" + flag.dropFirst(2).uppercased().replacingOccurrences(of: "-", with: "_")
@@ -99,6 +125,14 @@ struct ReplicaOptions: ParsableArguments {
         guard let text = value(flagValue, flag) else { return d }
         guard let v = T(text.trimmingCharacters(in: .whitespaces)) else { throw ConfigError(flag, "expected an integer, got \"\(text)\"") }
         return v
+    }
+
+    /// `--event-loops`, if given; at most 256.
+    func eventLoopCount() throws -> Int? {
+        guard value(eventLoops, "--event-loops") != nil else { return nil }
+        let n: Int = try number(eventLoops, "--event-loops", default: 1)
+        guard (1...256).contains(n) else { throw ConfigError("--event-loops", "must be between 1 and 256, got \(n)") }
+        return n
     }
 
     func apply(to c: inout ServerConfig) throws {

@@ -8,8 +8,9 @@
 
 /// How a key picks its shard: integer keys by their low bits (dense IDs spread evenly, and
 /// the key is hashed once, inside its shard), strings by a fixed hash of their bytes (FNV-1a:
-/// not Swift's per-process seeded `hashValue`, so the registry's layout, like its contents,
-/// is the same on every replica and every run).
+/// not Swift's per-process seeded `hashValue`, so which shard holds a key is the same on every
+/// replica and every run). Within a shard, a `Dictionary` or a `RecordIndex` places keys by
+/// the seeded hash; nothing reads them in that order.
 protocol ShardKey: Hashable, Sendable {
     var shardBits: Int { get }
 }

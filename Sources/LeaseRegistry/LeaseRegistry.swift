@@ -159,7 +159,7 @@ public struct LeaseRegistry: Sendable {
 
     /// The node holding active lease `leaseID`.
     private func nodeID(lease leaseID: UInt64) -> NodeID? {
-        byLease.find(leaseID) { id in nodes.reading(id) { $0.leaseID == leaseID } ?? false }
+        byLease.find(leaseID) { id in nodes.reading(id) { $0.leaseID == leaseID && $0.status == .active } ?? false }
     }
 
     /// Lease `leaseID` is active and its latest renewal is `renewalIndex` (what the leader's
@@ -612,7 +612,12 @@ extension LeaseRegistry {
                 order.append(id)
                 trackAge(rec)
                 byHostname.insert(hostname, id)
-                if status == .active { byLease.insert(rec.leaseID, id) }
+                if status == .active {
+                    // Two active records with one lease id: which one a renewal found would
+                    // depend on the index's layout, which differs between processes.
+                    guard nodeID(lease: rec.leaseID) == nil else { throw SnapshotError.malformed("a lease id held twice") }
+                    byLease.insert(rec.leaseID, id)
+                }
             }
             let replicas = Int(try r.u32())
             for _ in 0..<replicas { replicaDirectories[try r.u64()] = try r.u64() }

@@ -13,7 +13,7 @@
 struct RecordIndex<Key: ShardKey>: Sendable {
     private static var shardCount: Int { 64 }
     /// Each shard's buckets: the key's hash in the high 32 bits (never 0), the ID in the low;
-    /// 0 is an empty bucket. A power of two in count, or empty.
+    /// 0 is an empty bucket. A power of two in count, or none.
     private var shards = [[UInt64]](repeating: [], count: shardCount)
     private var shardCounts = [Int](repeating: 0, count: shardCount)
     private(set) var count = 0
@@ -25,7 +25,11 @@ struct RecordIndex<Key: ShardKey>: Sendable {
 
     private static func shard(_ key: Key) -> Int { key.shardBits & (shardCount - 1) }
 
-    private static func hash(_ key: Key) -> UInt32 { UInt32(truncatingIfNeeded: key.hashValue) | 1 }
+    /// The key's hash, never 0 (so no entry is 0); its low bits pick the home bucket.
+    private static func hash(_ key: Key) -> UInt32 {
+        let h = UInt32(truncatingIfNeeded: key.hashValue)
+        return h == 0 ? 1 : h
+    }
 
     private static func home(_ entry: UInt64, mask: Int) -> Int { Int(entry >> 32) & mask }
 
@@ -49,6 +53,7 @@ struct RecordIndex<Key: ShardKey>: Sendable {
 
     /// Indexes `id` under `key`, which must not be indexed already (`find` it first).
     mutating func insert(_ key: Key, _ id: NodeID) {
+        assert(find(key) { $0 == id } == nil, "indexed twice")
         let s = Self.shard(key)
         if (shardCounts[s] + 1) * 4 > shards[s].count * 3 { grow(s) }
         let h = Self.hash(key)

@@ -83,4 +83,70 @@ struct RecordIndexTests {
         reserved.reserveCapacity(65_536)
         #expect(reserved.bucketCount == 131_072)
     }
+
+    /// Each way a record's hostname or lease changes leaves the indexes on the record's
+    /// current values only, also after a snapshot round-trip.
+    @Test func theRegistryFindsNodesByTheirCurrentHostnameAndLeaseOnly() throws {
+        var h = Harness()
+        let a = try h.acquire("aa.example", "x", range: 1...2)
+        let b = try h.acquire("bb.example", "y", range: 1...2)
+        // Released: its lease is no longer found, its hostname still is.
+        h.run(.release(leaseID: a.leaseID))
+        #expect(h.registry.lease(a.leaseID) == nil)
+        #expect(h.registry.node(hostname: "aa.example")?.nodeID == a.nodeID)
+        // The range full, a new hostname takes the ID inactive the longest: the old hostname
+        // goes, the new one and its lease are found.
+        let c = try h.acquire("cc.example", "z", range: 1...2)
+        #expect(c.nodeID == a.nodeID)
+        #expect(h.registry.node(hostname: "aa.example") == nil)
+        #expect(h.registry.node(hostname: "cc.example")?.nodeID == c.nodeID)
+        #expect(h.registry.lease(c.leaseID)?.nodeID == c.nodeID)
+        // Expired (stale), then granted again: only the new lease is found.
+        h.run(.expire(leaseID: b.leaseID, renewalIndex: b.leaseID))
+        #expect(h.registry.lease(b.leaseID) == nil)
+        let b2 = try h.acquire("bb.example", "y", range: 1...2)
+        #expect(b2.leaseID != b.leaseID && h.registry.lease(b2.leaseID)?.nodeID == b.nodeID)
+        #expect(h.error(h.run(.renew(leaseID: b.leaseID))) == .leaseNotFound)
+        // Forgotten: neither is found.
+        h.run(.release(leaseID: c.leaseID))
+        h.run(.forget(nodeID: c.nodeID))
+        #expect(h.registry.node(hostname: "cc.example") == nil && h.registry.lease(c.leaseID) == nil)
+        let restored = try LeaseRegistry(snapshot: h.registry.snapshot())
+        for r in [h.registry, restored] {
+            #expect(r.node(hostname: "bb.example")?.nodeID == b.nodeID)
+            #expect(r.lease(b2.leaseID)?.nodeID == b.nodeID)
+            #expect(r.node(hostname: "aa.example") == nil && r.node(hostname: "cc.example") == nil)
+            #expect(r.lease(a.leaseID) == nil && r.lease(b.leaseID) == nil && r.lease(c.leaseID) == nil)
+        }
+    }
+
+    /// The planted bug that grants a new lease on a re-acquire leaves the old lease unknown.
+    @Test func aReacquireThatGrantsANewLeaseForgetsTheOldOne() throws {
+        var h = Harness()
+        h.registry.faults = [.reacquireGrantsNewLease]
+        let a = try h.acquire("aa.example", "x")
+        let again = try h.acquire("aa.example", "x")
+        #expect(again.leaseID != a.leaseID)
+        #expect(h.registry.lease(a.leaseID) == nil && h.registry.lease(again.leaseID)?.nodeID == a.nodeID)
+        #expect(h.error(h.run(.renew(leaseID: a.leaseID))) == .leaseNotFound)
+    }
+
+    /// A snapshot with two active records holding one lease id is refused: which of them a
+    /// renewal found would depend on the index's layout, which differs between processes.
+    @Test func aSnapshotWithALeaseHeldTwiceIsRefused() throws {
+        var h = Harness()
+        let a = try h.acquire("aa.example", "x")
+        let b = try h.acquire("bb.example", "y")
+        var bytes = h.registry.snapshot()
+        // The second record: its hostname, its status byte, then its lease id.
+        let name = Array("bb.example".utf8)
+        let at = try #require((0...(bytes.count - name.count)).first { Array(bytes[$0..<($0 + name.count)]) == name })
+        let lease = at + name.count + 1
+        #expect(bytes[lease..<(lease + 8)].elementsEqual(withUnsafeBytes(of: b.leaseID.littleEndian, Array.init)))
+        bytes.replaceSubrange(lease..<(lease + 8), with: withUnsafeBytes(of: a.leaseID.littleEndian, Array.init))
+        let body = Array(bytes[0..<(bytes.count - 4)])
+        let crc = CRC32C.checksum(body)
+        bytes = body + [UInt8(crc & 0xff), UInt8(crc >> 8 & 0xff), UInt8(crc >> 16 & 0xff), UInt8(crc >> 24)]
+        #expect(throws: LeaseRegistry.SnapshotError.malformed("a lease id held twice")) { try LeaseRegistry(snapshot: bytes) }
+    }
 }

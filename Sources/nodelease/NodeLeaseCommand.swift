@@ -37,6 +37,8 @@ struct NodeLeaseCommand: AsyncParsableCommand {
                 FileHandle.standardError.write(Data("nodelease \(command is Dev ? "dev" : "serve"): invalid configuration: \(e)\n".utf8))
                 throw ExitCode(2)
             }
+            // Before anything uses NIO's singleton group (NIO stops the process if it is set
+            // after): the executor's install below is the first use.
             if let loops { NIOSingletons.groupLoopCountSuggestion = loops }
             let server = command is Serve || command is Dev || command is Bench
             if server && ProcessInfo.processInfo.environment["NODELEASE_CONCURRENCY_POOL"] != "swift" {
@@ -58,8 +60,8 @@ struct NodeLeaseCommand: AsyncParsableCommand {
     /// anyway, and with a second loop most of them crossed threads twice (in, and the answer
     /// out). On this 2-core machine, 3 replicas and the load generator (README, Performance):
     /// renew at c=64 went from 9.8-10.1k to 11.3-11.9k ops/s at 135-138 -> 109-114 us of
-    /// server CPU an op, and the fleet of 70,000 held (p99 26.7 ms) where it had not (62.9).
-    /// `dev` runs every replica in one process, so it keeps one loop per core.
+    /// server CPU an op; the fleet of 70,000 showed no difference beyond its noise. `dev`
+    /// runs every replica in one process, so it keeps one loop per core.
     static func eventLoops(for command: any ParsableCommand) throws -> Int? {
         switch command {
         case let serve as Serve: return try serve.options.eventLoopCount() ?? 1

@@ -58,9 +58,9 @@ struct NodeLeaseCommand: AsyncParsableCommand {
     ///
     /// A replica runs on one by default. Its requests are serialized through its driver actor
     /// anyway, and with a second loop most of them crossed threads twice (in, and the answer
-    /// out). On this 2-core machine, 3 replicas and the load generator (README, Performance):
+    /// out). On a 2-core machine with 3 replicas and the load generator (README, Performance):
     /// renew at c=64 went from 9.8-10.1k to 11.3-11.9k ops/s at 135-138 -> 109-114 us of
-    /// server CPU an op; the fleet of 70,000 showed no difference beyond its noise. `dev`
+    /// replica CPU an op; the fleet of 70,000 showed no difference beyond its noise. `dev`
     /// runs every replica in one process, so it keeps one loop per core.
     static func eventLoops(for command: any ParsableCommand) throws -> Int? {
         switch command {

@@ -73,6 +73,12 @@ struct RecordIndexTests {
         #expect(index.find("a") { _ in false } == nil)
     }
 
+    /// The record's fields are stored in an order that packs them (Types.swift): a field
+    /// added or moved carelessly shows here.
+    @Test func aRecordTakes104Bytes() {
+        #expect(MemoryLayout<NodeRecord>.stride == 104)
+    }
+
     @Test func itsBucketsTakeEightBytesAKeyAtMostThreeQuartersFull() {
         var index = RecordIndex<UInt64>()
         for k in 0..<UInt64(65_536) { index.insert(k, NodeID(UInt32(k + 1))) }

@@ -16,7 +16,9 @@ struct RecordIndex<Key: ShardKey>: Sendable {
     /// 0 is an empty bucket. A power of two in count, or none.
     private var shards = [[UInt64]](repeating: [], count: shardCount)
     private var shardCounts = [Int](repeating: 0, count: shardCount)
-    private(set) var count = 0
+
+    /// Keys indexed.
+    var count: Int { shardCounts.reduce(0, +) }
 
     init() {}
 
@@ -59,7 +61,6 @@ struct RecordIndex<Key: ShardKey>: Sendable {
         let h = Self.hash(key)
         Self.place(UInt64(h) << 32 | UInt64(id.rawValue), in: &shards[s])
         shardCounts[s] += 1
-        count += 1
     }
 
     /// Removes `id` from under `key`; false if it was not there.
@@ -69,10 +70,7 @@ struct RecordIndex<Key: ShardKey>: Sendable {
         guard !shards[s].isEmpty else { return false }
         let target = UInt64(Self.hash(key)) << 32 | UInt64(id.rawValue)
         let removed = Self.remove(target, from: &shards[s])
-        if removed {
-            shardCounts[s] -= 1
-            count -= 1
-        }
+        if removed { shardCounts[s] -= 1 }
         return removed
     }
 

@@ -112,7 +112,7 @@ struct ReplicaOptions: ParsableArguments {
     var maxWatches: String?
     @Option(help: "Tests of rolling upgrades: support cluster versions only up to this one, as an older build does (this build's newest). Env NODELEASE_MAX_CLUSTER_VERSION.")
     var maxClusterVersion: String?
-    @Option(help: "Event-loop threads, which do the sockets' I/O and the replica's own work (serve: 1; dev: one per core). More help only a replica on a machine of its own with many TLS clients or follower reads. Env NODELEASE_EVENT_LOOPS.")
+    @Option(help: "Event-loop threads, which do the sockets' I/O and the replica's own work (serve: 1; dev: one per core). More may help a replica on a machine of its own with many TLS clients or follower reads (not measured). Env NODELEASE_EVENT_LOOPS.")
     var eventLoops: String?
 
     static func env(_ flag: String) -> String? {

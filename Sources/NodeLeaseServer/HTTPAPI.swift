@@ -337,7 +337,7 @@ struct HTTPAPI: Sendable {
     private func reply(_ result: Result<LeaseReply, LeaseError>, _ access: Access) -> Response {
         switch result {
         case .success(.lease(let l)): return json(.ok, leaseJSON(l))
-        case .success(.node(let n)): return json(.ok, nodeJSON(n))
+        case .success(.node(let n)): return json(.ok, Self.nodeJSON(n))
         case .success(.replica), .success(.idempotency), .success(.clusterVersion): return error(.internalServerError, "internal", "unexpected reply")
         case .failure(let e):
             let status: HTTPResponse.Status =
@@ -403,6 +403,18 @@ struct HTTPAPI: Sendable {
     private func read(
         _ query: ReadQuery, _ exchange: Exchange, _ body: @escaping @Sendable (LeaseRegistry) -> [NodeRecord]
     ) async -> Result<(nodes: [NodeRecord], index: LogIndex, leader: ReplicaID?, registryIndex: UInt64, reset: Bool), ErrorResponse> {
+        let reset: Bool
+        switch await awaitRead(query, exchange) {
+        case .failure(let e): return .failure(e)
+        case .success(let r): reset = r
+        }
+        guard let r = await driver.read(confirmed: query.consistency == .linearizable, body) else { return .failure(ErrorResponse(await notCaughtUp())) }
+        return .success((r.nodes, r.index, r.leader, r.registryIndex, reset))
+    }
+
+    /// What comes before a registry read: the long poll's wait, then the read index for a
+    /// linearizable one. Success: whether the poll's index was reset.
+    private func awaitRead(_ query: ReadQuery, _ exchange: Exchange) async -> Result<Bool, ErrorResponse> {
         var reset = false
         if let watch = query.watch {
             var random = SystemRandomNumberGenerator()
@@ -420,22 +432,26 @@ struct HTTPAPI: Sendable {
         if query.consistency == .linearizable {
             do { _ = try await driver.linearizableBarrier() } catch { return .failure(ErrorResponse(await noLeader())) }
         }
-        guard let r = await driver.read(confirmed: query.consistency == .linearizable, body) else { return .failure(ErrorResponse(await notCaughtUp())) }
-        return .success((r.nodes, r.index, r.leader, r.registryIndex, reset))
+        return .success(reset)
     }
 
     private func listNodes(_ request: Request, _ exchange: Exchange) async -> Response {
         switch readQuery(request) {
         case .failure(let e): return e.response
         case .success(let query):
-            let status = query.status
-            switch await read(query, exchange, { $0.nodes(status: status) }) {
+            let reset: Bool
+            switch await awaitRead(query, exchange) {
             case .failure(let e): return e.response
-            case .success(let r):
-                var res = readResponse(jsonArray(r.nodes.map(nodeJSON)), r.index, r.leader)
-                setRegistryHeaders(&res, r.registryIndex, reset: r.reset)
-                return res
+            case .success(let r): reset = r
             }
+            guard let r = await driver.renderNodes(status: query.status, confirmed: query.consistency == .linearizable) else {
+                if await driver.isStopping { return await unavailable("this replica is shutting down; ask another replica") }
+                return await notCaughtUp()
+            }
+            var res = json(.ok, r.body)
+            setReadHeaders(&res, r.index, r.leader)
+            setRegistryHeaders(&res, r.registryIndex, reset: reset)
+            return res
         }
     }
 
@@ -448,7 +464,7 @@ struct HTTPAPI: Sendable {
             case .success(let r):
                 var res: Response
                 if let n = r.nodes.first {
-                    res = readResponse(nodeJSON(n), r.index, r.leader)
+                    res = readResponse(Self.nodeJSON(n), r.index, r.leader)
                 } else {
                     res = error(.notFound, LeaseError.nodeNotFound)
                     setReadHeaders(&res, r.index, r.leader)
@@ -557,7 +573,7 @@ struct HTTPAPI: Sendable {
         return o.json
     }
 
-    func nodeJSON(_ n: NodeRecord) -> [UInt8] {
+    static func nodeJSON(_ n: NodeRecord) -> [UInt8] {
         var o = JSONObject()
         o.field("nodeId", UInt64(n.nodeID.rawValue))
         o.field("hostname", n.hostname)
@@ -566,10 +582,26 @@ struct HTTPAPI: Sendable {
         return o.json
     }
 
+    /// The registry's nodes (of `status`, if given) as a JSON array, in registry order.
+    static func nodesJSON(_ registry: LeaseRegistry, status: NodeStatus?) -> [UInt8] {
+        var out: [UInt8] = [UInt8(ascii: "[")]
+        out.reserveCapacity(2 + (status == nil ? registry.count : 16) * 100)
+        for n in registry.nodes(status: status) {
+            if out.count > 1 { out.append(UInt8(ascii: ",")) }
+            out.append(contentsOf: nodeJSON(n))
+        }
+        out.append(UInt8(ascii: "]"))
+        return out
+    }
+
     func json(_ status: HTTPResponse.Status, _ body: [UInt8]) -> Response {
+        json(status, ByteBuffer(bytes: body))
+    }
+
+    func json(_ status: HTTPResponse.Status, _ body: ByteBuffer) -> Response {
         var headers = HTTPFields()
         headers[.contentType] = "application/json"
-        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
+        return Response(status: status, headers: headers, body: .init(byteBuffer: body))
     }
 
     func json(_ status: HTTPResponse.Status, _ body: [UInt8], headers: Bool) async -> Response {

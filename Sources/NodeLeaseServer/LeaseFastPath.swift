@@ -208,11 +208,11 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
         let bound = NIOLoopBound((self, context), eventLoop: loop)
         Task {
             let response = await api.respond(to: request, connection: channel)
-            let sink = NIOLockedValueBox(channel.allocator.buffer(capacity: response.body.contentLength ?? 256))
+            let sink = NIOLockedValueBox<ByteBuffer?>(nil)
             let body: ByteBuffer?
             do {
                 try await response.body.write(CollectedBody(sink: sink))
-                body = sink.withLockedValue { $0 }
+                body = sink.withLockedValue { $0 } ?? channel.allocator.buffer(capacity: 0)
             } catch {
                 body = nil
             }
@@ -416,10 +416,15 @@ final class LeaseFastPathHandler: ChannelDuplexHandler, RemovableChannelHandler 
 /// A response body gathered into one buffer (the hot routes' answers are small JSON, the
 /// registry's at most a few MiB, which Hummingbird's path also holds whole).
 private struct CollectedBody: ResponseBodyWriter, Sendable {
-    let sink: NIOLockedValueBox<ByteBuffer>
+    /// Nil until the first piece, which is kept as it is: the answers are one buffer, shared,
+    /// not copied (a copy of the whole registry for each of a hundred watchers woken by one
+    /// change was half the event loop's time, most of it in page faults).
+    let sink: NIOLockedValueBox<ByteBuffer?>
 
     mutating func write(_ buffer: ByteBuffer) async throws {
-        _ = sink.withLockedValue { $0.writeImmutableBuffer(buffer) }
+        sink.withLockedValue {
+            if $0 == nil { $0 = buffer } else { $0!.writeImmutableBuffer(buffer) }
+        }
     }
 
     consuming func finish(_ trailingHeaders: HTTPFields?) async throws {}

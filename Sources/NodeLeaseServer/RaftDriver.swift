@@ -62,6 +62,12 @@ actor RaftDriver {
     private var nextWatchID: UInt64 = 0
     /// The registry index the watches were last told.
     private var watchedRegistryIndex: UInt64 = 0
+    /// Reads of the whole registry wait here for a render (decisions in `RegistryRenders`):
+    /// one render at a time, on `renderQueue`, shared by every read it covers.
+    private var renders = RegistryRenders<NodeStatus?>()
+    private var renderWaiters: [UInt64: CheckedContinuation<RenderedNodes?, Never>] = [:]
+    private var nextRenderID: UInt64 = 0
+    private let renderQueue = DispatchQueue(label: "nodelease.render", qos: .userInitiated)
     /// A graceful shutdown has begun: no new long poll waits.
     private var draining = false
     /// The configuration the transport was last given.
@@ -363,6 +369,64 @@ actor RaftDriver {
         return (body(core.registry), core.node.appliedIndex, core.node.leader, core.registry.registryIndex)
     }
 
+    /// A read of the whole registry, rendered: the JSON array of `GET /v1/cluster/nodes` and
+    /// the state it reflects.
+    struct RenderedNodes: Sendable {
+        var body: ByteBuffer
+        var index: LogIndex
+        var leader: ReplicaID?
+        var registryIndex: UInt64
+    }
+
+    /// The registry's nodes (of `status`, if given) as `GET /v1/cluster/nodes` answers them, at
+    /// this replica's applied index now or later. Nil when it may not serve a local read (as
+    /// `read`) or is stopping (`isStopping` tells which). Up to `config.inlineRenderNodes` nodes the registry is rendered here, at once;
+    /// beyond, on `renderQueue` from a copy, one render at a time, each answering every read of
+    /// the same filter that arrived at or before the index it renders. So however many watchers
+    /// one change wakes, the event loop (Raft's ticks and peers, every client) never renders a
+    /// large registry, and the replica renders it about once per change.
+    func renderNodes(status: NodeStatus?, confirmed: Bool) async -> RenderedNodes? {
+        guard core.mayServeLocalRead(confirmed: confirmed), !stopped else { return nil }
+        let applied = core.node.appliedIndex
+        if core.registry.count <= config.inlineRenderNodes {
+            let body = ByteBuffer(bytes: HTTPAPI.nodesJSON(core.registry, status: status))
+            return RenderedNodes(body: body, index: applied, leader: core.node.leader, registryIndex: core.registry.registryIndex)
+        }
+        nextRenderID += 1
+        let id = nextRenderID
+        return await withCheckedContinuation { c in
+            renderWaiters[id] = c
+            if let start = renders.request(id: id, filter: status, applied: applied.rawValue) { startRender(start) }
+        }
+    }
+
+    /// The replica is stopping: no read waits for a render any more.
+    var isStopping: Bool { stopped }
+
+    private func startRender(_ render: RegistryRenders<NodeStatus?>.Render) {
+        // The copy lives only while it is rendered (each write meanwhile copies the piece of
+        // the registry it changes, as for a snapshot).
+        let copy = NIOLockedValueBox<LeaseRegistry?>(core.registry)
+        let leader = core.node.leader
+        let registryIndex = core.registry.registryIndex
+        let index = LogIndex(render.index)
+        metrics.registryRenders.increment()
+        renderQueue.async { [self] in
+            let bytes = copy.withLockedValue { registry in
+                defer { registry = nil }
+                return HTTPAPI.nodesJSON(registry!, status: render.filter)
+            }
+            let done = RenderedNodes(body: ByteBuffer(bytes: bytes), index: index, leader: leader, registryIndex: registryIndex)
+            Task { await self.rendered(done) }
+        }
+    }
+
+    private func rendered(_ done: RenderedNodes) {
+        let (answered, next) = renders.finished(applied: core.node.appliedIndex.rawValue)
+        for id in answered { renderWaiters.removeValue(forKey: id)?.resume(returning: done) }
+        if let next { startRender(next) }
+    }
+
     var appliedIndex: LogIndex { core.node.appliedIndex }
 
     /// What the console shows of the registry: up to `limit` nodes (of `status`, if given) of
@@ -424,6 +488,7 @@ actor RaftDriver {
         }
         stopped = true
         for id in watches.removeAll() { endWatch(id, .stopping) }
+        for id in renders.removeAll() { renderWaiters.removeValue(forKey: id)?.resume(returning: nil) }
         // Let an fsync in flight finish before the files close under it.
         while persisting || snapshotting { try? await Task.sleep(for: .milliseconds(2)) }
         for (_, c) in writeWaiters { c.resume(throwing: DriverError.stopping) }

@@ -18,6 +18,8 @@ final class ReplicaMetrics: Sendable {
     let nodes: [(String, Metrics.Gauge)]
     let watches: Metrics.Gauge
     let registryIndex: Metrics.Gauge
+    /// Renders of the whole registry made off the event loop (each shared by the reads it covers).
+    let registryRenders: Metrics.Counter
 
     init() {
         var f = PrometheusMetricsFactory(registry: registry)
@@ -36,6 +38,7 @@ final class ReplicaMetrics: Sendable {
         nodes = ["active", "stale", "inactive"].map { ($0, Metrics.Gauge(label: "nodelease_nodes", dimensions: [("status", $0)], factory: f)) }
         watches = Metrics.Gauge(label: "nodelease_registry_watches", factory: f)
         registryIndex = Metrics.Gauge(label: "nodelease_registry_index", factory: f)
+        registryRenders = Metrics.Counter(label: "nodelease_registry_renders_total", factory: f)
     }
 
     /// One timer per endpoint and status, made on first use (not on every request).

@@ -72,6 +72,10 @@ public struct ServerConfig: Sendable {
     public var maxWatches = 1024
     /// Requests in progress on this replica beyond which new ones get 503 at once.
     public var maxConcurrentRequests = 1024
+    /// A read of the whole registry with more nodes than this is rendered off the event loop,
+    /// one render at a time shared by every read it covers (`RegistryRenders`); up to this
+    /// many, at once where it is asked (about 2 us a node).
+    public var inlineRenderNodes = 1024
     /// Client connections open at once beyond which new ones are closed at once.
     public var maxClientConnections = 4096
 

@@ -110,6 +110,8 @@ struct ReplicaOptions: ParsableArguments {
     var tokenFile: String?
     @Option(help: "Long polls of the registry (GET /v1/cluster/nodes?waitIndex=...) waiting at once; one more gets 503 (1024; at most half the client connections). Env NODELEASE_MAX_WATCHES.")
     var maxWatches: String?
+    @Option(help: "Reads of the whole registry with more nodes than this are rendered off the event loop, one render at a time shared by every read it covers (1024); a larger value renders more of them on the event loop, each read its own (for A/B runs). Env NODELEASE_INLINE_RENDER_NODES.")
+    var inlineRenderNodes: String?
     @Option(help: "Tests of rolling upgrades: support cluster versions only up to this one, as an older build does (this build's newest). Env NODELEASE_MAX_CLUSTER_VERSION.")
     var maxClusterVersion: String?
     @Option(help: "Event-loop threads, which do the sockets' I/O and the replica's own work (serve: 1; dev: one per core). More may help a replica on a machine of its own with many TLS clients or follower reads (not measured). Env NODELEASE_EVENT_LOOPS.")
@@ -166,6 +168,8 @@ struct ReplicaOptions: ParsableArguments {
         if let f = value(tokenFile, "--token-file") { c.tokenFile = f }
         c.maxWatches = try number(maxWatches, "--max-watches", default: c.maxWatches)
         guard c.maxWatches >= 1 else { throw ConfigError("--max-watches", "must be at least 1") }
+        c.inlineRenderNodes = try number(inlineRenderNodes, "--inline-render-nodes", default: c.inlineRenderNodes)
+        guard c.inlineRenderNodes >= 0 else { throw ConfigError("--inline-render-nodes", "must not be negative") }
         c.supportedClusterVersion = try number(maxClusterVersion, "--max-cluster-version", default: c.supportedClusterVersion)
         // Planted bugs: only in a fault build; a normal build refuses to start with them set.
         c.faults = try FaultOptions.fromEnvironment()

@@ -212,6 +212,43 @@ import Testing
         await c.stopAll()
     }
 
+    /// With every whole-registry read rendered off the event loop (a registry of any size, as
+    /// a large one is), the watchers one change wakes share renders, and each still gets the
+    /// change; a client's read after its own write on the same replica sees that write.
+    @Test func watchersWokenTogetherShareRendersAndEachSeesTheChange() async throws {
+        let (c, _, follower, _, index) = try await started { $0.inlineRenderNodes = 0 }
+        let port = c.configs[follower]!.clientListen.port
+        let before = try await renders(c, follower)
+        let polls = try await rawPolls(200, port: port, path: "/v1/cluster/nodes?waitIndex=\(index)&wait=60s")
+        #expect(await eventually(10) { await self.watches(c, follower) == 200 })
+        let acquired = try await c.post(follower, "/v1/leases", #"{"hostname":"mx2.example.org","holder":"h-2"}"#)
+        #expect(acquired.status == 200)
+        let written = try #require(UInt64(acquired.headers["x-nodelease-index"] ?? ""))
+        #expect(await eventually(5) { polls.allSatisfy { $0.reader.text.contains("mx2.example.org") } }, "not every waiter got the change")
+        for p in polls {
+            let served = p.reader.text.split(separator: "\r\n").first { $0.lowercased().hasPrefix("x-nodelease-index:") }
+            #expect(served.flatMap { UInt64($0.split(separator: " ").last ?? "") }.map { $0 >= written } == true)
+        }
+        let made = try await renders(c, follower) - before
+        print("registry renders: \(made) for 200 woken watchers")
+        #expect(made >= 1 && made < 200, "\(made) renders for 200 reads")
+        // Read-your-writes through one replica, with renders off the loop.
+        for k in 3...6 {
+            let w = try await c.post(follower, "/v1/leases", #"{"hostname":"mx\#(k).example.org","holder":"h-\#(k)"}"#)
+            let r = try await c.get(follower, "/v1/cluster/nodes")
+            #expect(r.status == 200 && r.array.count == k)
+            #expect((UInt64(r.headers["x-nodelease-index"] ?? "") ?? 0) >= (UInt64(w.headers["x-nodelease-index"] ?? "") ?? .max))
+        }
+        for p in polls { try? await p.channel.close() }
+        await c.stopAll()
+    }
+
+    private func renders(_ c: LocalCluster, _ id: ReplicaID) async throws -> Int {
+        let m = try await c.get(id, "/metrics")
+        let line = m.body.split(separator: "\n").first { $0.hasPrefix("nodelease_registry_renders_total ") }
+        return try #require(line.flatMap { Int($0.split(separator: " ")[1]) })
+    }
+
     @Test func aClientThatGoesAwayGivesItsPlaceBack() async throws {
         let (c, _, follower, _, index) = try await started { $0.maxWatches = 10 }
         let port = c.configs[follower]!.clientListen.port

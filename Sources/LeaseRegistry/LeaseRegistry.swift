@@ -184,6 +184,16 @@ public struct LeaseRegistry: Sendable {
     public func counts() -> (active: Int, stale: Int, inactive: Int) {
         (statusCounts[0], statusCounts[1], statusCounts[2])
     }
+
+    /// How many nodes `nodes(status:)` gives.
+    public func count(of status: NodeStatus?) -> Int {
+        switch status {
+        case nil: count
+        case .active: statusCounts[0]
+        case .stale: statusCounts[1]
+        case .inactive: statusCounts[2]
+        }
+    }
     private var statusCounts = [0, 0, 0]
 
     private mutating func count(_ status: NodeStatus, _ delta: Int) {

@@ -444,14 +444,15 @@ struct HTTPAPI: Sendable {
             case .failure(let e): return e.response
             case .success(let r): reset = r
             }
-            guard let r = await driver.renderNodes(status: query.status, confirmed: query.consistency == .linearizable) else {
-                if await driver.isStopping { return await unavailable("this replica is shutting down; ask another replica") }
-                return await notCaughtUp()
+            switch await driver.renderNodes(status: query.status, confirmed: query.consistency == .linearizable) {
+            case .rendered(let body, let index, let leader, let registryIndex):
+                var res = json(.ok, body)
+                setReadHeaders(&res, index, leader)
+                setRegistryHeaders(&res, registryIndex, reset: reset)
+                return res
+            case .notCaughtUp: return await notCaughtUp()
+            case .stopping: return await unavailable("this replica is shutting down; ask another replica")
             }
-            var res = json(.ok, r.body)
-            setReadHeaders(&res, r.index, r.leader)
-            setRegistryHeaders(&res, r.registryIndex, reset: reset)
-            return res
         }
     }
 
@@ -582,15 +583,20 @@ struct HTTPAPI: Sendable {
         return o.json
     }
 
-    /// The registry's nodes (of `status`, if given) as a JSON array, in registry order.
-    static func nodesJSON(_ registry: LeaseRegistry, status: NodeStatus?) -> [UInt8] {
-        var out: [UInt8] = [UInt8(ascii: "[")]
-        out.reserveCapacity(2 + (status == nil ? registry.count : 16) * 100)
-        for n in registry.nodes(status: status) {
-            if out.count > 1 { out.append(UInt8(ascii: ",")) }
-            out.append(contentsOf: nodeJSON(n))
+    /// The registry's nodes (of `status`, if given) as a JSON array, in registry order,
+    /// written straight into one buffer (about 110 bytes a node).
+    static func nodesJSON(_ registry: LeaseRegistry, status: NodeStatus?) -> ByteBuffer {
+        var out = ByteBuffer()
+        out.reserveCapacity(2 + registry.count(of: status) * 128)
+        out.writeInteger(UInt8(ascii: "["))
+        var first = true
+        for id in registry.order {
+            guard let r = registry.node(id), status == nil || r.status == status else { continue }
+            if !first { out.writeInteger(UInt8(ascii: ",")) }
+            first = false
+            out.writeBytes(nodeJSON(r))
         }
-        out.append(UInt8(ascii: "]"))
+        out.writeInteger(UInt8(ascii: "]"))
         return out
     }
 

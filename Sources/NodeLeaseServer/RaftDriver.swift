@@ -30,6 +30,8 @@ public struct ReplicaStatus: Sendable {
     /// The registry index (shared/API.md, "Watching the registry") and the long polls waiting.
     public var registryIndex: UInt64
     public var watches: Int
+    /// Reads of the whole registry waiting for a render off the event loop.
+    public var rendersWaiting: Int
     /// The cluster version in force, and the newest this replica supports.
     public var clusterVersion: UInt32
     public var supportedClusterVersion: UInt32
@@ -65,7 +67,7 @@ actor RaftDriver {
     /// Reads of the whole registry wait here for a render (decisions in `RegistryRenders`):
     /// one render at a time, on `renderQueue`, shared by every read it covers.
     private var renders = RegistryRenders<NodeStatus?>()
-    private var renderWaiters: [UInt64: CheckedContinuation<RenderedNodes?, Never>] = [:]
+    private var renderWaiters: [UInt64: CheckedContinuation<RenderedNodes, Never>] = [:]
     private var nextRenderID: UInt64 = 0
     private let renderQueue = DispatchQueue(label: "nodelease.render", qos: .userInitiated)
     /// A graceful shutdown has begun: no new long poll waits.
@@ -349,7 +351,7 @@ actor RaftDriver {
         return ReplicaStatus(
             replicaID: config.replicaID, role: s.role, term: s.term, leader: s.leader, commitIndex: s.commitIndex,
             appliedIndex: s.appliedIndex, peers: peers, counts: core.registry.counts(), fsyncCount: storage.syncCount,
-            registryIndex: core.registry.registryIndex, watches: watches.count, clusterVersion: core.registry.clusterVersion,
+            registryIndex: core.registry.registryIndex, watches: watches.count, rendersWaiting: renders.count, clusterVersion: core.registry.clusterVersion,
             supportedClusterVersion: config.supportedClusterVersion)
     }
 
@@ -371,58 +373,60 @@ actor RaftDriver {
 
     /// A read of the whole registry, rendered: the JSON array of `GET /v1/cluster/nodes` and
     /// the state it reflects.
-    struct RenderedNodes: Sendable {
-        var body: ByteBuffer
-        var index: LogIndex
-        var leader: ReplicaID?
-        var registryIndex: UInt64
+    enum RenderedNodes: Sendable {
+        case rendered(body: ByteBuffer, index: LogIndex, leader: ReplicaID?, registryIndex: UInt64)
+        /// This replica may not serve a local read (as `read`).
+        case notCaughtUp
+        case stopping
     }
 
     /// The registry's nodes (of `status`, if given) as `GET /v1/cluster/nodes` answers them, at
-    /// this replica's applied index now or later. Nil when it may not serve a local read (as
-    /// `read`) or is stopping (`isStopping` tells which). Up to `config.inlineRenderNodes` nodes the registry is rendered here, at once;
-    /// beyond, on `renderQueue` from a copy, one render at a time, each answering every read of
-    /// the same filter that arrived at or before the index it renders. So however many watchers
-    /// one change wakes, the event loop (Raft's ticks and peers, every client) never renders a
-    /// large registry, and the replica renders it about once per change.
-    func renderNodes(status: NodeStatus?, confirmed: Bool) async -> RenderedNodes? {
-        guard core.mayServeLocalRead(confirmed: confirmed), !stopped else { return nil }
-        let applied = core.node.appliedIndex
-        if core.registry.count <= config.inlineRenderNodes {
-            let body = ByteBuffer(bytes: HTTPAPI.nodesJSON(core.registry, status: status))
-            return RenderedNodes(body: body, index: applied, leader: core.node.leader, registryIndex: core.registry.registryIndex)
+    /// this replica's applied index now or later. Up to `config.inlineRenderNodes` of them are
+    /// rendered here, at once; more, on `renderQueue` from a copy of the registry, one render at
+    /// a time, each answering every read of the same filter that arrived at or before the index
+    /// it renders (`RegistryRenders`). So however many watchers one change wakes, the event
+    /// loop (Raft's ticks and peers, every client) never renders a large registry, and the
+    /// replica renders it about once per change.
+    func renderNodes(status: NodeStatus?, confirmed: Bool) async -> RenderedNodes {
+        guard !stopped else { return .stopping }
+        guard core.mayServeLocalRead(confirmed: confirmed) else { return .notCaughtUp }
+        let registry = core.registry
+        if registry.count(of: status) <= config.inlineRenderNodes {
+            return .rendered(
+                body: HTTPAPI.nodesJSON(registry, status: status), index: core.node.appliedIndex, leader: core.node.leader,
+                registryIndex: registry.registryIndex)
         }
         nextRenderID += 1
         let id = nextRenderID
         return await withCheckedContinuation { c in
             renderWaiters[id] = c
-            if let start = renders.request(id: id, filter: status, applied: applied.rawValue) { startRender(start) }
+            if let start = renders.request(id: id, filter: status, applied: core.node.appliedIndex) { startRender(start) }
         }
     }
 
-    /// The replica is stopping: no read waits for a render any more.
-    var isStopping: Bool { stopped }
-
+    /// Renders the registry as it is now (at `render.index`) on `renderQueue`.
     private func startRender(_ render: RegistryRenders<NodeStatus?>.Render) {
+        let index = core.node.appliedIndex
+        assert(index == render.index, "a render starts at the applied index")
         // The copy lives only while it is rendered (each write meanwhile copies the piece of
         // the registry it changes, as for a snapshot).
         let copy = NIOLockedValueBox<LeaseRegistry?>(core.registry)
         let leader = core.node.leader
         let registryIndex = core.registry.registryIndex
-        let index = LogIndex(render.index)
         metrics.registryRenders.increment()
+        let hook = config.beforeRender
         renderQueue.async { [self] in
-            let bytes = copy.withLockedValue { registry in
+            hook?()
+            let body = copy.withLockedValue { registry in
                 defer { registry = nil }
                 return HTTPAPI.nodesJSON(registry!, status: render.filter)
             }
-            let done = RenderedNodes(body: ByteBuffer(bytes: bytes), index: index, leader: leader, registryIndex: registryIndex)
-            Task { await self.rendered(done) }
+            Task { await self.rendered(.rendered(body: body, index: index, leader: leader, registryIndex: registryIndex)) }
         }
     }
 
     private func rendered(_ done: RenderedNodes) {
-        let (answered, next) = renders.finished(applied: core.node.appliedIndex.rawValue)
+        let (answered, next) = renders.finished(applied: core.node.appliedIndex)
         for id in answered { renderWaiters.removeValue(forKey: id)?.resume(returning: done) }
         if let next { startRender(next) }
     }
@@ -488,7 +492,7 @@ actor RaftDriver {
         }
         stopped = true
         for id in watches.removeAll() { endWatch(id, .stopping) }
-        for id in renders.removeAll() { renderWaiters.removeValue(forKey: id)?.resume(returning: nil) }
+        for id in renders.removeAll() { renderWaiters.removeValue(forKey: id)?.resume(returning: .stopping) }
         // Let an fsync in flight finish before the files close under it.
         while persisting || snapshotting { try? await Task.sleep(for: .milliseconds(2)) }
         for (_, c) in writeWaiters { c.resume(throwing: DriverError.stopping) }

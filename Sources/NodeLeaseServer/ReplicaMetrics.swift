@@ -20,6 +20,7 @@ final class ReplicaMetrics: Sendable {
     let registryIndex: Metrics.Gauge
     /// Renders of the whole registry made off the event loop (each shared by the reads it covers).
     let registryRenders: Metrics.Counter
+    let rendersWaiting: Metrics.Gauge
 
     init() {
         var f = PrometheusMetricsFactory(registry: registry)
@@ -39,6 +40,7 @@ final class ReplicaMetrics: Sendable {
         watches = Metrics.Gauge(label: "nodelease_registry_watches", factory: f)
         registryIndex = Metrics.Gauge(label: "nodelease_registry_index", factory: f)
         registryRenders = Metrics.Counter(label: "nodelease_registry_renders_total", factory: f)
+        rendersWaiting = Metrics.Gauge(label: "nodelease_registry_reads_waiting_for_render", factory: f)
     }
 
     /// One timer per endpoint and status, made on first use (not on every request).
@@ -68,6 +70,7 @@ final class ReplicaMetrics: Sendable {
         let counts = [("active", s.counts.active), ("stale", s.counts.stale), ("inactive", s.counts.inactive)]
         for ((_, g), (_, n)) in zip(nodes, counts) { g.record(n) }
         watches.record(s.watches)
+        rendersWaiting.record(s.rendersWaiting)
         registryIndex.record(Int64(s.registryIndex))
         for p in s.peers {
             Metrics.Gauge(label: "nodelease_peer_reachable", dimensions: [("peer", p.id.description)], factory: factory).record(p.reachable ? 1 : 0)

@@ -76,6 +76,9 @@ public struct ServerConfig: Sendable {
     /// one render at a time shared by every read it covers (`RegistryRenders`); up to this
     /// many, at once where it is asked (about 2 us a node).
     public var inlineRenderNodes = 1024
+    /// Run on the render thread before each render off the event loop: tests hold renders
+    /// with it. Nil in every replica the `nodelease` command starts.
+    public var beforeRender: (@Sendable () -> Void)?
     /// Client connections open at once beyond which new ones are closed at once.
     public var maxClientConnections = 4096
 

@@ -232,21 +232,82 @@ import Testing
         let made = try await renders(c, follower) - before
         print("registry renders: \(made) for 200 woken watchers")
         #expect(made >= 1 && made < 200, "\(made) renders for 200 reads")
-        // Read-your-writes through one replica, with renders off the loop.
-        for k in 3...6 {
+        for p in polls { try? await p.channel.close() }
+        // Read-your-writes through one replica, with renders off the loop and other readers
+        // keeping one in flight: a read after a write never gets an older render.
+        let readers = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for _ in 0..<8 {
+                    group.addTask { while !Task.isCancelled { _ = try? await c.get(follower, "/v1/cluster/nodes") } }
+                }
+            }
+        }
+        for k in 3...12 {
             let w = try await c.post(follower, "/v1/leases", #"{"hostname":"mx\#(k).example.org","holder":"h-\#(k)"}"#)
             let r = try await c.get(follower, "/v1/cluster/nodes")
             #expect(r.status == 200 && r.array.count == k)
+            #expect(r.array.contains { $0["hostname"] as? String == "mx\(k).example.org" })
             #expect((UInt64(r.headers["x-nodelease-index"] ?? "") ?? 0) >= (UInt64(w.headers["x-nodelease-index"] ?? "") ?? .max))
         }
-        for p in polls { try? await p.channel.close() }
+        readers.cancel()
+        await readers.value
         await c.stopAll()
     }
 
+    /// A read that arrives after a write on the same replica, while a render from before the
+    /// write is in flight, waits for the next render: it sees the write.
+    @Test func aReadAfterAWriteDoesNotJoinAnOlderRender() async throws {
+        let gate = RenderGate()
+        let (c, _, follower, _, _) = try await started {
+            $0.inlineRenderNodes = 0
+            $0.beforeRender = { gate.pass() }
+        }
+        gate.close()
+        let early = Task { try await c.get(follower, "/v1/cluster/nodes") }
+        #expect(await eventually(5) { gate.waiting == 1 }, "the first render never started")
+        let w = try await c.post(follower, "/v1/leases", #"{"hostname":"mx2.example.org","holder":"h-2"}"#)
+        #expect(w.status == 200)
+        let written = try #require(UInt64(w.headers["x-nodelease-index"] ?? ""))
+        let late = Task { try await c.get(follower, "/v1/cluster/nodes") }
+        // Both reads wait on the replica: the early one in its render, the late one queued
+        // behind it (or, wrongly, joined to it).
+        #expect(await eventually(5) { await self.gauge(c, follower, "nodelease_registry_reads_waiting_for_render") == 2 })
+        gate.open()
+        let (a, b) = (try await early.value, try await late.value)
+        #expect(a.status == 200 && a.array.count == 1, "the early read is answered from the render it started")
+        #expect(b.status == 200 && b.array.count == 2, "the late read got \(b.array.count) nodes")
+        #expect((UInt64(b.headers["x-nodelease-index"] ?? "") ?? 0) >= written)
+        await c.stopAll()
+    }
+
+    /// Holds the renders off the event loop while closed.
+    final class RenderGate: @unchecked Sendable {
+        private let lock = NSCondition()
+        private var closed = false
+        private var held = 0
+        var waiting: Int { lock.lock(); defer { lock.unlock() }; return held }
+        func close() { lock.lock(); closed = true; lock.unlock() }
+        func open() { lock.lock(); closed = false; lock.broadcast(); lock.unlock() }
+        /// On the render thread: waits while closed (10 s at most, so a failing test ends).
+        func pass() {
+            lock.lock()
+            held += 1
+            let limit = Date().addingTimeInterval(10)
+            while closed && lock.wait(until: limit) {}
+            held -= 1
+            lock.unlock()
+        }
+    }
+
     private func renders(_ c: LocalCluster, _ id: ReplicaID) async throws -> Int {
-        let m = try await c.get(id, "/metrics")
-        let line = m.body.split(separator: "\n").first { $0.hasPrefix("nodelease_registry_renders_total ") }
-        return try #require(line.flatMap { Int($0.split(separator: " ")[1]) })
+        try #require(await gauge(c, id, "nodelease_registry_renders_total"))
+    }
+
+    /// A metric without labels, as `/metrics` gives it (a gauge as a decimal); nil if absent.
+    private func gauge(_ c: LocalCluster, _ id: ReplicaID, _ name: String) async -> Int? {
+        guard let m = try? await c.get(id, "/metrics") else { return nil }
+        let line = m.body.split(separator: "\n").first { $0.hasPrefix(name + " ") }
+        return line.flatMap { Double($0.split(separator: " ")[1]) }.map { Int($0) }
     }
 
     @Test func aClientThatGoesAwayGivesItsPlaceBack() async throws {

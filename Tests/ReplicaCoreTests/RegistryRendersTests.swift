@@ -1,6 +1,5 @@
-import Foundation
-@testable import NodeLeaseServer
 import Raft
+import ReplicaCore
 import Testing
 
 /// The decisions of `RegistryRenders`: one render at a time, shared by every read of its filter

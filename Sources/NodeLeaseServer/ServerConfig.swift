@@ -72,9 +72,10 @@ public struct ServerConfig: Sendable {
     public var maxWatches = 1024
     /// Requests in progress on this replica beyond which new ones get 503 at once.
     public var maxConcurrentRequests = 1024
-    /// A read of the whole registry with more nodes than this is rendered off the event loop,
-    /// one render at a time shared by every read it covers (`RegistryRenders`); up to this
-    /// many, at once where it is asked (about 2 us a node).
+    /// A read of the registry whose answer (after its `status` filter) has more nodes than
+    /// this is rendered off the event loop, one render at a time shared by every read it
+    /// covers (`RegistryRenders`); up to this many, at once where it is asked (about 2 us a
+    /// node).
     public var inlineRenderNodes = 1024
     /// Run on the render thread before each render off the event loop: tests hold renders
     /// with it. Nil in every replica the `nodelease` command starts.

@@ -4,10 +4,11 @@ import Raft
 /// decisions only (the shell renders on a thread of its own and resumes the reads).
 ///
 /// A read of the whole registry at 65,536 nodes renders about 7 MB of JSON (some 100 ms of
-/// CPU). Rendered once per request on the replica's event loop, a hundred watchers woken by
-/// one change kept that loop busy for seconds: heartbeats stopped and the leader was deposed.
-/// Here one render is made at a time, and it answers every read of the same filter that
-/// arrived at or before the index it renders, however many there are.
+/// CPU). Rendered once per read on the replica's event loop (and the answer copied once more
+/// to be sent), a hundred watchers woken by one change kept that loop busy for seconds:
+/// heartbeats stopped and the leader was deposed. Here one render is made at a time, off the
+/// loop, and it answers every read of the same filter that arrived at or before the index it
+/// renders, however many there are.
 ///
 /// A render at index X never answers a read that arrived when the replica had applied more
 /// than X: a client that wrote through this replica and then reads from it sees its write

@@ -110,7 +110,7 @@ struct ReplicaOptions: ParsableArguments {
     var tokenFile: String?
     @Option(help: "Long polls of the registry (GET /v1/cluster/nodes?waitIndex=...) waiting at once; one more gets 503 (1024; at most half the client connections). Env NODELEASE_MAX_WATCHES.")
     var maxWatches: String?
-    @Option(help: "Reads of the whole registry with more nodes than this are rendered off the event loop, one render at a time shared by every read it covers (1024); a larger value renders more of them on the event loop, each read its own (for A/B runs). Env NODELEASE_INLINE_RENDER_NODES.")
+    @Option(help: "Reads of the registry whose answer (after ?status=) has more nodes than this are rendered off the event loop, one render at a time shared by every read it covers (1024); a larger value renders more of them on the event loop, each read its own (for A/B runs). Env NODELEASE_INLINE_RENDER_NODES.")
     var inlineRenderNodes: String?
     @Option(help: "Tests of rolling upgrades: support cluster versions only up to this one, as an older build does (this build's newest). Env NODELEASE_MAX_CLUSTER_VERSION.")
     var maxClusterVersion: String?

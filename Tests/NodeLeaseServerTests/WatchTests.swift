@@ -235,10 +235,13 @@ import Testing
         for p in polls { try? await p.channel.close() }
         // Read-your-writes through one replica, with renders off the loop and other readers
         // keeping one in flight: a read after a write never gets an older render.
+        // Stopped by a flag, not by cancelling them: cancelling a request in flight through
+        // URLSession can deadlock FoundationNetworking (seen: the whole test process hung).
+        let stop = StopFlag()
         let readers = Task {
             await withTaskGroup(of: Void.self) { group in
                 for _ in 0..<8 {
-                    group.addTask { while !Task.isCancelled { _ = try? await c.get(follower, "/v1/cluster/nodes") } }
+                    group.addTask { while !stop.isSet { _ = try? await c.get(follower, "/v1/cluster/nodes") } }
                 }
             }
         }
@@ -249,7 +252,7 @@ import Testing
             #expect(r.array.contains { $0["hostname"] as? String == "mx\(k).example.org" })
             #expect((UInt64(r.headers["x-nodelease-index"] ?? "") ?? 0) >= (UInt64(w.headers["x-nodelease-index"] ?? "") ?? .max))
         }
-        readers.cancel()
+        stop.set()
         await readers.value
         await c.stopAll()
     }
@@ -278,6 +281,13 @@ import Testing
         #expect(b.status == 200 && b.array.count == 2, "the late read got \(b.array.count) nodes")
         #expect((UInt64(b.headers["x-nodelease-index"] ?? "") ?? 0) >= written)
         await c.stopAll()
+    }
+
+    final class StopFlag: @unchecked Sendable {
+        private let lock = NSLock()
+        private var value = false
+        var isSet: Bool { lock.withLock { value } }
+        func set() { lock.withLock { value = true } }
     }
 
     /// Holds the renders off the event loop while closed.

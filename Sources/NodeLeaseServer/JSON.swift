@@ -308,6 +308,14 @@ func jsonArray(_ items: [[UInt8]]) -> [UInt8] {
 
 /// RFC 3339 in UTC with whole seconds and a `Z`, from Unix seconds.
 func rfc3339(_ seconds: UInt64) -> String {
+    var bytes: [UInt8] = []
+    bytes.reserveCapacity(20)
+    appendRFC3339(seconds, to: &bytes)
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+/// `rfc3339(seconds)`'s bytes, appended (a render of the registry writes one a node).
+func appendRFC3339(_ seconds: UInt64, to bytes: inout [UInt8]) {
     let days = Int64(seconds / 86_400)
     let rem = Int64(seconds % 86_400)
     // Civil-from-days (Howard Hinnant's algorithm).
@@ -321,6 +329,20 @@ func rfc3339(_ seconds: UInt64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1
     let m = mp < 10 ? mp + 3 : mp - 9
     if m <= 2 { y += 1 }
-    func two(_ v: Int64) -> String { v < 10 ? "0\(v)" : "\(v)" }
-    return "\(y)-\(two(m))-\(two(d))T\(two(rem / 3600)):\(two(rem / 60 % 60)):\(two(rem % 60))Z"
+    func two(_ v: Int64) {
+        bytes.append(UInt8(ascii: "0") + UInt8(v / 10))
+        bytes.append(UInt8(ascii: "0") + UInt8(v % 10))
+    }
+    bytes.append(contentsOf: String(y).utf8)
+    bytes.append(UInt8(ascii: "-"))
+    two(m)
+    bytes.append(UInt8(ascii: "-"))
+    two(d)
+    bytes.append(UInt8(ascii: "T"))
+    two(rem / 3600)
+    bytes.append(UInt8(ascii: ":"))
+    two(rem / 60 % 60)
+    bytes.append(UInt8(ascii: ":"))
+    two(rem % 60)
+    bytes.append(UInt8(ascii: "Z"))
 }

@@ -414,13 +414,15 @@ actor RaftDriver {
         let leader = core.node.leader
         let registryIndex = core.registry.registryIndex
         metrics.registryRenders.increment()
-        let hook = config.beforeRender
+        let (hook, metrics) = (config.beforeRender, metrics)
         renderQueue.async { [self] in
             hook?()
+            let t0 = ContinuousClock.now
             let body = copy.withLockedValue { registry in
                 defer { registry = nil }
                 return HTTPAPI.nodesJSON(registry!, status: render.filter)
             }
+            metrics.renderTime.recordNanoseconds((ContinuousClock.now - t0).nanoseconds)
             Task { await self.rendered(.rendered(body: body, index: index, leader: leader, registryIndex: registryIndex)) }
         }
     }

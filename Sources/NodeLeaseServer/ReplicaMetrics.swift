@@ -21,6 +21,7 @@ final class ReplicaMetrics: Sendable {
     /// Renders of the whole registry made off the event loop (each shared by the reads it covers).
     let registryRenders: Metrics.Counter
     let rendersWaiting: Metrics.Gauge
+    let renderTime: Metrics.Timer
 
     init() {
         var f = PrometheusMetricsFactory(registry: registry)
@@ -41,6 +42,7 @@ final class ReplicaMetrics: Sendable {
         registryIndex = Metrics.Gauge(label: "nodelease_registry_index", factory: f)
         registryRenders = Metrics.Counter(label: "nodelease_registry_renders_total", factory: f)
         rendersWaiting = Metrics.Gauge(label: "nodelease_registry_reads_waiting_for_render", factory: f)
+        renderTime = Metrics.Timer(label: "nodelease_registry_render_seconds", factory: f)
     }
 
     /// One timer per endpoint and status, made on first use (not on every request).

@@ -245,16 +245,25 @@ import Testing
                 }
             }
         }
-        for k in 3...12 {
-            let w = try await c.post(follower, "/v1/leases", #"{"hostname":"mx\#(k).example.org","holder":"h-\#(k)"}"#)
-            let r = try await c.get(follower, "/v1/cluster/nodes")
-            #expect(r.status == 200 && r.array.count == k)
-            #expect(r.array.contains { $0["hostname"] as? String == "mx\(k).example.org" })
-            #expect((UInt64(r.headers["x-nodelease-index"] ?? "") ?? 0) >= (UInt64(w.headers["x-nodelease-index"] ?? "") ?? .max))
+        // On the way out, thrown or not: the readers stop and the cluster with them.
+        func end() async {
+            stop.set()
+            await readers.value
+            await c.stopAll()
         }
-        stop.set()
-        await readers.value
-        await c.stopAll()
+        do {
+            for k in 3...12 {
+                let w = try await c.post(follower, "/v1/leases", #"{"hostname":"mx\#(k).example.org","holder":"h-\#(k)"}"#)
+                let r = try await c.get(follower, "/v1/cluster/nodes")
+                #expect(r.status == 200 && r.array.count == k)
+                #expect(r.array.contains { $0["hostname"] as? String == "mx\(k).example.org" })
+                #expect((UInt64(r.headers["x-nodelease-index"] ?? "") ?? 0) >= (UInt64(w.headers["x-nodelease-index"] ?? "") ?? .max))
+            }
+        } catch {
+            await end()
+            throw error
+        }
+        await end()
     }
 
     /// A read that arrives after a write on the same replica, while a render from before the
@@ -266,6 +275,8 @@ import Testing
             $0.beforeRender = { gate.pass() }
         }
         gate.close()
+        // A failure below must not leave the render thread held.
+        defer { gate.open() }
         let early = Task { try await c.get(follower, "/v1/cluster/nodes") }
         #expect(await eventually(5) { gate.waiting == 1 }, "the first render never started")
         let w = try await c.post(follower, "/v1/leases", #"{"hostname":"mx2.example.org","holder":"h-2"}"#)

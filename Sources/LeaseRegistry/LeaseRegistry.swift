@@ -185,14 +185,10 @@ public struct LeaseRegistry: Sendable {
         (statusCounts[0], statusCounts[1], statusCounts[2])
     }
 
-    /// How many nodes `nodes(status:)` gives.
+    /// How many nodes `nodes(status:)` gives (`statusCounts` is kept by status, as
+    /// `count(_:_:)` indexes it).
     public func count(of status: NodeStatus?) -> Int {
-        switch status {
-        case nil: count
-        case .active: statusCounts[0]
-        case .stale: statusCounts[1]
-        case .inactive: statusCounts[2]
-        }
+        status.map { statusCounts[Int($0.rawValue) - 1] } ?? count
     }
     private var statusCounts = [0, 0, 0]
 
